@@ -1,0 +1,280 @@
+//! The durable entity engine.
+//!
+//! Each entity (an organization, a subscription) is an actix actor, started on first use and stopped when idle;
+//! its truth is in the store. An input is decided without I/O ([`step`]), everything the decision produced is
+//! committed in one atomic, fsynced batch shared with other entities' commits ([`crate::store::Committer`]),
+//! and only then acknowledged; after that the engine delivers messages and runs external calls, whose results
+//! come back as inputs. Timers are rows indexed by due time; a firing is consumed by the commit it causes.
+
+pub mod actor;
+pub mod definition;
+pub mod inspect;
+pub mod model;
+pub mod registry;
+pub mod services;
+pub mod step;
+pub mod workflow;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+
+pub use definition::Definition;
+pub use model::*;
+pub use registry::{CallError, CallHandler, Registry};
+pub use workflow::{Cx, Effects, Reject, Signal, Workflow};
+
+use crate::clock::Clock;
+use crate::store::committer::{CommitConfig, CommitError};
+use crate::store::{Committer, Store};
+
+/// Why the engine could not process an input. Stable codes go to clients; the detail goes to logs.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("too many inputs in flight; try again shortly")]
+    Overloaded,
+    #[error("the engine is shutting down")]
+    Stopped,
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("unknown entity kind `{0}`")]
+    UnknownKind(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    DefinitionMismatch(String),
+    #[error("the entity is paused by an operator")]
+    Paused,
+    #[error("the workflow panicked: {0}")]
+    Panicked(String),
+    #[error("no such entity")]
+    NotFound,
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable machine code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Overloaded => "overloaded",
+            Error::Stopped => "shutting_down",
+            Error::Storage(_) => "storage_unavailable",
+            Error::UnknownKind(_) => "unknown_kind",
+            Error::InvalidInput(_) => "invalid_input",
+            Error::DefinitionMismatch(_) => "definition_mismatch",
+            Error::Paused => "paused",
+            Error::Panicked(_) => "internal_error",
+            Error::NotFound => "not_found",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Whether the same input may succeed later without any change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Overloaded | Error::Paused | Error::Storage(_))
+    }
+}
+
+impl From<CommitError> for Error {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Overloaded => Error::Overloaded,
+            CommitError::Stopped => Error::Stopped,
+            CommitError::Failed(e) => Error::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::Error> for Error {
+    fn from(e: crate::store::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+/// Tuning of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Messages an actor's mailbox holds before senders wait.
+    pub mailbox: usize,
+    /// Inputs from clients in flight at once; beyond it clients get `overloaded` (HTTP 503 with Retry-After).
+    pub max_inflight: usize,
+    /// An actor with no input for this long stops; its entity lives on disk only.
+    pub idle_timeout: Duration,
+    /// Actor threads (arbiters); entities are spread over them by key.
+    pub arbiters: usize,
+    /// Timers fired per scan of the timers table.
+    pub timer_batch: usize,
+    pub commit: CommitConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            mailbox: 256,
+            max_inflight: 20_000,
+            idle_timeout: Duration::from_secs(30),
+            arbiters: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            timer_batch: 4_096,
+            commit: CommitConfig::default(),
+        }
+    }
+}
+
+/// Counters for `/metrics` and the benchmarks.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub inputs: AtomicU64,
+    pub transitions: AtomicU64,
+    pub ignored: AtomicU64,
+    pub rejected: AtomicU64,
+    pub repeated: AtomicU64,
+    pub timers_fired: AtomicU64,
+    /// Sum of the lateness of fired timers in service milliseconds.
+    pub timer_lateness_ms: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub calls_started: AtomicU64,
+    pub call_failures: AtomicU64,
+    pub calls_needing_attention: AtomicU64,
+    pub actors_started: AtomicU64,
+    pub actors_stopped: AtomicU64,
+    pub overloaded: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    /// The store every record is read from; written only through `committer`.
+    pub store: Arc<dyn Store>,
+    /// The only write path: group commit with fsync.
+    pub committer: Committer,
+    /// Service time; every due date is on it.
+    pub clock: Arc<dyn Clock>,
+    pub registry: Registry,
+    /// Live actors by entity; an entity has at most one live actor.
+    pub directory: actor::Directory,
+    pub config: EngineConfig,
+    /// Permits for client inputs in flight (bounded queues, not unbounded memory).
+    pub inflight: Arc<Semaphore>,
+    /// Wakes the timer loop when a sooner timer is set or the clock jumps.
+    pub timer_wake: Arc<Notify>,
+    pub stopping: AtomicBool,
+    pub stats: EngineStats,
+    pub services: services::Services,
+}
+
+/// The handle to the engine; cheap to clone, shared by HTTP handlers, actors and background services.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Starts the engine: the committer, the actor threads, the timer loop, and the recovery of undelivered
+    /// messages and unfinished calls. Must run inside an actix system.
+    pub fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        mut registry: Registry,
+        config: EngineConfig,
+    ) -> Result<Self, registry::Error> {
+        registry.finish()?;
+        let committer = Committer::start(store.clone(), config.commit);
+        let timer_wake = Arc::new(Notify::new());
+        clock.subscribe(timer_wake.clone());
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                committer,
+                clock,
+                registry,
+                directory: actor::Directory::new(config.arbiters),
+                inflight: Arc::new(Semaphore::new(config.max_inflight)),
+                config,
+                timer_wake,
+                stopping: AtomicBool::new(false),
+                stats: EngineStats::default(),
+                services: services::Services::default(),
+            }),
+        };
+        services::start(&engine);
+        Ok(engine)
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn committer(&self) -> &Committer {
+        &self.inner.committer
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.inner.stats
+    }
+
+    /// Whether the engine accepts work (the store has not failed, shutdown has not begun).
+    pub fn ready(&self) -> bool {
+        self.inner.committer.healthy() && !self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// Live actors right now (memory grows with these, not with the entities on disk).
+    pub fn live_actors(&self) -> usize {
+        self.inner.directory.len()
+    }
+
+    /// Delivers a client's input (API, SPI, operator) and waits for its durable outcome.
+    /// Refuses at once with [`Error::Overloaded`] when too many inputs are in flight.
+    pub async fn send(&self, key: EntityKey, input: Input) -> Result<Outcome, Error> {
+        let permit = self.inner.inflight.clone().try_acquire_owned().map_err(|_| {
+            self.inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            Error::Overloaded
+        })?;
+        let r = self.deliver(key, input).await;
+        drop(permit);
+        r
+    }
+
+    /// Delivers an internal input (timer, message, call result): waits for capacity instead of refusing.
+    pub(crate) async fn send_internal(&self, key: EntityKey, input: Input) -> Result<Outcome, Error> {
+        let permit = self.inner.inflight.clone().acquire_owned().await.map_err(|_| Error::Stopped)?;
+        let r = self.deliver(key, input).await;
+        drop(permit);
+        r
+    }
+
+    async fn deliver(&self, key: EntityKey, input: Input) -> Result<Outcome, Error> {
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        if self.inner.registry.kind(&key.kind).is_none() {
+            return Err(Error::UnknownKind(key.kind));
+        }
+        self.inner.stats.inputs.fetch_add(1, Ordering::Relaxed);
+        // An actor may stop (idle, or died) between lookup and delivery; the next lookup re-creates it.
+        for _ in 0..5 {
+            let addr = self.inner.directory.get_or_start(&key, self);
+            match addr.send(actor::Deliver(input.clone())).await {
+                Ok(r) => return r,
+                Err(_) => self.inner.directory.forget(&key, &addr),
+            }
+        }
+        Err(Error::Internal(format!("the actor of {key} keeps closing")))
+    }
+
+    /// Stops accepting inputs, lets queued commits finish and flushes the store.
+    pub fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.timer_wake.notify_waiters();
+        self.inner.directory.stop_all();
+        self.inner.committer.shutdown();
+    }
+}

@@ -1,0 +1,412 @@
+//! What runs after commits and in the background: the timer loop, outbox delivery, external calls with
+//! retries, and the recovery of all three after a restart.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+
+use super::model::*;
+use super::{Engine, Error};
+use crate::store::{keys, scan_prefix, Batch, Table};
+
+/// In-memory bookkeeping of the background services (never the truth: that is in the store).
+#[derive(Default)]
+pub struct Services {
+    /// Timer rows being delivered right now, so a scan does not dispatch them twice.
+    timers_in_flight: Mutex<HashSet<Vec<u8>>>,
+    /// Timer rows whose delivery failed transiently (paused entity, overload), with when to try again.
+    timers_deferred: Mutex<HashMap<Vec<u8>, Instant>>,
+    /// Calls being run right now.
+    calls_in_flight: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts the timer loop and recovers undelivered messages and unfinished calls.
+pub fn start(engine: &Engine) {
+    let e = engine.clone();
+    actix_rt::spawn(async move { timer_loop(e).await });
+    let e = engine.clone();
+    actix_rt::spawn(async move {
+        if let Err(err) = recover(&e) {
+            tracing::error!(error = %err, "recovering outbox and calls failed");
+        }
+    });
+}
+
+fn recover(engine: &Engine) -> Result<(), Error> {
+    let store = &engine.inner.store;
+    let mut start = Bound::Unbounded;
+    loop {
+        let page = store.scan(Table::Outbox, start, Bound::Unbounded, 1000, false)?;
+        for (_, v) in &page {
+            if let Ok(row) = serde_json::from_slice::<OutboxRow>(v) {
+                engine.spawn_delivery(row);
+            }
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == 1000 => start = Bound::Excluded(k.clone()),
+            _ => break,
+        }
+    }
+    let mut start = Bound::Unbounded;
+    loop {
+        let page = store.scan(Table::Effects, start, Bound::Unbounded, 1000, false)?;
+        for (_, v) in &page {
+            if let Ok(row) = serde_json::from_slice::<CallRow>(v) {
+                if row.status == CallStatus::Pending {
+                    engine.spawn_call(row);
+                }
+            }
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == 1000 => start = Bound::Excluded(k.clone()),
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Delivers the messages and runs the calls of a commit that just became durable.
+    pub(crate) fn after_commit(&self, messages: Vec<OutboxRow>, calls: Vec<CallRow>) {
+        for m in messages {
+            self.spawn_delivery(m);
+        }
+        for c in calls {
+            self.spawn_call(c);
+        }
+        // A new timer may be sooner than what the timer loop sleeps towards.
+        self.inner.timer_wake.notify_one();
+    }
+
+    pub(crate) fn spawn_delivery(&self, row: OutboxRow) {
+        let e = self.clone();
+        actix_rt::spawn(async move { e.deliver_message(row).await });
+    }
+
+    async fn deliver_message(&self, row: OutboxRow) {
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let input = Input {
+                id: row.id.clone(),
+                event: Event::Domain { body: row.body.clone() },
+                cause: Cause::Message { from: row.from.to_string() },
+            };
+            match self.send_internal(row.to.clone(), input).await {
+                Ok(_) => {
+                    self.inner.stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                    let mut b = Batch::new();
+                    b.delete(Table::Outbox, row.key());
+                    if let Err(e) = self.inner.committer.commit(b).await {
+                        tracing::warn!(message = %row.id, error = %e, "could not remove a delivered message");
+                    }
+                    return;
+                }
+                Err(Error::Stopped) => return,
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(message = %row.id, to = %row.to, error = %e,
+                        "message cannot be delivered; it stays in the outbox for operators");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn spawn_call(&self, row: CallRow) {
+        if !lock(&self.inner.services.calls_in_flight).insert(row.id.clone()) {
+            return;
+        }
+        let e = self.clone();
+        actix_rt::spawn(async move { e.run_call(row).await });
+    }
+
+    /// Runs one attempt of a call. Leaves the in-flight set before its retry timer can exist, so that the
+    /// retry is never mistaken for the attempt still running.
+    async fn run_call(&self, mut row: CallRow) {
+        let inner = &self.inner;
+        let done = |id: &str| {
+            lock(&inner.services.calls_in_flight).remove(id);
+        };
+        let policy = inner
+            .registry
+            .kind(&row.entity.kind)
+            .and_then(|r| r.versions.values().rev().find_map(|d| d.calls.get(&row.call).copied()));
+        let (Some(policy), Some(handler)) = (policy, inner.registry.handler(&row.call)) else {
+            tracing::error!(call = %row.call, id = %row.id, "no policy or handler for call");
+            done(&row.id);
+            return;
+        };
+        inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
+        let result = match tokio::time::timeout(policy.timeout, handler.call(&row.call, row.request.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(super::CallError::retryable(format!("timed out after {:?}", policy.timeout))),
+        };
+        let delivered = match result {
+            Ok(response) => Ok(response),
+            Err(e) if !e.retryable => Err(e.message),
+            Err(e) => {
+                inner.stats.call_failures.fetch_add(1, Ordering::Relaxed);
+                row.attempts += 1;
+                row.last_error = Some(e.message.clone());
+                let mut b = Batch::new();
+                let now = inner.clock.now();
+                if row.attempts < policy.max_attempts {
+                    let due = now + TimeDelta::from_std(policy.backoff(row.attempts)).unwrap_or(TimeDelta::MAX);
+                    row.status = CallStatus::Retrying;
+                    row.next_attempt_at = Some(due);
+                    let timer = TimerRow {
+                        entity: row.entity.clone(),
+                        name: format!("retry:{}", row.id),
+                        due,
+                        set_seq: row.attempts as u64,
+                        set_at: now,
+                        target: TimerTarget::CallRetry { call_id: row.id.clone() },
+                    };
+                    if let Ok(v) = serde_json::to_vec(&timer) {
+                        b.put(Table::Timers, timer.key(), v);
+                    }
+                    tracing::warn!(call = %row.call, id = %row.id, attempt = row.attempts, error = %e.message,
+                        retry_at = %due, "external call failed; will retry");
+                } else {
+                    row.status = CallStatus::NeedsAttention;
+                    row.next_attempt_at = None;
+                    inner.stats.calls_needing_attention.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(call = %row.call, id = %row.id, attempts = row.attempts, error = %e.message,
+                        "external call out of attempts; needs an operator");
+                }
+                if let Ok(v) = serde_json::to_vec(&row) {
+                    b.put(Table::Effects, row.key(), v);
+                }
+                done(&row.id);
+                if let Err(err) = inner.committer.commit(b).await {
+                    tracing::error!(id = %row.id, error = %err, "could not record a failed call attempt");
+                }
+                inner.timer_wake.notify_one();
+                return;
+            }
+        };
+        self.deliver_call_result(&row, delivered).await;
+        done(&row.id);
+    }
+
+    async fn deliver_call_result(&self, row: &CallRow, result: Result<serde_json::Value, String>) {
+        let input = Input {
+            id: format!("call:{}", row.id),
+            event: Event::CallResult { call: row.call.clone(), call_id: row.id.clone(), result },
+            cause: Cause::Call { call: row.call.clone() },
+        };
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match self.send_internal(row.entity.clone(), input.clone()).await {
+                Ok(_) => return,
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(id = %row.id, error = %e, "call result cannot be delivered");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs a call again now (operator "retry"): for calls waiting on a retry or needing attention.
+    pub async fn retry_call(&self, call_id: &str) -> Result<CallRow, Error> {
+        let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes())?.ok_or(Error::NotFound)?;
+        let mut row: CallRow = serde_json::from_slice(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut b = Batch::new();
+        if let (CallStatus::Retrying, Some(due)) = (row.status, row.next_attempt_at) {
+            let timer = TimerRow {
+                entity: row.entity.clone(),
+                name: format!("retry:{}", row.id),
+                due,
+                set_seq: row.attempts as u64,
+                set_at: due,
+                target: TimerTarget::CallRetry { call_id: row.id.clone() },
+            };
+            b.delete(Table::Timers, timer.key());
+        }
+        row.status = CallStatus::Pending;
+        row.next_attempt_at = None;
+        if row.attempts > 0 {
+            // A fresh budget of attempts: the operator has looked at it.
+            row.attempts = 0;
+        }
+        b.put(Table::Effects, row.key(), serde_json::to_vec(&row).map_err(|e| Error::Internal(e.to_string()))?);
+        self.inner.committer.commit(b).await?;
+        self.spawn_call(row.clone());
+        Ok(row)
+    }
+
+    /// Gives up on a call (operator "cancel"): the workflow receives it as failed.
+    pub async fn cancel_call(&self, call_id: &str, why: &str) -> Result<(), Error> {
+        let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes())?.ok_or(Error::NotFound)?;
+        let row: CallRow = serde_json::from_slice(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
+        self.deliver_call_result(&row, Err(format!("cancelled: {why}"))).await;
+        Ok(())
+    }
+
+    async fn fire(&self, key: Vec<u8>, row: TimerRow) {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let late = (now - row.due).num_milliseconds().max(0) as u64;
+        let result = match &row.target {
+            TimerTarget::Entity => {
+                let input = Input {
+                    id: format!("timer:{}:{}", row.name, row.set_seq),
+                    event: Event::Timer { name: row.name.clone(), set_seq: row.set_seq },
+                    cause: Cause::Timer { name: row.name.clone() },
+                };
+                match self.send_internal(row.entity.clone(), input).await {
+                    Ok(o) if o.code.as_deref() == Some("stale") => {
+                        // Cancelled or consumed already; the row is a leftover.
+                        let mut b = Batch::new();
+                        b.delete(Table::Timers, key.clone());
+                        inner.committer.commit(b).await.map_err(Error::from)
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            TimerTarget::CallRetry { call_id } => {
+                let mut b = Batch::new();
+                b.delete(Table::Timers, key.clone());
+                let row = inner
+                    .store
+                    .get(Table::Effects, call_id.as_bytes())
+                    .ok()
+                    .flatten()
+                    .and_then(|v| serde_json::from_slice::<CallRow>(&v).ok());
+                let row = row.map(|mut r| {
+                    r.status = CallStatus::Pending;
+                    r.next_attempt_at = None;
+                    r
+                });
+                if let Some(r) = &row {
+                    if let Ok(v) = serde_json::to_vec(r) {
+                        b.put(Table::Effects, r.key(), v);
+                    }
+                }
+                let res = inner.committer.commit(b).await.map_err(Error::from);
+                if let (Ok(()), Some(r)) = (&res, row) {
+                    self.spawn_call(r);
+                }
+                res
+            }
+        };
+        match result {
+            Ok(()) => {
+                inner.stats.timers_fired.fetch_add(1, Ordering::Relaxed);
+                inner.stats.timer_lateness_ms.fetch_add(late, Ordering::Relaxed);
+            }
+            Err(Error::Stopped) => {}
+            Err(e) => {
+                let again = if e.is_transient() { Duration::from_millis(500) } else { Duration::from_secs(30) };
+                if !e.is_transient() {
+                    tracing::error!(timer = %row.name, entity = %row.entity, error = %e, "timer delivery failed");
+                }
+                lock(&inner.services.timers_deferred).insert(key.clone(), Instant::now() + again);
+            }
+        }
+        lock(&inner.services.timers_in_flight).remove(&key);
+        inner.timer_wake.notify_one();
+    }
+}
+
+/// Fires due timers in due order, sleeping on the service clock until the next one (or a wake-up).
+async fn timer_loop(engine: Engine) {
+    let inner = &engine.inner;
+    let batch = inner.config.timer_batch.max(1);
+    loop {
+        if inner.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let now = inner.clock.now();
+        let horizon = keys::time_key(now + TimeDelta::milliseconds(1)).to_be_bytes().to_vec();
+        let due = match inner.store.scan(Table::Timers, Bound::Unbounded, Bound::Excluded(horizon.clone()), batch, false)
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "scanning timers failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let full = due.len() == batch;
+        let mut busy = false;
+        {
+            let real_now = Instant::now();
+            let mut deferred = lock(&inner.services.timers_deferred);
+            deferred.retain(|_, at| *at > real_now);
+            let mut in_flight = lock(&inner.services.timers_in_flight);
+            for (k, v) in due {
+                if in_flight.contains(&k) || deferred.contains_key(&k) {
+                    busy = true;
+                    continue;
+                }
+                let Ok(row) = serde_json::from_slice::<TimerRow>(&v) else {
+                    tracing::error!("a timer row does not decode; skipping it");
+                    continue;
+                };
+                in_flight.insert(k.clone());
+                let e = engine.clone();
+                actix_rt::spawn(async move { e.fire(k, row).await });
+            }
+        }
+        let next = inner
+            .store
+            .scan(Table::Timers, Bound::Included(horizon), Bound::Unbounded, 1, false)
+            .ok()
+            .and_then(|r| r.first().and_then(|(k, _)| keys::read_u64(k, 0)))
+            .and_then(keys::time_from_key);
+        let wait = if full {
+            Duration::from_millis(1)
+        } else {
+            let until_next = next.and_then(|n| inner.clock.real_until(n)).unwrap_or(Duration::from_secs(1));
+            let cap = if busy { Duration::from_millis(200) } else { Duration::from_secs(1) };
+            until_next.min(cap)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = inner.timer_wake.notified() => {}
+        }
+    }
+}
+
+/// Reads every pending timer of the store in due order, at most `limit`, due before `before` if given.
+pub fn pending_timers(
+    engine: &Engine,
+    before: Option<chrono::DateTime<Utc>>,
+    limit: usize,
+) -> Result<Vec<TimerRow>, Error> {
+    let end = match before {
+        Some(t) => Bound::Excluded(keys::time_key(t).to_be_bytes().to_vec()),
+        None => Bound::Unbounded,
+    };
+    let rows = engine.inner.store.scan(Table::Timers, Bound::Unbounded, end, limit, false)?;
+    Ok(rows.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect())
+}
+
+/// Reads the pending messages and calls of one entity (for operators).
+pub fn pending_effects(engine: &Engine, key: &EntityKey) -> Result<(Vec<OutboxRow>, Vec<CallRow>), Error> {
+    let prefix = format!("{key}#");
+    let store = &*engine.inner.store;
+    let msgs = scan_prefix(store, Table::Outbox, prefix.as_bytes(), 1000)?;
+    let calls = scan_prefix(store, Table::Effects, prefix.as_bytes(), 1000)?;
+    Ok((
+        msgs.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect(),
+        calls.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect(),
+    ))
+}

@@ -1,0 +1,289 @@
+//! One step of one entity, without I/O: from the stored record and an input to the outcome, the new record and
+//! the batch that makes it all durable (state, journal, timers, outbox, calls, idempotency) in one commit.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
+
+use super::definition::Definition;
+use super::model::*;
+use super::workflow::{DecideInput, DecideOutput, DynWorkflow};
+use super::Error;
+use crate::store::{Batch, Table};
+
+/// The result of a step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub outcome: Outcome,
+    /// The batch to commit; `None` when nothing is to be kept (an input ignored by an entity that does not exist).
+    pub batch: Option<Batch>,
+    /// The record after the commit.
+    pub record: Option<EntityRecord>,
+    /// Messages to deliver and calls to run once the batch is durable.
+    pub messages: Vec<OutboxRow>,
+    pub calls: Vec<CallRow>,
+    /// The input was a timer or call result that no longer applies (already consumed, or cancelled).
+    pub stale: bool,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(v).map_err(|e| Error::Internal(format!("encoding failed: {e}")))
+}
+
+/// Runs `input` against `record` (or a new entity) and returns everything the engine must persist and do.
+pub fn step(
+    workflow: &dyn DynWorkflow,
+    def: &Definition,
+    key: &EntityKey,
+    record: Option<&EntityRecord>,
+    input: &Input,
+    now: DateTime<Utc>,
+) -> Result<Step, Error> {
+    let state = record.map(|r| r.state.clone()).unwrap_or_else(|| def.initial.clone());
+    let stale_step = |state: String| Step {
+        outcome: Outcome {
+            status: Status::Ignored,
+            code: Some("stale".into()),
+            message: Some("this timer or call result was already consumed or cancelled".into()),
+            state,
+            reply: Value::Null,
+            repeated: false,
+        },
+        batch: None,
+        record: record.cloned(),
+        messages: vec![],
+        calls: vec![],
+        stale: true,
+    };
+    // A timer or call result must still be pending, or it is a leftover (cancelled, or consumed already).
+    match (&input.event, record) {
+        (Event::Timer { name, set_seq }, r) => {
+            if r.and_then(|r| r.timers.get(name)).map(|t| t.set_seq) != Some(*set_seq) {
+                return Ok(stale_step(state));
+            }
+        }
+        (Event::CallResult { call_id, .. }, r) => {
+            if !r.map(|r| r.calls.contains(call_id)).unwrap_or(false) {
+                return Ok(stale_step(state));
+            }
+        }
+        _ => {}
+    }
+
+    let initial_data;
+    let data = match record {
+        Some(r) => &r.data,
+        None => {
+            initial_data = workflow.initial_data();
+            &initial_data
+        }
+    };
+    let decided = workflow
+        .decide(DecideInput { definition: def, key, state: &state, data, event: &input.event, now })
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+
+    let exists = record.is_some();
+    let mut rec = record.cloned().unwrap_or_else(|| EntityRecord {
+        kind: key.kind.clone(),
+        id: key.id.clone(),
+        definition: def.name.clone(),
+        version: def.version,
+        fingerprint: def.fingerprint.clone(),
+        state: state.clone(),
+        data: data.clone(),
+        seq: 0,
+        created_at: now,
+        updated_at: now,
+        state_since: now,
+        timers: Default::default(),
+        calls: vec![],
+        paused: false,
+    });
+    let seq = rec.seq + 1;
+    let mut batch = Batch::new();
+    let mut entry = JournalEntry {
+        seq,
+        at: now,
+        input_id: input.id.clone(),
+        cause: input.cause.clone(),
+        event: String::new(),
+        from: state.clone(),
+        to: state.clone(),
+        status: Status::Ignored,
+        code: None,
+        notes: vec![],
+        timers_set: vec![],
+        timers_cancelled: vec![],
+        messages: vec![],
+        calls: vec![],
+    };
+
+    // Consume the timer or call result that caused this input, whatever the decision.
+    match &input.event {
+        Event::Timer { name, .. } => {
+            if let Some(t) = rec.timers.remove(name) {
+                batch.delete(Table::Timers, timer_row(key, name, &t, now).key());
+            }
+        }
+        Event::CallResult { call_id, .. } => {
+            rec.calls.retain(|c| c != call_id);
+            batch.delete(Table::Effects, call_id.as_bytes().to_vec());
+        }
+        Event::Domain { .. } => {}
+    }
+
+    let mut messages = Vec::new();
+    let mut calls = Vec::new();
+    let outcome = match decided {
+        DecideOutput::Ignored { event } => {
+            entry.event = event;
+            entry.notes.push(format!("no transition from `{state}` on `{}`: ignored", entry.event));
+            if !exists {
+                return Ok(Step {
+                    outcome: Outcome {
+                        status: Status::Ignored,
+                        code: None,
+                        message: Some(format!("no transition on `{}` for an unknown entity", entry.event)),
+                        state,
+                        reply: Value::Null,
+                        repeated: false,
+                    },
+                    batch: None,
+                    record: None,
+                    messages: vec![],
+                    calls: vec![],
+                    stale: false,
+                });
+            }
+            Outcome { status: Status::Ignored, code: None, message: None, state: state.clone(), reply: Value::Null, repeated: false }
+        }
+        DecideOutput::Rejected { event, reject } => {
+            entry.event = event;
+            entry.status = Status::Rejected;
+            entry.code = Some(reject.code.clone());
+            entry.notes.push(reject.message.clone());
+            if !exists {
+                return Ok(Step {
+                    outcome: Outcome {
+                        status: Status::Rejected,
+                        code: Some(reject.code),
+                        message: Some(reject.message),
+                        state,
+                        reply: Value::Null,
+                        repeated: false,
+                    },
+                    batch: None,
+                    record: None,
+                    messages: vec![],
+                    calls: vec![],
+                    stale: false,
+                });
+            }
+            Outcome {
+                status: Status::Rejected,
+                code: Some(reject.code),
+                message: Some(reject.message),
+                state: state.clone(),
+                reply: Value::Null,
+                repeated: false,
+            }
+        }
+        DecideOutput::Transition { event, to, data, effects, line } => {
+            entry.event = event;
+            entry.status = Status::Accepted;
+            entry.to = to.clone();
+            entry.notes = effects.notes.clone();
+            entry.notes.push(format!("transition at {}:{line}", def.file));
+            let mut cancel: Vec<String> = Vec::new();
+            if to != state {
+                if let Some(s) = def.state(&state) {
+                    cancel.extend(s.timers.iter().cloned());
+                }
+                rec.state_since = now;
+            }
+            cancel.extend(effects.cancel_timers.iter().cloned());
+            for name in cancel {
+                if let Some(t) = rec.timers.remove(&name) {
+                    batch.delete(Table::Timers, timer_row(key, &name, &t, now).key());
+                    entry.timers_cancelled.push(name);
+                }
+            }
+            let mut set: Vec<(String, Option<DateTime<Utc>>)> = Vec::new();
+            if to != state || !exists {
+                if let Some(s) = def.state(&to) {
+                    set.extend(s.timers.iter().map(|t| (t.clone(), None)));
+                }
+            }
+            set.extend(effects.set_timers.iter().cloned());
+            for (name, at) in set {
+                let due = match at {
+                    Some(at) => at,
+                    None => {
+                        let d = def.timers.get(&name).copied().ok_or_else(|| {
+                            Error::Internal(format!("timer `{name}` is not declared in {}", def.file))
+                        })?;
+                        now + TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+                    }
+                };
+                if let Some(old) = rec.timers.remove(&name) {
+                    batch.delete(Table::Timers, timer_row(key, &name, &old, now).key());
+                }
+                let tref = TimerRef { due, set_seq: seq };
+                let row = timer_row(key, &name, &tref, now);
+                batch.put(Table::Timers, row.key(), encode(&row)?);
+                entry.timers_set.push(format!("{name} at {}", due.to_rfc3339()));
+                rec.timers.insert(name, tref);
+            }
+            for (n, (to_key, body)) in effects.messages.into_iter().enumerate() {
+                let row = OutboxRow { id: format!("{key}#{seq}.{n}"), from: key.clone(), to: to_key, body, created_at: now };
+                batch.put(Table::Outbox, row.key(), encode(&row)?);
+                entry.messages.push(format!("{} to {}", row.id, row.to));
+                messages.push(row);
+            }
+            for (n, (call, request)) in effects.calls.into_iter().enumerate() {
+                let row = CallRow {
+                    id: format!("{key}#{seq}.c{n}"),
+                    entity: key.clone(),
+                    call,
+                    request,
+                    status: CallStatus::Pending,
+                    attempts: 0,
+                    created_at: now,
+                    next_attempt_at: None,
+                    last_error: None,
+                };
+                batch.put(Table::Effects, row.key(), encode(&row)?);
+                entry.calls.push(format!("{} {}", row.call, row.id));
+                rec.calls.push(row.id.clone());
+                calls.push(row);
+            }
+            rec.state = to.clone();
+            rec.data = data;
+            Outcome {
+                status: Status::Accepted,
+                code: None,
+                message: None,
+                state: to,
+                reply: effects.reply.unwrap_or(Value::Null),
+                repeated: false,
+            }
+        }
+    };
+    rec.seq = seq;
+    rec.updated_at = now;
+    batch.put(Table::Entities, key.prefix(), encode(&rec)?);
+    batch.put(Table::Journal, journal_key(key, seq), encode(&entry)?);
+    batch.put(Table::Idempotency, idempotency_key(key, &input.id), encode(&outcome)?);
+    Ok(Step { outcome, batch: Some(batch), record: Some(rec), messages, calls, stale: false })
+}
+
+/// The timers-table row of an entity's named timer.
+pub fn timer_row(key: &EntityKey, name: &str, t: &TimerRef, now: DateTime<Utc>) -> TimerRow {
+    TimerRow {
+        entity: key.clone(),
+        name: name.to_string(),
+        due: t.due,
+        set_seq: t.set_seq,
+        set_at: now,
+        target: TimerTarget::Entity,
+    }
+}

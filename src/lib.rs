@@ -1,0 +1,13 @@
+//! marketflow: durable, message-driven orchestration of Alibaba Cloud Marketplace subscriptions.
+//!
+//! # Layout
+//! - [`clock`]: service time (system, scaled for demos, manual for tests); every deadline reads it.
+//! - [`store`]: the storage trait (ordered tables, atomic durable batches), sled and in-memory backends, and
+//!   the group committer that shares one fsync among many entities' commits. No sled type leaves it.
+//! - [`engine`]: definitions as data (`workflows/*.toml`), the pure step of an entity, entity actors and their
+//!   directory, durable timers, the outbox between entities, external calls with retry policies, inspection.
+//!
+//! Dependencies point one way: `engine` knows no organization or subscription, `store` knows no engine.
+pub mod clock;
+pub mod engine;
+pub mod store;

@@ -1,0 +1,101 @@
+//! A store in memory: for unit tests of everything above the store, and for nothing that must survive.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::RwLock;
+
+use super::{Batch, Error, Op, Store, Table};
+
+/// An ordered map per table behind one lock, so a batch is applied atomically with respect to readers.
+#[derive(Default)]
+pub struct MemoryStore {
+    /// All tables, keyed by table and key; one lock keeps batches atomic.
+    data: RwLock<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn bound(table: Table, b: Bound<Vec<u8>>, unbounded_end: bool) -> Bound<(Table, Vec<u8>)> {
+    match b {
+        Bound::Included(k) => Bound::Included((table, k)),
+        Bound::Excluded(k) => Bound::Excluded((table, k)),
+        Bound::Unbounded if unbounded_end => {
+            // The next table's first key, or the end of everything.
+            let next = all_tables().into_iter().find(|t| *t as u8 > table as u8);
+            match next {
+                Some(t) => Bound::Excluded((t, Vec::new())),
+                None => Bound::Unbounded,
+            }
+        }
+        Bound::Unbounded => Bound::Included((table, Vec::new())),
+    }
+}
+
+fn all_tables() -> Vec<Table> {
+    let mut t = vec![
+        Table::Entities,
+        Table::Journal,
+        Table::Timers,
+        Table::TimerIndex,
+        Table::Idempotency,
+        Table::Outbox,
+        Table::Effects,
+        Table::Meta,
+        Table::Records,
+        Table::Index,
+    ];
+    t.sort_by_key(|t| *t as u8);
+    t
+}
+
+impl Store for MemoryStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let g = self.data.read().map_err(|_| Error::Backend("memory store lock poisoned".into()))?;
+        Ok(g.get(&(table, key.to_vec())).cloned())
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let g = self.data.read().map_err(|_| Error::Backend("memory store lock poisoned".into()))?;
+        let range = g.range((bound(table, start, false), bound(table, end, true)));
+        let map = |((_, k), v): (&(Table, Vec<u8>), &Vec<u8>)| (k.clone(), v.clone());
+        Ok(if reverse { range.rev().take(limit).map(map).collect() } else { range.take(limit).map(map).collect() })
+    }
+
+    fn apply(&self, batches: &[Batch]) -> Result<(), Error> {
+        let mut g = self.data.write().map_err(|_| Error::Backend("memory store lock poisoned".into()))?;
+        for op in batches.iter().flat_map(|b| b.ops.iter()) {
+            match op {
+                Op::Put { table, key, value } => {
+                    g.insert((*table, key.clone()), value.clone());
+                }
+                Op::Delete { table, key } => {
+                    g.remove(&(*table, key.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_store_keeps_the_store_contract() {
+        super::super::contract_tests::roundtrip(&super::MemoryStore::new());
+    }
+}

@@ -1,0 +1,191 @@
+//! The engine against a real store, on the manual clock: timers, idempotency, guards, messages, calls.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use common::*;
+use marketflow::clock::ManualClock;
+use marketflow::engine::*;
+use marketflow::store::{MemoryStore, SledStore, Store};
+use serde_json::json;
+
+fn start(store: Arc<dyn Store>, handler: Arc<dyn CallHandler>) -> (Engine, ManualClock) {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap());
+    let engine = Engine::start(store, Arc::new(clock.clone()), registry(handler), EngineConfig::default())
+        .expect("engine starts");
+    (engine, clock)
+}
+
+#[actix_rt::test]
+async fn a_one_hour_timer_fires_on_the_manual_clock_in_well_under_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, clock) = start(Arc::new(SledStore::open(dir.path()).unwrap()), Flaky::new(0));
+    let o = engine.send(key("a"), ev("open-a", json!({"type": "open", "amount": 10}))).await.unwrap();
+    assert_eq!(o.status, Status::Accepted);
+    assert_eq!(o.state, "open");
+    let view = engine.entity_view(&key("a")).unwrap();
+    assert_eq!(view.timers.len(), 1);
+    assert_eq!(view.timers[0].name, "interest");
+    assert_eq!(view.timers[0].remaining_seconds, 3600);
+
+    let started = Instant::now();
+    clock.advance(Duration::from_secs(59 * 60));
+    tokio::task::yield_now().await;
+    assert_eq!(account(&engine, "a").unwrap().1.interest, 0, "not due before the hour");
+    clock.advance(Duration::from_secs(60));
+    eventually("interest paid", || account(&engine, "a").unwrap().1.interest == 1).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    // The timer re-armed itself for the next hour, and fired exactly once.
+    let view = engine.entity_view(&key("a")).unwrap();
+    assert_eq!(view.timers[0].remaining_seconds, 3600);
+    let journal = engine.journal(&key("a"), 0, 100).unwrap().items;
+    assert_eq!(journal.iter().filter(|j| j.event == "interest").count(), 1);
+    assert!(matches!(journal[1].cause, Cause::Timer { ref name } if name == "interest"));
+    engine.shutdown();
+}
+
+#[actix_rt::test]
+async fn a_repeated_input_gets_the_stored_outcome_and_changes_nothing() {
+    let (engine, _clock) = start(Arc::new(MemoryStore::new()), Flaky::new(0));
+    engine.send(key("b"), ev("open", json!({"type": "open", "amount": 5}))).await.unwrap();
+    let first = engine.send(key("b"), ev("dep-1", json!({"type": "deposit", "amount": 7}))).await.unwrap();
+    let again = engine.send(key("b"), ev("dep-1", json!({"type": "deposit", "amount": 7}))).await.unwrap();
+    assert!(!first.repeated);
+    assert!(again.repeated);
+    assert_eq!(first.reply, again.reply);
+    assert_eq!(account(&engine, "b").unwrap().1.balance, 12);
+    assert_eq!(engine.record(&key("b")).unwrap().unwrap().seq, 2);
+}
+
+#[actix_rt::test]
+async fn guards_choose_and_rejections_change_nothing() {
+    let (engine, _clock) = start(Arc::new(MemoryStore::new()), Flaky::new(0));
+    engine.send(key("c"), ev("open", json!({"type": "open", "amount": 5}))).await.unwrap();
+    let o = engine.send(key("c"), ev("t1", json!({"type": "transfer", "to": "d", "amount": 50}))).await.unwrap();
+    assert_eq!(o.status, Status::Rejected);
+    assert_eq!(o.code.as_deref(), Some("insufficient_funds"));
+    assert_eq!(account(&engine, "c").unwrap().1.balance, 5);
+    let o = engine.send(key("c"), ev("bad", json!({"type": "deposit", "amount": -1}))).await.unwrap();
+    assert_eq!(o.code.as_deref(), Some("invalid_amount"));
+    // Undecodable input is an error, not a transition.
+    let e = engine.send(key("c"), ev("junk", json!({"type": "nope"}))).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_input");
+    // An event with no transition is absorbed and journaled; for an unknown entity nothing is stored.
+    let o = engine.send(key("c"), ev("o2", json!({"type": "open", "amount": 1}))).await.unwrap();
+    assert_eq!(o.status, Status::Ignored);
+    let o = engine.send(key("ghost"), ev("x", json!({"type": "close"}))).await.unwrap();
+    assert_eq!(o.status, Status::Ignored);
+    assert!(engine.record(&key("ghost")).unwrap().is_none());
+    let journal = engine.journal(&key("c"), 0, 100).unwrap().items;
+    assert_eq!(journal.last().unwrap().status, Status::Ignored);
+    // A workflow that panics fails that input only; the actor is re-created and the entity carries on.
+    let e = engine.send(key("c"), ev("boom", json!({"type": "boom"}))).await.unwrap_err();
+    assert_eq!(e.code(), "internal_error");
+    let o = engine.send(key("c"), ev("dep", json!({"type": "deposit", "amount": 1}))).await.unwrap();
+    assert_eq!(o.status, Status::Accepted);
+    assert_eq!(account(&engine, "c").unwrap().1.balance, 6);
+}
+
+#[actix_rt::test]
+async fn messages_move_money_once_through_the_outbox() {
+    let (engine, _clock) = start(Arc::new(MemoryStore::new()), Flaky::new(0));
+    engine.send(key("from"), ev("o", json!({"type": "open", "amount": 100}))).await.unwrap();
+    engine.send(key("to"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
+    for i in 0..10 {
+        let o = engine
+            .send(key("from"), ev(&format!("t{i}"), json!({"type": "transfer", "to": "to", "amount": 3})))
+            .await
+            .unwrap();
+        assert_eq!(o.status, Status::Accepted);
+    }
+    eventually("all credits arrive", || account(&engine, "to").unwrap().1.received == 30).await;
+    eventually("outbox drains", || {
+        marketflow::engine::services::pending_effects(&engine, &key("from")).unwrap().0.is_empty()
+    })
+    .await;
+    assert_eq!(account(&engine, "from").unwrap().1.balance, 70);
+    assert_eq!(account(&engine, "to").unwrap().1.balance, 31);
+}
+
+#[actix_rt::test]
+async fn external_calls_retry_with_backoff_then_need_an_operator() {
+    // Two failures, then success: the result arrives after the backoffs pass on the service clock.
+    let flaky = Flaky::new(2);
+    let (engine, clock) = start(Arc::new(MemoryStore::new()), flaky.clone());
+    engine.send(key("n"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
+    engine.send(key("n"), ev("p", json!({"type": "ping"}))).await.unwrap();
+    eventually("first attempt failed", || flaky.calls.load(Ordering::SeqCst) == 1).await;
+    eventually("retry scheduled", || {
+        engine.entity_view(&key("n")).unwrap().pending_calls.first().map(|c| c.status) == Some(CallStatus::Retrying)
+    })
+    .await;
+    clock.advance(Duration::from_secs(1));
+    eventually("second attempt", || flaky.calls.load(Ordering::SeqCst) == 2).await;
+    eventually("second retry scheduled", || {
+        engine.entity_view(&key("n")).unwrap().pending_calls.first().map(|c| c.attempts) == Some(2)
+    })
+    .await;
+    clock.advance(Duration::from_secs(2));
+    eventually("notified", || account(&engine, "n").unwrap().1.notified == 1).await;
+    assert!(engine.entity_view(&key("n")).unwrap().pending_calls.is_empty());
+
+    // Always failing: three attempts, then needs attention; an operator's retry runs it again.
+    let dead = Flaky::new(u32::MAX);
+    let (engine, clock) = start(Arc::new(MemoryStore::new()), dead.clone());
+    engine.send(key("m"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
+    engine.send(key("m"), ev("p", json!({"type": "ping"}))).await.unwrap();
+    for n in 1..=3u32 {
+        eventually("attempt", || dead.calls.load(Ordering::SeqCst) == n).await;
+        eventually("recorded", || {
+            engine.entity_view(&key("m")).unwrap().pending_calls.first().map(|c| c.attempts) == Some(n)
+        })
+        .await;
+        clock.advance(Duration::from_secs(4));
+    }
+    let view = engine.entity_view(&key("m")).unwrap();
+    assert!(view.needs_attention);
+    assert!(view.last_error.unwrap().contains("simulated failure #3"));
+    let filter = marketflow::engine::inspect::EntityFilter { needs_attention: true, ..Default::default() };
+    assert_eq!(engine.list_entities(&filter, None, 10).unwrap().items.len(), 1);
+    let call_id = view.pending_calls[0].id.clone();
+    engine.cancel_call(&call_id, "marketplace down").await.unwrap();
+    eventually("failure delivered", || account(&engine, "m").unwrap().1.notify_failed == 1).await;
+}
+
+#[actix_rt::test]
+async fn idle_actors_stop_and_entities_live_on_disk() {
+    let config = EngineConfig { idle_timeout: Duration::from_millis(100), ..Default::default() };
+    let clock = ManualClock::new(Utc::now());
+    let engine =
+        Engine::start(Arc::new(MemoryStore::new()), Arc::new(clock), registry(Flaky::new(0)), config).unwrap();
+    for i in 0..200 {
+        engine.send(key(&format!("e{i}")), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
+    }
+    assert!(engine.live_actors() > 0);
+    eventually("actors stop when idle", || engine.live_actors() == 0).await;
+    let o = engine.send(key("e7"), ev("d", json!({"type": "deposit", "amount": 2}))).await.unwrap();
+    assert_eq!(o.reply["balance"], 3, "a stopped entity resumes from its record");
+}
+
+#[actix_rt::test]
+async fn overload_is_refused_not_queued_without_bound() {
+    let config = EngineConfig { max_inflight: 1, ..Default::default() };
+    let engine = Engine::start(
+        Arc::new(MemoryStore::new()),
+        Arc::new(ManualClock::new(Utc::now())),
+        registry(Flaky::new(0)),
+        config,
+    )
+    .unwrap();
+    let sends: Vec<_> = (0..50)
+        .map(|i| engine.send(key(&format!("o{i}")), ev("o", json!({"type": "open", "amount": 1}))))
+        .collect();
+    let results = futures_util::future::join_all(sends).await;
+    let refused = results.iter().filter(|r| matches!(r, Err(Error::Overloaded))).count();
+    assert!(refused > 0, "some inputs must be refused with one permit");
+    assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(Error::Overloaded))));
+}
