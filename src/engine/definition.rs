@@ -487,7 +487,7 @@ to = "done"
         let e = error_of(&GOOD.replace("actions = [\"note\"]\n\n[[transition]]\nfrom = [\"running\"]", "actions = [\"nope\"]\n\n[[transition]]\nfrom = [\"running\"]"));
         assert_eq!(e.file, "bad.toml");
         assert!(e.message.contains("unknown action `nope`"), "{e}");
-        assert_eq!(e.line, 27, "{e}");
+        assert_eq!(e.line, 30, "{e}");
     }
 
     #[test]
