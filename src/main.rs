@@ -1,1 +1,46 @@
-fn main() {}
+//! The `marketflow` binary: `serve` (more subcommands follow the issues: simulate, demo, ctl).
+
+use clap::{Parser, Subcommand};
+use marketflow::app::{init_tracing, Application};
+use marketflow::config::{Config, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "marketflow", version, about = "Alibaba Cloud Marketplace subscription orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (HTTP API, SPI, engine) on the embedded sled store.
+    Serve(ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match Config::resolve(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("marketflow: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            init_tracing(config.log_format);
+            let result = actix_web::rt::System::new().block_on(async move {
+                let app = Application::build(config).await.map_err(|e| e.to_string())?;
+                app.run_until_stopped().await.map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "marketflow failed");
+                    eprintln!("marketflow: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

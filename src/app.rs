@@ -1,0 +1,166 @@
+//! Builds and wires the application. `main` and the black-box tests build it the same way (tests on port 0).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Clock, ScaledClock, SystemClock};
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig, Registry};
+use crate::http::{self, AppState};
+use crate::store::{Batch, SledStore, Store, Table};
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the store in {dir}: {source}")]
+    Store { dir: String, source: crate::store::Error },
+    #[error(transparent)]
+    Workflows(#[from] crate::engine::registry::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot persist the clock anchor: {0}")]
+    Clock(String),
+}
+
+/// The built-in workflow definitions (the `workflows/` directory at build time).
+pub const BUILTIN_WORKFLOWS: &[(&str, &str)] = &[];
+
+/// A running application: HTTP server, engine, store.
+pub struct Application {
+    port: u16,
+    server: Server,
+    engine: Engine,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct ClockAnchor {
+    /// Wall-clock time at which service time was `service`.
+    real: DateTime<Utc>,
+    service: DateTime<Utc>,
+    scale: f64,
+}
+
+const CLOCK_ANCHOR: &[u8] = b"clock/anchor";
+
+/// The service clock: scaled time continues from the anchor stored with the data, so it never runs backwards
+/// across restarts and the downtime passes at the scale that was in force.
+pub fn service_clock(store: &dyn Store, scale: f64) -> Result<Arc<dyn Clock>, Error> {
+    let real_now = Utc::now();
+    let stored: Option<ClockAnchor> = store
+        .get(Table::Meta, CLOCK_ANCHOR)
+        .map_err(|e| Error::Clock(e.to_string()))?
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let service_now = match stored {
+        Some(a) => {
+            let elapsed = (real_now - a.real).max(TimeDelta::zero());
+            let scaled = TimeDelta::milliseconds((elapsed.num_milliseconds() as f64 * a.scale) as i64);
+            a.service + scaled
+        }
+        None => real_now,
+    };
+    if scale == 1.0 && service_now <= real_now + TimeDelta::seconds(1) {
+        // Real time: nothing to anchor; forget an old anchor that real time has caught up with.
+        if stored.is_some() {
+            let mut b = Batch::new();
+            b.delete(Table::Meta, CLOCK_ANCHOR.to_vec());
+            store.apply(&[b]).map_err(|e| Error::Clock(e.to_string()))?;
+        }
+        return Ok(Arc::new(SystemClock));
+    }
+    let anchor = ClockAnchor { real: real_now, service: service_now, scale };
+    let mut b = Batch::new();
+    b.put(Table::Meta, CLOCK_ANCHOR.to_vec(), serde_json::to_vec(&anchor).map_err(|e| Error::Clock(e.to_string()))?);
+    store.apply(&[b]).map_err(|e| Error::Clock(e.to_string()))?;
+    Ok(Arc::new(ScaledClock::new(service_now, scale)))
+}
+
+/// The registry of the service's workflows, from the built-in definitions or a directory.
+pub fn registry(config: &Config) -> Result<Registry, Error> {
+    let mut r = Registry::new();
+    match &config.workflows_dir {
+        Some(dir) => r.add_definition_dir(dir)?,
+        None => {
+            for (file, source) in BUILTIN_WORKFLOWS {
+                r.add_definition(file, source)?;
+            }
+        }
+    }
+    for (kind, timer, d) in &config.timer_overrides {
+        r.override_timer(kind, timer, *d);
+    }
+    Ok(r)
+}
+
+impl Application {
+    /// Opens the store, starts the engine and binds the HTTP server. Must run inside an actix system.
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        let store: Arc<dyn Store> = Arc::new(
+            SledStore::open(&config.data_dir)
+                .map_err(|source| Error::Store { dir: config.data_dir.display().to_string(), source })?,
+        );
+        let clock = service_clock(&*store, config.time_scale)?;
+        let registry = registry(&config)?;
+        let engine = Engine::start(store, clock, registry, EngineConfig::default())?;
+        let listener =
+            TcpListener::bind(&config.listen).map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        tracing::info!(listen = %config.listen, port, data_dir = %config.data_dir.display(),
+            time_scale = config.time_scale, dev = config.dev, "marketflow serving");
+        let state = web::Data::new(AppState { engine: engine.clone(), config });
+        let server = HttpServer::new(move || {
+            App::new().app_data(state.clone()).wrap(tracing_actix()).configure(http::configure)
+        })
+        .workers(2)
+        .shutdown_timeout(10)
+        .listen(listener)
+        .map_err(|source| Error::Listen { addr: "listener".into(), source })?
+        .run();
+        Ok(Self { port, server, engine })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A handle to stop the server from elsewhere (tests).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or a stop through the handle), then drains: in-flight requests finish,
+    /// queued commits are made durable, the store is flushed.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let r = self.server.await;
+        tracing::info!("HTTP server stopped; draining the engine");
+        self.engine.shutdown();
+        tracing::info!("marketflow stopped");
+        r
+    }
+}
+
+fn tracing_actix() -> actix_web::middleware::Logger {
+    // Paths only: query strings can carry SPI tokens and 免登 signatures.
+    actix_web::middleware::Logger::new("%s %r %Dms").exclude("/healthz").exclude("/readyz").custom_request_replace("r", |req| {
+        format!("{} {}", req.method(), req.path())
+    })
+}
+
+/// Sets up logging: human-readable or JSON lines, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(format: crate::config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder.json().try_init(),
+        crate::config::LogFormat::Human => builder.try_init(),
+    };
+}

@@ -1,0 +1,367 @@
+//! Configuration, layered: defaults < config file < `MARKETFLOW_*` environment < command-line flags.
+//!
+//! Secrets are [`Secret`]s: their `Debug` and `Display` print a placeholder, so a config dumped to the log at
+//! start-up never carries a key or a token.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the one place that needs it (signing, comparing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Everything `serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub public_url: String,
+    pub isv_key: Option<Secret>,
+    pub aliyun_endpoint: String,
+    pub access_key_id: Option<String>,
+    pub access_key_secret: Option<Secret>,
+    pub product_code: String,
+    pub operator_token: Option<Secret>,
+    pub service_token: Option<Secret>,
+    pub time_scale: f64,
+    pub sso_window: Duration,
+    /// Development mode: development secrets are made up when missing.
+    pub dev: bool,
+    pub log_format: LogFormat,
+    /// Definitions are read from here instead of the copies built into the binary.
+    pub workflows_dir: Option<PathBuf>,
+    /// Overrides of timer durations: `(kind, timer, duration)`.
+    pub timer_overrides: Vec<(String, String, Duration)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            public_url: "http://127.0.0.1:8080".into(),
+            isv_key: None,
+            aliyun_endpoint: "https://market.aliyuncs.com".into(),
+            access_key_id: None,
+            access_key_secret: None,
+            product_code: "cmgj00063418".into(),
+            operator_token: None,
+            service_token: None,
+            time_scale: 1.0,
+            sso_window: Duration::from_secs(600),
+            dev: false,
+            log_format: LogFormat::Human,
+            workflows_dir: None,
+            timer_overrides: vec![],
+        }
+    }
+}
+
+/// The config file's shape (every field optional; unknown fields are an error, so typos do not pass silently).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub time_scale: Option<f64>,
+    pub sso_window: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub workflows_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub aliyun: AliyunFile,
+    #[serde(default)]
+    pub tokens: TokensFile,
+    /// `[timers.<kind>] <timer> = "<duration>"`
+    #[serde(default)]
+    pub timers: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliyunFile {
+    pub isv_key: Option<Secret>,
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub access_key_secret: Option<Secret>,
+    pub product_code: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    pub operator: Option<Secret>,
+    pub service: Option<Secret>,
+}
+
+/// The flags of `serve`; each also reads its `MARKETFLOW_*` variable (a flag wins over the variable).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Config file (TOML); its values sit between the defaults and the environment.
+    #[arg(long, env = "MARKETFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address the HTTP server binds.
+    #[arg(long, env = "MARKETFLOW_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory of the sled store.
+    #[arg(long, env = "MARKETFLOW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Base URL buyers' browsers reach (used in authUrl).
+    #[arg(long, env = "MARKETFLOW_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    #[arg(long, env = "MARKETFLOW_ALIYUN_ISV_KEY", hide_env_values = true)]
+    pub isv_key: Option<String>,
+    #[arg(long, env = "MARKETFLOW_ALIYUN_ENDPOINT")]
+    pub aliyun_endpoint: Option<String>,
+    #[arg(long, env = "MARKETFLOW_ALIYUN_ACCESS_KEY_ID")]
+    pub access_key_id: Option<String>,
+    #[arg(long, env = "MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET", hide_env_values = true)]
+    pub access_key_secret: Option<String>,
+    #[arg(long, env = "MARKETFLOW_ALIYUN_PRODUCT_CODE")]
+    pub product_code: Option<String>,
+    #[arg(long, env = "MARKETFLOW_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    #[arg(long, env = "MARKETFLOW_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+    /// Service seconds per real second (60: an hour passes in a minute).
+    #[arg(long, env = "MARKETFLOW_TIME_SCALE")]
+    pub time_scale: Option<f64>,
+    /// How far the 免登 timeStamp may be from now (e.g. 10m).
+    #[arg(long, env = "MARKETFLOW_SSO_WINDOW")]
+    pub sso_window: Option<String>,
+    /// Log output: human or json.
+    #[arg(long, env = "MARKETFLOW_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Read workflow definitions from this directory instead of the built-in copies.
+    #[arg(long, env = "MARKETFLOW_WORKFLOWS_DIR")]
+    pub workflows_dir: Option<PathBuf>,
+    /// Development mode: make up development secrets that are missing.
+    #[arg(long)]
+    pub dev: bool,
+}
+
+/// Configuration that cannot be used, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{name}: {message}")]
+    Invalid { name: &'static str, message: String },
+    #[error("missing required settings (set them, or run `serve --dev`): {0}")]
+    Missing(String),
+}
+
+fn duration(name: &'static str, s: &str) -> Result<Duration, Error> {
+    crate::engine::definition::parse_duration(s).map_err(|message| Error::Invalid { name, message })
+}
+
+impl Config {
+    /// Resolves the layers.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, Error> {
+        let mut c = Config::default();
+        if let Some(path) = &args.config {
+            c.apply_file(path)?;
+        }
+        let secret = |s: &Option<String>| s.as_ref().map(Secret::new);
+        if let Some(v) = &args.listen {
+            c.listen = v.clone();
+        }
+        if let Some(v) = &args.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = &args.public_url {
+            c.public_url = v.clone();
+        }
+        c.isv_key = secret(&args.isv_key).or(c.isv_key);
+        if let Some(v) = &args.aliyun_endpoint {
+            c.aliyun_endpoint = v.clone();
+        }
+        c.access_key_id = args.access_key_id.clone().or(c.access_key_id);
+        c.access_key_secret = secret(&args.access_key_secret).or(c.access_key_secret);
+        if let Some(v) = &args.product_code {
+            c.product_code = v.clone();
+        }
+        c.operator_token = secret(&args.operator_token).or(c.operator_token);
+        c.service_token = secret(&args.service_token).or(c.service_token);
+        if let Some(v) = args.time_scale {
+            c.time_scale = v;
+        }
+        if let Some(v) = &args.sso_window {
+            c.sso_window = duration("MARKETFLOW_SSO_WINDOW", v)?;
+        }
+        if let Some(v) = args.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = &args.workflows_dir {
+            c.workflows_dir = Some(v.clone());
+        }
+        c.dev = args.dev;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn apply_file(&mut self, path: &Path) -> Result<(), Error> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: p.clone(), source })?;
+        let f: FileConfig = toml::from_str(&text).map_err(|e| Error::Parse { path: p.clone(), message: e.to_string() })?;
+        if let Some(v) = f.listen {
+            self.listen = v;
+        }
+        if let Some(v) = f.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = f.public_url {
+            self.public_url = v;
+        }
+        if let Some(v) = f.time_scale {
+            self.time_scale = v;
+        }
+        if let Some(v) = f.sso_window {
+            self.sso_window = duration("sso_window", &v)?;
+        }
+        if let Some(v) = f.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = f.workflows_dir {
+            self.workflows_dir = Some(v);
+        }
+        self.isv_key = f.aliyun.isv_key.or(self.isv_key.take());
+        if let Some(v) = f.aliyun.endpoint {
+            self.aliyun_endpoint = v;
+        }
+        self.access_key_id = f.aliyun.access_key_id.or(self.access_key_id.take());
+        self.access_key_secret = f.aliyun.access_key_secret.or(self.access_key_secret.take());
+        if let Some(v) = f.aliyun.product_code {
+            self.product_code = v;
+        }
+        self.operator_token = f.tokens.operator.or(self.operator_token.take());
+        self.service_token = f.tokens.service.or(self.service_token.take());
+        for (kind, timers) in f.timers {
+            for (timer, d) in timers {
+                let d = duration("timers", &d)?;
+                self.timer_overrides.push((kind.clone(), timer, d));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self) -> Result<(), Error> {
+        if !(self.time_scale.is_finite() && self.time_scale > 0.0 && self.time_scale <= 1_000_000.0) {
+            return Err(Error::Invalid {
+                name: "MARKETFLOW_TIME_SCALE",
+                message: format!("must be a number in (0, 1000000], got {}", self.time_scale),
+            });
+        }
+        if self.dev {
+            let dev = |s: &mut Option<Secret>, v: &str| {
+                if s.is_none() {
+                    *s = Some(Secret::new(v));
+                }
+            };
+            dev(&mut self.isv_key, "dev-isv-key");
+            dev(&mut self.access_key_secret, "dev-access-key-secret");
+            dev(&mut self.operator_token, "dev-operator-token");
+            dev(&mut self.service_token, "dev-service-token");
+            if self.access_key_id.is_none() {
+                self.access_key_id = Some("dev-access-key-id".into());
+            }
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if self.isv_key.is_none() {
+            missing.push("MARKETFLOW_ALIYUN_ISV_KEY");
+        }
+        if self.access_key_id.is_none() {
+            missing.push("MARKETFLOW_ALIYUN_ACCESS_KEY_ID");
+        }
+        if self.access_key_secret.is_none() {
+            missing.push("MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET");
+        }
+        if self.operator_token.is_none() {
+            missing.push("MARKETFLOW_OPERATOR_TOKEN");
+        }
+        if self.service_token.is_none() {
+            missing.push("MARKETFLOW_SERVICE_TOKEN");
+        }
+        if !missing.is_empty() {
+            return Err(Error::Missing(missing.join(", ")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_secrets_stay_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\ntime_scale = 5.0\n[tokens]\noperator = \"from-file\"\n\
+             [timers.organization]\nswitch-window = \"30m\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            listen: Some("127.0.0.1:2".into()),
+            dev: true,
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2", "flags/environment beat the file");
+        assert_eq!(c.time_scale, 5.0, "the file beats the defaults");
+        assert_eq!(c.operator_token.as_ref().unwrap().expose(), "from-file");
+        assert_eq!(c.timer_overrides, vec![("organization".into(), "switch-window".into(), Duration::from_secs(1800))]);
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("from-file") && !dump.contains("dev-isv-key"), "{dump}");
+    }
+
+    #[test]
+    fn missing_secrets_are_named_outside_dev_mode() {
+        let e = Config::resolve(&ServeArgs::default()).unwrap_err().to_string();
+        for name in ["MARKETFLOW_ALIYUN_ISV_KEY", "MARKETFLOW_OPERATOR_TOKEN", "MARKETFLOW_SERVICE_TOKEN"] {
+            assert!(e.contains(name), "{e}");
+        }
+        let bad = ServeArgs { time_scale: Some(-1.0), dev: true, ..Default::default() };
+        assert!(Config::resolve(&bad).is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! The HTTP boundary's errors: a stable `code` and a message for clients; the cause chain stays in the logs.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// An error answer: `{"code": "...", "message": "..."}` with a status.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    /// Seconds to wait before retrying (overload).
+    pub retry_after: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self { status, code: code.to_string(), message: message.into(), retry_after: None }
+    }
+    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "credentials are missing or invalid")
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        let mut r = HttpResponse::build(self.status);
+        if let Some(s) = self.retry_after {
+            r.insert_header(("Retry-After", s.to_string()));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        r.json(Body { code: &self.code, message: &self.message })
+    }
+}
+
+impl From<crate::engine::Error> for ApiError {
+    fn from(e: crate::engine::Error) -> Self {
+        use crate::engine::Error as E;
+        let status = match &e {
+            E::Overloaded | E::Stopped | E::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::Paused => StatusCode::CONFLICT,
+            E::UnknownKind(_) | E::NotFound => StatusCode::NOT_FOUND,
+            E::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            E::DefinitionMismatch(_) | E::Panicked(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match &e {
+            // Internal detail goes to the log only.
+            E::Storage(_) | E::Panicked(_) | E::Internal(_) => {
+                tracing::error!(error = %e, "request failed");
+                "the service could not complete the request".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut err = ApiError::new(status, e.code(), message);
+        if e.is_transient() || matches!(e, E::Stopped) {
+            err.retry_after = Some(1);
+        }
+        err
+    }
+}
