@@ -1,0 +1,96 @@
+//! Black-box tests of the running service on a real port: health, readiness, the ops API and who may call it.
+
+use std::path::Path;
+
+use marketflow::app::Application;
+use marketflow::config::{Config, Secret};
+use serde_json::Value;
+
+struct TestApp {
+    url: String,
+    http: reqwest::Client,
+    handle: actix_web::dev::ServerHandle,
+}
+
+async fn spawn(dir: &Path) -> TestApp {
+    let config = Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.join("data"),
+        operator_token: Some(Secret::new("op-token")),
+        service_token: Some(Secret::new("svc-token")),
+        isv_key: Some(Secret::new("isv")),
+        time_scale: 60.0,
+        ..Config::default()
+    };
+    let app = Application::build(config).await.expect("the app builds");
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    actix_rt::spawn(app.run_until_stopped());
+    TestApp { url, http: reqwest::Client::new(), handle }
+}
+
+impl TestApp {
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+}
+
+#[actix_rt::test]
+async fn health_readiness_and_the_scaled_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn(dir.path()).await;
+    let (s, h) = app.get("/healthz", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["time_scale"], 60.0);
+    let now = chrono::DateTime::parse_from_rfc3339(h["now"].as_str().unwrap()).unwrap();
+    let (s, _) = app.get("/readyz", None).await;
+    assert_eq!(s, 200);
+    app.handle.stop(true).await;
+
+    // Restarted on the same data, the scaled clock goes on from where it was, never back.
+    let app = spawn(dir.path()).await;
+    let (_, h) = app.get("/healthz", None).await;
+    let later = chrono::DateTime::parse_from_rfc3339(h["now"].as_str().unwrap()).unwrap();
+    assert!(later >= now, "{later} < {now}");
+    app.handle.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn the_ops_api_checks_who_is_calling_and_answers_with_stable_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn(dir.path()).await;
+    for path in ["/api/v1/ops/entities", "/api/v1/ops/timers", "/api/v1/ops/entities/subscription/1"] {
+        let (s, b) = app.get(path, None).await;
+        assert_eq!(s, 401, "{path}");
+        assert_eq!(b["code"], "unauthorized");
+        let (s, b) = app.get(path, Some("svc-token")).await;
+        assert_eq!(s, 403, "{path}: the service role is not an operator");
+        assert_eq!(b["code"], "forbidden");
+        let (s, _) = app.get(path, Some("wrong")).await;
+        assert_eq!(s, 401, "{path}");
+    }
+    let (s, b) = app.get("/api/v1/ops/entities", Some("op-token")).await;
+    assert_eq!(s, 200);
+    assert!(b["items"].as_array().unwrap().is_empty());
+    let (s, b) = app.get("/api/v1/ops/entities?limit=0", Some("op-token")).await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_limit")));
+    let (s, b) = app.get("/api/v1/ops/entities?kind=nope", Some("op-token")).await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("unknown_kind")));
+    let (s, b) = app.get("/api/v1/ops/entities?bogus=1", Some("op-token")).await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_query")));
+    let (s, b) = app.get("/api/v1/ops/timers?due_before=yesterday", Some("op-token")).await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_query")));
+    let (s, b) = app.get("/api/v1/ops/entities/subscription/none", Some("op-token")).await;
+    assert_eq!((s, b["code"].as_str()), (404, Some("not_found")));
+    let (s, b) = app.get("/no/such/route", None).await;
+    assert_eq!((s, b["code"].as_str()), (404, Some("not_found")));
+    app.handle.stop(true).await;
+}
