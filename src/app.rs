@@ -106,8 +106,8 @@ impl Application {
         let clock = service_clock(&*store, config.time_scale)?;
         let registry = registry(&config)?;
         let engine = Engine::start(store, clock, registry, EngineConfig::default())?;
-        let listener =
-            TcpListener::bind(&config.listen).map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
+        let listener = TcpListener::bind(&config.listen)
+            .map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         tracing::info!(listen = %config.listen, port, data_dir = %config.data_dir.display(),
             time_scale = config.time_scale, dev = config.dev, "marketflow serving");
@@ -149,9 +149,10 @@ impl Application {
 
 fn tracing_actix() -> actix_web::middleware::Logger {
     // Paths only: query strings can carry SPI tokens and 免登 signatures.
-    actix_web::middleware::Logger::new("%s %r %Dms").exclude("/healthz").exclude("/readyz").custom_request_replace("r", |req| {
-        format!("{} {}", req.method(), req.path())
-    })
+    actix_web::middleware::Logger::new("%s %r %Dms")
+        .exclude("/healthz")
+        .exclude("/readyz")
+        .custom_request_replace("r", |req| format!("{} {}", req.method(), req.path()))
 }
 
 /// Sets up logging: human-readable or JSON lines, filtered by `RUST_LOG` (default `info`).

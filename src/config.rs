@@ -239,7 +239,8 @@ impl Config {
     fn apply_file(&mut self, path: &Path) -> Result<(), Error> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: p.clone(), source })?;
-        let f: FileConfig = toml::from_str(&text).map_err(|e| Error::Parse { path: p.clone(), message: e.to_string() })?;
+        let f: FileConfig =
+            toml::from_str(&text).map_err(|e| Error::Parse { path: p.clone(), message: e.to_string() })?;
         if let Some(v) = f.listen {
             self.listen = v;
         }
@@ -340,12 +341,8 @@ mod tests {
              [timers.organization]\nswitch-window = \"30m\"\n",
         )
         .unwrap();
-        let args = ServeArgs {
-            config: Some(file),
-            listen: Some("127.0.0.1:2".into()),
-            dev: true,
-            ..Default::default()
-        };
+        let args =
+            ServeArgs { config: Some(file), listen: Some("127.0.0.1:2".into()), dev: true, ..Default::default() };
         let c = Config::resolve(&args).unwrap();
         assert_eq!(c.listen, "127.0.0.1:2", "flags/environment beat the file");
         assert_eq!(c.time_scale, 5.0, "the file beats the defaults");

@@ -7,11 +7,14 @@
 //! - [`engine`]: definitions as data (`workflows/*.toml`), the pure step of an entity, entity actors and their
 //!   directory, durable timers, the outbox between entities, external calls with retry policies, inspection.
 //!
+//! - [`aliyun`]: the marketplace's protocol, pure: SPI tokens and parameters, Market OpenAPI signatures (V3
+//!   `ACS3-HMAC-SHA256` and legacy RPC HMAC-SHA1) and request/response types.
 //! - [`config`]: defaults < file < environment < flags; secrets that never print.
 //! - [`http`]: routes, bearer-token roles, JSON errors with stable codes.
 //! - [`app`]: builds the application the same way for `main` and the tests; the persisted clock anchor.
 //!
 //! Dependencies point one way: `engine` knows no organization or subscription, `store` knows no engine.
+pub mod aliyun;
 pub mod app;
 pub mod clock;
 pub mod config;

@@ -48,9 +48,10 @@ impl EntityActor {
         if !self.loaded {
             let bytes = self.engine.inner.store.get(Table::Entities, &self.key.prefix())?;
             self.record = match bytes {
-                Some(b) => Some(serde_json::from_slice(&b).map_err(|e| {
-                    Error::Internal(format!("the record of {} does not decode: {e}", self.key))
-                })?),
+                Some(b) => Some(
+                    serde_json::from_slice(&b)
+                        .map_err(|e| Error::Internal(format!("the record of {} does not decode: {e}", self.key)))?,
+                ),
                 None => None,
             };
             self.loaded = true;
@@ -244,4 +245,3 @@ impl Directory {
         }
     }
 }
-

@@ -353,8 +353,11 @@ impl Definition {
     /// Reads a definition from a file.
     pub fn load(path: &Path, catalog: &Catalog) -> Result<Self, Error> {
         let file = path.display().to_string();
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| Error { file: file.clone(), line: 0, message: format!("cannot read: {e}") })?;
+        let source = std::fs::read_to_string(path).map_err(|e| Error {
+            file: file.clone(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })?;
         Self::parse(&file, &source, catalog)
     }
 
@@ -484,7 +487,10 @@ to = "done"
 
     #[test]
     fn an_unknown_action_names_file_and_line() {
-        let e = error_of(&GOOD.replace("actions = [\"note\"]\n\n[[transition]]\nfrom = [\"running\"]", "actions = [\"nope\"]\n\n[[transition]]\nfrom = [\"running\"]"));
+        let e = error_of(&GOOD.replace(
+            "actions = [\"note\"]\n\n[[transition]]\nfrom = [\"running\"]",
+            "actions = [\"nope\"]\n\n[[transition]]\nfrom = [\"running\"]",
+        ));
         assert_eq!(e.file, "bad.toml");
         assert!(e.message.contains("unknown action `nope`"), "{e}");
         assert_eq!(e.line, 30, "{e}");

@@ -200,11 +200,8 @@ impl Engine {
                 _ => break,
             }
         }
-        let next_cursor = if items.len() == limit {
-            items.last().map(|r| format!("{}/{}", r.kind, r.id))
-        } else {
-            None
-        };
+        let next_cursor =
+            if items.len() == limit { items.last().map(|r| format!("{}/{}", r.kind, r.id)) } else { None };
         Ok(Page { items, next_cursor })
     }
 

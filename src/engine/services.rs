@@ -335,15 +335,15 @@ async fn timer_loop(engine: Engine) {
         }
         let now = inner.clock.now();
         let horizon = keys::time_key(now + TimeDelta::milliseconds(1)).to_be_bytes().to_vec();
-        let due = match inner.store.scan(Table::Timers, Bound::Unbounded, Bound::Excluded(horizon.clone()), batch, false)
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!(error = %e, "scanning timers failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+        let due =
+            match inner.store.scan(Table::Timers, Bound::Unbounded, Bound::Excluded(horizon.clone()), batch, false) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e, "scanning timers failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
         let full = due.len() == batch;
         let mut busy = false;
         {

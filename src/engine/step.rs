@@ -56,15 +56,13 @@ pub fn step(
     };
     // A timer or call result must still be pending, or it is a leftover (cancelled, or consumed already).
     match (&input.event, record) {
-        (Event::Timer { name, set_seq }, r) => {
-            if r.and_then(|r| r.timers.get(name)).map(|t| t.set_seq) != Some(*set_seq) {
-                return Ok(stale_step(state));
-            }
+        (Event::Timer { name, set_seq }, r)
+            if r.and_then(|r| r.timers.get(name)).map(|t| t.set_seq) != Some(*set_seq) =>
+        {
+            return Ok(stale_step(state));
         }
-        (Event::CallResult { call_id, .. }, r) => {
-            if !r.map(|r| r.calls.contains(call_id)).unwrap_or(false) {
-                return Ok(stale_step(state));
-            }
+        (Event::CallResult { call_id, .. }, r) if !r.map(|r| r.calls.contains(call_id)).unwrap_or(false) => {
+            return Ok(stale_step(state));
         }
         _ => {}
     }
@@ -154,7 +152,14 @@ pub fn step(
                     stale: false,
                 });
             }
-            Outcome { status: Status::Ignored, code: None, message: None, state: state.clone(), reply: Value::Null, repeated: false }
+            Outcome {
+                status: Status::Ignored,
+                code: None,
+                message: None,
+                state: state.clone(),
+                reply: Value::Null,
+                repeated: false,
+            }
         }
         DecideOutput::Rejected { event, reject } => {
             entry.event = event;
@@ -234,7 +239,8 @@ pub fn step(
                 rec.timers.insert(name, tref);
             }
             for (n, (to_key, body)) in effects.messages.into_iter().enumerate() {
-                let row = OutboxRow { id: format!("{key}#{seq}.{n}"), from: key.clone(), to: to_key, body, created_at: now };
+                let row =
+                    OutboxRow { id: format!("{key}#{seq}.{n}"), from: key.clone(), to: to_key, body, created_at: now };
                 batch.put(Table::Outbox, row.key(), encode(&row)?);
                 entry.messages.push(format!("{} to {}", row.id, row.to));
                 messages.push(row);

@@ -44,11 +44,17 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 
 /// Registers every route of the service.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|e, _| {
-        ApiError::bad_request("invalid_json", e.to_string()).into()
-    }))
-    .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()))
-    .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into()))
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(64 * 1024)
+            .error_handler(|e, _| ApiError::bad_request("invalid_json", e.to_string()).into()),
+    )
+    .app_data(
+        web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
+    )
+    .app_data(
+        web::PathConfig::default().error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into()),
+    )
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .service(web::scope("/api/v1/ops").configure(ops::configure))

@@ -76,7 +76,11 @@ async fn list(state: web::Data<AppState>, _op: Operator, q: web::Query<ListQuery
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": page.next_cursor })))
 }
 
-async fn show(state: web::Data<AppState>, _op: Operator, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn show(
+    state: web::Data<AppState>,
+    _op: Operator,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (kind, id) = path.into_inner();
     let key = entity_key(&kind, &id)?;
     let view = state.engine.entity_view(&key).map_err(|e| match e {
@@ -118,7 +122,11 @@ struct TimersQuery {
     limit: Option<usize>,
 }
 
-async fn timers(state: web::Data<AppState>, _op: Operator, q: web::Query<TimersQuery>) -> Result<HttpResponse, ApiError> {
+async fn timers(
+    state: web::Data<AppState>,
+    _op: Operator,
+    q: web::Query<TimersQuery>,
+) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));

@@ -81,10 +81,8 @@ impl Committer {
         let (tx, rx) = mpsc::sync_channel(config.queue);
         let stats = Arc::new(CommitStats::default());
         let st = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("marketflow-commit".into())
-            .spawn(move || run(store, rx, config, st))
-            .ok();
+        let thread =
+            std::thread::Builder::new().name("marketflow-commit".into()).spawn(move || run(store, rx, config, st)).ok();
         Self { tx: Arc::new(Mutex::new(Some(tx))), thread: Arc::new(Mutex::new(thread)), stats }
     }
 

@@ -6,11 +6,13 @@ use std::sync::RwLock;
 
 use super::{Batch, Error, Op, Store, Table};
 
+type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
 /// An ordered map per table behind one lock, so a batch is applied atomically with respect to readers.
 #[derive(Default)]
 pub struct MemoryStore {
     /// All tables, keyed by table and key; one lock keeps batches atomic.
-    data: RwLock<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+    data: RwLock<Tables>,
 }
 
 impl MemoryStore {
@@ -65,7 +67,7 @@ impl Store for MemoryStore {
         end: Bound<Vec<u8>>,
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<super::KvPairs, Error> {
         let g = self.data.read().map_err(|_| Error::Backend("memory store lock poisoned".into()))?;
         let range = g.range((bound(table, start, false), bound(table, end, true)));
         let map = |((_, k), v): (&(Table, Vec<u8>), &Vec<u8>)| (k.clone(), v.clone());

@@ -16,6 +16,9 @@ pub use committer::Committer;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
+/// Key-value pairs as scans return them.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The tables of the store. Each is a key prefix in one keyspace, so a whole group commit is one atomic batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
@@ -111,7 +114,7 @@ pub trait Store: Send + Sync + 'static {
         end: Bound<Vec<u8>>,
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error>;
+    ) -> Result<KvPairs, Error>;
     /// Applies the batches in order as one atomic unit and makes them durable before returning.
     fn apply(&self, batches: &[Batch]) -> Result<(), Error>;
     /// Counts keys of a table with a prefix (for metrics and tests; may be slow).
@@ -132,12 +135,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Reads every key with `prefix`, at most `limit`.
-pub fn scan_prefix(
-    store: &dyn Store,
-    table: Table,
-    prefix: &[u8],
-    limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+pub fn scan_prefix(store: &dyn Store, table: Table, prefix: &[u8], limit: usize) -> Result<KvPairs, Error> {
     store.scan(table, Bound::Included(prefix.to_vec()), prefix_end(prefix), limit, false)
 }
 

@@ -97,7 +97,7 @@ impl Store for SledStore {
         end: Bound<Vec<u8>>,
         limit: usize,
         reverse: bool,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<super::KvPairs, Error> {
         let range = self.tree.range::<Vec<u8>, _>((full_bound(table, start, false), full_bound(table, end, true)));
         let mut out = Vec::new();
         let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, Error> {
