@@ -45,14 +45,17 @@ fn engine_run(dir: &std::path::Path, entities: usize, concurrency: usize, total:
     actix_rt::System::new().block_on(async move {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir).expect("store opens"));
         let clock = ManualClock::new(Utc::now());
-        let engine = Engine::start(store, Arc::new(clock), common::registry(common::Flaky::new(0)), EngineConfig::default())
-            .expect("engine starts");
+        let engine =
+            Engine::start(store, Arc::new(clock), common::registry(common::Flaky::new(0)), EngineConfig::default())
+                .expect("engine starts");
         // Create the entities first (not measured).
         let mut created = 0;
         while created < entities {
             let n = (entities - created).min(concurrency);
             let futs: Vec<_> = (created..created + n)
-                .map(|i| engine.send(common::key(&format!("b{i}")), common::ev("open", json!({"type": "open", "amount": 1}))))
+                .map(|i| {
+                    engine.send(common::key(&format!("b{i}")), common::ev("open", json!({"type": "open", "amount": 1})))
+                })
                 .collect();
             for r in futures_util::future::join_all(futs).await {
                 r.expect("open");

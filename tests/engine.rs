@@ -160,8 +160,7 @@ async fn external_calls_retry_with_backoff_then_need_an_operator() {
 async fn idle_actors_stop_and_entities_live_on_disk() {
     let config = EngineConfig { idle_timeout: Duration::from_millis(100), ..Default::default() };
     let clock = ManualClock::new(Utc::now());
-    let engine =
-        Engine::start(Arc::new(MemoryStore::new()), Arc::new(clock), registry(Flaky::new(0)), config).unwrap();
+    let engine = Engine::start(Arc::new(MemoryStore::new()), Arc::new(clock), registry(Flaky::new(0)), config).unwrap();
     for i in 0..200 {
         engine.send(key(&format!("e{i}")), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
     }
@@ -181,9 +180,8 @@ async fn overload_is_refused_not_queued_without_bound() {
         config,
     )
     .unwrap();
-    let sends: Vec<_> = (0..50)
-        .map(|i| engine.send(key(&format!("o{i}")), ev("o", json!({"type": "open", "amount": 1}))))
-        .collect();
+    let sends: Vec<_> =
+        (0..50).map(|i| engine.send(key(&format!("o{i}")), ev("o", json!({"type": "open", "amount": 1})))).collect();
     let results = futures_util::future::join_all(sends).await;
     let refused = results.iter().filter(|r| matches!(r, Err(Error::Overloaded))).count();
     assert!(refused > 0, "some inputs must be refused with one permit");
