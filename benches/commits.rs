@@ -2,7 +2,7 @@
 //! for one entity and for many, measured in the same run on the same disk.
 //!
 //!     cargo bench --bench commits              # full run (writes the table to stdout)
-//!     cargo bench --bench commits -- --small   # the CI smoke run
+//!     cargo bench --bench commits -- --small   # the CI smoke run (also what `cargo test` runs)
 //!
 //! Each figure is the median of several rounds; the machine is noisy, so compare ratios within one run.
 
@@ -93,7 +93,9 @@ fn engine_run(dir: &std::path::Path, entities: usize, concurrency: usize, total:
 }
 
 fn main() {
-    let small = std::env::args().any(|a| a == "--small");
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it, as a smoke test.
+    let args: Vec<String> = std::env::args().collect();
+    let small = args.iter().any(|a| a == "--small") || !args.iter().any(|a| a == "--bench");
     let rounds = if small { 1 } else { 5 };
     let secs = Duration::from_millis(if small { 300 } else { 2000 });
     let (many_entities, many_total) = if small { (1_000, 5_000) } else { (10_000, 100_000) };

@@ -8,6 +8,9 @@ use actix_web::{web, App, HttpServer};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::aliyun::client::MarketClient;
+use crate::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
+use crate::calls::MarketCalls;
 use crate::clock::{Clock, ScaledClock, SystemClock};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, Registry};
@@ -25,16 +28,23 @@ pub enum Error {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot persist the clock anchor: {0}")]
     Clock(String),
+    #[error("the Market OpenAPI client cannot be set up: {0}")]
+    Market(String),
+    #[error("the development marketplace cannot start: {0}")]
+    Simulator(String),
 }
 
 /// The built-in workflow definitions (the `workflows/` directory at build time).
-pub const BUILTIN_WORKFLOWS: &[(&str, &str)] = &[];
+pub const BUILTIN_WORKFLOWS: &[(&str, &str)] =
+    &[("workflows/subscription.toml", include_str!("../workflows/subscription.toml"))];
 
 /// A running application: HTTP server, engine, store.
 pub struct Application {
     port: u16,
     server: Server,
     engine: Engine,
+    /// The local marketplace of `serve --dev`, stopped with the service.
+    simulator: Option<RunningSimulator>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -82,6 +92,9 @@ pub fn service_clock(store: &dyn Store, scale: f64) -> Result<Arc<dyn Clock>, Er
 /// The registry of the service's workflows, from the built-in definitions or a directory.
 pub fn registry(config: &Config) -> Result<Registry, Error> {
     let mut r = Registry::new();
+    for wf in crate::domain::workflows() {
+        r.add_workflow(wf);
+    }
     match &config.workflows_dir {
         Some(dir) => r.add_definition_dir(dir)?,
         None => {
@@ -93,17 +106,32 @@ pub fn registry(config: &Config) -> Result<Registry, Error> {
     for (kind, timer, d) in &config.timer_overrides {
         r.override_timer(kind, timer, *d);
     }
+    let secret = config.access_key_secret.clone().ok_or_else(|| Error::Market("no AccessKey secret".into()))?;
+    let id = config.access_key_id.as_deref().ok_or_else(|| Error::Market("no AccessKey ID".into()))?;
+    let client = MarketClient::new(&config.aliyun_endpoint, id, secret, std::time::Duration::from_secs(10))
+        .map_err(|e| Error::Market(e.to_string()))?;
+    MarketCalls::new(client).register(&mut r);
     Ok(r)
 }
 
 impl Application {
     /// Opens the store, starts the engine and binds the HTTP server. Must run inside an actix system.
     pub async fn build(config: Config) -> Result<Self, Error> {
+        Self::build_with_clock(config, None).await
+    }
+
+    /// As [`Application::build`], on a given clock (tests: a manual clock shared with the simulator).
+    pub async fn build_with_clock(mut config: Config, clock: Option<Arc<dyn Clock>>) -> Result<Self, Error> {
         let store: Arc<dyn Store> = Arc::new(
             SledStore::open(&config.data_dir)
                 .map_err(|source| Error::Store { dir: config.data_dir.display().to_string(), source })?,
         );
-        let clock = service_clock(&*store, config.time_scale)?;
+        let clock = match clock {
+            Some(c) => c,
+            None => service_clock(&*store, config.time_scale)?,
+        };
+        let simulator =
+            if config.dev_simulator { Some(start_dev_simulator(&mut config, clock.clone()).await?) } else { None };
         let registry = registry(&config)?;
         let engine = Engine::start(store, clock, registry, EngineConfig::default())?;
         let listener = TcpListener::bind(&config.listen)
@@ -120,7 +148,7 @@ impl Application {
         .listen(listener)
         .map_err(|source| Error::Listen { addr: "listener".into(), source })?
         .run();
-        Ok(Self { port, server, engine })
+        Ok(Self { port, server, engine, simulator })
     }
 
     pub fn port(&self) -> u16 {
@@ -142,17 +170,39 @@ impl Application {
         let r = self.server.await;
         tracing::info!("HTTP server stopped; draining the engine");
         self.engine.shutdown();
+        if let Some(sim) = self.simulator {
+            let _ = sim.stop().await;
+        }
         tracing::info!("marketflow stopped");
         r
     }
 }
 
+/// Starts the local marketplace for `serve --dev` on the service's clock and points the client at it.
+async fn start_dev_simulator(config: &mut Config, clock: Arc<dyn Clock>) -> Result<RunningSimulator, Error> {
+    let missing = || Error::Simulator("development secrets are missing".into());
+    let sc = SimulatorConfig {
+        listen: config.simulator_listen.clone(),
+        ..SimulatorConfig::new(
+            config.public_url.clone(),
+            config.isv_key.clone().ok_or_else(missing)?,
+            config.access_key_id.clone().ok_or_else(missing)?,
+            config.access_key_secret.clone().ok_or_else(missing)?,
+            clock,
+        )
+    };
+    let sim = simulator::start(sc).await.map_err(|e| Error::Simulator(e.to_string()))?;
+    config.aliyun_endpoint = sim.base_url().to_string();
+    tracing::info!(url = %sim.base_url(), "development marketplace (simulator) running in this process");
+    Ok(sim)
+}
+
 fn tracing_actix() -> actix_web::middleware::Logger {
-    // Paths only: query strings can carry SPI tokens and 免登 signatures.
-    actix_web::middleware::Logger::new("%s %r %Dms")
+    // Method and path only: query strings carry SPI tokens and 免登 signatures, which must not reach the logs.
+    actix_web::middleware::Logger::new("%s %{request}xi %Dms")
         .exclude("/healthz")
         .exclude("/readyz")
-        .custom_request_replace("r", |req| format!("{} {}", req.method(), req.path()))
+        .custom_request_replace("request", |req| format!("{} {}", req.method(), req.path()))
 }
 
 /// Sets up logging: human-readable or JSON lines, filtered by `RUST_LOG` (default `info`).

@@ -61,11 +61,18 @@ pub struct Config {
     pub sso_window: Duration,
     /// Development mode: development secrets are made up when missing.
     pub dev: bool,
+    /// Run the local marketplace in this process and point the Market client at it (`serve --dev` without an
+    /// explicit endpoint).
+    pub dev_simulator: bool,
+    /// Where the in-process simulator listens (`MARKETFLOW_SIMULATOR_LISTEN`).
+    pub simulator_listen: String,
     pub log_format: LogFormat,
     /// Definitions are read from here instead of the copies built into the binary.
     pub workflows_dir: Option<PathBuf>,
     /// Overrides of timer durations: `(kind, timer, duration)`.
     pub timer_overrides: Vec<(String, String, Duration)>,
+    /// Whether the config file named the endpoint (then `--dev` does not replace it with the simulator).
+    pub endpoint_from_file: bool,
 }
 
 impl Default for Config {
@@ -84,9 +91,12 @@ impl Default for Config {
             time_scale: 1.0,
             sso_window: Duration::from_secs(600),
             dev: false,
+            dev_simulator: false,
+            simulator_listen: "127.0.0.1:9090".into(),
             log_format: LogFormat::Human,
             workflows_dir: None,
             timer_overrides: vec![],
+            endpoint_from_file: false,
         }
     }
 }
@@ -169,7 +179,11 @@ pub struct ServeArgs {
     /// Read workflow definitions from this directory instead of the built-in copies.
     #[arg(long, env = "MARKETFLOW_WORKFLOWS_DIR")]
     pub workflows_dir: Option<PathBuf>,
-    /// Development mode: make up development secrets that are missing.
+    /// Where the in-process simulator of `--dev` listens.
+    #[arg(long, env = "MARKETFLOW_SIMULATOR_LISTEN")]
+    pub simulator_listen: Option<String>,
+    /// Development mode: make up development secrets that are missing, and run the local marketplace in
+    /// this process unless an endpoint is given.
     #[arg(long)]
     pub dev: bool,
 }
@@ -231,7 +245,11 @@ impl Config {
         if let Some(v) = &args.workflows_dir {
             c.workflows_dir = Some(v.clone());
         }
+        if let Some(v) = &args.simulator_listen {
+            c.simulator_listen = v.clone();
+        }
         c.dev = args.dev;
+        c.dev_simulator = args.dev && args.aliyun_endpoint.is_none() && !c.endpoint_from_file;
         c.validate()?;
         Ok(c)
     }
@@ -265,6 +283,7 @@ impl Config {
         self.isv_key = f.aliyun.isv_key.or(self.isv_key.take());
         if let Some(v) = f.aliyun.endpoint {
             self.aliyun_endpoint = v;
+            self.endpoint_from_file = true;
         }
         self.access_key_id = f.aliyun.access_key_id.or(self.access_key_id.take());
         self.access_key_secret = f.aliyun.access_key_secret.or(self.access_key_secret.take());

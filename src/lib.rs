@@ -9,15 +9,19 @@
 //!
 //! - [`aliyun`]: the marketplace's protocol, pure: SPI tokens and parameters, Market OpenAPI signatures (V3
 //!   `ACS3-HMAC-SHA256` and legacy RPC HMAC-SHA1) and request/response types.
+//! - [`calls`]: the external calls workflows name, performed by the Market OpenAPI client.
 //! - [`config`]: defaults < file < environment < flags; secrets that never print.
+//! - [`domain`]: the product's workflows (subscription, ...): guards and actions named by `workflows/*.toml`.
 //! - [`http`]: routes, bearer-token roles, JSON errors with stable codes.
 //! - [`app`]: builds the application the same way for `main` and the tests; the persisted clock anchor.
 //!
 //! Dependencies point one way: `engine` knows no organization or subscription, `store` knows no engine.
 pub mod aliyun;
 pub mod app;
+pub mod calls;
 pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod store;

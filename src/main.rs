@@ -1,4 +1,4 @@
-//! The `marketflow` binary: `serve` (more subcommands follow the issues: simulate, demo, ctl).
+//! The `marketflow` binary: `serve` and `simulate` (`demo` and `ctl` follow with the operator issue).
 
 use clap::{Parser, Subcommand};
 use marketflow::app::{init_tracing, Application};
@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Run the service (HTTP API, SPI, engine) on the embedded sled store.
     Serve(ServeArgs),
+    /// Run a local Alibaba Cloud Marketplace (Market OpenAPI, SPI calls, buyers) for development and tests.
+    Simulate(marketflow::aliyun::simulator::SimulateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +41,16 @@ fn main() -> std::process::ExitCode {
                     tracing::error!(error = %e, "marketflow failed");
                     eprintln!("marketflow: {e}");
                     std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Simulate(args) => {
+            init_tracing(marketflow::config::LogFormat::Human);
+            match actix_web::rt::System::new().block_on(marketflow::aliyun::simulator::run(args)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("marketflow: {e}");
+                    std::process::ExitCode::from(2)
                 }
             }
         }

@@ -19,6 +19,9 @@ async fn spawn(dir: &Path) -> TestApp {
         operator_token: Some(Secret::new("op-token")),
         service_token: Some(Secret::new("svc-token")),
         isv_key: Some(Secret::new("isv")),
+        access_key_id: Some("ak".into()),
+        access_key_secret: Some(Secret::new("ak-secret")),
+        aliyun_endpoint: "http://127.0.0.1:9".into(),
         time_scale: 60.0,
         ..Config::default()
     };

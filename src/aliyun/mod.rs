@@ -1,6 +1,6 @@
 //! Protocol primitives of the Alibaba Cloud Marketplace (阿里云云市场).
 //!
-//! Everything here is pure: no I/O, no clocks (callers pass `now`), no async. That keeps the
+//! The primitives are pure: no I/O, no clocks (callers pass `now`), no async. That keeps the
 //! security-relevant code (tokens, signatures) testable with fixed vectors taken from the
 //! official SDK, and lets both the real client and the simulator share one implementation, so
 //! they cannot drift apart.
@@ -12,12 +12,18 @@
 //!   clients still send, so the simulator accepts it too.
 //! - [`market`]: Market OpenAPI (2015-11-01) request and response bodies.
 //! - [`encoding`], [`auth`]: pieces shared by the two signature schemes.
+//!
+//! Built on them, with I/O:
+//! - [`client`]: the Market OpenAPI client (us → marketplace), V3-signed like the official SDKs.
+//! - [`simulator`]: a local marketplace (Market OpenAPI, SPI caller, buyer) for development and tests.
 
 pub mod auth;
+pub mod client;
 pub mod encoding;
 pub mod market;
 pub mod sign_rpc;
 pub mod sign_v3;
+pub mod simulator;
 pub mod spi;
 pub mod token;
 

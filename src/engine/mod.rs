@@ -276,5 +276,8 @@ impl Engine {
         self.inner.timer_wake.notify_waiters();
         self.inner.directory.stop_all();
         self.inner.committer.shutdown();
+        if let Err(e) = self.inner.store.close() {
+            tracing::error!(error = %e, "closing the store failed");
+        }
     }
 }

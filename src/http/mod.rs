@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 pub mod ops;
+pub mod spi;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -57,6 +58,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
+    .service(web::resource("/aliyun/spi").route(web::get().to(spi::spi)).route(web::post().to(spi::spi)))
     .service(web::scope("/api/v1/ops").configure(ops::configure))
     .default_service(web::to(not_found));
 }

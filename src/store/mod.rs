@@ -132,6 +132,10 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Flushes everything (graceful shutdown).
     fn flush(&self) -> Result<(), Error>;
+    /// Flushes and releases the backend (its files and locks); every later call fails with [`Error::Closed`].
+    fn close(&self) -> Result<(), Error> {
+        self.flush()
+    }
 }
 
 /// Reads every key with `prefix`, at most `limit`.

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use super::{Batch, Error, Op, Store, Table};
 
@@ -20,10 +20,9 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// sled, plus the file descriptor we fsync.
 pub struct SledStore {
-    /// The database; owns the log file.
-    db: sled::Db,
-    /// The single tree every table lives in.
-    tree: sled::Tree,
+    /// The database and the single tree every table lives in; `None` once closed, which releases sled's lock
+    /// on the directory even while other parts of the process still hold the store.
+    inner: RwLock<Option<(sled::Db, sled::Tree)>>,
     /// sled's log file, opened by us to fsync it; the lock serialises syncs (they are whole-file anyway).
     log: Mutex<File>,
     /// The data directory, for error messages.
@@ -69,7 +68,7 @@ impl SledStore {
         let log = File::options().read(true).write(true).open(dir.join("db"))?;
         // The directory entry of a newly created log must be durable too.
         File::open(&dir)?.sync_all()?;
-        Ok(Self { db, tree, log: Mutex::new(log), dir })
+        Ok(Self { inner: RwLock::new(Some((db, tree))), log: Mutex::new(log), dir })
     }
 
     /// The directory the store lives in.
@@ -77,8 +76,16 @@ impl SledStore {
         &self.dir
     }
 
+    fn with<T>(&self, f: impl FnOnce(&sled::Db, &sled::Tree) -> Result<T, Error>) -> Result<T, Error> {
+        let g = self.inner.read().map_err(|_| Error::Backend("store lock poisoned".into()))?;
+        match g.as_ref() {
+            Some((db, tree)) => f(db, tree),
+            None => Err(Error::Closed),
+        }
+    }
+
     fn sync(&self) -> Result<(), Error> {
-        self.db.flush().map_err(backend)?;
+        self.with(|db, _| db.flush().map_err(backend))?;
         let f = self.log.lock().map_err(|_| Error::Backend("log lock poisoned".into()))?;
         f.sync_data()?;
         Ok(())
@@ -87,7 +94,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.tree.get(full_key(table, key)).map_err(backend)?.map(|v| v.to_vec()))
+        self.with(|_, tree| Ok(tree.get(full_key(table, key)).map_err(backend)?.map(|v| v.to_vec())))
     }
 
     fn scan(
@@ -98,7 +105,11 @@ impl Store for SledStore {
         limit: usize,
         reverse: bool,
     ) -> Result<super::KvPairs, Error> {
-        let range = self.tree.range::<Vec<u8>, _>((full_bound(table, start, false), full_bound(table, end, true)));
+        let g = self.inner.read().map_err(|_| Error::Backend("store lock poisoned".into()))?;
+        let Some((_, tree)) = g.as_ref() else {
+            return Err(Error::Closed);
+        };
+        let range = tree.range::<Vec<u8>, _>((full_bound(table, start, false), full_bound(table, end, true)));
         let mut out = Vec::new();
         let mut push = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, Error> {
             let (k, v) = item.map_err(backend)?;
@@ -140,12 +151,20 @@ impl Store for SledStore {
                 Op::Delete { table, key } => batch.remove(full_key(*table, key)),
             }
         }
-        self.tree.apply_batch(batch).map_err(backend)?;
+        self.with(|_, tree| tree.apply_batch(batch).map_err(backend))?;
         self.sync()
     }
 
     fn flush(&self) -> Result<(), Error> {
         self.sync()
+    }
+
+    fn close(&self) -> Result<(), Error> {
+        let result = self.sync();
+        if let Ok(mut g) = self.inner.write() {
+            g.take();
+        }
+        result
     }
 }
 

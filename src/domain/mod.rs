@@ -1,0 +1,12 @@
+//! The product's rules as workflows: pure decisions, no actix, sled or clock. The engine runs them.
+
+pub mod subscription;
+
+use std::sync::Arc;
+
+use crate::engine::workflow::DynWorkflow;
+
+/// Every workflow of the service, to register with the engine.
+pub fn workflows() -> Vec<Arc<dyn DynWorkflow>> {
+    vec![Arc::new(subscription::SubscriptionWorkflow)]
+}

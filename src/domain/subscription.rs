@@ -1,0 +1,367 @@
+//! A marketplace subscription (one instance, `instanceId` = `orderBizId`): the activation wait, expiry for
+//! arrears, resume and release, as the marketplace reports them. The graph is `workflows/subscription.toml`;
+//! this file implements the guards and actions it names.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::aliyun::spi::{AliUid, OrderBizId, OrderId, ProductCode, RequestId, SkuId};
+use crate::engine::definition::Catalog;
+use crate::engine::{Cx, Reject, Signal, Workflow};
+
+/// The entity kind.
+pub const KIND: &str = "subscription";
+
+/// What the marketplace told us (and when), kept as the subscription's data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub ali_uid: Option<AliUid>,
+    pub order_biz_id: Option<OrderBizId>,
+    pub order_id: Option<OrderId>,
+    pub product_code: Option<ProductCode>,
+    pub sku_id: Option<SkuId>,
+    pub trial: bool,
+    pub expired_on: Option<DateTime<Utc>>,
+    /// Extra billing items and parameters the marketplace added.
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub expired_at: Option<DateTime<Utc>>,
+    pub resumed_at: Option<DateTime<Utc>>,
+    pub released_at: Option<DateTime<Utc>>,
+    pub is_refund: Option<bool>,
+    /// The last status DescribeInstance reported (OPENING, OPENED, EXPIRED, CLOSED).
+    pub marketplace_status: Option<String>,
+    pub polls: u32,
+    pub poll_failures: u32,
+    pub last_poll_error: Option<String>,
+    /// orderPay notices taken (their request ids).
+    #[serde(default)]
+    pub payments: Vec<RequestId>,
+    pub renewals: u32,
+    /// The createInstance answer, the same for every repetition.
+    pub create_reply: Option<serde_json::Value>,
+}
+
+/// What happens to a subscription.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SubscriptionEvent {
+    /// createInstance. `auth_url` and `front_end_url` come from configuration (the public URL).
+    Create {
+        ali_uid: AliUid,
+        order_biz_id: OrderBizId,
+        order_id: OrderId,
+        product_code: ProductCode,
+        sku_id: SkuId,
+        trial: bool,
+        expired_on: Option<DateTime<Utc>>,
+        #[serde(default)]
+        extra: BTreeMap<String, String>,
+        auth_url: String,
+        front_end_url: String,
+    },
+    /// orderPay (支付成功): the marketplace says the order is paid, hence opened.
+    OrderPaid { request_id: RequestId, order_id: OrderId },
+    /// expiredInstance: closed for arrears.
+    Expire,
+    /// resumeInstance: arrears cleared.
+    Resume { sku_id: SkuId },
+    /// releaseInstance: closed by the buyer or released by the marketplace.
+    Release { is_refund: bool, order_id: Option<OrderId> },
+    /// renewInstance: a new expiry, no change of state.
+    Renew { order_id: OrderId, expired_on: DateTime<Utc> },
+    /// upgradeInstance: a new SKU, no change of state.
+    Upgrade {
+        sku_id: SkuId,
+        order_id: Option<OrderId>,
+        #[serde(default)]
+        extra: BTreeMap<String, String>,
+    },
+}
+
+/// Runs `workflows/subscription.toml`.
+pub struct SubscriptionWorkflow;
+
+fn reported(signal: &Signal<SubscriptionEvent>) -> Option<&str> {
+    match signal {
+        Signal::CallOk { response, .. } => response.get("status").and_then(|s| s.as_str()),
+        _ => None,
+    }
+}
+
+impl Workflow for SubscriptionWorkflow {
+    type Data = Subscription;
+    type Event = SubscriptionEvent;
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn catalog(&self) -> Catalog {
+        Catalog {
+            events: vec!["create", "order_paid", "expire", "resume", "release", "renew", "upgrade"],
+            guards: vec!["reported_opened", "reported_closed"],
+            actions: vec![
+                "record_order",
+                "answer_create",
+                "poll",
+                "rearm_poll",
+                "rearm_late_poll",
+                "record_status",
+                "record_poll_failure",
+                "record_payment",
+                "activate",
+                "note_deadline",
+                "expire",
+                "resume",
+                "release",
+                "record_renewal",
+                "record_upgrade",
+            ],
+            calls: vec!["describe_instance"],
+        }
+    }
+
+    fn event_name(&self, event: &SubscriptionEvent) -> String {
+        match event {
+            SubscriptionEvent::Create { .. } => "create",
+            SubscriptionEvent::OrderPaid { .. } => "order_paid",
+            SubscriptionEvent::Expire => "expire",
+            SubscriptionEvent::Resume { .. } => "resume",
+            SubscriptionEvent::Release { .. } => "release",
+            SubscriptionEvent::Renew { .. } => "renew",
+            SubscriptionEvent::Upgrade { .. } => "upgrade",
+        }
+        .to_string()
+    }
+
+    fn guard(&self, name: &str, _cx: &Cx<'_, Subscription>, signal: &Signal<SubscriptionEvent>) -> bool {
+        match name {
+            "reported_opened" => reported(signal) == Some("OPENED"),
+            "reported_closed" => reported(signal) == Some("CLOSED"),
+            _ => false,
+        }
+    }
+
+    fn action(
+        &self,
+        name: &str,
+        cx: &mut Cx<'_, Subscription>,
+        signal: &Signal<SubscriptionEvent>,
+    ) -> Result<(), Reject> {
+        use SubscriptionEvent as E;
+        let now = cx.now;
+        match (name, signal) {
+            (
+                "record_order",
+                Signal::Event(E::Create {
+                    ali_uid,
+                    order_biz_id,
+                    order_id,
+                    product_code,
+                    sku_id,
+                    trial,
+                    expired_on,
+                    extra,
+                    ..
+                }),
+            ) => {
+                let d = &mut *cx.data;
+                d.ali_uid = Some(ali_uid.clone());
+                d.order_biz_id = Some(order_biz_id.clone());
+                d.order_id = Some(order_id.clone());
+                d.product_code = Some(product_code.clone());
+                d.sku_id = Some(sku_id.clone());
+                d.trial = *trial;
+                d.expired_on = *expired_on;
+                d.extra = extra.clone();
+                d.created_at = Some(now);
+                cx.note(format!("createInstance by Aliyun account {ali_uid} (order {order_id}, SKU {sku_id})"));
+            }
+            ("answer_create", Signal::Event(E::Create { order_biz_id, auth_url, front_end_url, .. })) => {
+                let reply = json!({
+                    "instanceId": order_biz_id.as_str(),
+                    "appInfo": { "authUrl": auth_url, "frontEndUrl": front_end_url },
+                });
+                cx.data.create_reply = Some(reply.clone());
+                cx.reply(reply);
+            }
+            ("poll", _) => {
+                cx.data.polls += 1;
+                let id = cx.key.id.clone();
+                cx.call("describe_instance", json!({ "instance_id": id }));
+            }
+            ("rearm_poll", _) => cx.set_timer("activation-poll"),
+            ("rearm_late_poll", _) => cx.set_timer("late-poll"),
+            ("record_status", _) => {
+                let status = reported(signal).unwrap_or("UNKNOWN").to_string();
+                if cx.data.marketplace_status.as_deref() != Some(status.as_str()) {
+                    cx.note(format!("the marketplace reports {status}"));
+                }
+                cx.data.marketplace_status = Some(status);
+                cx.data.last_poll_error = None;
+            }
+            ("record_poll_failure", Signal::CallFailed { error, .. }) => {
+                cx.data.poll_failures += 1;
+                cx.data.last_poll_error = Some(error.clone());
+                cx.note(format!("DescribeInstance failed: {error}"));
+            }
+            ("record_payment", Signal::Event(E::OrderPaid { request_id, order_id })) => {
+                if !cx.data.payments.contains(request_id) {
+                    cx.data.payments.push(request_id.clone());
+                }
+                cx.note(format!("orderPay {request_id} for order {order_id}"));
+            }
+            ("activate", _) => {
+                cx.data.activated_at = Some(now);
+                let waited = cx.data.created_at.map(|c| (now - c).num_seconds()).unwrap_or(0);
+                cx.note(format!("activated after {waited} s"));
+            }
+            ("note_deadline", _) => {
+                cx.note("not opened within the activation deadline; polling continues every 10 minutes");
+            }
+            ("expire", _) => {
+                cx.data.expired_at = Some(now);
+                cx.note("expiredInstance: closed by the marketplace for arrears");
+            }
+            ("resume", Signal::Event(E::Resume { sku_id })) => {
+                cx.data.resumed_at = Some(now);
+                cx.data.sku_id = Some(sku_id.clone());
+                cx.note("resumeInstance: arrears cleared");
+            }
+            ("release", signal) => {
+                cx.data.released_at = Some(now);
+                if let Signal::Event(E::Release { is_refund, .. }) = signal {
+                    cx.data.is_refund = Some(*is_refund);
+                    cx.note(format!("releaseInstance (refund: {is_refund})"));
+                } else {
+                    cx.note("the marketplace reports the instance CLOSED");
+                }
+            }
+            ("record_renewal", Signal::Event(E::Renew { order_id, expired_on })) => {
+                cx.data.renewals += 1;
+                cx.data.expired_on = Some(*expired_on);
+                cx.note(format!("renewInstance (order {order_id}): expires {expired_on}"));
+            }
+            ("record_upgrade", Signal::Event(E::Upgrade { sku_id, extra, .. })) => {
+                let old = cx.data.sku_id.replace(sku_id.clone());
+                for (k, v) in extra {
+                    cx.data.extra.insert(k.clone(), v.clone());
+                }
+                cx.note(format!(
+                    "upgradeInstance: SKU {} → {sku_id}",
+                    old.map(|s| s.to_string()).unwrap_or_else(|| "?".into())
+                ));
+            }
+            (other, _) => {
+                return Err(Reject::new("unexpected_event", format!("action `{other}` does not apply to this event")))
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decisions without an engine: the definition from `workflows/` with this workflow, step by step.
+    use super::*;
+    use crate::engine::model::{Cause, EntityKey, Event, Input, Status};
+    use crate::engine::step::step;
+    use crate::engine::workflow::DynWorkflow;
+    use crate::engine::Definition;
+    use chrono::TimeZone;
+
+    const DEF: &str = include_str!("../../workflows/subscription.toml");
+
+    fn def() -> Definition {
+        Definition::parse("workflows/subscription.toml", DEF, &DynWorkflow::catalog(&SubscriptionWorkflow)).unwrap()
+    }
+
+    fn create() -> Input {
+        Input::domain(
+            "spi:createInstance",
+            json!({"type": "create", "ali_uid": "1234", "order_biz_id": "9001", "order_id": "o1",
+                   "product_code": "cmgj00063418", "sku_id": "payg", "trial": false, "expired_on": null,
+                   "auth_url": "http://x/aliyun/sso", "front_end_url": "http://x"}),
+            Cause::Spi { action: "createInstance".into() },
+        )
+    }
+
+    #[test]
+    fn create_opens_the_wait_with_a_poll_and_a_deadline() {
+        let d = def();
+        let key = EntityKey::new(KIND, "9001").unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap();
+        let s = step(&SubscriptionWorkflow, &d, &key, None, &create(), now).unwrap();
+        assert_eq!(s.outcome.state, "opening");
+        assert_eq!(s.outcome.reply["instanceId"], "9001");
+        assert_eq!(s.outcome.reply["appInfo"]["authUrl"], "http://x/aliyun/sso");
+        let rec = s.record.unwrap();
+        assert_eq!(rec.timers["activation-poll"].due, now + chrono::TimeDelta::minutes(1));
+        assert_eq!(rec.timers["activation-deadline"].due, now + chrono::TimeDelta::minutes(15));
+
+        // The poll fires: a DescribeInstance call, and the poll re-armed.
+        let poll = Input {
+            id: "t1".into(),
+            event: Event::Timer { name: "activation-poll".into(), set_seq: 1 },
+            cause: Cause::Timer { name: "activation-poll".into() },
+        };
+        let later = now + chrono::TimeDelta::minutes(1);
+        let s = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &poll, later).unwrap();
+        assert_eq!(s.calls.len(), 1);
+        assert_eq!(s.calls[0].call, "describe_instance");
+        let rec = s.record.unwrap();
+        assert_eq!(rec.timers["activation-poll"].due, later + chrono::TimeDelta::minutes(1));
+
+        // OPENED → active, timers of the wait cancelled.
+        let ok = Input {
+            id: "c1".into(),
+            event: Event::CallResult {
+                call: "describe_instance".into(),
+                call_id: s.calls[0].id.clone(),
+                result: Ok(json!({"status": "OPENED"})),
+            },
+            cause: Cause::Call { call: "describe_instance".into() },
+        };
+        let s = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &ok, later).unwrap();
+        assert_eq!(s.outcome.state, "active");
+        assert!(s.record.unwrap().timers.is_empty());
+    }
+
+    #[test]
+    fn released_absorbs_everything() {
+        let d = def();
+        let key = EntityKey::new(KIND, "9001").unwrap();
+        let now = Utc::now();
+        let rec = step(&SubscriptionWorkflow, &d, &key, None, &create(), now).unwrap().record.unwrap();
+        let rel = Input::domain(
+            "r",
+            json!({"type": "release", "is_refund": false, "order_id": null}),
+            Cause::Spi { action: "releaseInstance".into() },
+        );
+        let rec = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &rel, now).unwrap().record.unwrap();
+        assert_eq!(rec.state, "released");
+        for body in [
+            json!({"type": "expire"}),
+            json!({"type": "resume", "sku_id": "x"}),
+            json!({"type": "release", "is_refund": true, "order_id": null}),
+        ] {
+            let s = step(
+                &SubscriptionWorkflow,
+                &d,
+                &key,
+                Some(&rec),
+                &Input::domain("x", body, Cause::Spi { action: "test".into() }),
+                now,
+            )
+            .unwrap();
+            assert_eq!(s.outcome.status, Status::Ignored);
+            assert_eq!(s.outcome.state, "released");
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The subscription lifecycle, black-box: the service and the local marketplace (simulator) on real ports,
+//! sharing one manual clock, so the activation wait of minutes passes in milliseconds. Each scenario also runs
+//! across a restart of the service while a timer is pending.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use marketflow::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
+use marketflow::aliyun::token::spi_token;
+use marketflow::app::Application;
+use marketflow::clock::{Clock, ManualClock};
+use marketflow::config::{Config, Secret};
+use serde_json::{json, Value};
+
+const ISV: &str = "lifecycle-isv-key";
+const OP: &str = "lifecycle-operator";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+struct World {
+    clock: ManualClock,
+    service: String,
+    service_port: u16,
+    sim: Option<RunningSimulator>,
+    sim_url: String,
+    app: Option<actix_web::dev::ServerHandle>,
+    dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl World {
+    async fn new(dir: &Path) -> Self {
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap());
+        let service_port = free_port();
+        let service = format!("http://127.0.0.1:{service_port}");
+        let mut sc = SimulatorConfig::new(
+            service.clone(),
+            Secret::new(ISV),
+            "lifecycle-ak",
+            Secret::new("lifecycle-ak-secret"),
+            Arc::new(clock.clone()),
+        );
+        sc.seed = Some(7);
+        sc.order_pay = false;
+        let sim = simulator::start(sc).await.expect("the simulator starts");
+        let sim_url = sim.base_url().trim_end_matches('/').to_string();
+        let mut w = World {
+            clock,
+            service,
+            service_port,
+            sim: Some(sim),
+            sim_url,
+            app: None,
+            dir: dir.to_path_buf(),
+            http: reqwest::Client::new(),
+        };
+        w.start_service().await;
+        w
+    }
+
+    async fn start_service(&mut self) {
+        let config = Config {
+            listen: format!("127.0.0.1:{}", self.service_port),
+            data_dir: self.dir.join("data"),
+            public_url: self.service.clone(),
+            isv_key: Some(Secret::new(ISV)),
+            aliyun_endpoint: self.sim_url.clone(),
+            access_key_id: Some("lifecycle-ak".into()),
+            access_key_secret: Some(Secret::new("lifecycle-ak-secret")),
+            operator_token: Some(Secret::new(OP)),
+            service_token: Some(Secret::new("svc")),
+            ..Config::default()
+        };
+        let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
+        let app = Application::build_with_clock(config, Some(clock)).await.expect("the service starts");
+        self.app = Some(app.handle());
+        actix_rt::spawn(app.run_until_stopped());
+    }
+
+    /// Stops the service (gracefully) and starts it again on the same data and clock.
+    async fn restart_service(&mut self) {
+        if let Some(h) = self.app.take() {
+            h.stop(true).await;
+        }
+        // The port is released once the server has stopped; retry the bind briefly.
+        self.start_service().await;
+    }
+
+    async fn sim(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self.http.request(method, format!("{}{path}", self.sim_url));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("simulator answers");
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "simulator {path}: {status} {v}");
+        v
+    }
+
+    async fn open(&self, ali_uid: &str, after_seconds: u64) -> String {
+        let v = self
+            .sim(
+                reqwest::Method::POST,
+                "/sim/instances",
+                Some(json!({"ali_uid": ali_uid, "activation_after_seconds": after_seconds, "order_pay": false})),
+            )
+            .await;
+        let id = v["order_biz_id"].as_str().or(v["instance_id"].as_str()).or(v["id"].as_str());
+        let id = id.unwrap_or_else(|| panic!("an instance id in {v}")).to_string();
+        // createInstance reaches the service asynchronously.
+        self.wait_state(&id, "opening").await;
+        id
+    }
+
+    async fn entity(&self, id: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}/api/v1/ops/entities/subscription/{id}", self.service))
+            .bearer_auth(OP)
+            .send()
+            .await
+            .expect("service answers");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn state(&self, id: &str) -> Option<String> {
+        let (s, v) = self.entity(id).await;
+        (s == 200).then(|| v["state"].as_str().unwrap_or_default().to_string())
+    }
+
+    async fn wait_state(&self, id: &str, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.state(id).await.as_deref() == Some(state) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} never reached {state}: {:?}", self.entity(id).await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Advances the shared clock a minute at a time, letting each minute's poll finish.
+    async fn pass_minutes(&self, id: &str, minutes: u32) {
+        for _ in 0..minutes {
+            let before = self.entity(id).await.1["data"]["polls"].as_u64().unwrap_or(0);
+            let pending = !self.entity(id).await.1["timers"].as_array().map(|t| t.is_empty()).unwrap_or(true);
+            self.clock.advance(Duration::from_secs(60));
+            if pending {
+                // Wait for whatever this minute made due (a poll) to be consumed.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    let (_, e) = self.entity(id).await;
+                    let overdue = e["timers"]
+                        .as_array()
+                        .map(|ts| ts.iter().any(|t| t["remaining_seconds"].as_i64().unwrap_or(1) <= 0));
+                    let polls = e["data"]["polls"].as_u64().unwrap_or(0);
+                    let calls = e["pending_calls"].as_array().map(|c| c.len()).unwrap_or(0);
+                    if overdue == Some(false) && calls == 0 && (polls > before || e["state"] != "opening") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+
+    async fn journal_events(&self, id: &str) -> Vec<String> {
+        let r = self
+            .http
+            .get(format!("{}/api/v1/ops/entities/subscription/{id}/journal?limit=1000", self.service))
+            .bearer_auth(OP)
+            .send()
+            .await
+            .expect("journal");
+        let v: Value = r.json().await.expect("json");
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{}:{}", e["event"].as_str().unwrap(), e["to"].as_str().unwrap()))
+            .collect()
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(h) = self.app.take() {
+            h.stop(true).await;
+        }
+        if let Some(s) = self.sim.take() {
+            let _ = s.stop().await;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn open_is_activated_within_the_wait() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = World::new(dir.path()).await;
+        let id = w.open("100000001", 150).await;
+        w.pass_minutes(&id, 1).await;
+        assert_eq!(w.state(&id).await.as_deref(), Some("opening"), "still opening after a minute");
+        if restart {
+            w.restart_service().await;
+        }
+        w.pass_minutes(&id, 3).await;
+        w.wait_state(&id, "active").await;
+        let (_, e) = w.entity(&id).await;
+        assert_eq!(e["data"]["marketplace_status"], "OPENED");
+        assert!(e["timers"].as_array().unwrap().is_empty(), "the wait's timers are gone: {e}");
+        let events = w.journal_events(&id).await;
+        assert_eq!(events.first().map(String::as_str), Some("create:opening"));
+        assert!(events.contains(&"describe_instance.ok:active".to_string()), "{events:?}");
+        w.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn past_the_deadline_it_fails_and_a_late_opened_still_activates() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = World::new(dir.path()).await;
+        let id = w.open("100000002", 22 * 60).await;
+        w.pass_minutes(&id, 14).await;
+        assert_eq!(w.state(&id).await.as_deref(), Some("opening"));
+        if restart {
+            w.restart_service().await;
+        }
+        w.pass_minutes(&id, 1).await;
+        w.wait_state(&id, "activation_failed").await;
+        let filter = format!("{}/api/v1/ops/entities?kind=subscription&state=activation_failed", w.service);
+        let listed: Value = w.http.get(filter).bearer_auth(OP).send().await.unwrap().json().await.unwrap();
+        assert_eq!(listed["items"][0]["id"], id.as_str(), "operators find it");
+        // The marketplace opens it at 22 min; the late poll (every 10 min) sees it by 25 min.
+        w.pass_minutes(&id, 12).await;
+        w.wait_state(&id, "active").await;
+        let events = w.journal_events(&id).await;
+        assert!(events.contains(&"activation-deadline:activation_failed".to_string()), "{events:?}");
+        assert!(events.contains(&"late-poll:activation_failed".to_string()), "{events:?}");
+        w.shutdown().await;
+    }
+}
+
+fn signed(params: &[(&str, &str)]) -> String {
+    let pairs: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let token = spi_token(&pairs, ISV);
+    let mut q: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
+    q.push(format!("token={token}"));
+    q.join("&")
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn create_instance_repeated_five_times_is_one_subscription_with_one_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let q = signed(&[
+        ("action", "createInstance"),
+        ("aliUid", "100000003"),
+        ("orderBizId", "77001"),
+        ("orderId", "880001"),
+        ("productCode", "cmgj00063418"),
+        ("skuId", "payg"),
+        ("trial", "false"),
+        ("expiredOn", "2099-01-01 00:00:00"),
+    ]);
+    let mut answers = vec![];
+    for _ in 0..5 {
+        let r = w.http.get(format!("{}/aliyun/spi?{q}", w.service)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        answers.push(r.json::<Value>().await.unwrap());
+    }
+    assert!(answers.windows(2).all(|p| p[0] == p[1]), "{answers:?}");
+    assert_eq!(answers[0]["instanceId"], "77001");
+    assert_eq!(answers[0]["appInfo"]["authUrl"], format!("{}/aliyun/sso", w.service));
+    let events = w.journal_events("77001").await;
+    assert_eq!(events, vec!["create:opening"], "one subscription, created once");
+
+    // Forged, missing and tampered tokens are refused and store nothing.
+    let forged = q.replace("orderBizId=77001", "orderBizId=77002");
+    let missing = q.split("&token=").next().unwrap().to_string();
+    for bad in [forged, missing, format!("{q}&extra=1")] {
+        let r = w.http.get(format!("{}/aliyun/spi?{bad}", w.service)).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{bad}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["success"], false);
+    }
+    assert_eq!(w.entity("77002").await.0, 404, "nothing stored for a forged call");
+    // Unknown instances: success, nothing stored.
+    let r = w.http.get(format!(
+        "{}/aliyun/spi?{}",
+        w.service,
+        signed(&[("action", "expiredInstance"), ("instanceId", "404404")])
+    ));
+    let v: Value = r.send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["success"], true);
+    assert_eq!(w.entity("404404").await.0, 404);
+    w.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn expire_resume_and_release_follow_the_marketplace() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = World::new(dir.path()).await;
+        let id = w.open("100000004", 60).await;
+        w.pass_minutes(&id, 2).await;
+        w.wait_state(&id, "active").await;
+        w.sim(reqwest::Method::POST, &format!("/sim/instances/{id}/expire"), None).await;
+        w.wait_state(&id, "expired").await;
+        if restart {
+            w.restart_service().await;
+        }
+        w.sim(reqwest::Method::POST, &format!("/sim/instances/{id}/topup"), None).await;
+        w.wait_state(&id, "active").await;
+        w.sim(reqwest::Method::POST, &format!("/sim/instances/{id}/close"), None).await;
+        w.wait_state(&id, "released").await;
+        let (_, e) = w.entity(&id).await;
+        assert_eq!(e["terminal"], true);
+        let events = w.journal_events(&id).await;
+        for expected in ["expire:expired", "resume:active", "release:released"] {
+            assert!(events.iter().any(|e| e == expected), "{expected} in {events:?}");
+        }
+        w.shutdown().await;
+    }
+}
