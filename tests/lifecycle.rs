@@ -338,3 +338,34 @@ async fn expire_resume_and_release_follow_the_marketplace() {
         w.shutdown().await;
     }
 }
+
+#[actix_rt::test]
+async fn spi_calls_out_of_order_are_reconciled_with_the_marketplace() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let id = w.open("100000005", 60).await;
+    w.pass_minutes(&id, 2).await;
+    w.wait_state(&id, "active").await;
+    // The marketplace expired and resumed the instance, but the resume overtook the expire: the service sees
+    // resume (while active), then expire, and would stay expired although the marketplace says OPENED.
+    for q in [
+        signed(&[
+            ("action", "resumeInstance"),
+            ("instanceId", &id),
+            ("productCode", "cmgj00063418"),
+            ("skuId", "payg"),
+        ]),
+        signed(&[("action", "expiredInstance"), ("instanceId", &id)]),
+        signed(&[("action", "expiredInstance"), ("instanceId", &id)]),
+    ] {
+        let v: Value = w.http.get(format!("{}/aliyun/spi?{q}", w.service)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(v["success"], true);
+    }
+    assert_eq!(w.state(&id).await.as_deref(), Some("expired"));
+    w.pass_minutes(&id, 1).await;
+    w.wait_state(&id, "active").await;
+    let events = w.journal_events(&id).await;
+    assert!(events.contains(&"reconcile:expired".to_string()), "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("describe_instance.ok:active"), "{events:?}");
+    w.shutdown().await;
+}

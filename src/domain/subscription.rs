@@ -105,7 +105,7 @@ impl Workflow for SubscriptionWorkflow {
     fn catalog(&self) -> Catalog {
         Catalog {
             events: vec!["create", "order_paid", "expire", "resume", "release", "renew", "upgrade"],
-            guards: vec!["reported_opened", "reported_closed"],
+            guards: vec!["reported_opened", "reported_closed", "reported_expired"],
             actions: vec![
                 "record_order",
                 "answer_create",
@@ -122,6 +122,8 @@ impl Workflow for SubscriptionWorkflow {
                 "release",
                 "record_renewal",
                 "record_upgrade",
+                "schedule_reconcile",
+                "reconciled_resume",
             ],
             calls: vec!["describe_instance"],
         }
@@ -144,6 +146,7 @@ impl Workflow for SubscriptionWorkflow {
         match name {
             "reported_opened" => reported(signal) == Some("OPENED"),
             "reported_closed" => reported(signal) == Some("CLOSED"),
+            "reported_expired" => reported(signal) == Some("EXPIRED"),
             _ => false,
         }
     }
@@ -225,9 +228,18 @@ impl Workflow for SubscriptionWorkflow {
             ("note_deadline", _) => {
                 cx.note("not opened within the activation deadline; polling continues every 10 minutes");
             }
-            ("expire", _) => {
+            ("expire", signal) => {
                 cx.data.expired_at = Some(now);
-                cx.note("expiredInstance: closed by the marketplace for arrears");
+                if matches!(signal, Signal::Event(_)) {
+                    cx.note("expiredInstance: closed by the marketplace for arrears");
+                } else {
+                    cx.note("the marketplace reports EXPIRED: an expiredInstance was missed or overtaken");
+                }
+            }
+            ("schedule_reconcile", _) => cx.set_timer("reconcile"),
+            ("reconciled_resume", _) => {
+                cx.data.resumed_at = Some(now);
+                cx.note("the marketplace reports OPENED: a resumeInstance was missed or overtaken");
             }
             ("resume", Signal::Event(E::Resume { sku_id })) => {
                 cx.data.resumed_at = Some(now);
