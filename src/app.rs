@@ -38,6 +38,15 @@ pub enum Error {
 pub const BUILTIN_WORKFLOWS: &[(&str, &str)] =
     &[("workflows/subscription.toml", include_str!("../workflows/subscription.toml"))];
 
+/// Parts of the application a test supplies instead of the configuration.
+#[derive(Default)]
+pub struct Overrides {
+    /// The service clock (a manual clock shared with an in-process simulator).
+    pub clock: Option<Arc<dyn Clock>>,
+    /// A listener bound already, so a test knows the port before the service starts, without a race.
+    pub listener: Option<TcpListener>,
+}
+
 /// A running application: HTTP server, engine, store.
 pub struct Application {
     port: u16,
@@ -121,7 +130,13 @@ impl Application {
     }
 
     /// As [`Application::build`], on a given clock (tests: a manual clock shared with the simulator).
-    pub async fn build_with_clock(mut config: Config, clock: Option<Arc<dyn Clock>>) -> Result<Self, Error> {
+    pub async fn build_with_clock(config: Config, clock: Option<Arc<dyn Clock>>) -> Result<Self, Error> {
+        Self::build_with(config, Overrides { clock, listener: None }).await
+    }
+
+    /// As [`Application::build`], with parts supplied by the caller (tests).
+    pub async fn build_with(mut config: Config, overrides: Overrides) -> Result<Self, Error> {
+        let Overrides { clock, listener } = overrides;
         let store: Arc<dyn Store> = Arc::new(
             SledStore::open(&config.data_dir)
                 .map_err(|source| Error::Store { dir: config.data_dir.display().to_string(), source })?,
@@ -134,8 +149,11 @@ impl Application {
             if config.dev_simulator { Some(start_dev_simulator(&mut config, clock.clone()).await?) } else { None };
         let registry = registry(&config)?;
         let engine = Engine::start(store, clock, registry, EngineConfig::default())?;
-        let listener = TcpListener::bind(&config.listen)
-            .map_err(|source| Error::Listen { addr: config.listen.clone(), source })?;
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(&config.listen)
+                .map_err(|source| Error::Listen { addr: config.listen.clone(), source })?,
+        };
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         tracing::info!(listen = %config.listen, port, data_dir = %config.data_dir.display(),
             time_scale = config.time_scale, dev = config.dev, "marketflow serving");

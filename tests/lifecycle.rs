@@ -10,17 +10,13 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use marketflow::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
 use marketflow::aliyun::token::spi_token;
-use marketflow::app::Application;
+use marketflow::app::{Application, Overrides};
 use marketflow::clock::{Clock, ManualClock};
 use marketflow::config::{Config, Secret};
 use serde_json::{json, Value};
 
 const ISV: &str = "lifecycle-isv-key";
 const OP: &str = "lifecycle-operator";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
 
 struct World {
     clock: ManualClock,
@@ -36,7 +32,9 @@ struct World {
 impl World {
     async fn new(dir: &Path) -> Self {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap());
-        let service_port = free_port();
+        // The service's listener is bound first, so its port is known to the simulator and cannot be taken.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a listener");
+        let service_port = listener.local_addr().expect("an address").port();
         let service = format!("http://127.0.0.1:{service_port}");
         let mut sc = SimulatorConfig::new(
             service.clone(),
@@ -59,11 +57,11 @@ impl World {
             dir: dir.to_path_buf(),
             http: reqwest::Client::new(),
         };
-        w.start_service().await;
+        w.start_service(Some(listener)).await;
         w
     }
 
-    async fn start_service(&mut self) {
+    async fn start_service(&mut self, listener: Option<TcpListener>) {
         let config = Config {
             listen: format!("127.0.0.1:{}", self.service_port),
             data_dir: self.dir.join("data"),
@@ -77,7 +75,25 @@ impl World {
             ..Config::default()
         };
         let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
-        let app = Application::build_with_clock(config, Some(clock)).await.expect("the service starts");
+        let listener = match listener {
+            Some(l) => l,
+            None => {
+                // A restart binds the same port again; the old server has released it.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    match TcpListener::bind(("127.0.0.1", self.service_port)) {
+                        Ok(l) => break l,
+                        Err(e) if Instant::now() < deadline => {
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(e) => panic!("cannot bind the service's port again: {e}"),
+                    }
+                }
+            }
+        };
+        let overrides = Overrides { clock: Some(clock), listener: Some(listener) };
+        let app = Application::build_with(config, overrides).await.expect("the service starts");
         self.app = Some(app.handle());
         actix_rt::spawn(app.run_until_stopped());
     }
@@ -87,8 +103,7 @@ impl World {
         if let Some(h) = self.app.take() {
             h.stop(true).await;
         }
-        // The port is released once the server has stopped; retry the bind briefly.
-        self.start_service().await;
+        self.start_service(None).await;
     }
 
     async fn sim(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {

@@ -22,6 +22,8 @@ pub struct Services {
     timers_deferred: Mutex<HashMap<Vec<u8>, Instant>>,
     /// Calls being run right now.
     calls_in_flight: Mutex<HashSet<String>>,
+    /// Messages waiting for delivery, per sender, in send order; a sender with a queue has one worker draining it.
+    outbox_queues: Mutex<HashMap<EntityKey, std::collections::VecDeque<OutboxRow>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,12 +88,51 @@ impl Engine {
         self.inner.timer_wake.notify_one();
     }
 
+    /// Queues a message behind the sender's earlier ones: messages from one entity arrive in the order they were
+    /// sent (a bind request is never overtaken by the release that followed it).
     pub(crate) fn spawn_delivery(&self, row: OutboxRow) {
-        let e = self.clone();
-        actix_rt::spawn(async move { e.deliver_message(row).await });
+        let start_worker = {
+            let mut queues = lock(&self.inner.services.outbox_queues);
+            let q = queues.entry(row.from.clone()).or_default();
+            let idle = q.is_empty();
+            if !q.iter().any(|r| r.id == row.id) {
+                q.push_back(row.clone());
+            }
+            idle
+        };
+        if start_worker {
+            let e = self.clone();
+            let from = row.from.clone();
+            actix_rt::spawn(async move { e.drain_outbox(from).await });
+        }
     }
 
-    async fn deliver_message(&self, row: OutboxRow) {
+    async fn drain_outbox(&self, from: EntityKey) {
+        loop {
+            let next = lock(&self.inner.services.outbox_queues).get(&from).and_then(|q| q.front().cloned());
+            let Some(row) = next else { return };
+            let delivered = self.deliver_message(row.clone()).await;
+            let mut queues = lock(&self.inner.services.outbox_queues);
+            if let Some(q) = queues.get_mut(&from) {
+                if q.front().map(|r| &r.id) == Some(&row.id) {
+                    q.pop_front();
+                }
+                if q.is_empty() || !delivered {
+                    // Undeliverable messages stay in the store for operators and recovery; the queue moves on only
+                    // when the message was delivered, so order holds.
+                    if !delivered {
+                        q.clear();
+                    }
+                    queues.remove(&from);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Delivers one message until its receiver has it; `false` when it cannot be delivered (stopping, or a
+    /// permanent error that operators must look at).
+    async fn deliver_message(&self, row: OutboxRow) -> bool {
         let mut wait = Duration::from_millis(20);
         loop {
             let input = Input {
@@ -107,9 +148,9 @@ impl Engine {
                     if let Err(e) = self.inner.committer.commit(b).await {
                         tracing::warn!(message = %row.id, error = %e, "could not remove a delivered message");
                     }
-                    return;
+                    return true;
                 }
-                Err(Error::Stopped) => return,
+                Err(Error::Stopped) => return false,
                 Err(e) if e.is_transient() => {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
@@ -117,7 +158,7 @@ impl Engine {
                 Err(e) => {
                     tracing::error!(message = %row.id, to = %row.to, error = %e,
                         "message cannot be delivered; it stays in the outbox for operators");
-                    return;
+                    return false;
                 }
             }
         }

@@ -239,15 +239,26 @@ pub fn step(
                 rec.timers.insert(name, tref);
             }
             for (n, (to_key, body)) in effects.messages.into_iter().enumerate() {
-                let row =
-                    OutboxRow { id: format!("{key}#{seq}.{n}"), from: key.clone(), to: to_key, body, created_at: now };
+                let row = OutboxRow {
+                    id: format!("{key}#{seq:016}.{n:04}"),
+                    from: key.clone(),
+                    to: to_key,
+                    body,
+                    created_at: now,
+                };
                 batch.put(Table::Outbox, row.key(), encode(&row)?);
                 entry.messages.push(format!("{} to {}", row.id, row.to));
                 messages.push(row);
             }
+            for (k, v) in &effects.index {
+                match v {
+                    Some(v) => batch.put(Table::Index, k.as_bytes().to_vec(), encode(v)?),
+                    None => batch.delete(Table::Index, k.as_bytes().to_vec()),
+                }
+            }
             for (n, (call, request)) in effects.calls.into_iter().enumerate() {
                 let row = CallRow {
-                    id: format!("{key}#{seq}.c{n}"),
+                    id: format!("{key}#{seq:016}.c{n:04}"),
                     entity: key.clone(),
                     call,
                     request,

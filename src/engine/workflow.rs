@@ -49,6 +49,9 @@ pub struct Effects {
     pub messages: Vec<(EntityKey, Value)>,
     /// External calls by name with their request.
     pub calls: Vec<(String, Value)>,
+    /// Writes to the index table, committed with the transition (derived lookups such as "the organizations of
+    /// a user" that must never disagree with the entity that owns them); `None` deletes.
+    pub index: Vec<(String, Option<Value>)>,
 }
 
 /// The context of one guard or action.
@@ -85,6 +88,12 @@ impl<D> Cx<'_, D> {
     }
     pub fn call(&mut self, name: &str, request: Value) {
         self.fx.calls.push((name.to_string(), request));
+    }
+    pub fn index_put(&mut self, key: String, value: Value) {
+        self.fx.index.push((key, Some(value)));
+    }
+    pub fn index_delete(&mut self, key: String) {
+        self.fx.index.push((key, None));
     }
 }
 
