@@ -35,8 +35,10 @@ pub enum Error {
 }
 
 /// The built-in workflow definitions (the `workflows/` directory at build time).
-pub const BUILTIN_WORKFLOWS: &[(&str, &str)] =
-    &[("workflows/subscription.toml", include_str!("../workflows/subscription.toml"))];
+pub const BUILTIN_WORKFLOWS: &[(&str, &str)] = &[
+    ("workflows/subscription.toml", include_str!("../workflows/subscription.toml")),
+    ("workflows/organization.toml", include_str!("../workflows/organization.toml")),
+];
 
 /// Parts of the application a test supplies instead of the configuration.
 #[derive(Default)]
@@ -157,7 +159,8 @@ impl Application {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         tracing::info!(listen = %config.listen, port, data_dir = %config.data_dir.display(),
             time_scale = config.time_scale, dev = config.dev, "marketflow serving");
-        let state = web::Data::new(AppState { engine: engine.clone(), config });
+        let accounts = crate::accounts::Accounts::new(engine.clone());
+        let state = web::Data::new(AppState { engine: engine.clone(), config, accounts });
         let server = HttpServer::new(move || {
             App::new().app_data(state.clone()).wrap(tracing_actix()).configure(http::configure)
         })

@@ -7,20 +7,24 @@
 //! - [`engine`]: definitions as data (`workflows/*.toml`), the pure step of an entity, entity actors and their
 //!   directory, durable timers, the outbox between entities, external calls with retry policies, inspection.
 //!
+//! - [`accounts`]: users, sessions (Argon2id passwords, hashed session tokens), 免登 grants.
 //! - [`aliyun`]: the marketplace's protocol, pure: SPI tokens and parameters, Market OpenAPI signatures (V3
 //!   `ACS3-HMAC-SHA256` and legacy RPC HMAC-SHA1) and request/response types.
 //! - [`calls`]: the external calls workflows name, performed by the Market OpenAPI client.
+//! - [`ctl`]: the operator CLI (`marketflow ctl`) over the HTTP ops API, tables or JSON.
 //! - [`config`]: defaults < file < environment < flags; secrets that never print.
 //! - [`domain`]: the product's workflows (subscription, ...): guards and actions named by `workflows/*.toml`.
 //! - [`http`]: routes, bearer-token roles, JSON errors with stable codes.
 //! - [`app`]: builds the application the same way for `main` and the tests; the persisted clock anchor.
 //!
 //! Dependencies point one way: `engine` knows no organization or subscription, `store` knows no engine.
+pub mod accounts;
 pub mod aliyun;
 pub mod app;
 pub mod calls;
 pub mod clock;
 pub mod config;
+pub mod ctl;
 pub mod domain;
 pub mod engine;
 pub mod http;

@@ -1,4 +1,4 @@
-//! The `marketflow` binary: `serve` and `simulate` (`demo` and `ctl` follow with the operator issue).
+//! The `marketflow` binary: `serve`, `simulate`, `ctl` (`demo` follows with the operator issue).
 
 use clap::{Parser, Subcommand};
 use marketflow::app::{init_tracing, Application};
@@ -17,6 +17,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run a local Alibaba Cloud Marketplace (Market OpenAPI, SPI calls, buyers) for development and tests.
     Simulate(marketflow::aliyun::simulator::SimulateArgs),
+    /// Operator CLI over the HTTP API: entities, journals, timers, actions (tables or JSON).
+    Ctl(marketflow::ctl::CtlArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +42,16 @@ fn main() -> std::process::ExitCode {
                 Err(e) => {
                     tracing::error!(error = %e, "marketflow failed");
                     eprintln!("marketflow: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ctl(args) => {
+            let mut stdout = std::io::stdout().lock();
+            match actix_web::rt::System::new().block_on(marketflow::ctl::run(args, &mut stdout)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("marketflow ctl: {e}");
                     std::process::ExitCode::FAILURE
                 }
             }

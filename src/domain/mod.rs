@@ -1,5 +1,7 @@
 //! The product's rules as workflows: pure decisions, no actix, sled or clock. The engine runs them.
 
+pub mod ids;
+pub mod organization;
 pub mod subscription;
 
 use std::sync::Arc;
@@ -8,5 +10,5 @@ use crate::engine::workflow::DynWorkflow;
 
 /// Every workflow of the service, to register with the engine.
 pub fn workflows() -> Vec<Arc<dyn DynWorkflow>> {
-    vec![Arc::new(subscription::SubscriptionWorkflow)]
+    vec![Arc::new(subscription::SubscriptionWorkflow), Arc::new(organization::OrganizationWorkflow)]
 }

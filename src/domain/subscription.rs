@@ -8,8 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::ids::{BindingId, OrgId, UserId};
 use crate::aliyun::spi::{AliUid, OrderBizId, OrderId, ProductCode, RequestId, SkuId};
 use crate::engine::definition::Catalog;
+use crate::engine::EntityKey;
 use crate::engine::{Cx, Reject, Signal, Workflow};
 
 /// The entity kind.
@@ -45,6 +47,24 @@ pub struct Subscription {
     pub renewals: u32,
     /// The createInstance answer, the same for every repetition.
     pub create_reply: Option<serde_json::Value>,
+    /// The organization this subscription pays for (set once the organization confirmed).
+    pub org: Option<OrgId>,
+    /// The last binding attempt and where it stands.
+    pub binding: Option<Binding>,
+}
+
+/// A binding attempt, as the buyer follows it ("processing your authorization").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Binding {
+    pub binding_id: BindingId,
+    pub org_id: OrgId,
+    pub user_id: UserId,
+    /// `pending`, `bound`, `refused`.
+    pub status: String,
+    /// Why it was refused (`insufficient_permission`, `org_already_bound`).
+    pub code: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
 }
 
 /// What happens to a subscription.
@@ -75,6 +95,14 @@ pub enum SubscriptionEvent {
     Release { is_refund: bool, order_id: Option<OrderId> },
     /// renewInstance: a new expiry, no change of state.
     Renew { order_id: OrderId, expired_on: DateTime<Utc> },
+    /// A user asks to bind this subscription to an organization.
+    Bind { binding_id: BindingId, org_id: OrgId, user_id: UserId },
+    /// From the organization: bound.
+    BindingConfirmed { binding_id: BindingId, org_id: OrgId },
+    /// From the organization: refused, with the reason's code.
+    BindingRefused { binding_id: BindingId, org_id: OrgId, code: String },
+    /// From the organization: a new subscription replaced this (suspended) one.
+    Unlinked { org_id: OrgId },
     /// upgradeInstance: a new SKU, no change of state.
     Upgrade {
         sku_id: SkuId,
@@ -82,6 +110,22 @@ pub enum SubscriptionEvent {
         #[serde(default)]
         extra: BTreeMap<String, String>,
     },
+}
+
+fn org_key(org: &OrgId) -> Result<EntityKey, Reject> {
+    EntityKey::new(super::organization::KIND, org.as_str()).map_err(|e| Reject::new("invalid_org", e.to_string()))
+}
+
+/// Tells the organization this subscription pays for (or is being bound to) about a change of the channel.
+/// A pending binding counts: its bind request went out first and messages arrive in order, so the organization
+/// learns of the release after it bound, never before.
+fn notify_org(cx: &mut Cx<'_, Subscription>, kind: &str) -> Result<(), Reject> {
+    let pending = cx.data.binding.as_ref().filter(|b| b.status == "pending").map(|b| b.org_id.clone());
+    if let Some(org) = cx.data.org.clone().or(pending) {
+        let instance_id = cx.key.id.clone();
+        cx.send(org_key(&org)?, json!({ "type": kind, "instance_id": instance_id }));
+    }
+    Ok(())
 }
 
 /// Runs `workflows/subscription.toml`.
@@ -104,8 +148,20 @@ impl Workflow for SubscriptionWorkflow {
 
     fn catalog(&self) -> Catalog {
         Catalog {
-            events: vec!["create", "order_paid", "expire", "resume", "release", "renew", "upgrade"],
-            guards: vec!["reported_opened", "reported_closed", "reported_expired"],
+            events: vec![
+                "create",
+                "order_paid",
+                "expire",
+                "resume",
+                "release",
+                "renew",
+                "upgrade",
+                "bind",
+                "binding_confirmed",
+                "binding_refused",
+                "unlinked",
+            ],
+            guards: vec!["reported_opened", "reported_closed", "reported_expired", "bindable", "is_pending_binding"],
             actions: vec![
                 "record_order",
                 "answer_create",
@@ -124,6 +180,12 @@ impl Workflow for SubscriptionWorkflow {
                 "record_upgrade",
                 "schedule_reconcile",
                 "reconciled_resume",
+                "reserve_binding",
+                "refuse_already_bound",
+                "refuse_not_active",
+                "confirm_binding",
+                "record_refusal",
+                "unlink",
             ],
             calls: vec!["describe_instance"],
         }
@@ -138,11 +200,25 @@ impl Workflow for SubscriptionWorkflow {
             SubscriptionEvent::Release { .. } => "release",
             SubscriptionEvent::Renew { .. } => "renew",
             SubscriptionEvent::Upgrade { .. } => "upgrade",
+            SubscriptionEvent::Bind { .. } => "bind",
+            SubscriptionEvent::BindingConfirmed { .. } => "binding_confirmed",
+            SubscriptionEvent::BindingRefused { .. } => "binding_refused",
+            SubscriptionEvent::Unlinked { .. } => "unlinked",
         }
         .to_string()
     }
 
-    fn guard(&self, name: &str, _cx: &Cx<'_, Subscription>, signal: &Signal<SubscriptionEvent>) -> bool {
+    fn guard(&self, name: &str, cx: &Cx<'_, Subscription>, signal: &Signal<SubscriptionEvent>) -> bool {
+        use SubscriptionEvent as E;
+        let pending = cx.data.binding.as_ref().filter(|b| b.status == "pending");
+        match (name, signal) {
+            ("bindable", Signal::Event(E::Bind { .. })) => return cx.data.org.is_none() && pending.is_none(),
+            (
+                "is_pending_binding",
+                Signal::Event(E::BindingConfirmed { binding_id, .. } | E::BindingRefused { binding_id, .. }),
+            ) => return pending.is_some_and(|b| &b.binding_id == binding_id),
+            _ => {}
+        }
         match name {
             "reported_opened" => reported(signal) == Some("OPENED"),
             "reported_closed" => reported(signal) == Some("CLOSED"),
@@ -230,6 +306,7 @@ impl Workflow for SubscriptionWorkflow {
             }
             ("expire", signal) => {
                 cx.data.expired_at = Some(now);
+                notify_org(cx, "channel_suspended")?;
                 if matches!(signal, Signal::Event(_)) {
                     cx.note("expiredInstance: closed by the marketplace for arrears");
                 } else {
@@ -237,17 +314,79 @@ impl Workflow for SubscriptionWorkflow {
                 }
             }
             ("schedule_reconcile", _) => cx.set_timer("reconcile"),
+            ("reserve_binding", Signal::Event(E::Bind { binding_id, org_id, user_id })) => {
+                let ali_uid = cx.data.ali_uid.clone().ok_or_else(|| Reject::new("internal_error", "no aliUid"))?;
+                cx.data.binding = Some(Binding {
+                    binding_id: binding_id.clone(),
+                    org_id: org_id.clone(),
+                    user_id: user_id.clone(),
+                    status: "pending".into(),
+                    code: None,
+                    requested_at: now,
+                    decided_at: None,
+                });
+                let instance_id = cx.key.id.clone();
+                cx.send(
+                    org_key(org_id)?,
+                    json!({ "type": "bind_request", "binding_id": binding_id, "instance_id": instance_id,
+                            "ali_uid": ali_uid, "user_id": user_id }),
+                );
+                cx.reply(json!({ "binding_id": binding_id, "status": "pending" }));
+                cx.note(format!("{user_id} asks to bind this subscription to {org_id}"));
+            }
+            ("refuse_already_bound", _) => {
+                return Err(Reject::new(
+                    "subscription_already_bound",
+                    "this subscription is bound to an organization already (or a binding is in progress)",
+                ));
+            }
+            ("refuse_not_active", _) => {
+                return Err(Reject::new(
+                    "subscription_not_active",
+                    "only an active subscription can be bound; wait for its activation",
+                ));
+            }
+            ("confirm_binding", Signal::Event(E::BindingConfirmed { org_id, .. })) => {
+                if let Some(b) = cx.data.binding.as_mut() {
+                    b.status = "bound".into();
+                    b.decided_at = Some(now);
+                }
+                cx.data.org = Some(org_id.clone());
+                cx.note(format!("bound to {org_id}"));
+                if cx.state == "expired" {
+                    // Expired while the organization was deciding: it must learn that its new channel is suspended.
+                    let instance_id = cx.key.id.clone();
+                    cx.send(org_key(org_id)?, json!({ "type": "channel_suspended", "instance_id": instance_id }));
+                }
+            }
+            ("record_refusal", Signal::Event(E::BindingRefused { code, org_id, .. })) => {
+                if let Some(b) = cx.data.binding.as_mut() {
+                    b.status = "refused".into();
+                    b.code = Some(code.clone());
+                    b.decided_at = Some(now);
+                }
+                cx.note(format!("{org_id} refused the binding: {code}"));
+            }
+            ("unlink", Signal::Event(E::Unlinked { org_id })) => {
+                if cx.data.org.as_ref() == Some(org_id) {
+                    cx.data.org = None;
+                    cx.note(format!("{org_id} bound a new subscription; this one is unlinked"));
+                }
+            }
             ("reconciled_resume", _) => {
                 cx.data.resumed_at = Some(now);
+                notify_org(cx, "channel_resumed")?;
                 cx.note("the marketplace reports OPENED: a resumeInstance was missed or overtaken");
             }
             ("resume", Signal::Event(E::Resume { sku_id })) => {
                 cx.data.resumed_at = Some(now);
+                notify_org(cx, "channel_resumed")?;
                 cx.data.sku_id = Some(sku_id.clone());
                 cx.note("resumeInstance: arrears cleared");
             }
             ("release", signal) => {
                 cx.data.released_at = Some(now);
+                notify_org(cx, "channel_released")?;
                 if let Signal::Event(E::Release { is_refund, .. }) = signal {
                     cx.data.is_refund = Some(*is_refund);
                     cx.note(format!("releaseInstance (refund: {is_refund})"));

@@ -1,9 +1,13 @@
 //! Routes. Handlers parse raw input into domain types at the edge and talk to the engine through its handle.
 
+pub mod accounts;
 pub mod auth;
 pub mod error;
+pub mod marketplace;
 pub mod ops;
+pub mod session;
 pub mod spi;
+pub mod sso;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -16,6 +20,7 @@ pub use error::ApiError;
 pub struct AppState {
     pub engine: Engine,
     pub config: Config,
+    pub accounts: std::sync::Arc<crate::accounts::Accounts>,
 }
 
 /// Liveness: the process answers, and says what time it thinks it is.
@@ -59,6 +64,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .service(web::resource("/aliyun/spi").route(web::get().to(spi::spi)).route(web::post().to(spi::spi)))
+    .route("/aliyun/sso", web::get().to(sso::sso))
     .service(web::scope("/api/v1/ops").configure(ops::configure))
+    .service(web::scope("/api/v1").configure(accounts::configure).configure(marketplace::configure))
     .default_service(web::to(not_found));
 }

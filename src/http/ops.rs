@@ -141,5 +141,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/entities", web::get().to(list))
         .route("/entities/{kind}/{id}", web::get().to(show))
         .route("/entities/{kind}/{id}/journal", web::get().to(journal))
-        .route("/timers", web::get().to(timers));
+        .route("/timers", web::get().to(timers))
+        .route("/orgs", web::post().to(super::accounts::ops_create_org));
 }

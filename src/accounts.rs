@@ -1,0 +1,359 @@
+//! Users, sessions and the grants a 免登 link gives: records in the store, not workflows (nothing about them
+//! waits on time). Organizations and memberships are the organization workflow's; this module reads its index.
+//!
+//! Passwords are hashed with Argon2id (memory-hard) off the async threads. Session tokens are random 256-bit
+//! values; only their SHA-256 is stored, so a copy of the store does not log anyone in.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::domain::ids::{Email, Name, OrgId, Password, Role, UserId};
+use crate::domain::organization::{self, OrganizationEvent};
+use crate::engine::{Cause, Engine, EntityKey, Input, Status};
+use crate::store::{prefix_end, Batch, Table};
+
+/// How long a session lasts.
+pub const SESSION_TTL: TimeDelta = TimeDelta::hours(12);
+
+/// A registered user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub email: Email,
+    pub name: Name,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+    /// The organization created with the account (the user is its Owner).
+    pub home_org: OrgId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    user_id: UserId,
+    expires_at: DateTime<Utc>,
+}
+
+/// Why an account operation failed. `code()` is what clients see.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("an account with this e-mail exists already")]
+    EmailTaken,
+    #[error("e-mail or password is wrong")]
+    InvalidCredentials,
+    #[error("not logged in, or the session has expired")]
+    Unauthenticated,
+    #[error("engine: {0}")]
+    Engine(#[from] crate::engine::Error),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::EmailTaken => "email_taken",
+            Error::InvalidCredentials => "invalid_credentials",
+            Error::Unauthenticated => "unauthenticated",
+            Error::Engine(e) => e.code(),
+            Error::Storage(_) => "storage_unavailable",
+        }
+    }
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> Error {
+    Error::Storage(e.to_string())
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The accounts service.
+pub struct Accounts {
+    /// The engine, for its store, committer and clock, and to create organizations.
+    engine: Engine,
+    /// Serialises registrations, so that two requests for one e-mail cannot both pass the uniqueness check
+    /// (one node; a shared store would use a conditional insert instead).
+    register_lock: tokio::sync::Mutex<()>,
+}
+
+fn user_key(id: &UserId) -> Vec<u8> {
+    format!("user/{id}").into_bytes()
+}
+fn email_key(email: &Email) -> Vec<u8> {
+    format!("email/{email}").into_bytes()
+}
+fn session_key(token: &str) -> Vec<u8> {
+    format!("session/{}", sha256_hex(token)).into_bytes()
+}
+fn grant_key(user: &UserId, instance: &str) -> Vec<u8> {
+    format!("grant/{user}/{instance}").into_bytes()
+}
+fn pending_grant_key(nonce: &str) -> Vec<u8> {
+    format!("pending-grant/{}", sha256_hex(nonce)).into_bytes()
+}
+fn sso_used_key(token: &str) -> Vec<u8> {
+    format!("sso-used/{token}").into_bytes()
+}
+
+impl Accounts {
+    pub fn new(engine: Engine) -> Arc<Self> {
+        Arc::new(Self { engine, register_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.engine.clock().now()
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, Error> {
+        match self.engine.store().get(table, key).map_err(storage)? {
+            Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(storage)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<(), Error> {
+        self.engine.committer().commit(batch).await.map_err(|e| Error::Engine(e.into()))
+    }
+
+    /// Creates a user and their organization (they become its Owner).
+    pub async fn register(&self, email: Email, password: Password, name: Name) -> Result<User, Error> {
+        let hash = hash_password(password).await?;
+        let user = {
+            let _guard = self.register_lock.lock().await;
+            if self.get::<UserId>(Table::Index, &email_key(&email))?.is_some() {
+                return Err(Error::EmailTaken);
+            }
+            let user = User {
+                id: UserId::generate(),
+                email: email.clone(),
+                name,
+                password_hash: hash,
+                created_at: self.now(),
+                home_org: OrgId::generate(),
+            };
+            let mut b = Batch::new();
+            b.put(Table::Records, user_key(&user.id), serde_json::to_vec(&user).map_err(storage)?);
+            b.put(Table::Index, email_key(&email), serde_json::to_vec(&user.id).map_err(storage)?);
+            self.commit(b).await?;
+            user
+        };
+        self.ensure_home_org(&user).await?;
+        Ok(user)
+    }
+
+    /// Creates the user's own organization if it does not exist yet (idempotent: the registration may have
+    /// stopped between the user's commit and the organization's).
+    pub async fn ensure_home_org(&self, user: &User) -> Result<(), Error> {
+        let name = Name::parse(format!("{}'s Organization", user.name)).unwrap_or_else(|_| user.name.clone());
+        self.create_org(&user.home_org, name, user, "create").await.map(|_| ())
+    }
+
+    /// Creates an organization owned by `owner` (registration, or an operator for support).
+    pub async fn create_org(&self, org: &OrgId, name: Name, owner: &User, input_id: &str) -> Result<Status, Error> {
+        let key = EntityKey::new(organization::KIND, org.as_str()).map_err(|e| Error::Storage(e.to_string()))?;
+        let body = serde_json::to_value(OrganizationEvent::Create {
+            name,
+            owner: owner.id.clone(),
+            owner_email: owner.email.clone(),
+        })
+        .map_err(storage)?;
+        let o = self
+            .engine
+            .send(key, Input::domain(input_id, body, Cause::Api { principal: owner.id.to_string() }))
+            .await?;
+        Ok(o.status)
+    }
+
+    /// Checks a password and opens a session.
+    pub async fn login(&self, email: &Email, password: Password) -> Result<(String, DateTime<Utc>, User), Error> {
+        let user = match self.user_by_email(email)? {
+            Some(u) => u,
+            None => {
+                // Same work as a real check, so timing does not tell which e-mails exist.
+                let _ = verify_password(password, dummy_hash().to_string()).await;
+                return Err(Error::InvalidCredentials);
+            }
+        };
+        if !verify_password(password, user.password_hash.clone()).await? {
+            return Err(Error::InvalidCredentials);
+        }
+        let (token, expires_at) = self.open_session(&user.id).await?;
+        self.ensure_home_org(&user).await?;
+        Ok((token, expires_at, user))
+    }
+
+    async fn open_session(&self, user: &UserId) -> Result<(String, DateTime<Utc>), Error> {
+        let token = random_token();
+        let expires_at = self.now() + SESSION_TTL;
+        let mut b = Batch::new();
+        let s = Session { user_id: user.clone(), expires_at };
+        b.put(Table::Records, session_key(&token), serde_json::to_vec(&s).map_err(storage)?);
+        self.commit(b).await?;
+        Ok((token, expires_at))
+    }
+
+    /// The user of a session token.
+    pub fn authenticate(&self, token: &str) -> Result<User, Error> {
+        if token.is_empty() || token.len() > 128 {
+            return Err(Error::Unauthenticated);
+        }
+        let s: Session = self.get(Table::Records, &session_key(token))?.ok_or(Error::Unauthenticated)?;
+        if s.expires_at <= self.now() {
+            return Err(Error::Unauthenticated);
+        }
+        self.user(&s.user_id)?.ok_or(Error::Unauthenticated)
+    }
+
+    pub async fn logout(&self, token: &str) -> Result<(), Error> {
+        let mut b = Batch::new();
+        b.delete(Table::Records, session_key(token));
+        self.commit(b).await
+    }
+
+    pub fn user(&self, id: &UserId) -> Result<Option<User>, Error> {
+        self.get(Table::Records, &user_key(id))
+    }
+
+    pub fn user_by_email(&self, email: &Email) -> Result<Option<User>, Error> {
+        match self.get::<UserId>(Table::Index, &email_key(email))? {
+            Some(id) => self.user(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// The organizations a user belongs to, with their role (from the organization workflow's index).
+    pub fn orgs_of(&self, user: &UserId) -> Result<Vec<(OrgId, Role)>, Error> {
+        let prefix = format!("member/{user}/").into_bytes();
+        let rows = self
+            .engine
+            .store()
+            .scan(Table::Index, Bound::Included(prefix.clone()), prefix_end(&prefix), 1000, false)
+            .map_err(storage)?;
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            let org = String::from_utf8_lossy(&k[prefix.len()..]).to_string();
+            let role: serde_json::Value = serde_json::from_slice(&v).map_err(storage)?;
+            let role = role.get("role").and_then(|r| r.as_str()).and_then(|r| Role::parse(r).ok());
+            if let (Ok(org), Some(role)) = (OrgId::parse(org), role) {
+                out.push((org, role));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that `user` may see subscription `instance` (they came through its 免登 link).
+    pub async fn grant(&self, user: &UserId, instance: &str) -> Result<(), Error> {
+        let mut b = Batch::new();
+        b.put(
+            Table::Records,
+            grant_key(user, instance),
+            serde_json::to_vec(&json!({ "at": self.now() })).map_err(storage)?,
+        );
+        self.commit(b).await
+    }
+
+    pub fn has_grant(&self, user: &UserId, instance: &str) -> Result<bool, Error> {
+        Ok(self.engine.store().get(Table::Records, &grant_key(user, instance)).map_err(storage)?.is_some())
+    }
+
+    /// The subscriptions a user came to through 免登.
+    pub fn granted(&self, user: &UserId) -> Result<Vec<String>, Error> {
+        let prefix = format!("grant/{user}/").into_bytes();
+        let rows = self
+            .engine
+            .store()
+            .scan(Table::Records, Bound::Included(prefix.clone()), prefix_end(&prefix), 1000, false)
+            .map_err(storage)?;
+        Ok(rows.iter().map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).to_string()).collect())
+    }
+
+    /// A grant for a browser that has no session yet: a nonce for its cookie, redeemed at login or registration.
+    pub async fn pending_grant(&self, instance: &str) -> Result<String, Error> {
+        let nonce = random_token();
+        let mut b = Batch::new();
+        let v = json!({ "instance": instance, "expires_at": self.now() + TimeDelta::hours(1) });
+        b.put(Table::Records, pending_grant_key(&nonce), serde_json::to_vec(&v).map_err(storage)?);
+        self.commit(b).await?;
+        Ok(nonce)
+    }
+
+    /// Turns a browser's pending grant into the user's grant; returns the instance.
+    pub async fn redeem_pending_grant(&self, nonce: &str, user: &UserId) -> Result<Option<String>, Error> {
+        let Some(v) = self.get::<serde_json::Value>(Table::Records, &pending_grant_key(nonce))? else {
+            return Ok(None);
+        };
+        let expires = v.get("expires_at").and_then(|e| serde_json::from_value::<DateTime<Utc>>(e.clone()).ok());
+        let Some(instance) = v.get("instance").and_then(|i| i.as_str()).map(String::from) else {
+            return Ok(None);
+        };
+        let mut b = Batch::new();
+        b.delete(Table::Records, pending_grant_key(nonce));
+        if expires.is_some_and(|e| e > self.now()) {
+            b.put(
+                Table::Records,
+                grant_key(user, &instance),
+                serde_json::to_vec(&json!({ "at": self.now() })).map_err(storage)?,
+            );
+            self.commit(b).await?;
+            return Ok(Some(instance));
+        }
+        self.commit(b).await?;
+        Ok(None)
+    }
+
+    /// Marks a 免登 token as used; `false` if it was used before (a replayed link).
+    pub async fn use_sso_token(&self, token: &str) -> Result<bool, Error> {
+        let _guard = self.register_lock.lock().await;
+        if self.engine.store().get(Table::Records, &sso_used_key(token)).map_err(storage)?.is_some() {
+            return Ok(false);
+        }
+        let mut b = Batch::new();
+        b.put(Table::Records, sso_used_key(token), serde_json::to_vec(&json!({ "at": self.now() })).map_err(storage)?);
+        self.commit(b).await?;
+        Ok(true)
+    }
+}
+
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// A hash of a random password, checked when the e-mail is unknown so both paths cost the same.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default().hash_password(random_token().as_bytes(), &salt).map(|h| h.to_string()).unwrap_or_default()
+    })
+}
+
+async fn hash_password(password: Password) -> Result<String, Error> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default().hash_password(password.expose().as_bytes(), &salt).map(|h| h.to_string())
+    })
+    .await
+    .map_err(storage)?
+    .map_err(storage)
+}
+
+async fn verify_password(password: Password, hash: String) -> Result<bool, Error> {
+    tokio::task::spawn_blocking(move || {
+        let Ok(parsed) = PasswordHash::new(&hash) else { return false };
+        Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok()
+    })
+    .await
+    .map_err(storage)
+}

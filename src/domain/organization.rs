@@ -1,0 +1,484 @@
+//! An organization: members and roles, invitations, and its payment through one marketplace subscription:
+//! binding, the account-switch window, freezes and their recovery. The graph is `workflows/organization.toml`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::ids::{BindingId, Email, InvitationId, Name, Role, UserId};
+use super::subscription;
+use crate::aliyun::spi::AliUid;
+use crate::engine::definition::Catalog;
+use crate::engine::{Cx, EntityKey, Reject, Signal, Workflow};
+
+/// The entity kind.
+pub const KIND: &str = "organization";
+/// At most this many members (the product's limit).
+pub const MAX_MEMBERS: usize = 100;
+/// Invitations expire after this long.
+pub const INVITATION_TTL: TimeDelta = TimeDelta::hours(48);
+/// History entries kept in the record (the journal keeps everything).
+const MAX_HISTORY: usize = 200;
+
+/// A member of the organization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub role: Role,
+    pub email: Email,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// An invitation not yet accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invitation {
+    pub email: Email,
+    pub role: Role,
+    pub invited_by: UserId,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The marketplace subscription the organization pays through (云市场扣费渠道).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Channel {
+    pub instance_id: String,
+    /// The subscribing Aliyun account.
+    pub aliyun_account_id: AliUid,
+    pub bound_at: DateTime<Utc>,
+    /// The marketplace closed it for arrears: still linked, not shown as a payment channel.
+    pub suspended: bool,
+}
+
+/// Why an organization is frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrozenReason {
+    Arrears,
+    NoPaymentMethod,
+    Operator,
+}
+
+impl FrozenReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrozenReason::Arrears => "arrears",
+            FrozenReason::NoPaymentMethod => "no_payment_method",
+            FrozenReason::Operator => "operator",
+        }
+    }
+}
+
+/// One change of the payment channel or of the billing status, as the billing overview shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    /// `bound`, `switched`, `recovered`, `released`, `window_opened`, `frozen`, `unfrozen`, `resumed`, `unlinked`.
+    pub kind: String,
+    pub instance_id: Option<String>,
+    pub aliyun_account_id: Option<String>,
+    /// For a switch: the previous Aliyun account.
+    pub from_aliyun_account_id: Option<String>,
+    pub reason: Option<String>,
+    pub detail: String,
+}
+
+/// The organization's data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Organization {
+    pub name: Option<Name>,
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub members: BTreeMap<UserId, Member>,
+    #[serde(default)]
+    pub invitations: BTreeMap<InvitationId, Invitation>,
+    pub channel: Option<Channel>,
+    /// The channel released last (during the switch window), to record the switch.
+    pub released_channel: Option<Channel>,
+    pub frozen_reason: Option<FrozenReason>,
+    pub frozen_at: Option<DateTime<Utc>>,
+    pub switch_deadline: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+impl Organization {
+    pub fn role_of(&self, user: &UserId) -> Option<Role> {
+        self.members.get(user).map(|m| m.role)
+    }
+}
+
+/// What happens to an organization.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OrganizationEvent {
+    /// At registration (the user becomes Owner) or by an operator (support).
+    Create {
+        name: Name,
+        owner: UserId,
+        owner_email: Email,
+    },
+    Invite {
+        invitation_id: InvitationId,
+        email: Email,
+        role: Role,
+        by: UserId,
+    },
+    AcceptInvitation {
+        invitation_id: InvitationId,
+        user_id: UserId,
+        email: Email,
+    },
+    /// From a subscription: bind me, on behalf of this user.
+    BindRequest {
+        binding_id: BindingId,
+        instance_id: String,
+        ali_uid: AliUid,
+        user_id: UserId,
+    },
+    /// From the bound subscription: the buyer closed it (or the marketplace released it).
+    ChannelReleased {
+        instance_id: String,
+    },
+    /// From the bound subscription: closed for arrears.
+    ChannelSuspended {
+        instance_id: String,
+    },
+    /// From the suspended subscription: arrears cleared.
+    ChannelResumed {
+        instance_id: String,
+    },
+    Freeze {
+        reason: String,
+    },
+    Unfreeze {
+        reason: String,
+    },
+}
+
+/// Runs `workflows/organization.toml`.
+pub struct OrganizationWorkflow;
+
+fn instance_of(s: &Signal<OrganizationEvent>) -> Option<&str> {
+    use OrganizationEvent as E;
+    match s {
+        Signal::Event(
+            E::ChannelReleased { instance_id }
+            | E::ChannelSuspended { instance_id }
+            | E::ChannelResumed { instance_id }
+            | E::BindRequest { instance_id, .. },
+        ) => Some(instance_id),
+        _ => None,
+    }
+}
+
+fn subscription_key(instance_id: &str) -> Result<EntityKey, Reject> {
+    EntityKey::new(subscription::KIND, instance_id).map_err(|e| Reject::new("invalid_instance", e.to_string()))
+}
+
+fn push_history(d: &mut Organization, e: HistoryEntry) {
+    d.history.push(e);
+    if d.history.len() > MAX_HISTORY {
+        let extra = d.history.len() - MAX_HISTORY;
+        d.history.drain(..extra);
+    }
+}
+
+fn entry(at: DateTime<Utc>, kind: &str, detail: impl Into<String>) -> HistoryEntry {
+    HistoryEntry {
+        at,
+        kind: kind.into(),
+        instance_id: None,
+        aliyun_account_id: None,
+        from_aliyun_account_id: None,
+        reason: None,
+        detail: detail.into(),
+    }
+}
+
+/// The index key listing a user's organizations.
+pub fn member_index_key(user: &UserId, org: &str) -> String {
+    format!("member/{user}/{org}")
+}
+
+/// The index key resolving an invitation to its organization.
+pub fn invitation_index_key(invitation: &InvitationId) -> String {
+    format!("invitation/{invitation}")
+}
+
+impl Workflow for OrganizationWorkflow {
+    type Data = Organization;
+    type Event = OrganizationEvent;
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn catalog(&self) -> Catalog {
+        Catalog {
+            events: vec![
+                "create",
+                "invite",
+                "accept_invitation",
+                "bind_request",
+                "channel_released",
+                "channel_suspended",
+                "channel_resumed",
+                "freeze",
+                "unfreeze",
+            ],
+            guards: vec!["may_bind", "is_channel", "is_suspended_channel", "has_live_channel"],
+            actions: vec![
+                "create_org",
+                "invite",
+                "accept_invitation",
+                "link_channel",
+                "refuse_binding",
+                "open_window",
+                "freeze_arrears",
+                "resume_channel",
+                "unlink_channel",
+                "freeze_no_payment",
+                "operator_freeze",
+                "operator_unfreeze",
+            ],
+            calls: vec![],
+        }
+    }
+
+    fn event_name(&self, e: &OrganizationEvent) -> String {
+        use OrganizationEvent as E;
+        match e {
+            E::Create { .. } => "create",
+            E::Invite { .. } => "invite",
+            E::AcceptInvitation { .. } => "accept_invitation",
+            E::BindRequest { .. } => "bind_request",
+            E::ChannelReleased { .. } => "channel_released",
+            E::ChannelSuspended { .. } => "channel_suspended",
+            E::ChannelResumed { .. } => "channel_resumed",
+            E::Freeze { .. } => "freeze",
+            E::Unfreeze { .. } => "unfreeze",
+        }
+        .to_string()
+    }
+
+    fn guard(&self, name: &str, cx: &Cx<'_, Organization>, s: &Signal<OrganizationEvent>) -> bool {
+        let d = &*cx.data;
+        match (name, s) {
+            ("may_bind", Signal::Event(OrganizationEvent::BindRequest { user_id, .. })) => {
+                d.role_of(user_id).is_some_and(Role::may_manage_billing)
+            }
+            ("is_channel", _) => {
+                instance_of(s).is_some() && d.channel.as_ref().map(|c| c.instance_id.as_str()) == instance_of(s)
+            }
+            ("is_suspended_channel", _) => {
+                d.channel.as_ref().is_some_and(|c| c.suspended && Some(c.instance_id.as_str()) == instance_of(s))
+            }
+            ("has_live_channel", _) => d.channel.as_ref().is_some_and(|c| !c.suspended),
+            _ => false,
+        }
+    }
+
+    fn action(&self, name: &str, cx: &mut Cx<'_, Organization>, s: &Signal<OrganizationEvent>) -> Result<(), Reject> {
+        use OrganizationEvent as E;
+        let now = cx.now;
+        let org_id = cx.key.id.clone();
+        match (name, s) {
+            ("create_org", Signal::Event(E::Create { name, owner, owner_email })) => {
+                cx.data.name = Some(name.clone());
+                cx.data.created_at = Some(now);
+                cx.data
+                    .members
+                    .insert(owner.clone(), Member { role: Role::Owner, email: owner_email.clone(), joined_at: now });
+                cx.index_put(member_index_key(owner, &org_id), json!({ "role": Role::Owner }));
+                cx.note(format!("organization `{name}` created; {owner} is Owner"));
+            }
+            ("invite", Signal::Event(E::Invite { invitation_id, email, role, by })) => {
+                if cx.data.role_of(by) != Some(Role::Owner) {
+                    return Err(Reject::new("insufficient_permission", "only an Owner invites members"));
+                }
+                if cx.data.members.values().any(|m| &m.email == email) {
+                    return Err(Reject::new("already_member", format!("{email} is a member already")));
+                }
+                cx.data.invitations.retain(|_, i| i.expires_at > now);
+                if cx.data.members.len() + cx.data.invitations.len() >= MAX_MEMBERS {
+                    return Err(Reject::new("too_many_members", format!("at most {MAX_MEMBERS} members")));
+                }
+                cx.data.invitations.insert(
+                    invitation_id.clone(),
+                    Invitation {
+                        email: email.clone(),
+                        role: *role,
+                        invited_by: by.clone(),
+                        expires_at: now + INVITATION_TTL,
+                    },
+                );
+                cx.index_put(invitation_index_key(invitation_id), json!({ "org_id": org_id }));
+                cx.reply(json!({ "invitation_id": invitation_id, "expires_at": now + INVITATION_TTL }));
+                cx.note(format!("{by} invited {email} as {}", role.as_str()));
+            }
+            ("accept_invitation", Signal::Event(E::AcceptInvitation { invitation_id, user_id, email })) => {
+                let Some(inv) = cx.data.invitations.get(invitation_id).cloned() else {
+                    return Err(Reject::new("invitation_not_found", "no such invitation (or accepted already)"));
+                };
+                if inv.expires_at <= now {
+                    return Err(Reject::new("invitation_expired", "the invitation has expired"));
+                }
+                if &inv.email != email {
+                    return Err(Reject::new("invitation_for_another_user", "the invitation is for another e-mail"));
+                }
+                cx.data.invitations.remove(invitation_id);
+                cx.data
+                    .members
+                    .insert(user_id.clone(), Member { role: inv.role, email: email.clone(), joined_at: now });
+                cx.index_put(member_index_key(user_id, &org_id), json!({ "role": inv.role }));
+                cx.index_delete(invitation_index_key(invitation_id));
+                cx.reply(json!({ "org_id": org_id, "role": inv.role }));
+                cx.note(format!("{email} joined as {}", inv.role.as_str()));
+            }
+            ("link_channel", Signal::Event(E::BindRequest { binding_id, instance_id, ali_uid, user_id })) => {
+                let previous = cx.data.channel.take();
+                let released = cx.data.released_channel.take();
+                let mut h = entry(now, "bound", format!("bound by {user_id}"));
+                h.instance_id = Some(instance_id.clone());
+                h.aliyun_account_id = Some(ali_uid.to_string());
+                match cx.state {
+                    "window" => {
+                        h.kind = "switched".into();
+                        h.from_aliyun_account_id = released.as_ref().map(|c| c.aliyun_account_id.to_string());
+                        h.detail = format!(
+                            "account switch: {} → {ali_uid} within the window",
+                            h.from_aliyun_account_id.as_deref().unwrap_or("?")
+                        );
+                    }
+                    "frozen" => {
+                        h.kind = "recovered".into();
+                        h.reason = cx.data.frozen_reason.map(|r| r.as_str().to_string());
+                        h.from_aliyun_account_id = previous.as_ref().map(|c| c.aliyun_account_id.to_string());
+                        h.detail = "a new subscription was bound: the organization is unfrozen".into();
+                        if let Some(old) = &previous {
+                            // A suspended subscription stays linked until a new one replaces it.
+                            cx.send(
+                                subscription_key(&old.instance_id)?,
+                                json!({ "type": "unlinked", "org_id": org_id }),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                cx.data.channel = Some(Channel {
+                    instance_id: instance_id.clone(),
+                    aliyun_account_id: ali_uid.clone(),
+                    bound_at: now,
+                    suspended: false,
+                });
+                cx.data.frozen_reason = None;
+                cx.data.frozen_at = None;
+                cx.data.switch_deadline = None;
+                cx.note(h.detail.clone());
+                push_history(cx.data, h);
+                cx.send(
+                    subscription_key(instance_id)?,
+                    json!({ "type": "binding_confirmed", "binding_id": binding_id, "org_id": org_id }),
+                );
+            }
+            ("refuse_binding", Signal::Event(E::BindRequest { binding_id, instance_id, user_id, .. })) => {
+                let code = if cx.data.role_of(user_id).is_some_and(Role::may_manage_billing) {
+                    "org_already_bound"
+                } else {
+                    "insufficient_permission"
+                };
+                cx.note(format!("binding of {instance_id} refused: {code}"));
+                cx.send(
+                    subscription_key(instance_id)?,
+                    json!({ "type": "binding_refused", "binding_id": binding_id, "org_id": org_id, "code": code }),
+                );
+            }
+            ("open_window", Signal::Event(E::ChannelReleased { instance_id })) => {
+                let old = cx.data.channel.take();
+                let deadline = now
+                    + cx.definition
+                        .timers
+                        .get("switch-window")
+                        .and_then(|d| TimeDelta::from_std(*d).ok())
+                        .unwrap_or(TimeDelta::hours(1));
+                cx.data.switch_deadline = Some(deadline);
+                let mut h = entry(
+                    now,
+                    "released",
+                    format!("subscription {instance_id} released; bind a new one before {deadline}"),
+                );
+                h.instance_id = Some(instance_id.clone());
+                h.aliyun_account_id = old.as_ref().map(|c| c.aliyun_account_id.to_string());
+                cx.data.released_channel = old;
+                cx.note(h.detail.clone());
+                push_history(cx.data, h);
+            }
+            ("freeze_arrears", _) => {
+                if let Some(c) = cx.data.channel.as_mut() {
+                    c.suspended = true;
+                }
+                freeze(cx, FrozenReason::Arrears, "the marketplace closed the subscription for arrears".into());
+            }
+            ("resume_channel", _) => {
+                if let Some(c) = cx.data.channel.as_mut() {
+                    c.suspended = false;
+                }
+                cx.data.frozen_reason = None;
+                cx.data.frozen_at = None;
+                let mut h = entry(now, "resumed", "arrears cleared (resumeInstance): the organization is unfrozen");
+                h.instance_id = cx.data.channel.as_ref().map(|c| c.instance_id.clone());
+                cx.note(h.detail.clone());
+                push_history(cx.data, h);
+            }
+            ("unlink_channel", Signal::Event(E::ChannelReleased { instance_id })) => {
+                cx.data.channel = None;
+                let mut h = entry(now, "unlinked", format!("subscription {instance_id} released while frozen"));
+                h.instance_id = Some(instance_id.clone());
+                cx.note(h.detail.clone());
+                push_history(cx.data, h);
+            }
+            ("freeze_no_payment", _) => {
+                cx.data.released_channel = None;
+                cx.data.switch_deadline = None;
+                freeze(cx, FrozenReason::NoPaymentMethod, "the switch window closed with no subscription bound".into());
+            }
+            ("operator_freeze", Signal::Event(E::Freeze { reason })) => {
+                cx.data.switch_deadline = None;
+                freeze(cx, FrozenReason::Operator, format!("frozen by an operator: {reason}"));
+            }
+            ("operator_unfreeze", Signal::Event(E::Unfreeze { reason })) => {
+                cx.data.frozen_reason = None;
+                cx.data.frozen_at = None;
+                let mut h = entry(now, "unfrozen", format!("unfrozen by an operator: {reason}"));
+                h.reason = Some(reason.clone());
+                if cx.target == "window" {
+                    let deadline = now
+                        + cx.definition
+                            .timers
+                            .get("switch-window")
+                            .and_then(|d| TimeDelta::from_std(*d).ok())
+                            .unwrap_or(TimeDelta::hours(1));
+                    cx.data.switch_deadline = Some(deadline);
+                    h.detail.push_str(&format!("; no live channel: bind a subscription before {deadline}"));
+                }
+                cx.note(h.detail.clone());
+                push_history(cx.data, h);
+            }
+            (other, _) => {
+                return Err(Reject::new("unexpected_event", format!("action `{other}` does not apply to this event")))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn freeze(cx: &mut Cx<'_, Organization>, reason: FrozenReason, detail: String) {
+    cx.data.frozen_reason = Some(reason);
+    cx.data.frozen_at = Some(cx.now);
+    let mut h = entry(cx.now, "frozen", detail);
+    h.reason = Some(reason.as_str().to_string());
+    h.instance_id = cx.data.channel.as_ref().map(|c| c.instance_id.clone());
+    cx.note(h.detail.clone());
+    push_history(cx.data, h);
+}

@@ -1,0 +1,76 @@
+//! Who the user is: a session token as `Authorization: Bearer` (API clients) or the `mf_session` cookie (pages).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::accounts::User;
+
+/// The session cookie of the pages.
+pub const SESSION_COOKIE: &str = "mf_session";
+/// The cookie carrying a 免登 grant until the browser logs in or registers.
+pub const SSO_COOKIE: &str = "mf_sso";
+
+/// The session token of a request, if any.
+pub fn session_token(req: &HttpRequest) -> Option<String> {
+    if let Some(t) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+    {
+        return Some(t.to_string());
+    }
+    req.cookie(SESSION_COOKIE).map(|c| c.value().to_string())
+}
+
+/// A logged-in user.
+pub struct CurrentUser(pub User);
+
+impl FromRequest for CurrentUser {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let token = session_token(req);
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        Box::pin(async move {
+            let (Some(token), Some(state)) = (token, state) else {
+                return Err(ApiError::unauthorized());
+            };
+            match state.accounts.authenticate(&token) {
+                Ok(u) => Ok(CurrentUser(u)),
+                Err(crate::accounts::Error::Unauthenticated) => Err(ApiError::unauthorized()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+impl From<crate::accounts::Error> for ApiError {
+    fn from(e: crate::accounts::Error) -> Self {
+        use crate::accounts::Error as E;
+        use actix_web::http::StatusCode;
+        match e {
+            E::EmailTaken => ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string()),
+            E::InvalidCredentials | E::Unauthenticated => {
+                ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+            }
+            E::Engine(inner) => inner.into(),
+            E::Storage(detail) => {
+                tracing::error!(error = %detail, "account storage failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "try again shortly")
+            }
+        }
+    }
+}
+
+impl From<crate::domain::ids::Invalid> for ApiError {
+    fn from(e: crate::domain::ids::Invalid) -> Self {
+        ApiError::new(actix_web::http::StatusCode::BAD_REQUEST, e.code, e.to_string())
+    }
+}

@@ -1,0 +1,132 @@
+//! `GET /aliyun/sso`: the 免登 hand-off from the marketplace console. The link is checked (token, time window,
+//! never used before); then a bound subscription leads to its organization's billing page and an unbound one to
+//! the binding page, through login or registration when the browser has no session.
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::TimeDelta;
+
+use super::session::{session_token, SSO_COOKIE};
+use super::AppState;
+use crate::aliyun::encoding::parse_form;
+use crate::aliyun::spi::{within_window, SpiRequest};
+use crate::aliyun::token::verify_spi_token;
+use crate::domain::subscription::{self, Subscription};
+use crate::engine::EntityKey;
+
+/// A page that says what went wrong and what to do, in Chinese first and English second.
+fn refusal(status: StatusCode, code: &str, zh: &str, en: &str) -> HttpResponse {
+    let html = format!(
+        "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\"><title>Zilliz Cloud · 免登</title>\
+         <link rel=\"stylesheet\" href=\"/assets/app.css\"></head><body><main class=\"card\" data-code=\"{code}\">\
+         <h1>无法完成免登</h1><p>{zh}</p><p lang=\"en\">{en}</p>\
+         <p><a href=\"https://market.console.aliyun.com/\">阿里云云市场控制台 / Marketplace console</a></p></main></body></html>"
+    );
+    HttpResponse::build(status).content_type("text/html; charset=utf-8").body(html)
+}
+
+fn redirect(to: &str) -> HttpResponse {
+    HttpResponse::Found().insert_header(("Location", to.to_string())).finish()
+}
+
+pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let Ok(params) = parse_form(req.query_string()) else {
+        return refusal(StatusCode::BAD_REQUEST, "invalid_link", "链接格式不正确。", "The link is malformed.");
+    };
+    let Some(key) = state.config.isv_key.as_ref() else {
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "服务尚未配置。",
+            "The service is not configured.",
+        );
+    };
+    if verify_spi_token(&params, key.expose()).is_err() {
+        tracing::warn!("免登 refused: bad token");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "invalid_token",
+            "链接无效。请回到阿里云云市场控制台的「已购买的服务」，重新点击「免登」。",
+            "This link is not valid. Go back to “Purchased services” in the Alibaba Cloud Marketplace console and click 免登 again.",
+        );
+    }
+    let (instance, time_stamp) = match SpiRequest::parse(&params) {
+        Ok(SpiRequest::Verify { instance_id, time_stamp }) => (instance_id.to_string(), time_stamp),
+        _ => return refusal(StatusCode::BAD_REQUEST, "invalid_link", "链接格式不正确。", "The link is malformed."),
+    };
+    let now = state.engine.clock().now();
+    let window = TimeDelta::from_std(state.config.sso_window).unwrap_or(TimeDelta::minutes(10));
+    if !within_window(time_stamp, now, window) {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "link_expired",
+            "链接已过期。请回到阿里云云市场控制台，重新点击「免登」。",
+            "This link has expired. Go back to the Marketplace console and click 免登 again.",
+        );
+    }
+    let token = params.iter().find(|(k, _)| k == "token").map(|(_, v)| v.clone()).unwrap_or_default();
+    match state.accounts.use_sso_token(&token.to_lowercase()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return refusal(
+                StatusCode::FORBIDDEN,
+                "link_used",
+                "此链接已使用过。请回到阿里云云市场控制台，重新点击「免登」。",
+                "This link was used already. Go back to the Marketplace console and click 免登 again.",
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "免登: storage failed");
+            return refusal(StatusCode::SERVICE_UNAVAILABLE, "retry", "请稍后重试。", "Please try again shortly.");
+        }
+    }
+    let record =
+        EntityKey::new(subscription::KIND, &instance).ok().and_then(|k| state.engine.record(&k).ok().flatten());
+    let Some(record) = record else {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "subscription_not_found",
+            "未找到该订阅。开通可能仍在进行中（约 1-5 分钟），请稍后重新点击「免登」。",
+            "This subscription is not known yet. Activation takes 1–5 minutes; click 免登 again shortly.",
+        );
+    };
+    if record.state == "released" {
+        return refusal(
+            StatusCode::GONE,
+            "subscription_released",
+            "该订阅已关闭。如需继续使用，请在云市场重新订阅。",
+            "This subscription was closed. Subscribe again on the Marketplace to continue.",
+        );
+    }
+    let data: Subscription = serde_json::from_value(record.data).unwrap_or_default();
+    let user = session_token(&req).and_then(|t| state.accounts.authenticate(&t).ok());
+    let target = match &data.org {
+        Some(org) => format!("/orgs/{org}/billing"),
+        None => format!("/bind/{instance}"),
+    };
+    match user {
+        Some(u) => {
+            if let Err(e) = state.accounts.grant(&u.id, &instance).await {
+                tracing::error!(error = %e, "免登: could not record the grant");
+            }
+            redirect(&target)
+        }
+        None => match state.accounts.pending_grant(&instance).await {
+            Ok(nonce) => {
+                let cookie = Cookie::build(SSO_COOKIE, nonce)
+                    .path("/")
+                    .http_only(true)
+                    .same_site(SameSite::Lax)
+                    .max_age(actix_web::cookie::time::Duration::hours(1))
+                    .finish();
+                let next = percent_encoding::utf8_percent_encode(&target, percent_encoding::NON_ALPHANUMERIC);
+                HttpResponse::Found().cookie(cookie).insert_header(("Location", format!("/login?next={next}"))).finish()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "免登: storage failed");
+                refusal(StatusCode::SERVICE_UNAVAILABLE, "retry", "请稍后重试。", "Please try again shortly.")
+            }
+        },
+    }
+}

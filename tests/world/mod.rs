@@ -1,0 +1,231 @@
+//! The service and the local marketplace (simulator) on real ports, sharing one manual clock, for black-box
+//! tests that walk subscriptions and organizations through their workflows.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use marketflow::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
+use marketflow::aliyun::token::spi_token;
+use marketflow::app::{Application, Overrides};
+use marketflow::clock::{Clock, ManualClock};
+use marketflow::config::{Config, Secret};
+use serde_json::{json, Value};
+
+pub const ISV: &str = "lifecycle-isv-key";
+pub const OP: &str = "lifecycle-operator";
+
+pub struct World {
+    pub clock: ManualClock,
+    pub service: String,
+    service_port: u16,
+    sim: Option<RunningSimulator>,
+    pub sim_url: String,
+    app: Option<actix_web::dev::ServerHandle>,
+    dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl World {
+    pub async fn new(dir: &Path) -> Self {
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap());
+        // The service's listener is bound first, so its port is known to the simulator and cannot be taken.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a listener");
+        let service_port = listener.local_addr().expect("an address").port();
+        let service = format!("http://127.0.0.1:{service_port}");
+        let mut sc = SimulatorConfig::new(
+            service.clone(),
+            Secret::new(ISV),
+            "lifecycle-ak",
+            Secret::new("lifecycle-ak-secret"),
+            Arc::new(clock.clone()),
+        );
+        sc.seed = Some(7);
+        sc.order_pay = false;
+        let sim = simulator::start(sc).await.expect("the simulator starts");
+        let sim_url = sim.base_url().trim_end_matches('/').to_string();
+        let mut w = World {
+            clock,
+            service,
+            service_port,
+            sim: Some(sim),
+            sim_url,
+            app: None,
+            dir: dir.to_path_buf(),
+            http: reqwest::Client::new(),
+        };
+        w.start_service(Some(listener)).await;
+        w
+    }
+
+    pub async fn start_service(&mut self, listener: Option<TcpListener>) {
+        let config = Config {
+            listen: format!("127.0.0.1:{}", self.service_port),
+            data_dir: self.dir.join("data"),
+            public_url: self.service.clone(),
+            isv_key: Some(Secret::new(ISV)),
+            aliyun_endpoint: self.sim_url.clone(),
+            access_key_id: Some("lifecycle-ak".into()),
+            access_key_secret: Some(Secret::new("lifecycle-ak-secret")),
+            operator_token: Some(Secret::new(OP)),
+            service_token: Some(Secret::new("svc")),
+            ..Config::default()
+        };
+        let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
+        let listener = match listener {
+            Some(l) => l,
+            None => {
+                // A restart binds the same port again; the old server has released it.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    match TcpListener::bind(("127.0.0.1", self.service_port)) {
+                        Ok(l) => break l,
+                        Err(e) if Instant::now() < deadline => {
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(e) => panic!("cannot bind the service's port again: {e}"),
+                    }
+                }
+            }
+        };
+        let overrides = Overrides { clock: Some(clock), listener: Some(listener) };
+        let app = Application::build_with(config, overrides).await.expect("the service starts");
+        self.app = Some(app.handle());
+        actix_rt::spawn(app.run_until_stopped());
+    }
+
+    /// Stops the service (gracefully) and starts it again on the same data and clock.
+    pub async fn restart_service(&mut self) {
+        if let Some(h) = self.app.take() {
+            h.stop(true).await;
+        }
+        self.start_service(None).await;
+    }
+
+    pub async fn sim(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self.http.request(method, format!("{}{path}", self.sim_url));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("simulator answers");
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "simulator {path}: {status} {v}");
+        v
+    }
+
+    pub async fn open(&self, ali_uid: &str, after_seconds: u64) -> String {
+        let v = self
+            .sim(
+                reqwest::Method::POST,
+                "/sim/instances",
+                Some(json!({"ali_uid": ali_uid, "activation_after_seconds": after_seconds, "order_pay": false})),
+            )
+            .await;
+        let id = v["order_biz_id"].as_str().or(v["instance_id"].as_str()).or(v["id"].as_str());
+        let id = id.unwrap_or_else(|| panic!("an instance id in {v}")).to_string();
+        // createInstance reaches the service asynchronously.
+        self.wait_state(&id, "opening").await;
+        id
+    }
+
+    pub async fn entity(&self, id: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}/api/v1/ops/entities/subscription/{id}", self.service))
+            .bearer_auth(OP)
+            .send()
+            .await
+            .expect("service answers");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn state(&self, id: &str) -> Option<String> {
+        let (s, v) = self.entity(id).await;
+        (s == 200).then(|| v["state"].as_str().unwrap_or_default().to_string())
+    }
+
+    pub async fn wait_state(&self, id: &str, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.state(id).await.as_deref() == Some(state) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} never reached {state}: {:?}", self.entity(id).await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Advances the shared clock a minute at a time, letting each minute's poll finish.
+    pub async fn pass_minutes(&self, id: &str, minutes: u32) {
+        for _ in 0..minutes {
+            let before = self.entity(id).await.1["data"]["polls"].as_u64().unwrap_or(0);
+            let pending = !self.entity(id).await.1["timers"].as_array().map(|t| t.is_empty()).unwrap_or(true);
+            self.clock.advance(Duration::from_secs(60));
+            if pending {
+                // Wait for whatever this minute made due (a poll) to be consumed.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    let (_, e) = self.entity(id).await;
+                    let overdue = e["timers"]
+                        .as_array()
+                        .map(|ts| ts.iter().any(|t| t["remaining_seconds"].as_i64().unwrap_or(1) <= 0));
+                    let polls = e["data"]["polls"].as_u64().unwrap_or(0);
+                    let calls = e["pending_calls"].as_array().map(|c| c.len()).unwrap_or(0);
+                    if overdue == Some(false) && calls == 0 && (polls > before || e["state"] != "opening") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn journal_events(&self, id: &str) -> Vec<String> {
+        let r = self
+            .http
+            .get(format!("{}/api/v1/ops/entities/subscription/{id}/journal?limit=1000", self.service))
+            .bearer_auth(OP)
+            .send()
+            .await
+            .expect("journal");
+        let v: Value = r.json().await.expect("json");
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{}:{}", e["event"].as_str().unwrap(), e["to"].as_str().unwrap()))
+            .collect()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(h) = self.app.take() {
+            h.stop(true).await;
+        }
+        if let Some(s) = self.sim.take() {
+            let _ = s.stop().await;
+        }
+    }
+}
+
+pub fn signed(params: &[(&str, &str)]) -> String {
+    let pairs: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let token = spi_token(&pairs, ISV);
+    let mut q: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
+    q.push(format!("token={token}"));
+    q.join("&")
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
