@@ -129,6 +129,8 @@ pub enum OrganizationEvent {
         user_id: UserId,
         email: Email,
     },
+    /// A member leaves the organization.
+    Leave { user_id: UserId },
     /// From a subscription: bind me, on behalf of this user.
     BindRequest {
         binding_id: BindingId,
@@ -220,6 +222,7 @@ impl Workflow for OrganizationWorkflow {
                 "create",
                 "invite",
                 "accept_invitation",
+                "leave",
                 "bind_request",
                 "channel_released",
                 "channel_suspended",
@@ -232,6 +235,7 @@ impl Workflow for OrganizationWorkflow {
                 "create_org",
                 "invite",
                 "accept_invitation",
+                "leave",
                 "link_channel",
                 "refuse_binding",
                 "open_window",
@@ -252,6 +256,7 @@ impl Workflow for OrganizationWorkflow {
             E::Create { .. } => "create",
             E::Invite { .. } => "invite",
             E::AcceptInvitation { .. } => "accept_invitation",
+            E::Leave { .. } => "leave",
             E::BindRequest { .. } => "bind_request",
             E::ChannelReleased { .. } => "channel_released",
             E::ChannelSuspended { .. } => "channel_suspended",
@@ -335,6 +340,19 @@ impl Workflow for OrganizationWorkflow {
                 cx.index_delete(invitation_index_key(invitation_id));
                 cx.reply(json!({ "org_id": org_id, "role": inv.role }));
                 cx.note(format!("{email} joined as {}", inv.role.as_str()));
+            }
+            ("leave", Signal::Event(E::Leave { user_id })) => {
+                let Some(role) = cx.data.role_of(user_id) else {
+                    return Err(Reject::new("not_a_member", "not a member of this organization"));
+                };
+                let owners = cx.data.members.values().filter(|m| m.role == Role::Owner).count();
+                if role == Role::Owner && owners == 1 && cx.data.members.len() > 1 {
+                    return Err(Reject::new("last_owner", "the last Owner cannot leave while other members remain"));
+                }
+                cx.data.members.remove(user_id);
+                cx.index_delete(member_index_key(user_id, &org_id));
+                cx.reply(json!({ "left": org_id }));
+                cx.note(format!("{user_id} left the organization"));
             }
             ("link_channel", Signal::Event(E::BindRequest { binding_id, instance_id, ali_uid, user_id })) => {
                 let previous = cx.data.channel.take();

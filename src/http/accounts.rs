@@ -162,7 +162,7 @@ fn rejected(o: &crate::engine::Outcome) -> ApiError {
     let status = match code.as_str() {
         "insufficient_permission" => StatusCode::FORBIDDEN,
         "invitation_not_found" => StatusCode::NOT_FOUND,
-        "already_member" | "invitation_expired" | "too_many_members" => StatusCode::CONFLICT,
+        "already_member" | "invitation_expired" | "too_many_members" | "last_owner" => StatusCode::CONFLICT,
         "invitation_for_another_user" => StatusCode::FORBIDDEN,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
@@ -241,6 +241,24 @@ async fn accept(
             ),
         )
         .await?;
+    if o.status != Status::Accepted {
+        return Err(rejected(&o));
+    }
+    Ok(HttpResponse::Ok().json(o.reply))
+}
+
+async fn leave(
+    state: web::Data<AppState>,
+    CurrentUser(user): CurrentUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let org = OrgId::parse(path.into_inner())?;
+    role_in(&state, &user, &org)?;
+    let body = serde_json::to_value(OrganizationEvent::Leave { user_id: user.id.clone() })
+        .map_err(|e| ApiError::from(crate::engine::Error::Internal(e.to_string())))?;
+    let input =
+        Input::domain(format!("leave:{}", uuid::Uuid::new_v4()), body, Cause::Api { principal: user.id.to_string() });
+    let o = state.engine.send(org_key(&org)?, input).await?;
     if o.status != Status::Accepted {
         return Err(rejected(&o));
     }
@@ -336,5 +354,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/orgs", web::get().to(orgs))
         .route("/orgs/{org_id}/invitations", web::post().to(invite))
         .route("/orgs/{org_id}/billing", web::get().to(billing))
+        .route("/orgs/{org_id}/leave", web::post().to(leave))
         .route("/invitations/{invitation_id}/accept", web::post().to(accept));
 }

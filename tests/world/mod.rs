@@ -229,3 +229,118 @@ pub fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// A registered user of the service.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub email: String,
+    pub token: String,
+    pub user_id: String,
+    pub org_id: String,
+}
+
+impl World {
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.service));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("service answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers and logs in a user; they own a new organization.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let email = format!("{name}@example.com");
+        let (s, reg) = self
+            .api(
+                reqwest::Method::POST,
+                "/api/v1/accounts",
+                None,
+                Some(json!({"email": email, "password": "correct horse battery", "name": name})),
+            )
+            .await;
+        assert_eq!(s, 201, "register {name}: {reg}");
+        let (s, login) = self
+            .api(
+                reqwest::Method::POST,
+                "/api/v1/sessions",
+                None,
+                Some(json!({"email": email, "password": "correct horse battery"})),
+            )
+            .await;
+        assert_eq!(s, 201, "login {name}: {login}");
+        TestUser {
+            email,
+            token: login["token"].as_str().unwrap().to_string(),
+            user_id: reg["user_id"].as_str().unwrap().to_string(),
+            org_id: reg["org_id"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// `owner` invites `who` into `org` with `role`, and `who` accepts.
+    pub async fn join(&self, owner: &TestUser, org: &str, who: &TestUser, role: &str) {
+        let (s, inv) = self
+            .api(
+                reqwest::Method::POST,
+                &format!("/api/v1/orgs/{org}/invitations"),
+                Some(&owner.token),
+                Some(json!({"email": who.email, "role": role})),
+            )
+            .await;
+        assert_eq!(s, 201, "invite: {inv}");
+        let id = inv["invitation_id"].as_str().unwrap();
+        let (s, acc) =
+            self.api(reqwest::Method::POST, &format!("/api/v1/invitations/{id}/accept"), Some(&who.token), None).await;
+        assert_eq!(s, 200, "accept: {acc}");
+    }
+
+    /// Opens a subscription for `ali_uid` and waits until it is active.
+    pub async fn active_subscription(&self, ali_uid: &str) -> String {
+        let id = self.open(ali_uid, 60).await;
+        self.pass_minutes(&id, 2).await;
+        self.wait_state(&id, "active").await;
+        id
+    }
+
+    /// The user follows the subscription's signed 免登 link with their session; answers where it leads.
+    pub async fn sso(&self, user: &TestUser, instance: &str) -> (u16, String) {
+        let v = self.sim(reqwest::Method::GET, &format!("/sim/instances/{instance}/sso-url"), None).await;
+        let url = v["url"].as_str().expect("an sso url").to_string();
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let r = client.get(url).bearer_auth(&user.token).send().await.expect("sso answers");
+        let loc = r.headers().get("location").and_then(|l| l.to_str().ok()).unwrap_or_default().to_string();
+        (r.status().as_u16(), loc)
+    }
+
+    /// Waits until the subscription's binding attempt is decided; returns (status, code).
+    pub async fn binding_decided(&self, user: &TestUser, instance: &str) -> (String, Option<String>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, v) = self
+                .api(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/marketplace/aliyun/subscriptions/{instance}"),
+                    Some(&user.token),
+                    None,
+                )
+                .await;
+            let status = v["binding"]["status"].as_str().unwrap_or("none").to_string();
+            if status != "pending" {
+                return (status, v["binding"]["code"].as_str().map(String::from));
+            }
+            assert!(Instant::now() < deadline, "binding of {instance} never decided: {v}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
