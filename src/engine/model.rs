@@ -153,6 +153,8 @@ pub enum Event {
     Timer { name: String, set_seq: u64 },
     /// An external call finished: its response, or why it failed for good.
     CallResult { call: String, call_id: String, result: Result<Value, String> },
+    /// An operator steers the engine itself (`pause`, `resume`); no workflow decides it.
+    Control { action: String },
 }
 
 /// One input to one entity. A repeated `id` gets the stored outcome.

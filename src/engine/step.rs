@@ -67,6 +67,10 @@ pub fn step(
         _ => {}
     }
 
+    if let Event::Control { action } = &input.event {
+        return control(key, record, input, action, now);
+    }
+
     let initial_data;
     let data = match record {
         Some(r) => &r.data,
@@ -126,7 +130,7 @@ pub fn step(
             rec.calls.retain(|c| c != call_id);
             batch.delete(Table::Effects, call_id.as_bytes().to_vec());
         }
-        Event::Domain { .. } => {}
+        Event::Domain { .. } | Event::Control { .. } => {}
     }
 
     let mut messages = Vec::new();
@@ -303,4 +307,58 @@ pub fn timer_row(key: &EntityKey, name: &str, t: &TimerRef, now: DateTime<Utc>) 
         set_at: now,
         target: TimerTarget::Entity,
     }
+}
+
+/// An operator's pause or resume: recorded in the journal like any transition, decided by the engine.
+fn control(
+    key: &EntityKey,
+    record: Option<&EntityRecord>,
+    input: &Input,
+    action: &str,
+    now: DateTime<Utc>,
+) -> Result<Step, Error> {
+    let Some(record) = record else { return Err(Error::NotFound) };
+    let paused = match action {
+        "pause" => true,
+        "resume" => false,
+        other => return Err(Error::InvalidInput(format!("unknown control action `{other}`"))),
+    };
+    let mut rec = record.clone();
+    let changed = rec.paused != paused;
+    rec.paused = paused;
+    rec.seq += 1;
+    rec.updated_at = now;
+    let entry = JournalEntry {
+        seq: rec.seq,
+        at: now,
+        input_id: input.id.clone(),
+        cause: input.cause.clone(),
+        event: action.to_string(),
+        from: rec.state.clone(),
+        to: rec.state.clone(),
+        status: if changed { Status::Accepted } else { Status::Ignored },
+        code: None,
+        notes: vec![if paused {
+            "paused: timers, messages and call results wait until resumed".to_string()
+        } else {
+            "resumed".to_string()
+        }],
+        timers_set: vec![],
+        timers_cancelled: vec![],
+        messages: vec![],
+        calls: vec![],
+    };
+    let outcome = Outcome {
+        status: entry.status,
+        code: None,
+        message: None,
+        state: rec.state.clone(),
+        reply: serde_json::json!({ "paused": paused }),
+        repeated: false,
+    };
+    let mut batch = Batch::new();
+    batch.put(Table::Entities, key.prefix(), encode(&rec)?);
+    batch.put(Table::Journal, journal_key(key, rec.seq), encode(&entry)?);
+    batch.put(Table::Idempotency, idempotency_key(key, &input.id), encode(&outcome)?);
+    Ok(Step { outcome, batch: Some(batch), record: Some(rec), messages: vec![], calls: vec![], stale: false })
 }

@@ -142,5 +142,136 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/entities/{kind}/{id}", web::get().to(show))
         .route("/entities/{kind}/{id}/journal", web::get().to(journal))
         .route("/timers", web::get().to(timers))
-        .route("/orgs", web::post().to(super::accounts::ops_create_org));
+        .route("/orgs", web::post().to(super::accounts::ops_create_org))
+        .route("/entities/{kind}/{id}/actions/{action}", web::post().to(action))
+        .route("/audit", web::get().to(audit_trail));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    reason: Option<String>,
+    call_id: Option<String>,
+}
+
+/// Steers one entity: `retry` / `cancel` an external call, `pause` / `resume` the entity, `freeze` / `unfreeze`
+/// an organization. Every action needs a reason and lands in the entity's journal and the audit trail.
+async fn action(
+    state: web::Data<AppState>,
+    op: Operator,
+    path: web::Path<(String, String, String)>,
+    body: Option<web::Json<ActionBody>>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::engine::{Cause, Event, Input, Status};
+    let (kind, id, action) = path.into_inner();
+    let key = entity_key(&kind, &id)?;
+    let body = body.map(|b| b.into_inner()).unwrap_or(ActionBody { reason: None, call_id: None });
+    let reason = body.reason.unwrap_or_default().trim().to_string();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(ApiError::bad_request(
+            "reason_required",
+            "give a reason (1 to 500 characters) for the audit trail",
+        ));
+    }
+    if state.engine.record(&key)?.is_none() {
+        return Err(ApiError::not_found(format!("no {kind} `{id}`")));
+    }
+    let cause = Cause::Operator { operator: op.name.clone(), reason: reason.clone() };
+    let input_id = format!("op:{action}:{}", uuid::Uuid::new_v4());
+    let result = match action.as_str() {
+        "pause" | "resume" => {
+            let input = Input { id: input_id, event: Event::Control { action: action.clone() }, cause };
+            let o = state.engine.send(key.clone(), input).await?;
+            json!({ "status": o.status, "state": o.state, "paused": o.reply["paused"] })
+        }
+        "freeze" | "unfreeze" if kind == crate::domain::organization::KIND => {
+            let input = Input::domain(input_id, json!({ "type": action, "reason": reason }), cause);
+            let o = state.engine.send(key.clone(), input).await?;
+            if o.status == Status::Ignored {
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::CONFLICT,
+                    "not_applicable",
+                    format!("`{action}` does not apply to an organization in state `{}`", o.state),
+                ));
+            }
+            json!({ "status": o.status, "state": o.state })
+        }
+        "retry" | "cancel" => {
+            let (_, calls) = services::pending_effects(&state.engine, &key)?;
+            let chosen: Vec<_> = match &body.call_id {
+                Some(c) => calls.into_iter().filter(|r| &r.id == c).collect(),
+                None => calls,
+            };
+            if chosen.is_empty() {
+                return Err(ApiError::not_found("no pending external call to act on"));
+            }
+            let mut done = vec![];
+            for c in chosen {
+                if action == "retry" {
+                    state.engine.retry_call(&c.id).await?;
+                } else {
+                    state.engine.cancel_call(&c.id, &format!("{}: {reason}", op.name)).await?;
+                }
+                done.push(c.id);
+            }
+            json!({ "calls": done })
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "unknown_action",
+                format!("`{action}` is not an action for a {kind} (retry, cancel, pause, resume; freeze, unfreeze for organizations)"),
+            ))
+        }
+    };
+    audit(&state, &op.name, &key.to_string(), &action, &reason, &result).await;
+    Ok(HttpResponse::Ok().json(json!({ "entity": key.to_string(), "action": action, "result": result })))
+}
+
+/// Appends to the service-wide audit trail (the entity's journal has the same fact with its cause).
+async fn audit(state: &AppState, operator: &str, entity: &str, action: &str, reason: &str, result: &serde_json::Value) {
+    let now = state.engine.clock().now();
+    let mut key = Vec::new();
+    // Time, then a process-wide sequence (actions at one instant keep their order), then randomness.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    crate::store::keys::push_u64(&mut key, crate::store::keys::time_key(now));
+    crate::store::keys::push_u64(&mut key, SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    key.extend_from_slice(&uuid::Uuid::new_v4().as_bytes()[..4]);
+    let mut full = b"audit/".to_vec();
+    full.extend_from_slice(&key);
+    let entry = json!({ "at": now, "operator": operator, "entity": entity, "action": action, "reason": reason, "result": result });
+    let mut b = crate::store::Batch::new();
+    b.put(crate::store::Table::Records, full, serde_json::to_vec(&entry).unwrap_or_default());
+    if let Err(e) = state.engine.committer().commit(b).await {
+        tracing::error!(error = %e, "could not write the audit trail");
+    }
+    tracing::info!(operator, entity, action, "operator action");
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+/// The audit trail, newest first.
+async fn audit_trail(
+    state: web::Data<AppState>,
+    _op: Operator,
+    q: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let prefix = b"audit/".to_vec();
+    let rows = state
+        .engine
+        .store()
+        .scan(
+            crate::store::Table::Records,
+            std::ops::Bound::Included(prefix.clone()),
+            crate::store::prefix_end(&prefix),
+            limit,
+            true,
+        )
+        .map_err(crate::engine::Error::from)?;
+    let items: Vec<serde_json::Value> = rows.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }

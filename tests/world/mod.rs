@@ -24,7 +24,7 @@ pub struct World {
     service_port: u16,
     sim: Option<RunningSimulator>,
     pub sim_url: String,
-    app: Option<actix_web::dev::ServerHandle>,
+    pub app: Option<actix_web::dev::ServerHandle>,
     dir: PathBuf,
     pub http: reqwest::Client,
 }
@@ -342,5 +342,46 @@ impl World {
             assert!(Instant::now() < deadline, "binding of {instance} never decided: {v}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+impl World {
+    /// An organization's workflow state, from the ops API.
+    pub async fn org_state(&self, org: &str) -> String {
+        let (_, v) =
+            self.api(reqwest::Method::GET, &format!("/api/v1/ops/entities/organization/{org}"), Some(OP), None).await;
+        v["state"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub async fn wait_org(&self, org: &str, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.org_state(org).await != state {
+            assert!(Instant::now() < deadline, "{org} never reached {state} (is {})", self.org_state(org).await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub async fn billing(&self, user: &TestUser, org: &str) -> Value {
+        let (s, v) =
+            self.api(reqwest::Method::GET, &format!("/api/v1/orgs/{org}/billing"), Some(&user.token), None).await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Opens, activates, and binds a subscription of `ali_uid` to `org`, through 免登 by `user`.
+    pub async fn subscribe_and_bind(&self, user: &TestUser, org: &str, ali_uid: &str) -> String {
+        let s = self.active_subscription(ali_uid).await;
+        self.sso(user, &s).await;
+        let path = format!("/api/v1/marketplace/aliyun/subscriptions/{s}/binding");
+        let (st, v) = self.api(reqwest::Method::POST, &path, Some(&user.token), Some(json!({"org_id": org}))).await;
+        assert_eq!(st, 202, "{v}");
+        assert_eq!(self.binding_decided(user, &s).await.0, "bound");
+        s
+    }
+
+    /// The buyer closes the subscription in the marketplace console (releaseInstance).
+    pub async fn close(&self, instance: &str) {
+        self.sim(reqwest::Method::POST, &format!("/sim/instances/{instance}/close"), None).await;
+        self.wait_state(instance, "released").await;
     }
 }

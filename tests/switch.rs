@@ -1,0 +1,177 @@
+//! The account switch within one hour, freezing for arrears, resubscribing and unfreezing (issue 5), on the
+//! manual clock shared by the service and the local marketplace; each also across a restart of the service.
+
+mod world;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use world::*;
+
+const A: &str = "1000000000000001";
+const B: &str = "1000000000000002";
+const C: &str = "1000000000000003";
+
+fn minutes(n: u64) -> Duration {
+    Duration::from_secs(60 * n)
+}
+
+#[actix_rt::test]
+async fn a_switch_completed_at_59_minutes_keeps_the_organization_active() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = World::new(dir.path()).await;
+        let u = w.user("sam").await;
+        let sa = w.subscribe_and_bind(&u, &u.org_id, A).await;
+        // Account B's subscription is opened first (activation takes minutes), then A's is closed.
+        let sb = w.active_subscription(B).await;
+        w.close(&sa).await;
+        w.wait_org(&u.org_id, "window").await;
+        let bill = w.billing(&u, &u.org_id).await;
+        assert_eq!(bill["status"], "active", "the organization keeps running in the window");
+        assert!(bill["payment_channel"].is_null());
+        assert!(bill["switch_deadline"].is_string(), "{bill}");
+        if restart {
+            w.restart_service().await;
+        }
+        w.clock.advance(minutes(59));
+        w.sso(&u, &sb).await;
+        let path = format!("/api/v1/marketplace/aliyun/subscriptions/{sb}/binding");
+        let (s, v) = w.api(Method::POST, &path, Some(&u.token), Some(json!({"org_id": u.org_id}))).await;
+        assert_eq!(s, 202, "{v}");
+        assert_eq!(w.binding_decided(&u, &sb).await.0, "bound");
+        w.wait_org(&u.org_id, "bound").await;
+        w.clock.advance(minutes(5));
+        let bill = w.billing(&u, &u.org_id).await;
+        assert_eq!(bill["status"], "active", "the window's timer was cancelled: {bill}");
+        assert_eq!(bill["payment_channel"]["aliyun_account_id"], B);
+        let switched = bill["history"].as_array().unwrap().iter().find(|h| h["kind"] == "switched").cloned().unwrap();
+        assert_eq!(switched["from_aliyun_account_id"], A);
+        assert_eq!(switched["aliyun_account_id"], B);
+        w.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_window_missed_at_60_minutes_freezes_once_for_no_payment_method() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = World::new(dir.path()).await;
+        let u = w.user("nina").await;
+        let sa = w.subscribe_and_bind(&u, &u.org_id, A).await;
+        w.close(&sa).await;
+        w.wait_org(&u.org_id, "window").await;
+        w.clock.advance(minutes(59));
+        if restart {
+            // Down across the deadline: the timer fires once, late, after the restart.
+            if let Some(h) = w.app.take() {
+                h.stop(true).await;
+            }
+            w.clock.advance(minutes(30));
+            w.restart_service().await;
+        } else {
+            w.clock.advance(minutes(1));
+        }
+        w.wait_org(&u.org_id, "frozen").await;
+        let bill = w.billing(&u, &u.org_id).await;
+        assert_eq!(bill["status"], "frozen");
+        assert_eq!(bill["frozen_reason"], "no_payment_method");
+        assert!(bill["recovery"].as_str().unwrap().contains("subscribe"));
+        let (_, j) = w
+            .api(Method::GET, &format!("/api/v1/ops/entities/organization/{}/journal", u.org_id), Some(OP), None)
+            .await;
+        let fired: Vec<_> = j["items"].as_array().unwrap().iter().filter(|e| e["event"] == "switch-window").collect();
+        assert_eq!(fired.len(), 1, "the window's timer fired once: {j}");
+        assert_eq!(fired[0]["cause"]["kind"], "timer");
+        w.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn arrears_freeze_then_resume_unfreezes() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = World::new(dir.path()).await;
+        let u = w.user("ali").await;
+        let s = w.subscribe_and_bind(&u, &u.org_id, A).await;
+        w.sim(Method::POST, &format!("/sim/instances/{s}/expire"), None).await;
+        w.wait_org(&u.org_id, "frozen").await;
+        let bill = w.billing(&u, &u.org_id).await;
+        assert_eq!(bill["frozen_reason"], "arrears");
+        assert!(bill["payment_channel"].is_null(), "the channel is not shown while suspended: {bill}");
+        assert!(bill["recovery"].as_str().unwrap().contains("充值"));
+        if restart {
+            w.restart_service().await;
+        }
+        w.sim(Method::POST, &format!("/sim/instances/{s}/topup"), None).await;
+        w.wait_org(&u.org_id, "bound").await;
+        let bill = w.billing(&u, &u.org_id).await;
+        assert_eq!(bill["status"], "active");
+        assert_eq!(bill["payment_channel"]["instance_id"], s.as_str());
+        let kinds: Vec<_> =
+            bill["history"].as_array().unwrap().iter().map(|h| h["kind"].as_str().unwrap().to_string()).collect();
+        assert_eq!(kinds, ["bound", "frozen", "resumed"]);
+        w.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_frozen_organization_resubscribes_and_binds_to_recover() {
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = World::new(dir.path()).await;
+        let u = w.user("rui").await;
+        let sa = w.subscribe_and_bind(&u, &u.org_id, A).await;
+        w.sim(Method::POST, &format!("/sim/instances/{sa}/expire"), None).await;
+        w.wait_org(&u.org_id, "frozen").await;
+        if restart {
+            w.restart_service().await;
+        }
+        let sc = w.subscribe_and_bind(&u, &u.org_id, C).await;
+        w.wait_org(&u.org_id, "bound").await;
+        let bill = w.billing(&u, &u.org_id).await;
+        assert_eq!(bill["status"], "active");
+        assert_eq!(bill["payment_channel"]["aliyun_account_id"], C);
+        assert_eq!(bill["payment_channel"]["instance_id"], sc.as_str());
+        let recovered = bill["history"].as_array().unwrap().iter().find(|h| h["kind"] == "recovered").cloned().unwrap();
+        assert_eq!(recovered["reason"], "arrears");
+        // The suspended subscription was unlinked; its resume no longer touches the organization.
+        let (_, old) = w.api(Method::GET, &format!("/api/v1/ops/entities/subscription/{sa}"), Some(OP), None).await;
+        assert!(old["data"]["org"].is_null(), "{old}");
+        w.shutdown().await;
+    }
+}
+
+#[actix_rt::test]
+async fn operators_freeze_and_unfreeze_with_a_reason_in_the_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("opal").await;
+    let path = format!("/api/v1/ops/entities/organization/{}/actions/freeze", u.org_id);
+    let (s, v) = w.api(Method::POST, &path, Some(OP), Some(json!({}))).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("reason_required")));
+    let (s, _) = w.api(Method::POST, &path, Some(&u.token), Some(json!({"reason": "x"}))).await;
+    assert_eq!(s, 401, "a user's session is not an operator token");
+    let (s, v) = w.api(Method::POST, &path, Some(OP), Some(json!({"reason": "ticket 42: fraud check"}))).await;
+    assert_eq!(s, 200, "{v}");
+    w.wait_org(&u.org_id, "frozen").await;
+    assert_eq!(w.billing(&u, &u.org_id).await["frozen_reason"], "operator");
+    // Unfrozen without a channel: a switch window opens, so it cannot stay unpaid.
+    let path = format!("/api/v1/ops/entities/organization/{}/actions/unfreeze", u.org_id);
+    let (s, v) = w.api(Method::POST, &path, Some(OP), Some(json!({"reason": "ticket 42 resolved"}))).await;
+    assert_eq!(s, 200, "{v}");
+    w.wait_org(&u.org_id, "window").await;
+    assert!(w.billing(&u, &u.org_id).await["switch_deadline"].is_string());
+    let (_, audit) = w.api(Method::GET, "/api/v1/ops/audit", Some(OP), None).await;
+    let items = audit["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{audit}");
+    assert_eq!(items[0]["action"], "unfreeze");
+    assert_eq!(items[1]["reason"], "ticket 42: fraud check");
+    let (_, j) =
+        w.api(Method::GET, &format!("/api/v1/ops/entities/organization/{}/journal", u.org_id), Some(OP), None).await;
+    let freeze = j["items"].as_array().unwrap().iter().find(|e| e["event"] == "freeze").cloned().unwrap();
+    assert_eq!(freeze["cause"]["kind"], "operator");
+    assert_eq!(freeze["cause"]["reason"], "ticket 42: fraud check");
+    w.shutdown().await;
+}
