@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::aliyun::client::MarketClient;
 use crate::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
 use crate::calls::MarketCalls;
+use crate::domain::pricing::Catalog;
 use crate::clock::{Clock, ScaledClock, SystemClock};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, Registry};
@@ -32,12 +33,15 @@ pub enum Error {
     Market(String),
     #[error("the development marketplace cannot start: {0}")]
     Simulator(String),
+    #[error("{0}")]
+    Catalog(String),
 }
 
 /// The built-in workflow definitions (the `workflows/` directory at build time).
 pub const BUILTIN_WORKFLOWS: &[(&str, &str)] = &[
     ("workflows/subscription.toml", include_str!("../workflows/subscription.toml")),
     ("workflows/organization.toml", include_str!("../workflows/organization.toml")),
+    ("workflows/metering.toml", include_str!("../workflows/metering.toml")),
 ];
 
 /// Parts of the application a test supplies instead of the configuration.
@@ -101,7 +105,7 @@ pub fn service_clock(store: &dyn Store, scale: f64) -> Result<Arc<dyn Clock>, Er
 }
 
 /// The registry of the service's workflows, from the built-in definitions or a directory.
-pub fn registry(config: &Config) -> Result<Registry, Error> {
+pub fn registry(config: &Config, store: Arc<dyn Store>, catalog: Arc<Catalog>) -> Result<Registry, Error> {
     let mut r = Registry::new();
     for wf in crate::domain::workflows() {
         r.add_workflow(wf);
@@ -121,7 +125,7 @@ pub fn registry(config: &Config) -> Result<Registry, Error> {
     let id = config.access_key_id.as_deref().ok_or_else(|| Error::Market("no AccessKey ID".into()))?;
     let client = MarketClient::new(&config.aliyun_endpoint, id, secret, std::time::Duration::from_secs(10))
         .map_err(|e| Error::Market(e.to_string()))?;
-    MarketCalls::new(client).register(&mut r);
+    MarketCalls::new(client, store, catalog).register(&mut r);
     Ok(r)
 }
 
@@ -149,7 +153,13 @@ impl Application {
         };
         let simulator =
             if config.dev_simulator { Some(start_dev_simulator(&mut config, clock.clone()).await?) } else { None };
-        let registry = registry(&config)?;
+        let catalog = Arc::new(match &config.catalog_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| Error::Catalog(format!("{}: {e}", path.display())))
+                .and_then(|t| Catalog::parse(&t).map_err(|e| Error::Catalog(e.to_string())))?,
+            None => Catalog::builtin().map_err(|e| Error::Catalog(e.to_string()))?,
+        });
+        let registry = registry(&config, store.clone(), catalog.clone())?;
         let engine = Engine::start(store, clock, registry, EngineConfig::default())?;
         let listener = match listener {
             Some(l) => l,
@@ -160,7 +170,7 @@ impl Application {
         tracing::info!(listen = %config.listen, port, data_dir = %config.data_dir.display(),
             time_scale = config.time_scale, dev = config.dev, "marketflow serving");
         let accounts = crate::accounts::Accounts::new(engine.clone());
-        let state = web::Data::new(AppState { engine: engine.clone(), config, accounts });
+        let state = web::Data::new(AppState { engine: engine.clone(), config, accounts, catalog });
         let server = HttpServer::new(move || {
             App::new().app_data(state.clone()).wrap(tracing_actix()).configure(http::configure)
         })

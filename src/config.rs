@@ -71,6 +71,8 @@ pub struct Config {
     pub workflows_dir: Option<PathBuf>,
     /// Overrides of timer durations: `(kind, timer, duration)`.
     pub timer_overrides: Vec<(String, String, Duration)>,
+    /// The price catalog; the built-in `config/catalog.toml` when unset.
+    pub catalog_file: Option<PathBuf>,
     /// Whether the config file named the endpoint (then `--dev` does not replace it with the simulator).
     pub endpoint_from_file: bool,
 }
@@ -96,6 +98,7 @@ impl Default for Config {
             log_format: LogFormat::Human,
             workflows_dir: None,
             timer_overrides: vec![],
+            catalog_file: None,
             endpoint_from_file: false,
         }
     }
@@ -112,6 +115,7 @@ pub struct FileConfig {
     pub sso_window: Option<String>,
     pub log_format: Option<LogFormat>,
     pub workflows_dir: Option<PathBuf>,
+    pub catalog: Option<PathBuf>,
     #[serde(default)]
     pub aliyun: AliyunFile,
     #[serde(default)]
@@ -179,6 +183,9 @@ pub struct ServeArgs {
     /// Read workflow definitions from this directory instead of the built-in copies.
     #[arg(long, env = "MARKETFLOW_WORKFLOWS_DIR")]
     pub workflows_dir: Option<PathBuf>,
+    /// The price catalog (TOML) instead of the built-in `config/catalog.toml`.
+    #[arg(long, env = "MARKETFLOW_CATALOG")]
+    pub catalog: Option<PathBuf>,
     /// Where the in-process simulator of `--dev` listens.
     #[arg(long, env = "MARKETFLOW_SIMULATOR_LISTEN")]
     pub simulator_listen: Option<String>,
@@ -245,6 +252,9 @@ impl Config {
         if let Some(v) = &args.workflows_dir {
             c.workflows_dir = Some(v.clone());
         }
+        if let Some(v) = &args.catalog {
+            c.catalog_file = Some(v.clone());
+        }
         if let Some(v) = &args.simulator_listen {
             c.simulator_listen = v.clone();
         }
@@ -279,6 +289,9 @@ impl Config {
         }
         if let Some(v) = f.workflows_dir {
             self.workflows_dir = Some(v);
+        }
+        if let Some(v) = f.catalog {
+            self.catalog_file = Some(v);
         }
         self.isv_key = f.aliyun.isv_key.or(self.isv_key.take());
         if let Some(v) = f.aliyun.endpoint {

@@ -17,6 +17,8 @@
 //! - [`http`]: routes, bearer-token roles, JSON errors with stable codes.
 //! - [`app`]: builds the application the same way for `main` and the tests; the persisted clock anchor.
 //!
+//! - [`usage`]: usage records of Zilliz Cloud's services, stored once by record id, read per window.
+//!
 //! Dependencies point one way: `engine` knows no organization or subscription, `store` knows no engine.
 pub mod accounts;
 pub mod aliyun;
@@ -27,5 +29,7 @@ pub mod config;
 pub mod ctl;
 pub mod domain;
 pub mod engine;
+pub mod failpoint;
 pub mod http;
 pub mod store;
+pub mod usage;

@@ -128,6 +128,19 @@ fn notify_org(cx: &mut Cx<'_, Subscription>, kind: &str) -> Result<(), Reject> {
     Ok(())
 }
 
+/// Starts or stops the usage billing of this subscription (its metering entity, same id).
+fn metering(cx: &mut Cx<'_, Subscription>, start: bool) -> Result<(), Reject> {
+    let Some(org) = cx.data.org.clone() else { return Ok(()) };
+    let key = EntityKey::new(super::metering::KIND, &cx.key.id).map_err(|e| Reject::new("invalid_instance", e.to_string()))?;
+    let body = if start {
+        json!({ "type": "start", "org": org, "at": cx.now })
+    } else {
+        json!({ "type": "stop", "at": cx.now })
+    };
+    cx.send(key, body);
+    Ok(())
+}
+
 /// Runs `workflows/subscription.toml`.
 pub struct SubscriptionWorkflow;
 
@@ -307,6 +320,7 @@ impl Workflow for SubscriptionWorkflow {
             ("expire", signal) => {
                 cx.data.expired_at = Some(now);
                 notify_org(cx, "channel_suspended")?;
+                metering(cx, false)?;
                 if matches!(signal, Signal::Event(_)) {
                     cx.note("expiredInstance: closed by the marketplace for arrears");
                 } else {
@@ -353,6 +367,9 @@ impl Workflow for SubscriptionWorkflow {
                 }
                 cx.data.org = Some(org_id.clone());
                 cx.note(format!("bound to {org_id}"));
+                if cx.state == "active" {
+                    metering(cx, true)?;
+                }
                 if cx.state == "expired" {
                     // Expired while the organization was deciding: it must learn that its new channel is suspended.
                     let instance_id = cx.key.id.clone();
@@ -376,17 +393,20 @@ impl Workflow for SubscriptionWorkflow {
             ("reconciled_resume", _) => {
                 cx.data.resumed_at = Some(now);
                 notify_org(cx, "channel_resumed")?;
+                metering(cx, true)?;
                 cx.note("the marketplace reports OPENED: a resumeInstance was missed or overtaken");
             }
             ("resume", Signal::Event(E::Resume { sku_id })) => {
                 cx.data.resumed_at = Some(now);
                 notify_org(cx, "channel_resumed")?;
+                metering(cx, true)?;
                 cx.data.sku_id = Some(sku_id.clone());
                 cx.note("resumeInstance: arrears cleared");
             }
             ("release", signal) => {
                 cx.data.released_at = Some(now);
                 notify_org(cx, "channel_released")?;
+                metering(cx, false)?;
                 if let Signal::Event(E::Release { is_refund, .. }) = signal {
                     cx.data.is_refund = Some(*is_refund);
                     cx.note(format!("releaseInstance (refund: {is_refund})"));

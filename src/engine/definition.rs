@@ -44,6 +44,11 @@ pub struct RetryPolicy {
     /// How long one attempt may take.
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// The call must not take effect twice (a metering push): its attempt is recorded before it is sent, and an
+    /// attempt whose outcome is unknown (a crash or a timeout in the middle) goes to an operator instead of
+    /// being sent again.
+    #[serde(default)]
+    pub at_most_once: bool,
 }
 
 impl RetryPolicy {
@@ -155,6 +160,8 @@ struct RawCall {
     initial_backoff: Spanned<String>,
     max_backoff: Spanned<String>,
     timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    at_most_once: bool,
 }
 
 /// Reads the duration syntax of definitions and configuration (`90s`, `15m`, `1h`, `1h 30m`).
@@ -219,6 +226,7 @@ impl Definition {
                     Some(t) => dur(t)?,
                     None => Duration::from_secs(10),
                 },
+                at_most_once: rc.at_most_once,
             };
             calls.insert(name.clone(), policy);
         }

@@ -284,6 +284,8 @@ pub enum CallStatus {
     Retrying,
     /// Out of attempts: waits for an operator (retry or cancel).
     NeedsAttention,
+    /// An at-most-once call being sent; found after a restart it means "outcome unknown".
+    InFlight,
 }
 
 /// An external call started by a transition, kept until its result is consumed by the entity.

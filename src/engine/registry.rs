@@ -15,15 +15,21 @@ use super::workflow::DynWorkflow;
 pub struct CallError {
     /// Whether trying again may succeed (timeouts, 5xx, throttling) or not (a refusal on the merits).
     pub retryable: bool,
+    /// Whether the call may have taken effect although it failed (a timeout after sending).
+    pub outcome_unknown: bool,
     pub message: String,
 }
 
 impl CallError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { retryable: true, message: message.into() }
+        Self { retryable: true, outcome_unknown: false, message: message.into() }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { retryable: false, message: message.into() }
+        Self { retryable: false, outcome_unknown: false, message: message.into() }
+    }
+    /// Failed, and may have taken effect all the same.
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self { retryable: true, outcome_unknown: true, message: message.into() }
     }
 }
 

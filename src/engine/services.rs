@@ -61,9 +61,24 @@ fn recover(engine: &Engine) -> Result<(), Error> {
     loop {
         let page = store.scan(Table::Effects, start, Bound::Unbounded, 1000, false)?;
         for (_, v) in &page {
-            if let Ok(row) = serde_json::from_slice::<CallRow>(v) {
-                if row.status == CallStatus::Pending {
-                    engine.spawn_call(row);
+            if let Ok(mut row) = serde_json::from_slice::<CallRow>(v) {
+                match row.status {
+                    CallStatus::Pending => engine.spawn_call(row),
+                    CallStatus::InFlight => {
+                        // Interrupted while being sent: it may have taken effect; never send it blindly again.
+                        row.status = CallStatus::NeedsAttention;
+                        row.last_error = Some("interrupted while being sent (crash or restart): the outcome is \
+                            unknown; check the marketplace, then retry or cancel"
+                            .into());
+                        engine.inner.stats.calls_needing_attention.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(call = %row.call, id = %row.id, "at-most-once call interrupted; needs an operator");
+                        if let Ok(v) = serde_json::to_vec(&row) {
+                            let mut b = Batch::new();
+                            b.put(Table::Effects, row.key(), v);
+                            engine.inner.committer.commit_blocking_or_spawn(b);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -189,13 +204,46 @@ impl Engine {
             return;
         };
         inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
+        if policy.at_most_once {
+            // The intent is durable before the call goes out: a crash from here on is an unknown outcome.
+            let mut flight = row.clone();
+            flight.status = CallStatus::InFlight;
+            let mut b = Batch::new();
+            if let Ok(v) = serde_json::to_vec(&flight) {
+                b.put(Table::Effects, flight.key(), v);
+            }
+            if let Err(e) = inner.committer.commit(b).await {
+                tracing::error!(id = %row.id, error = %e, "could not record the attempt; not sending");
+                done(&row.id);
+                return;
+            }
+        }
         let result = match tokio::time::timeout(policy.timeout, handler.call(&row.call, row.request.clone())).await {
             Ok(r) => r,
-            Err(_) => Err(super::CallError::retryable(format!("timed out after {:?}", policy.timeout))),
+            Err(_) => Err(super::CallError::unknown(format!("timed out after {:?}", policy.timeout))),
         };
+        crate::failpoint::hit_at("after_call", &row.call);
         let delivered = match result {
             Ok(response) => Ok(response),
             Err(e) if !e.retryable => Err(e.message),
+            Err(e) if policy.at_most_once && e.outcome_unknown => {
+                inner.stats.call_failures.fetch_add(1, Ordering::Relaxed);
+                inner.stats.calls_needing_attention.fetch_add(1, Ordering::Relaxed);
+                row.attempts += 1;
+                row.status = CallStatus::NeedsAttention;
+                row.next_attempt_at = None;
+                row.last_error = Some(format!("{} (the outcome is unknown: check the marketplace, then retry or cancel)", e.message));
+                tracing::error!(call = %row.call, id = %row.id, error = %e.message, "at-most-once call with unknown outcome");
+                let mut b = Batch::new();
+                if let Ok(v) = serde_json::to_vec(&row) {
+                    b.put(Table::Effects, row.key(), v);
+                }
+                done(&row.id);
+                if let Err(err) = inner.committer.commit(b).await {
+                    tracing::error!(id = %row.id, error = %err, "could not record a call with unknown outcome");
+                }
+                return;
+            }
             Err(e) => {
                 inner.stats.call_failures.fetch_add(1, Ordering::Relaxed);
                 row.attempts += 1;
@@ -367,30 +415,55 @@ impl Engine {
 }
 
 /// Fires due timers in due order, sleeping on the service clock until the next one (or a wake-up).
+///
+/// A backlog (every overdue timer after a restart, a million due at the same minute) is worked through in one pass
+/// of scans, each starting after the last row the previous one dispatched, so no scan reads rows already in flight
+/// again; at most `2 × timer_batch` firings are in flight, so the backlog stays on disk, not in memory. A pass ends
+/// when a scan reaches the rows not yet due; the next one starts from the soonest row again, which picks up rows
+/// whose delivery was deferred and rows set meanwhile before the cursor (late, never lost).
 async fn timer_loop(engine: Engine) {
     let inner = &engine.inner;
     let batch = inner.config.timer_batch.max(1);
+    let max_in_flight = batch.saturating_mul(2);
+    // Where the pass stands: the last row dispatched; `None` starts from the soonest row.
+    let mut cursor: Option<Vec<u8>> = None;
     loop {
         if inner.stopping.load(Ordering::Acquire) {
             return;
         }
+        let room = max_in_flight.saturating_sub(lock(&inner.services.timers_in_flight).len()).min(batch);
+        if room == 0 {
+            // Each firing that ends wakes us; the sleep only bounds a lost wake-up.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = inner.timer_wake.notified() => {}
+            }
+            continue;
+        }
         let now = inner.clock.now();
         let horizon = keys::time_key(now + TimeDelta::milliseconds(1)).to_be_bytes().to_vec();
-        let due =
-            match inner.store.scan(Table::Timers, Bound::Unbounded, Bound::Excluded(horizon.clone()), batch, false) {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::error!(error = %e, "scanning timers failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-        let full = due.len() == batch;
+        let start = match &cursor {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        let due = match inner.store.scan(Table::Timers, start, Bound::Excluded(horizon.clone()), room, false) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "scanning timers failed");
+                cursor = None;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let full = due.len() == room;
+        cursor = if full { due.last().map(|(k, _)| k.clone()) } else { None };
         let mut busy = false;
         {
             let real_now = Instant::now();
             let mut deferred = lock(&inner.services.timers_deferred);
-            deferred.retain(|_, at| *at > real_now);
+            if !deferred.is_empty() {
+                deferred.retain(|_, at| *at > real_now);
+            }
             let mut in_flight = lock(&inner.services.timers_in_flight);
             for (k, v) in due {
                 if in_flight.contains(&k) || deferred.contains_key(&k) {
@@ -405,6 +478,12 @@ async fn timer_loop(engine: Engine) {
                 let e = engine.clone();
                 actix_rt::spawn(async move { e.fire(k, row).await });
             }
+            busy |= !in_flight.is_empty();
+        }
+        if full {
+            // More may be due right after the cursor: go on once the firings just spawned had a turn.
+            tokio::task::yield_now().await;
+            continue;
         }
         let next = inner
             .store
@@ -412,15 +491,10 @@ async fn timer_loop(engine: Engine) {
             .ok()
             .and_then(|r| r.first().and_then(|(k, _)| keys::read_u64(k, 0)))
             .and_then(keys::time_from_key);
-        let wait = if full {
-            Duration::from_millis(1)
-        } else {
-            let until_next = next.and_then(|n| inner.clock.real_until(n)).unwrap_or(Duration::from_secs(1));
-            let cap = if busy { Duration::from_millis(200) } else { Duration::from_secs(1) };
-            until_next.min(cap)
-        };
+        let until_next = next.and_then(|n| inner.clock.real_until(n)).unwrap_or(Duration::from_secs(1));
+        let cap = if busy { Duration::from_millis(200) } else { Duration::from_secs(1) };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(until_next.min(cap)) => {}
             _ = inner.timer_wake.notified() => {}
         }
     }

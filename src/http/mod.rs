@@ -8,6 +8,7 @@ pub mod ops;
 pub mod session;
 pub mod spi;
 pub mod sso;
+pub mod usage;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub engine: Engine,
     pub config: Config,
     pub accounts: std::sync::Arc<crate::accounts::Accounts>,
+    /// The price catalog (CU types, units per CU-hour, metering items).
+    pub catalog: std::sync::Arc<crate::domain::pricing::Catalog>,
 }
 
 /// Liveness: the process answers, and says what time it thinks it is.
@@ -65,7 +68,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/readyz", web::get().to(readyz))
     .service(web::resource("/aliyun/spi").route(web::get().to(spi::spi)).route(web::post().to(spi::spi)))
     .route("/aliyun/sso", web::get().to(sso::sso))
-    .service(web::scope("/api/v1/ops").configure(ops::configure))
-    .service(web::scope("/api/v1").configure(accounts::configure).configure(marketplace::configure))
+    .service(web::scope("/api/v1/ops").configure(ops::configure).configure(usage::configure_ops))
+    .service(
+        web::scope("/api/v1").configure(accounts::configure).configure(marketplace::configure).configure(usage::configure),
+    )
     .default_service(web::to(not_found));
 }

@@ -112,6 +112,20 @@ impl Committer {
         rx.blocking_recv().map_err(|_| CommitError::Stopped)?
     }
 
+    /// Commits without waiting for the result (start-up repairs); failures are logged.
+    pub fn commit_blocking_or_spawn(&self, batch: Batch) {
+        match self.enqueue(batch) {
+            Ok(rx) => {
+                actix_rt::spawn(async move {
+                    if let Ok(Err(e)) = rx.await {
+                        tracing::error!(error = %e, "a start-up repair could not be committed");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "a start-up repair could not be queued"),
+        }
+    }
+
     /// Whether the committer still accepts work.
     pub fn healthy(&self) -> bool {
         !self.stats.failed.load(Ordering::Acquire)

@@ -214,11 +214,14 @@ pub mod harness {
         }
     }
 
-    /// Engine warnings and errors of a child go to its stderr file (`RUST_LOG` overrides the level).
-    pub fn init_child_logging() {
-        let filter =
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+    /// Starts a child: ends the test harness's `test <name> ... ` line, so that the child's first line stands
+    /// alone, and sends engine warnings and errors to its stderr file (`RUST_LOG` overrides the level).
+    pub fn child_init() {
+        say("");
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ =
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
     }
 
     /// Prints one line and flushes it, so that the parent has it even if the child is killed right after.
@@ -439,7 +442,13 @@ pub mod harness {
             let text = std::fs::read_to_string(&self.stderr).unwrap_or_else(|e| format!("(unreadable: {e})"));
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(n)..].join("\n");
-            format!("--- last {} of {} stderr lines of child `{}` ({}) ---\n{tail}\n--- end ---", n.min(lines.len()), lines.len(), self.role, self.stderr.display())
+            format!(
+                "--- last {} of {} stderr lines of child `{}` ({}) ---\n{tail}\n--- end ---",
+                n.min(lines.len()),
+                lines.len(),
+                self.role,
+                self.stderr.display()
+            )
         }
 
         /// Whether it printed `line` (or `line ...`).
@@ -463,7 +472,14 @@ pub mod harness {
     }
 
     /// Runs this test binary's `test` as a child with workload `role` on store directory `dir`.
-    pub fn run_child(test: &str, role: &str, dir: &Path, stderr: &Path, envs: &[(&str, String)], stop: Stop) -> ChildRun {
+    pub fn run_child(
+        test: &str,
+        role: &str,
+        dir: &Path,
+        stderr: &Path,
+        envs: &[(&str, String)],
+        stop: Stop,
+    ) -> ChildRun {
         let exe = std::env::current_exe().expect("the path of the test binary");
         let err = std::fs::File::create(stderr).expect("create the child's stderr file");
         let mut child = Command::new(exe)
@@ -560,8 +576,15 @@ pub mod harness {
             let g = &mut s.garbage;
             for (k, v) in all(Table::Entities) {
                 let Some(r) = decode::<EntityRecord>(g, Table::Entities, &k, &v) else { continue };
-                if split_entity(&k).map(|(e, rest)| (e.kind, e.id, rest.is_empty())) != Some((r.kind.clone(), r.id.clone(), true)) {
-                    g.push(format!("entity row {:?} holds the record of {}/{}", String::from_utf8_lossy(&k), r.kind, r.id));
+                if split_entity(&k).map(|(e, rest)| (e.kind, e.id, rest.is_empty()))
+                    != Some((r.kind.clone(), r.id.clone(), true))
+                {
+                    g.push(format!(
+                        "entity row {:?} holds the record of {}/{}",
+                        String::from_utf8_lossy(&k),
+                        r.kind,
+                        r.id
+                    ));
                 }
                 s.records.insert(r.id.clone(), r);
             }
@@ -571,7 +594,9 @@ pub mod harness {
                     Some((e, rest)) if keys::read_u64(rest, 0) == Some(j.seq) && rest.len() == 8 => {
                         s.journals.entry(e.id).or_default().push(j)
                     }
-                    _ => g.push(format!("journal key {:?} does not match entry {}", String::from_utf8_lossy(&k), j.seq)),
+                    _ => {
+                        g.push(format!("journal key {:?} does not match entry {}", String::from_utf8_lossy(&k), j.seq))
+                    }
                 }
             }
             for (k, v) in all(Table::Idempotency) {
@@ -624,6 +649,9 @@ pub mod harness {
         pub notified: u64,
         pub outbox_rows: usize,
         pub pending_calls: usize,
+        /// Calls waiting for their retry timer, and calls out of attempts.
+        pub retrying_calls: usize,
+        pub calls_needing_attention: usize,
         pub timers: usize,
     }
 
@@ -634,7 +662,13 @@ pub mod harness {
         macro_rules! bad {
             ($($t:tt)*) => { errs.push(format!($($t)*)) };
         }
-        let mut t = Totals { accounts: s.records.len(), outbox_rows: s.outbox.len(), pending_calls: s.calls.len(), timers: s.timers.len(), ..Totals::default() };
+        let mut t = Totals {
+            accounts: s.records.len(),
+            outbox_rows: s.outbox.len(),
+            pending_calls: s.calls.len(),
+            timers: s.timers.len(),
+            ..Totals::default()
+        };
 
         // (a) Every acknowledged input has its idempotency record, with the status it was acknowledged with.
         for a in &log.acks {
@@ -655,12 +689,24 @@ pub mod harness {
             };
             // (b) The balance is what came in minus what went out.
             if acct.balance != acct.deposited + acct.received - acct.sent + acct.interest {
-                bad!("(b) {id}: balance {} != deposited {} + received {} - sent {} + interest {}", acct.balance, acct.deposited, acct.received, acct.sent, acct.interest);
+                bad!(
+                    "(b) {id}: balance {} != deposited {} + received {} - sent {} + interest {}",
+                    acct.balance,
+                    acct.deposited,
+                    acct.received,
+                    acct.sent,
+                    acct.interest
+                );
             }
             let journal = s.journals.get(id).map(Vec::as_slice).unwrap_or(&[]);
             t.journal_entries += journal.len();
             if journal.len() as u64 != rec.seq || journal.iter().enumerate().any(|(i, j)| j.seq != i as u64 + 1) {
-                bad!("(d) {id}: journal has {} entries with seqs {:?}.. but the record is at seq {}", journal.len(), journal.iter().map(|j| j.seq).take(5).collect::<Vec<_>>(), rec.seq);
+                bad!(
+                    "(d) {id}: journal has {} entries with seqs {:?}.. but the record is at seq {}",
+                    journal.len(),
+                    journal.iter().map(|j| j.seq).take(5).collect::<Vec<_>>(),
+                    rec.seq
+                );
             }
             // (d) No input took effect twice; the journal and the idempotency table agree.
             let empty = BTreeMap::new();
@@ -668,11 +714,17 @@ pub mod harness {
             let mut seen = HashSet::new();
             for j in journal {
                 if !seen.insert(j.input_id.as_str()) {
-                    bad!("(d) {id}: input {} appears twice in the journal (seq {}): it took effect twice", j.input_id, j.seq);
+                    bad!(
+                        "(d) {id}: input {} appears twice in the journal (seq {}): it took effect twice",
+                        j.input_id,
+                        j.seq
+                    );
                 }
                 match outcomes.get(&j.input_id) {
                     None => bad!("(d) {id}: journal entry {} ({}) has no idempotency record", j.seq, j.input_id),
-                    Some(o) if o.status != j.status => bad!("(d) {id}: entry {} is {:?} but its outcome {:?}", j.seq, j.status, o.status),
+                    Some(o) if o.status != j.status => {
+                        bad!("(d) {id}: entry {} is {:?} but its outcome {:?}", j.seq, j.status, o.status)
+                    }
                     Some(_) => {}
                 }
             }
@@ -684,7 +736,13 @@ pub mod harness {
             // Service time never ran backwards: within an entity, and across restarts (the stored clock).
             for w in journal.windows(2) {
                 if w[1].at < w[0].at {
-                    bad!("(clock) {id}: entry {} at {} is earlier than entry {} at {}", w[1].seq, w[1].at, w[0].seq, w[0].at);
+                    bad!(
+                        "(clock) {id}: entry {} at {} is earlier than entry {} at {}",
+                        w[1].seq,
+                        w[1].at,
+                        w[0].seq,
+                        w[0].at
+                    );
                 }
             }
             if let (Some(c), Some(last)) = (clock, journal.last()) {
@@ -741,7 +799,11 @@ pub mod harness {
                 bad!("{id}: sent {} but its accepted transfers sum to {sent}", acct.sent);
             }
             if notified != acct.notified || acct.notify_failed != 0 {
-                bad!("{id}: {notified} accepted notify.ok entries but notified {} (failed {})", acct.notified, acct.notify_failed);
+                bad!(
+                    "{id}: {notified} accepted notify.ok entries but notified {} (failed {})",
+                    acct.notified,
+                    acct.notify_failed
+                );
             }
             // Every accepted ping started a call: its result was consumed once, or the call is still pending.
             if pings != i64::from(acct.notified) + rec.calls.len() as i64 {
@@ -754,10 +816,23 @@ pub mod harness {
             }
             // (e) Each timer the record lists has its row.
             for (name, tr) in &rec.timers {
-                let row = TimerRow { entity: key(id), name: name.clone(), due: tr.due, set_seq: tr.set_seq, set_at: tr.due, target: TimerTarget::Entity };
+                let row = TimerRow {
+                    entity: key(id),
+                    name: name.clone(),
+                    due: tr.due,
+                    set_seq: tr.set_seq,
+                    set_at: tr.due,
+                    target: TimerTarget::Entity,
+                };
                 match s.timers.get(&row.key()) {
-                    None => bad!("(e) {id}: timer {name} due {} (set at seq {}) has no row: it would never fire", tr.due, tr.set_seq),
-                    Some(r) if r.set_seq != tr.set_seq || r.target != TimerTarget::Entity => bad!("(e) {id}: timer {name} row {r:?} does not match {tr:?}"),
+                    None => bad!(
+                        "(e) {id}: timer {name} due {} (set at seq {}) has no row: it would never fire",
+                        tr.due,
+                        tr.set_seq
+                    ),
+                    Some(r) if r.set_seq != tr.set_seq || r.target != TimerTarget::Entity => {
+                        bad!("(e) {id}: timer {name} row {r:?} does not match {tr:?}")
+                    }
                     Some(_) => {}
                 }
             }
@@ -779,16 +854,29 @@ pub mod harness {
                     Some(tr) if tr.due == row.due && tr.set_seq == row.set_seq => {}
                     other => bad!("(e) timer row {} of {} due {} (set at seq {}) is not what its record lists ({other:?}): it would fire a stale or second time", row.name, row.entity, row.due, row.set_seq),
                 },
-                TimerTarget::CallRetry { call_id } => {
-                    if !s.calls.contains_key(call_id) {
-                        bad!("(e) retry timer of a call that does not exist: {call_id}");
-                    }
-                }
+                TimerTarget::CallRetry { call_id } => match s.calls.get(call_id) {
+                    Some(c) if c.status == CallStatus::Retrying && c.next_attempt_at == Some(row.due) => {}
+                    other => bad!("(e) retry timer of call {call_id} due {} does not match the call: {other:?}", row.due),
+                },
             }
         }
+        // A call waits for its retry timer exactly when it is retrying.
         for (cid, c) in &s.calls {
             if !s.records.get(&c.entity.id).is_some_and(|r| r.calls.contains(cid)) {
                 bad!("(calls) call row {cid} is not awaited by its entity {}", c.entity);
+            }
+            let timers = s
+                .timers
+                .values()
+                .filter(|r| matches!(&r.target, TimerTarget::CallRetry { call_id } if call_id == cid))
+                .count();
+            if timers != usize::from(c.status == CallStatus::Retrying) {
+                bad!("(calls) call {cid} is {:?} with {timers} retry timers", c.status);
+            }
+            match c.status {
+                CallStatus::Retrying => t.retrying_calls += 1,
+                CallStatus::NeedsAttention => t.calls_needing_attention += 1,
+                CallStatus::Pending | CallStatus::InFlight => {}
             }
         }
 
@@ -807,9 +895,22 @@ pub mod harness {
             if r != acct.received {
                 bad!("(c) {id}: received {} but the credits it recorded sum to {r}", acct.received);
             }
+            // Messages from one entity arrive in the order they were sent (ids are `<sender>#<seq>.<n>`).
+            let mut last_from: HashMap<&str, &str> = HashMap::new();
             for j in s.journals.get(id).into_iter().flatten().filter(|j| j.event == "credit") {
+                let (from, order) = j.input_id.split_once('#').unwrap_or_default();
+                if let Some(prev) = last_from.insert(from, order) {
+                    if sent_order(prev) >= sent_order(order) {
+                        bad!("(c) {id}: credit {} arrived after {from}#{prev}, which was sent later", j.input_id);
+                    }
+                }
                 if j.status != Status::Accepted || credits.get(&j.input_id).map(|c| c.0.as_str()) != Some(id.as_str()) {
-                    bad!("(c) {id}: credit entry {} ({}, {:?}) is not a credit of a committed transfer to it", j.seq, j.input_id, j.status);
+                    bad!(
+                        "(c) {id}: credit entry {} ({}, {:?}) is not a credit of a committed transfer to it",
+                        j.seq,
+                        j.input_id,
+                        j.status
+                    );
                 }
             }
         }
@@ -822,13 +923,24 @@ pub mod harness {
             }
         }
         if t.sent != t.received + t.in_flight {
-            bad!("(c) total sent {} != total received {} + in the outbox, not yet received {}", t.sent, t.received, t.in_flight);
+            bad!(
+                "(c) total sent {} != total received {} + in the outbox, not yet received {}",
+                t.sent,
+                t.received,
+                t.in_flight
+            );
         }
         if errs.is_empty() {
             Ok(t)
         } else {
             Err(errs)
         }
+    }
+
+    /// The position of a message among its sender's (`<seq>.<n>` of its id).
+    fn sent_order(s: &str) -> (u64, u64) {
+        let (seq, n) = s.split_once('.').unwrap_or((s, ""));
+        (seq.parse().unwrap_or(u64::MAX), n.parse().unwrap_or(u64::MAX))
     }
 
     /// Formats violations for a panic message (the first `n`).

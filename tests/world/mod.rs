@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 pub const ISV: &str = "lifecycle-isv-key";
 pub const OP: &str = "lifecycle-operator";
+pub const SVC: &str = "lifecycle-service";
 
 pub struct World {
     pub clock: ManualClock,
@@ -71,7 +72,7 @@ impl World {
             access_key_id: Some("lifecycle-ak".into()),
             access_key_secret: Some(Secret::new("lifecycle-ak-secret")),
             operator_token: Some(Secret::new(OP)),
-            service_token: Some(Secret::new("svc")),
+            service_token: Some(Secret::new(SVC)),
             ..Config::default()
         };
         let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
@@ -383,5 +384,85 @@ impl World {
     pub async fn close(&self, instance: &str) {
         self.sim(reqwest::Method::POST, &format!("/sim/instances/{instance}/close"), None).await;
         self.wait_state(instance, "released").await;
+    }
+}
+
+impl World {
+    /// Posts a usage record with the service token.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn usage(
+        &self,
+        record_id: &str,
+        org: &str,
+        cluster: &str,
+        cu_type: &str,
+        cu: f64,
+        start: chrono::DateTime<Utc>,
+        end: chrono::DateTime<Utc>,
+    ) -> (u16, Value) {
+        self.api(
+            reqwest::Method::POST,
+            "/api/v1/usage",
+            Some(SVC),
+            Some(json!({"record_id": record_id, "org_id": org, "resource_id": cluster, "cu_type": cu_type, "cu": cu,
+                        "start": start, "end": end})),
+        )
+        .await
+    }
+
+    /// The metering entity of a subscription, from the ops API.
+    pub async fn metering(&self, instance: &str) -> Value {
+        self.api(reqwest::Method::GET, &format!("/api/v1/ops/entities/metering/{instance}"), Some(OP), None).await.1
+    }
+
+    /// Waits until no window of the subscription is still being metered or pushed (and no call is running).
+    pub async fn metering_settled(&self, instance: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.metering(instance).await;
+            let busy = m["data"]["windows"]
+                .as_array()
+                .map(|ws| ws.iter().any(|w| w["status"] == "metering" || w["status"] == "pushing"))
+                .unwrap_or(false);
+            let overdue = m["timers"]
+                .as_array()
+                .map(|ts| ts.iter().any(|t| t["remaining_seconds"].as_i64().unwrap_or(1) <= 0))
+                .unwrap_or(false);
+            if !busy && !overdue {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "metering of {instance} never settled: {m}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// What the marketplace received for an instance.
+    pub async fn received(&self, instance: &str) -> Value {
+        self.sim(reqwest::Method::GET, &format!("/sim/metering?instance_id={instance}"), None).await
+    }
+}
+
+impl World {
+    /// Waits until nothing of the entity is due or running: no overdue timer, no call being sent (a call waiting
+    /// for its retry is quiet).
+    pub async fn quiet(&self, kind: &str, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, e) =
+                self.api(reqwest::Method::GET, &format!("/api/v1/ops/entities/{kind}/{id}"), Some(OP), None).await;
+            let overdue = e["timers"]
+                .as_array()
+                .map(|ts| ts.iter().any(|t| t["remaining_seconds"].as_i64().unwrap_or(1) <= 0))
+                .unwrap_or(false);
+            let running = e["pending_calls"]
+                .as_array()
+                .map(|cs| cs.iter().any(|c| c["status"] == "pending" || c["status"] == "in_flight"))
+                .unwrap_or(false);
+            if !overdue && !running {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{kind}/{id} never became quiet: {e}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 }

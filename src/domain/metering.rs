@@ -1,0 +1,311 @@
+//! Usage billing of one subscription: hourly windows, priced in integer units with carried fractions, pushed to
+//! the marketplace once each. The graph is `workflows/metering.toml`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::ids::OrgId;
+use super::pricing::{settle, DENOMINATOR};
+use crate::engine::definition::Catalog;
+use crate::engine::{Cx, Reject, Signal, Workflow};
+
+/// The entity kind (one per subscription, same id).
+pub const KIND: &str = "metering";
+/// The marketplace refuses windows of 5 minutes or less for hourly products.
+pub const MIN_WINDOW: TimeDelta = TimeDelta::minutes(5);
+/// Windows kept in the record (older ones only in the journal and the totals).
+const MAX_WINDOWS: usize = 72;
+
+/// One metering item's units in a window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub key: String,
+    pub assit: String,
+    pub units: u64,
+}
+
+/// A window and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub org: OrgId,
+    /// `metering`, `pushing`, `pushed`, `empty` (no usage), `failed`, `too_short` (≤ 5 min, cannot be pushed).
+    pub status: String,
+    #[serde(default)]
+    pub items: Vec<Item>,
+    pub units: u64,
+    /// The marketplace takes the window until then (the end of the next hour).
+    pub deadline: DateTime<Utc>,
+    pub request_id: Option<String>,
+    pub error: Option<String>,
+    pub pushed_at: Option<DateTime<Utc>>,
+    /// Usage records that overlapped the window.
+    pub records: u64,
+}
+
+/// Totals over every window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub windows_pushed: u64,
+    pub units_pushed: u64,
+    pub windows_failed: u64,
+    pub units_failed: u64,
+}
+
+/// The metering entity's data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metering {
+    /// The organization whose usage is billed.
+    pub org: Option<OrgId>,
+    /// Where the next window starts (end of the last closed window, or the start of billing).
+    pub next_start: Option<DateTime<Utc>>,
+    /// Billing ends here (release, expiry); `None` while open-ended.
+    pub until: Option<DateTime<Utc>>,
+    /// Per metering item, the fraction carried to the next window (numerator below the denominator), as text
+    /// because JSON numbers are not wide enough.
+    #[serde(default)]
+    pub carry: BTreeMap<String, String>,
+    #[serde(default)]
+    pub windows: Vec<Window>,
+    #[serde(default)]
+    pub totals: Totals,
+}
+
+/// What happens to metering.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MeteringEvent {
+    /// The subscription is bound and active (again) from `at`.
+    Start { org: OrgId, at: DateTime<Utc> },
+    /// The subscription stopped paying at `at` (release, expiry).
+    Stop { at: DateTime<Utc> },
+}
+
+/// Runs `workflows/metering.toml`.
+pub struct MeteringWorkflow;
+
+fn floor_hour(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::hours(1)).unwrap_or(t)
+}
+
+fn window_index(d: &Metering, start: DateTime<Utc>) -> Option<usize> {
+    d.windows.iter().position(|w| w.start == start)
+}
+
+impl Workflow for MeteringWorkflow {
+    type Data = Metering;
+    type Event = MeteringEvent;
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn catalog(&self) -> Catalog {
+        Catalog {
+            events: vec!["start", "stop"],
+            guards: vec![],
+            actions: vec![
+                "start_period",
+                "arm_hour",
+                "close_windows",
+                "stop_period",
+                "price_window",
+                "window_pushed",
+                "window_failed",
+            ],
+            calls: vec!["meter_window", "push_metering_data"],
+        }
+    }
+
+    fn event_name(&self, e: &MeteringEvent) -> String {
+        match e {
+            MeteringEvent::Start { .. } => "start",
+            MeteringEvent::Stop { .. } => "stop",
+        }
+        .to_string()
+    }
+
+    fn guard(&self, _name: &str, _cx: &Cx<'_, Metering>, _s: &Signal<MeteringEvent>) -> bool {
+        false
+    }
+
+    fn action(&self, name: &str, cx: &mut Cx<'_, Metering>, s: &Signal<MeteringEvent>) -> Result<(), Reject> {
+        let now = cx.now;
+        match (name, s) {
+            ("start_period", Signal::Event(MeteringEvent::Start { org, at })) => {
+                if cx.data.org.as_ref() != Some(org) || cx.data.until.is_some() || cx.data.next_start.is_none() {
+                    cx.data.next_start = Some(cx.data.next_start.map(|n| n.max(*at)).unwrap_or(*at));
+                }
+                if let Some(until) = cx.data.until {
+                    // Billing restarts (resume): nothing between the stop and now is billed.
+                    cx.data.next_start = Some(until.max(*at));
+                }
+                cx.data.org = Some(org.clone());
+                cx.data.until = None;
+                cx.note(format!("billing {org} from {at}"));
+            }
+            ("arm_hour", _) => {
+                let settle = cx
+                    .definition
+                    .timers
+                    .get("metering-hour")
+                    .and_then(|d| TimeDelta::from_std(*d).ok())
+                    .unwrap_or(TimeDelta::minutes(5));
+                let next = floor_hour(now - settle) + TimeDelta::hours(1) + settle;
+                cx.set_timer_at("metering-hour", next);
+            }
+            ("stop_period", Signal::Event(MeteringEvent::Stop { at })) => {
+                cx.data.until = Some(*at);
+                cx.note(format!("billing stops at {at}"));
+            }
+            ("close_windows", _) => close_windows(cx)?,
+            ("price_window", Signal::CallOk { response, .. }) => {
+                let start: Option<DateTime<Utc>> =
+                    response.get("start").and_then(|v| serde_json::from_value(v.clone()).ok());
+                let Some(i) = start.and_then(|s| window_index(cx.data, s)) else {
+                    cx.note("a metered window that is not known: ignored");
+                    return Ok(());
+                };
+                let mut items = Vec::new();
+                let mut total = 0u64;
+                let mut records = 0u64;
+                if let Some(list) = response.get("items").and_then(|v| v.as_array()) {
+                    for it in list {
+                        let key = it.get("key").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                        let assit = it.get("assit").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                        let num: u128 = it.get("numerator").and_then(|v| v.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0);
+                        let carry_key = format!("{key}|{assit}");
+                        let carry: u128 = cx.data.carry.get(&carry_key).and_then(|c| c.parse().ok()).unwrap_or(0);
+                        let (units, rest) = settle(num, carry);
+                        debug_assert!(rest < DENOMINATOR);
+                        cx.data.carry.insert(carry_key, rest.to_string());
+                        total += units;
+                        if units > 0 {
+                            items.push(Item { key, assit, units });
+                        }
+                    }
+                }
+                records += response.get("records").and_then(|v| v.as_u64()).unwrap_or(0);
+                let instance = cx.key.id.clone();
+                let w = &mut cx.data.windows[i];
+                w.items = items.clone();
+                w.units = total;
+                w.records = records;
+                if total == 0 {
+                    w.status = "empty".into();
+                    let (s, e) = (w.start, w.end);
+                    cx.note(format!("window {s} – {e}: no billable usage"));
+                } else {
+                    w.status = "pushing".into();
+                    let (s, e) = (w.start, w.end);
+                    cx.call(
+                        "push_metering_data",
+                        json!({
+                            "instance_id": instance, "start": s.timestamp(), "end": e.timestamp(),
+                            "window_start": s,
+                            "entities": items.iter().map(|it| json!({"key": it.key, "value": it.units, "assit": it.assit})).collect::<Vec<_>>(),
+                        }),
+                    );
+                    cx.note(format!("window {s} – {e}: {total} units to push"));
+                }
+            }
+            ("window_pushed", Signal::CallOk { response, .. }) => {
+                let start = response.get("window_start").and_then(|v| serde_json::from_value(v.clone()).ok());
+                if let Some(i) = start.and_then(|s| window_index(cx.data, s)) {
+                    let w = &mut cx.data.windows[i];
+                    w.status = "pushed".into();
+                    w.pushed_at = Some(now);
+                    w.request_id = response.get("request_id").and_then(|v| v.as_str()).map(String::from);
+                    w.error = None;
+                    let units = w.units;
+                    let rid = w.request_id.clone().unwrap_or_default();
+                    cx.data.totals.windows_pushed += 1;
+                    cx.data.totals.units_pushed += units;
+                    cx.note(format!("pushed {units} units (RequestId {rid})"));
+                }
+            }
+            ("window_failed", Signal::CallFailed { call, error }) => {
+                // The failed call's request is not in the signal; the window is the oldest unfinished one.
+                let phase = if call == "meter_window" { "metering" } else { "pushing" };
+                if let Some(w) = cx.data.windows.iter_mut().find(|w| w.status == phase) {
+                    w.status = "failed".into();
+                    w.error = Some(error.clone());
+                    let units = w.units;
+                    cx.data.totals.windows_failed += 1;
+                    cx.data.totals.units_failed += units;
+                    cx.note(format!("window failed for good ({call}): {error}"));
+                }
+            }
+            (other, _) => {
+                return Err(Reject::new("unexpected_event", format!("action `{other}` does not apply to this event")))
+            }
+        }
+        let extra = cx.data.windows.len().saturating_sub(MAX_WINDOWS);
+        if extra > 0 {
+            cx.data.windows.drain(..extra);
+        }
+        Ok(())
+    }
+}
+
+/// Closes every window that has ended: whole hours up to the last boundary (or to the stop), each metered.
+fn close_windows(cx: &mut Cx<'_, Metering>) -> Result<(), Reject> {
+    let Some(org) = cx.data.org.clone() else { return Ok(()) };
+    let Some(mut start) = cx.data.next_start else { return Ok(()) };
+    let settle = cx
+        .definition
+        .timers
+        .get("metering-hour")
+        .and_then(|d| TimeDelta::from_std(*d).ok())
+        .unwrap_or(TimeDelta::minutes(5));
+    let end_all = match cx.data.until {
+        Some(u) => u,
+        None => floor_hour(cx.now - settle),
+    };
+    let stopping = cx.data.until.is_some();
+    while start < end_all {
+        let mut end = (floor_hour(start) + TimeDelta::hours(1)).min(end_all);
+        if end - start <= MIN_WINDOW && end < end_all {
+            // A first window of a few minutes joins the next hour.
+            end = (end + TimeDelta::hours(1)).min(end_all);
+        }
+        if stopping && end < end_all && end_all - end <= MIN_WINDOW {
+            // A last window of a few minutes (released just after a boundary) joins this one.
+            end = end_all;
+        }
+        if end - start <= MIN_WINDOW && !stopping {
+            break;
+        }
+        push_window(cx, &org, start, end);
+        start = end;
+    }
+    cx.data.next_start = Some(start);
+    Ok(())
+}
+
+fn push_window(cx: &mut Cx<'_, Metering>, org: &OrgId, start: DateTime<Utc>, end: DateTime<Utc>) {
+    let deadline = floor_hour(end) + TimeDelta::hours(if floor_hour(end) == end { 1 } else { 2 });
+    let too_short = end - start <= MIN_WINDOW;
+    cx.data.windows.push(Window {
+        start,
+        end,
+        org: org.clone(),
+        status: if too_short { "too_short".into() } else { "metering".into() },
+        items: vec![],
+        units: 0,
+        deadline,
+        request_id: None,
+        error: None,
+        pushed_at: None,
+        records: 0,
+    });
+    if too_short {
+        cx.note(format!("window {start} – {end} is 5 minutes or less: the marketplace cannot take it"));
+        return;
+    }
+    cx.call("meter_window", json!({ "org_id": org, "start": start, "end": end }));
+}

@@ -1,0 +1,169 @@
+//! Prices and the arithmetic of metering: integer marketplace units plus a carried fraction, never floats.
+//!
+//! A usage record of `cu` (in thousandths, "milli-CU") over `s` seconds at `p` units per CU-hour is worth
+//! `s × milli_cu × p / 3_600_000` units. Each window's exact numerator is summed, the carry of earlier windows is
+//! added, whole units are billed and the remainder is carried, so the units of all windows add up to the exact
+//! total, rounded down once at the very end.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The denominator of a numerator: seconds per hour × milli-CU per CU.
+pub const DENOMINATOR: u128 = 3_600_000;
+
+/// One price of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub description: String,
+    pub units_per_cu_hour: u64,
+    pub metering_key: String,
+    pub metering_assit: String,
+}
+
+/// The price catalog (`config/catalog.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    pub unit_yuan: String,
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// The built-in catalog (the repository's `config/catalog.toml`).
+pub const BUILTIN_CATALOG: &str = include_str!("../../config/catalog.toml");
+
+/// A catalog that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("price catalog: {0}")]
+pub struct CatalogError(pub String);
+
+impl Catalog {
+    pub fn parse(text: &str) -> Result<Self, CatalogError> {
+        let c: Catalog = toml::from_str(text).map_err(|e| CatalogError(e.to_string()))?;
+        if c.prices.is_empty() {
+            return Err(CatalogError("no prices".into()));
+        }
+        for (k, p) in &c.prices {
+            if p.units_per_cu_hour == 0 || p.metering_key.is_empty() || p.metering_assit.is_empty() {
+                return Err(CatalogError(format!("price `{k}` needs units_per_cu_hour > 0, a metering_key and a metering_assit")));
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn builtin() -> Result<Self, CatalogError> {
+        Self::parse(BUILTIN_CATALOG)
+    }
+
+    pub fn price(&self, cu_type: &str) -> Option<&Price> {
+        self.prices.get(cu_type)
+    }
+}
+
+/// CU count in thousandths, parsed from the API's decimal number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MilliCu(pub u64);
+
+impl MilliCu {
+    /// At most 3 decimals, more than 0 and at most 10,000 CU.
+    pub fn from_f64(cu: f64) -> Option<Self> {
+        if !cu.is_finite() || cu <= 0.0 || cu > 10_000.0 {
+            return None;
+        }
+        let milli = (cu * 1000.0).round();
+        if (milli / 1000.0 - cu).abs() > 1e-9 {
+            return None;
+        }
+        Some(Self(milli as u64))
+    }
+}
+
+/// The numerator (units × [`DENOMINATOR`]) of `milli_cu` at `price` for the overlap of `[start, end)` and the
+/// window `[ws, we)`.
+pub fn numerator(
+    price: &Price,
+    milli_cu: MilliCu,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    ws: DateTime<Utc>,
+    we: DateTime<Utc>,
+) -> u128 {
+    let from = start.max(ws);
+    let to = end.min(we);
+    let secs = (to - from).num_seconds();
+    if secs <= 0 {
+        return 0;
+    }
+    secs as u128 * milli_cu.0 as u128 * price.units_per_cu_hour as u128
+}
+
+/// Whole units of `numerator + carry`, and the new carry.
+pub fn settle(numerator: u128, carry: u128) -> (u64, u128) {
+    let total = numerator + carry;
+    ((total / DENOMINATOR).min(u64::MAX as u128) as u64, total % DENOMINATOR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeDelta, TimeZone};
+
+    fn t(h: i64, m: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 0, 0, 0).unwrap() + TimeDelta::hours(h) + TimeDelta::minutes(m)
+    }
+
+    fn perf() -> Price {
+        Catalog::builtin().unwrap().price("performance").unwrap().clone()
+    }
+
+    #[test]
+    fn one_cu_for_an_hour_is_1250_units() {
+        let n = numerator(&perf(), MilliCu(1000), t(8, 0), t(9, 0), t(8, 0), t(9, 0));
+        assert_eq!(settle(n, 0), (1250, 0));
+    }
+
+    #[test]
+    fn three_cu_for_twenty_minutes_is_1250_units() {
+        let n = numerator(&perf(), MilliCu::from_f64(3.0).unwrap(), t(8, 10), t(8, 30), t(8, 0), t(9, 0));
+        assert_eq!(settle(n, 0), (1250, 0));
+    }
+
+    #[test]
+    fn only_the_overlap_with_the_window_counts() {
+        let n = numerator(&perf(), MilliCu(1000), t(7, 30), t(8, 30), t(8, 0), t(9, 0));
+        assert_eq!(settle(n, 0).0, 625);
+        assert_eq!(numerator(&perf(), MilliCu(1000), t(6, 0), t(7, 0), t(8, 0), t(9, 0)), 0);
+    }
+
+    #[test]
+    fn fractions_carry_so_the_sum_over_windows_is_exact() {
+        // 0.001 CU for 7 seconds per window: 0.00243 units each; 1,000 windows.
+        let p = perf();
+        let mut carry = 0;
+        let mut billed = 0u64;
+        let mut exact = 0u128;
+        for i in 0..1000 {
+            let ws = t(0, 0) + TimeDelta::hours(i);
+            let n = numerator(&p, MilliCu(1), ws, ws + TimeDelta::seconds(7), ws, ws + TimeDelta::hours(1));
+            exact += n;
+            let (u, c) = settle(n, carry);
+            billed += u;
+            carry = c;
+        }
+        assert_eq!(billed as u128, exact / DENOMINATOR, "no unit lost or invented by rounding");
+        assert_eq!(carry, exact % DENOMINATOR);
+        assert_eq!(billed, 2, "1000 × 7 s × 0.001 CU × 1250/h = 2.43 units");
+    }
+
+    #[test]
+    fn cu_counts_are_parsed_exactly() {
+        assert_eq!(MilliCu::from_f64(1.5), Some(MilliCu(1500)));
+        assert_eq!(MilliCu::from_f64(0.001), Some(MilliCu(1)));
+        assert_eq!(MilliCu::from_f64(0.0005), None);
+        assert_eq!(MilliCu::from_f64(-1.0), None);
+        assert_eq!(MilliCu::from_f64(f64::NAN), None);
+        assert_eq!(MilliCu::from_f64(1e9), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! Usage billing through the marketplace (issue 6), on the manual clock shared by the service and the local
+//! marketplace: what the marketplace receives, window by window.
+
+mod world;
+
+use std::time::Duration;
+
+use chrono::{DurationRound, TimeDelta};
+use reqwest::Method;
+use serde_json::{json, Value};
+use world::*;
+
+const UID: &str = "1999000000000001";
+
+fn hour_floor(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    t.duration_trunc(TimeDelta::hours(1)).unwrap()
+}
+
+fn units(record: &Value) -> u64 {
+    record["entities"].as_array().unwrap().iter().map(|e| e["value"].as_u64().unwrap()).sum()
+}
+
+#[actix_rt::test]
+async fn a_day_of_usage_from_several_clusters_is_24_exact_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("mia").await;
+    let s = w.subscribe_and_bind(&u, &u.org_id, UID).await;
+    // Usage starts at the next hour and runs for 24 hours, reported hour by hour as it happens.
+    let day_start = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    let clusters = [("c-perf", "performance", 1.0), ("c-cap", "capacity", 2.5), ("c-small", "performance", 0.333)];
+    let mut exact_numerator: u128 = 0;
+    // Advance to the first boundary + settle: the short first window (binding → boundary) has no usage.
+    w.clock.set(day_start + TimeDelta::minutes(6));
+    w.metering_settled(&s).await;
+    for h in 0..24 {
+        let ws = day_start + TimeDelta::hours(h);
+        for (i, (cluster, cu_type, cu)) in clusters.iter().enumerate() {
+            // Two records per cluster and hour, as a service reporting every 30 minutes.
+            for half in 0..2 {
+                let start = ws + TimeDelta::minutes(30 * half);
+                let end = start + TimeDelta::minutes(30);
+                let id = format!("r-{h}-{i}-{half}");
+                w.clock.set(end);
+                let (st, v) = w.usage(&id, &u.org_id, cluster, cu_type, *cu, start, end).await;
+                assert_eq!(st, 201, "{v}");
+                assert_eq!(v["billable"], true);
+                exact_numerator += 1800u128 * (cu * 1000.0).round() as u128 * 1250;
+            }
+        }
+        // A repeated record changes nothing.
+        let (st, v) = w
+            .usage(&format!("r-{h}-0-0"), &u.org_id, "c-perf", "performance", 1.0, ws, ws + TimeDelta::minutes(30))
+            .await;
+        assert_eq!((st, v["stored"].as_str()), (200, Some("repeated")));
+        w.clock.set(ws + TimeDelta::hours(1) + TimeDelta::minutes(6));
+        w.metering_settled(&s).await;
+    }
+    let got = w.received(&s).await;
+    let records = got["records"].as_array().unwrap();
+    assert_eq!(records.len(), 24, "one push per hour: {got}");
+    assert_eq!(got["duplicates"], 0);
+    for (h, r) in records.iter().enumerate() {
+        let ws = day_start + TimeDelta::hours(h as i64);
+        assert_eq!(r["start_time"].as_i64().unwrap(), ws.timestamp(), "window {h}");
+        assert_eq!(r["end_time"].as_i64().unwrap(), (ws + TimeDelta::hours(1)).timestamp());
+        assert_eq!(
+            r["entities"][0]["metering_assist"]
+                .as_str()
+                .or(r["entities"][0]["meteringAssit"].as_str())
+                .unwrap_or("cmgj00063418-Frequency-1"),
+            "cmgj00063418-Frequency-1"
+        );
+    }
+    let total: u64 = records.iter().map(units).sum();
+    assert_eq!(total as u128, exact_numerator / 3_600_000, "units add up to the exact total");
+    // 1 CU + 2.5 CU + 0.333 CU for 24 h at 1250 units per CU-hour.
+    assert_eq!(total, 114_990);
+    let m = w.metering(&s).await;
+    assert_eq!(m["data"]["totals"]["units_pushed"], total);
+    let (_, view) = w.api(Method::GET, &format!("/api/v1/ops/orgs/{}/metering", u.org_id), Some(OP), None).await;
+    assert_eq!(view["totals"]["pushed"]["windows"], 24, "{view}");
+    assert_eq!(view["totals"]["pushed"]["yuan"], "114.990");
+    w.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_marketplace_down_for_30_minutes_gets_each_window_once_before_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("leo").await;
+    let s = w.subscribe_and_bind(&u, &u.org_id, UID).await;
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    w.clock.set(h0 + TimeDelta::minutes(6));
+    w.metering_settled(&s).await;
+    w.clock.set(h0 + TimeDelta::hours(1));
+    let (st, _) = w.usage("x-1", &u.org_id, "c1", "performance", 1.0, h0, h0 + TimeDelta::hours(1)).await;
+    assert_eq!(st, 201);
+    w.sim(Method::POST, "/sim/faults", Some(json!({"openapi_error_rate": 1.0, "seed": 1}))).await;
+    // The window closes at h0+1h+5m; pushes fail for 30 minutes, retried with backoff.
+    for _ in 0..35 {
+        w.clock.advance(Duration::from_secs(60));
+        w.quiet("metering", &s).await;
+    }
+    let m = w.metering(&s).await;
+    assert_eq!(m["data"]["windows"].as_array().unwrap().last().unwrap()["status"], "pushing", "{m}");
+    assert_eq!(w.received(&s).await["records"].as_array().unwrap().len(), 0);
+    w.sim(Method::POST, "/sim/faults", Some(json!({"openapi_error_rate": 0.0}))).await;
+    for _ in 0..20 {
+        w.clock.advance(Duration::from_secs(60));
+        w.quiet("metering", &s).await;
+    }
+    let m = w.metering_settled(&s).await;
+    let window = m["data"]["windows"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(window["status"], "pushed", "{m}");
+    let pushed_at = chrono::DateTime::parse_from_rfc3339(window["pushed_at"].as_str().unwrap()).unwrap();
+    let deadline = chrono::DateTime::parse_from_rfc3339(window["deadline"].as_str().unwrap()).unwrap();
+    assert!(pushed_at < deadline, "pushed late but before the deadline: {window}");
+    let got = w.received(&s).await;
+    assert_eq!(got["records"].as_array().unwrap().len(), 1, "pushed once: {got}");
+    assert_eq!(units(&got["records"][0]), 1250);
+    w.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn bad_usage_is_refused_with_a_code_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("val").await;
+    let now = marketflow::clock::Clock::now(&w.clock);
+    let h = TimeDelta::hours(1);
+    let cases = [
+        (json!({"cu": -1.0}), "invalid_cu"),
+        (json!({"cu": 1e9}), "invalid_cu"),
+        (json!({"cu_type": "gold"}), "unknown_cu_type"),
+        (json!({"start": now, "end": now - h}), "invalid_interval"),
+        (json!({"start": now + h, "end": now + h * 2}), "interval_in_future"),
+        (json!({"start": now - h * 30, "end": now - h * 2}), "invalid_interval"),
+        (json!({"record_id": "bad id!"}), "invalid_id"),
+    ];
+    for (patch, code) in cases {
+        let mut body = json!({"record_id": "r1", "org_id": u.org_id, "resource_id": "c1", "cu_type": "performance",
+                              "cu": 1.0, "start": now - h, "end": now});
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (s, v) = w.api(Method::POST, "/api/v1/usage", Some(SVC), Some(body.clone())).await;
+        assert_eq!((s, v["code"].as_str()), (422, Some(code)), "{body}");
+    }
+    let (s, _) = w.api(Method::POST, "/api/v1/usage", Some(OP), Some(json!({}))).await;
+    assert_eq!(s, 403, "the operator is not the service");
+    let (s, _) = w.usage("r1", &u.org_id, "c1", "performance", 1.0, now - h, now).await;
+    assert_eq!(s, 201, "a valid record after all the refusals is new: nothing was stored before");
+    let (s, v) = w.usage("r1", &u.org_id, "c1", "performance", 2.0, now - h, now).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("record_conflict")));
+    let (_, v) = w.usage("r2", &u.org_id, "c1", "performance", 1.0, now - h, now).await;
+    assert_eq!(v["billable"], false, "no bound subscription: recorded, not billed");
+    w.shutdown().await;
+}
