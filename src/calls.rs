@@ -71,16 +71,20 @@ impl CallHandler for MarketCalls {
                     }))
                 }
                 "meter_window" => {
-                    let parse = |k: &str| request.get(k).cloned().ok_or_else(|| CallError::permanent(format!("meter_window needs {k}")));
-                    let org: OrgId = serde_json::from_value(parse("org_id")?).map_err(|e| CallError::permanent(e.to_string()))?;
+                    let parse = |k: &str| {
+                        request.get(k).cloned().ok_or_else(|| CallError::permanent(format!("meter_window needs {k}")))
+                    };
+                    let org: OrgId =
+                        serde_json::from_value(parse("org_id")?).map_err(|e| CallError::permanent(e.to_string()))?;
                     let start: chrono::DateTime<chrono::Utc> =
                         serde_json::from_value(parse("start")?).map_err(|e| CallError::permanent(e.to_string()))?;
                     let end: chrono::DateTime<chrono::Utc> =
                         serde_json::from_value(parse("end")?).map_err(|e| CallError::permanent(e.to_string()))?;
-                    let records = tokio::task::spawn_blocking(move || crate::usage::overlapping(&*store, &org, start, end))
-                        .await
-                        .map_err(|e| CallError::retryable(e.to_string()))?
-                        .map_err(CallError::retryable)?;
+                    let records =
+                        tokio::task::spawn_blocking(move || crate::usage::overlapping(&*store, &org, start, end))
+                            .await
+                            .map_err(|e| CallError::retryable(e.to_string()))?
+                            .map_err(CallError::retryable)?;
                     let items: Vec<Value> = crate::usage::window_numerators(&catalog, &records, start, end)
                         .into_iter()
                         .map(|((key, assit), n)| json!({ "key": key, "assit": assit, "numerator": n.to_string() }))
@@ -88,7 +92,12 @@ impl CallHandler for MarketCalls {
                     Ok(json!({ "start": start, "end": end, "items": items, "records": records.len() }))
                 }
                 "push_metering_data" => {
-                    let get_i64 = |k: &str| request.get(k).and_then(|v| v.as_i64()).ok_or_else(|| CallError::permanent(format!("push needs {k}")));
+                    let get_i64 = |k: &str| {
+                        request
+                            .get(k)
+                            .and_then(|v| v.as_i64())
+                            .ok_or_else(|| CallError::permanent(format!("push needs {k}")))
+                    };
                     let instance = request
                         .get("instance_id")
                         .and_then(|v| v.as_str())

@@ -68,8 +68,8 @@ pub fn parse(
         let known: Vec<_> = catalog.prices.keys().cloned().collect();
         return Err(invalid("unknown_cu_type", format!("cu_type is one of {}", known.join(", "))));
     }
-    let milli_cu =
-        MilliCu::from_f64(cu).ok_or_else(|| invalid("invalid_cu", "cu is a number above 0, at most 10000, with at most 3 decimals"))?;
+    let milli_cu = MilliCu::from_f64(cu)
+        .ok_or_else(|| invalid("invalid_cu", "cu is a number above 0, at most 10000, with at most 3 decimals"))?;
     if end <= start {
         return Err(invalid("invalid_interval", "end must be after start"));
     }
@@ -106,7 +106,9 @@ pub enum Stored {
 
 /// Stores a record once; a different record under a known id is a conflict.
 pub async fn store(store: &dyn Store, committer: &Committer, r: &UsageRecord) -> Result<Stored, StoreError> {
-    if let Some(existing) = store.get(Table::Index, &id_key(&r.record_id)).map_err(|e| StoreError::Storage(e.to_string()))? {
+    if let Some(existing) =
+        store.get(Table::Index, &id_key(&r.record_id)).map_err(|e| StoreError::Storage(e.to_string()))?
+    {
         let key: Vec<u8> = existing;
         let old: Option<UsageRecord> = store
             .get(Table::Records, &key)
@@ -143,7 +145,12 @@ pub enum StoreError {
 }
 
 /// The records of `org` that overlap `[ws, we)`.
-pub fn overlapping(store: &dyn Store, org: &OrgId, ws: DateTime<Utc>, we: DateTime<Utc>) -> Result<Vec<UsageRecord>, String> {
+pub fn overlapping(
+    store: &dyn Store,
+    org: &OrgId,
+    ws: DateTime<Utc>,
+    we: DateTime<Utc>,
+) -> Result<Vec<UsageRecord>, String> {
     let prefix = format!("usage/{org}/").into_bytes();
     let mut from = prefix.clone();
     keys::push_u64(&mut from, keys::time_key(ws - MAX_RECORD));
@@ -152,7 +159,8 @@ pub fn overlapping(store: &dyn Store, org: &OrgId, ws: DateTime<Utc>, we: DateTi
     let mut out = Vec::new();
     let mut start = Bound::Included(from);
     loop {
-        let page = store.scan(Table::Records, start, Bound::Excluded(to.clone()), 1000, false).map_err(|e| e.to_string())?;
+        let page =
+            store.scan(Table::Records, start, Bound::Excluded(to.clone()), 1000, false).map_err(|e| e.to_string())?;
         for (_, v) in &page {
             if let Ok(r) = serde_json::from_slice::<UsageRecord>(v) {
                 if r.end > ws && r.start < we {

@@ -177,7 +177,8 @@ impl Workflow for MeteringWorkflow {
                     for it in list {
                         let key = it.get("key").and_then(|v| v.as_str()).unwrap_or_default().to_string();
                         let assit = it.get("assit").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                        let num: u128 = it.get("numerator").and_then(|v| v.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0);
+                        let num: u128 =
+                            it.get("numerator").and_then(|v| v.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0);
                         let carry_key = format!("{key}|{assit}");
                         let carry: u128 = cx.data.carry.get(&carry_key).and_then(|c| c.parse().ok()).unwrap_or(0);
                         let (units, rest) = settle(num, carry);

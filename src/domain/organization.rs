@@ -130,7 +130,9 @@ pub enum OrganizationEvent {
         email: Email,
     },
     /// A member leaves the organization.
-    Leave { user_id: UserId },
+    Leave {
+        user_id: UserId,
+    },
     /// From a subscription: bind me, on behalf of this user.
     BindRequest {
         binding_id: BindingId,

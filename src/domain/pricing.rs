@@ -47,7 +47,9 @@ impl Catalog {
         }
         for (k, p) in &c.prices {
             if p.units_per_cu_hour == 0 || p.metering_key.is_empty() || p.metering_assit.is_empty() {
-                return Err(CatalogError(format!("price `{k}` needs units_per_cu_hour > 0, a metering_key and a metering_assit")));
+                return Err(CatalogError(format!(
+                    "price `{k}` needs units_per_cu_hour > 0, a metering_key and a metering_assit"
+                )));
             }
         }
         Ok(c)

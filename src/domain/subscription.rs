@@ -131,7 +131,8 @@ fn notify_org(cx: &mut Cx<'_, Subscription>, kind: &str) -> Result<(), Reject> {
 /// Starts or stops the usage billing of this subscription (its metering entity, same id).
 fn metering(cx: &mut Cx<'_, Subscription>, start: bool) -> Result<(), Reject> {
     let Some(org) = cx.data.org.clone() else { return Ok(()) };
-    let key = EntityKey::new(super::metering::KIND, &cx.key.id).map_err(|e| Reject::new("invalid_instance", e.to_string()))?;
+    let key = EntityKey::new(super::metering::KIND, &cx.key.id)
+        .map_err(|e| Reject::new("invalid_instance", e.to_string()))?;
     let body = if start {
         json!({ "type": "start", "org": org, "at": cx.now })
     } else {

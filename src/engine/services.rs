@@ -67,9 +67,11 @@ fn recover(engine: &Engine) -> Result<(), Error> {
                     CallStatus::InFlight => {
                         // Interrupted while being sent: it may have taken effect; never send it blindly again.
                         row.status = CallStatus::NeedsAttention;
-                        row.last_error = Some("interrupted while being sent (crash or restart): the outcome is \
+                        row.last_error = Some(
+                            "interrupted while being sent (crash or restart): the outcome is \
                             unknown; check the marketplace, then retry or cancel"
-                            .into());
+                                .into(),
+                        );
                         engine.inner.stats.calls_needing_attention.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(call = %row.call, id = %row.id, "at-most-once call interrupted; needs an operator");
                         if let Ok(v) = serde_json::to_vec(&row) {
@@ -232,7 +234,10 @@ impl Engine {
                 row.attempts += 1;
                 row.status = CallStatus::NeedsAttention;
                 row.next_attempt_at = None;
-                row.last_error = Some(format!("{} (the outcome is unknown: check the marketplace, then retry or cancel)", e.message));
+                row.last_error = Some(format!(
+                    "{} (the outcome is unknown: check the marketplace, then retry or cancel)",
+                    e.message
+                ));
                 tracing::error!(call = %row.call, id = %row.id, error = %e.message, "at-most-once call with unknown outcome");
                 let mut b = Batch::new();
                 if let Ok(v) = serde_json::to_vec(&row) {

@@ -183,7 +183,9 @@ impl<W: Workflow> DynWorkflow for W {
             Event::CallResult { call, result: Err(e), .. } => {
                 (Signal::CallFailed { call: call.clone(), error: e.clone() }, call_event(call, false))
             }
-            Event::Control { action } => return Err(DecideError::BadEvent(format!("`{action}` is not a workflow event"))),
+            Event::Control { action } => {
+                return Err(DecideError::BadEvent(format!("`{action}` is not a workflow event")))
+            }
         };
         let data: W::Data =
             serde_json::from_value(input.data.clone()).map_err(|e| DecideError::BadData(e.to_string()))?;

@@ -70,7 +70,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/aliyun/sso", web::get().to(sso::sso))
     .service(web::scope("/api/v1/ops").configure(ops::configure).configure(usage::configure_ops))
     .service(
-        web::scope("/api/v1").configure(accounts::configure).configure(marketplace::configure).configure(usage::configure),
+        web::scope("/api/v1")
+            .configure(accounts::configure)
+            .configure(marketplace::configure)
+            .configure(usage::configure),
     )
     .default_service(web::to(not_found));
 }

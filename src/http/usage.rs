@@ -13,7 +13,7 @@ use crate::domain::ids::OrgId;
 use crate::domain::metering::{self, Metering};
 use crate::domain::organization;
 use crate::engine::EntityKey;
-use crate::usage::{self, Stored, StoreError};
+use crate::usage::{self, StoreError, Stored};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,27 +27,36 @@ struct UsageBody {
     end: DateTime<Utc>,
 }
 
-async fn post_usage(state: web::Data<AppState>, _s: Service, body: web::Json<UsageBody>) -> Result<HttpResponse, ApiError> {
+async fn post_usage(
+    state: web::Data<AppState>,
+    _s: Service,
+    body: web::Json<UsageBody>,
+) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let org = OrgId::parse(b.org_id)?;
     let now = state.engine.clock().now();
-    let record = usage::parse(&state.catalog, now, b.record_id, org.clone(), b.resource_id, b.cu_type, b.cu, b.start, b.end)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
-    let org_record = state
-        .engine
-        .record(&EntityKey::new(organization::KIND, org.as_str()).map_err(|e| ApiError::bad_request("invalid_org_id", e.to_string()))?)?;
+    let record =
+        usage::parse(&state.catalog, now, b.record_id, org.clone(), b.resource_id, b.cu_type, b.cu, b.start, b.end)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
+    let org_record = state.engine.record(
+        &EntityKey::new(organization::KIND, org.as_str())
+            .map_err(|e| ApiError::bad_request("invalid_org_id", e.to_string()))?,
+    )?;
     let Some(org_record) = org_record else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "org_not_found", "no such organization"));
     };
-    let stored = usage::store(&**state.engine.store(), state.engine.committer(), &record).await.map_err(|e| match e {
-        StoreError::Conflict => {
-            ApiError::new(StatusCode::CONFLICT, "record_conflict", "a different record was stored under this record_id")
-        }
-        StoreError::Storage(detail) => {
-            tracing::error!(error = %detail, "storing usage failed");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "try again shortly")
-        }
-    })?;
+    let stored =
+        usage::store(&**state.engine.store(), state.engine.committer(), &record).await.map_err(|e| match e {
+            StoreError::Conflict => ApiError::new(
+                StatusCode::CONFLICT,
+                "record_conflict",
+                "a different record was stored under this record_id",
+            ),
+            StoreError::Storage(detail) => {
+                tracing::error!(error = %detail, "storing usage failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "try again shortly")
+            }
+        })?;
     // Billed only while the organization pays through an active subscription; otherwise recorded, unbilled.
     let billable = org_record.state == "bound";
     let status = if stored == Stored::New { StatusCode::CREATED } else { StatusCode::OK };
@@ -59,9 +68,14 @@ async fn post_usage(state: web::Data<AppState>, _s: Service, body: web::Json<Usa
 }
 
 /// An organization's metering windows (pending, pushed, failed, too short) and totals in units and yuan.
-async fn org_metering(state: web::Data<AppState>, _op: Operator, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn org_metering(
+    state: web::Data<AppState>,
+    _op: Operator,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let org = OrgId::parse(path.into_inner())?;
-    let key = EntityKey::new(organization::KIND, org.as_str()).map_err(|e| ApiError::bad_request("invalid_org_id", e.to_string()))?;
+    let key = EntityKey::new(organization::KIND, org.as_str())
+        .map_err(|e| ApiError::bad_request("invalid_org_id", e.to_string()))?;
     let rec = state.engine.record(&key)?.ok_or_else(|| ApiError::not_found("no such organization"))?;
     let data: organization::Organization = serde_json::from_value(rec.data).unwrap_or_default();
     let mut instances: Vec<String> = data.history.iter().filter_map(|h| h.instance_id.clone()).collect();
