@@ -187,3 +187,41 @@ async fn overload_is_refused_not_queued_without_bound() {
     assert!(refused > 0, "some inputs must be refused with one permit");
     assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(Error::Overloaded))));
 }
+
+#[actix_rt::test]
+async fn a_definition_changed_under_a_running_instance_is_detected_not_applied() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let (engine, _clock) = start(store.clone(), Flaky::new(0));
+    engine.send(key("pin"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
+    let pinned = engine.record(&key("pin")).unwrap().unwrap();
+    assert_eq!((pinned.definition.as_str(), pinned.version), ("ledger", 1));
+    engine.shutdown();
+
+    // Same version, different graph (the interest timer changed): refused for the running instance.
+    let changed = LEDGER_TOML.replace("interest = \"1h\"", "interest = \"2h\"");
+    let mut r = Registry::new();
+    r.add_workflow(Arc::new(Ledger));
+    r.add_definition("tests/common/ledger.toml", &changed).unwrap();
+    r.add_handler("notify", Flaky::new(0));
+    let engine =
+        Engine::start(store.clone(), Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).unwrap();
+    let e = engine.send(key("pin"), ev("d", json!({"type": "deposit", "amount": 1}))).await.unwrap_err();
+    assert_eq!(e.code(), "definition_mismatch", "{e}");
+    assert_eq!(engine.record(&key("pin")).unwrap().unwrap().seq, 1, "nothing applied");
+    engine.shutdown();
+
+    // A new version beside the old one: the running instance stays on v1, new instances start on v2.
+    let v2 = changed.replace("version = 1", "version = 2");
+    let mut r = Registry::new();
+    r.add_workflow(Arc::new(Ledger));
+    r.add_definition("ledger.v1.toml", LEDGER_TOML).unwrap();
+    r.add_definition("ledger.toml", &v2).unwrap();
+    r.add_handler("notify", Flaky::new(0));
+    let engine = Engine::start(store, Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).unwrap();
+    let o = engine.send(key("pin"), ev("d", json!({"type": "deposit", "amount": 1}))).await.unwrap();
+    assert_eq!(o.status, Status::Accepted);
+    assert_eq!(engine.record(&key("pin")).unwrap().unwrap().version, 1);
+    engine.send(key("fresh"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
+    assert_eq!(engine.record(&key("fresh")).unwrap().unwrap().version, 2);
+    engine.shutdown();
+}
