@@ -157,3 +157,46 @@ async fn bad_usage_is_refused_with_a_code_and_changes_nothing() {
     assert_eq!(v["billable"], false, "no bound subscription: recorded, not billed");
     w.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn usage_is_billed_up_to_the_release_and_not_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("ivy").await;
+    let s = w.subscribe_and_bind(&u, &u.org_id, UID).await;
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    w.clock.set(h0 + TimeDelta::minutes(6));
+    w.metering_settled(&s).await;
+    // 1 CU all hour; the buyer closes the subscription at h0 + 30 min.
+    w.clock.set(h0 + TimeDelta::minutes(30));
+    let (st, _) = w.usage("a", &u.org_id, "c1", "performance", 1.0, h0, h0 + TimeDelta::minutes(30)).await;
+    assert_eq!(st, 201);
+    w.close(&s).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w.metering(&s).await["state"] != "stopped" {
+        assert!(std::time::Instant::now() < deadline, "metering never stopped");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let m = w.metering_settled(&s).await;
+    let last = m["data"]["windows"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        last["end"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap(),
+        h0 + TimeDelta::minutes(30)
+    );
+    assert_eq!(last["status"], "pushed", "the last partial window is billed at once: {m}");
+    assert_eq!(last["units"], 625);
+    // Usage after the release is recorded, not billed, and shown to operators as unbilled.
+    w.clock.set(h0 + TimeDelta::hours(1));
+    let (_, v) =
+        w.usage("b", &u.org_id, "c1", "performance", 1.0, h0 + TimeDelta::minutes(30), h0 + TimeDelta::hours(1)).await;
+    assert_eq!(v["billable"], false, "{v}");
+    w.clock.set(h0 + TimeDelta::hours(3));
+    w.quiet("metering", &s).await;
+    let got = w.received(&s).await;
+    assert_eq!(got["records"].as_array().unwrap().len(), 1, "{got}");
+    assert_eq!(units(&got["records"][0]), 625);
+    let (_, view) = w.api(Method::GET, &format!("/api/v1/ops/orgs/{}/metering", u.org_id), Some(OP), None).await;
+    assert_eq!(view["unbilled"]["units"], 625, "{view}");
+    assert_eq!(view["unbilled"]["yuan"], "0.625");
+    w.shutdown().await;
+}

@@ -99,12 +99,41 @@ async fn org_metering(
             }));
         }
     }
+    // Usage not covered by any window of this organization: recorded, not billed (no bound, active
+    // subscription at the time), over the records the service still keeps (the last 7 days).
+    let now = state.engine.clock().now();
+    let records = usage::overlapping(&**state.engine.store(), &org, now - usage::MAX_AGE, now + usage::MAX_SKEW)
+        .map_err(|e| ApiError::from(crate::engine::Error::Storage(e)))?;
+    let mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)> = windows
+        .iter()
+        .filter_map(|w| Some((w["start"].as_str()?.parse().ok()?, w["end"].as_str()?.parse().ok()?)))
+        .collect();
+    intervals.sort();
+    let mut unbilled_numerator: u128 = 0;
+    let mut unbilled_records = 0u64;
+    for r in &records {
+        let Some(price) = state.catalog.price(&r.cu_type) else { continue };
+        let whole = crate::domain::pricing::numerator(price, r.milli_cu, r.start, r.end, r.start, r.end);
+        let covered: u128 = intervals
+            .iter()
+            .map(|(ws, we)| crate::domain::pricing::numerator(price, r.milli_cu, r.start, r.end, *ws, *we))
+            .sum();
+        if whole > covered {
+            unbilled_numerator += whole - covered;
+            unbilled_records += 1;
+        }
+    }
+    let unbilled_units = unbilled_numerator / crate::domain::pricing::DENOMINATOR;
     let totals: Value = by_status
         .into_iter()
         .map(|(s, (n, u))| (s, json!({ "windows": n, "units": u, "yuan": format!("{:.3}", u as f64 * unit_yuan) })))
         .collect::<serde_json::Map<_, _>>()
         .into();
-    Ok(HttpResponse::Ok().json(json!({ "org_id": org, "windows": windows, "totals": totals })))
+    Ok(HttpResponse::Ok().json(json!({
+        "org_id": org, "windows": windows, "totals": totals,
+        "unbilled": { "records": unbilled_records, "units": unbilled_units as u64,
+                      "yuan": format!("{:.3}", unbilled_units as f64 * unit_yuan) },
+    })))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
