@@ -175,3 +175,36 @@ async fn operators_freeze_and_unfreeze_with_a_reason_in_the_audit_trail() {
     assert_eq!(freeze["cause"]["reason"], "ticket 42: fraud check");
     w.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn a_second_release_or_an_expiry_after_release_changes_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("tao").await;
+    let sa = w.subscribe_and_bind(&u, &u.org_id, A).await;
+    w.close(&sa).await;
+    w.wait_org(&u.org_id, "window").await;
+    let before = w.billing(&u, &u.org_id).await;
+    for q in [
+        signed(&[("action", "releaseInstance"), ("instanceId", &sa), ("isRefund", "false")]),
+        signed(&[("action", "expiredInstance"), ("instanceId", &sa)]),
+        signed(&[
+            ("action", "resumeInstance"),
+            ("instanceId", &sa),
+            ("productCode", "cmgj00063418"),
+            ("skuId", "payg"),
+        ]),
+    ] {
+        let (s, v) = w.api(Method::GET, &format!("/aliyun/spi?{q}"), None, None).await;
+        assert_eq!((s, v["success"].as_bool()), (200, Some(true)), "{v}");
+    }
+    w.quiet("subscription", &sa).await;
+    w.quiet("organization", &u.org_id).await;
+    assert_eq!(w.state(&sa).await.as_deref(), Some("released"));
+    let after = w.billing(&u, &u.org_id).await;
+    assert_eq!(after, before, "the organization saw nothing more");
+    let (_, j) = w.api(Method::GET, &format!("/api/v1/ops/entities/subscription/{sa}/journal"), Some(OP), None).await;
+    let ignored = j["items"].as_array().unwrap().iter().filter(|e| e["status"] == "ignored").count();
+    assert_eq!(ignored, 3, "each stray call is journaled as ignored: {j}");
+    w.shutdown().await;
+}
