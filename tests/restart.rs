@@ -19,7 +19,6 @@ use common::*;
 use futures_util::future::join_all;
 use marketflow::clock::ManualClock;
 use marketflow::engine::*;
-use marketflow::store::SledStore;
 
 /// This test's name: the filter a child is started with.
 const TEST: &str = "a_restart_keeps_acknowledged_work_and_fires_each_overdue_timer_once";
@@ -66,7 +65,7 @@ fn a_restart_keeps_acknowledged_work_and_fires_each_overdue_timer_once() {
     let inputs = LEDGERS + (0..LEDGERS).map(|i| ops_of(i).len()).sum::<usize>();
     assert_eq!(log.acks.len(), inputs, "phase 1 acknowledges every input it sends\n{}", p1.stderr_tail(30));
     // What the graceful shutdown left for the next start: consistent, but not necessarily finished.
-    let store = SledStore::open(&dir).expect("the store opens after phase 1");
+    let store = open_store(&dir).expect("the store opens after phase 1");
     let snap = Snapshot::load(&store);
     drop(store);
     if let Err(errs) = check_invariants(&snap, &log, Some(t0)) {
@@ -78,7 +77,7 @@ fn a_restart_keeps_acknowledged_work_and_fires_each_overdue_timer_once() {
     p2.expect_clean_exit();
     let context = || format!("{}\n{}", p1.stderr_tail(30), p2.stderr_tail(30));
 
-    let store = SledStore::open(&dir).expect("the store opens after the children exited");
+    let store = open_store(&dir).expect("the store opens after the children exited");
     let snap = Snapshot::load(&store);
     let now = t0 + DOWNTIME;
     let left = unfinished(&store, now);
@@ -166,7 +165,7 @@ fn child(role: &str) {
         .unwrap_or_else(|| die("no T0 in the environment"))
         .with_timezone(&Utc);
     actix_rt::System::new().block_on(async move {
-        let store = Arc::new(SledStore::open(&dir).unwrap_or_else(|e| die(&format!("opening the store: {e}"))));
+        let store = Arc::new(open_store(&dir).unwrap_or_else(|e| die(&format!("opening the store: {e}"))));
         let now = match role {
             "phase1" => t0,
             "phase2" => t0 + DOWNTIME,

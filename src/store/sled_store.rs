@@ -52,18 +52,50 @@ fn full_bound(table: Table, b: Bound<Vec<u8>>, is_end: bool) -> Bound<Vec<u8>> {
     }
 }
 
+fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        // Durability comes from our own fsync after each group commit, not from a background timer.
+        .flush_every_ms(None)
+        .open()
+}
+
+/// Removes the snapshot files sled did not finish writing; returns how many there were.
+///
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, fsyncs it, renames it to `snap.<lsn>` and only then
+/// removes the older one; but on opening it reads whichever `snap.*` file sorts last, an unfinished `.generating`
+/// one included (`Config::get_snapshot_files`). A process killed while sled writes a snapshot (it writes one while
+/// it opens, too) leaves a store that every later open refuses as corrupt: the checksum does not match. The
+/// unfinished file is never needed, the previous snapshot is still there: without it sled recovers as if the
+/// process had died just before starting the snapshot. Called only after sled refused to open; it held the
+/// directory's lock then, so no other process is writing a snapshot here.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, Error> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %path.display(), "removing a snapshot that sled did not finish writing");
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
-        let db = sled::Config::new()
-            .path(&dir)
-            .mode(sled::Mode::HighThroughput)
-            // Durability comes from our own fsync after each group commit, not from a background timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(backend)?;
+        let db = match open_sled(&dir) {
+            // A process killed while sled wrote a snapshot leaves one that sled refuses forever after; without it,
+            // sled recovers from the previous snapshot and the log (see `remove_unfinished_snapshots`).
+            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(&dir)? > 0 => open_sled(&dir),
+            other => other,
+        }
+        .map_err(backend)?;
         let tree = db.open_tree("marketflow").map_err(backend)?;
         let log = File::options().read(true).write(true).open(dir.join("db"))?;
         // The directory entry of a newly created log must be durable too.
@@ -189,6 +221,21 @@ mod tests {
             s.apply(&[b]).unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(Table::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_snapshot_sled_did_not_finish_writing_does_not_brick_the_store() {
+        // What a kill in the middle of sled's `write_snapshot` leaves: a snapshot cut short. (In a fresh directory:
+        // reopening a store right after dropping it races with sled's background threads for the lock.)
+        let dir = tempfile::tempdir().unwrap();
+        let unfinished = dir.path().join("snap.7FFFFFFFFFFFFFFF.generating");
+        std::fs::write(&unfinished, b"the first bytes of a snapshot, and no checksum").unwrap();
+        let s = SledStore::open(dir.path()).expect("opens despite the unfinished snapshot");
+        assert!(!unfinished.exists());
+        let mut b = Batch::new();
+        b.put(Table::Meta, b"k".to_vec(), b"v".to_vec());
+        s.apply(&[b]).unwrap();
         assert_eq!(s.get(Table::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 

@@ -186,7 +186,7 @@ pub mod harness {
 
     use chrono::{DateTime, TimeDelta, Utc};
     use marketflow::engine::*;
-    use marketflow::store::{keys, Store, Table};
+    use marketflow::store::{keys, SledStore, Store, Table};
     use serde_json::{json, Value};
 
     use super::{ev, key, Account};
@@ -301,6 +301,20 @@ pub mod harness {
                 o
             }
             Err(e) => die(&format!("input {input} to {entity} failed: {e} ({})", e.code())),
+        }
+    }
+
+    /// Opens the store, waiting (at most 5 s) while a database dropped just before still holds sled's lock on the
+    /// directory: sled releases it only when its background threads are done, a little after the drop.
+    pub fn open_store(dir: &Path) -> Result<SledStore, marketflow::store::Error> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match SledStore::open(dir) {
+                Err(e) if e.to_string().contains("could not acquire lock") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                r => return r,
+            }
         }
     }
 
