@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod marketplace;
 pub mod ops;
+pub mod pages;
 pub mod session;
 pub mod spi;
 pub mod sso;
@@ -75,5 +76,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(marketplace::configure)
             .configure(usage::configure),
     )
+    .configure(pages::configure)
     .default_service(web::to(not_found));
 }

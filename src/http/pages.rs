@@ -1,0 +1,1236 @@
+//! The buyer's pages, rendered on the server: login and registration (which redeem a pending 免登 grant), the
+//! binding page (绑定云市场订阅), the "processing your authorization" page, the billing overview (帐单概览) and a
+//! small home page. Templates (`templates/*.html`) and assets (`assets/*`) are compiled into the binary; nothing
+//! is fetched from elsewhere at build or run time.
+//!
+//! - Language: `?lang=en|zh` (remembered in the `mf_lang` cookie), else `Accept-Language`, else zh-CN.
+//! - Every user value goes through the template engine's HTML autoescape.
+//! - Forms are protected against cross-site requests three ways: the cookies are `SameSite=Lax`, every form
+//!   carries a token that must match the `mf_csrf` cookie (double submit), and a present `Origin` (or, without
+//!   it, `Referer`) must be this service's own origin.
+//! - A page that needs a session redirects to `/login?next=<the page>`; `next` is followed only when it is a
+//!   local path (starts with `/`, not `//` or `/\`, no control characters).
+//! - Page handlers never panic: every failure is a rendered page with a status.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, FixedOffset, Utc};
+use minijinja::{Environment, UndefinedBehavior};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+
+use super::accounts::{billing_view, load_org, my_orgs};
+use super::error::ApiError;
+use super::marketplace;
+use super::session::{session_token, SESSION_COOKIE, SSO_COOKIE};
+use super::AppState;
+use crate::accounts::User;
+use crate::aliyun::encoding::{encode_query, parse_form, percent_encode};
+use crate::domain::ids::{Email, Name, OrgId, Password};
+
+/// The per-form token's cookie (double submit).
+const CSRF_COOKIE: &str = "mf_csrf";
+/// The chosen language.
+const LANG_COOKIE: &str = "mf_lang";
+/// The largest form body a page accepts.
+const FORM_LIMIT: usize = 16 * 1024;
+/// The longest `next` followed.
+const NEXT_MAX: usize = 1024;
+/// Where a buyer subscribes (the seed's link).
+const MARKET_PRODUCT_URL: &str = "https://market.aliyun.com/products/56024006/cmgj00063418.html";
+/// Where a buyer opens a ticket (the seed's link).
+const SUPPORT_URL: &str = "https://support.zilliz.com.cn/hc/zh-cn";
+/// The marketplace console (已购买的服务, 免登).
+const MARKET_CONSOLE_URL: &str = "https://market.console.aliyun.com/";
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
+
+/// The page language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Zh,
+    En,
+}
+
+impl Lang {
+    fn parse(s: &str) -> Option<Lang> {
+        let s = s.trim().to_ascii_lowercase();
+        if s.starts_with("zh") {
+            Some(Lang::Zh)
+        } else if s.starts_with("en") {
+            Some(Lang::En)
+        } else {
+            None
+        }
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            Lang::Zh => "zh-CN",
+            Lang::En => "en",
+        }
+    }
+    fn short(self) -> &'static str {
+        match self {
+            Lang::Zh => "zh",
+            Lang::En => "en",
+        }
+    }
+    fn other(self) -> Lang {
+        match self {
+            Lang::Zh => Lang::En,
+            Lang::En => Lang::Zh,
+        }
+    }
+}
+
+/// The UI wording: key, zh-CN (the seed's), English.
+const STRINGS: &[(&str, &str, &str)] = &[
+    ("lang_name", "中文", "English"),
+    ("other_lang_name", "English", "中文"),
+    ("logout", "退出登录", "Log out"),
+    ("home", "我的组织", "My organizations"),
+    ("login_title", "登录", "Log in"),
+    ("login_lead", "登录 Zilliz Cloud 以继续。", "Log in to Zilliz Cloud to continue."),
+    (
+        "sso_hint",
+        "您正在通过阿里云云市场「免登」前往 Zilliz Cloud。登录或注册后，即可为您的组织绑定该云市场订阅。",
+        "You came from the Alibaba Cloud Marketplace (免登). Log in or register, then bind the subscription to your \
+         organization.",
+    ),
+    ("email", "邮箱", "E-mail"),
+    ("password", "密码", "Password"),
+    ("name", "姓名", "Name"),
+    ("password_hint", "8 到 128 个字符", "8 to 128 characters"),
+    ("login_button", "登录", "Log in"),
+    ("no_account", "还没有 Zilliz Cloud 帐号？", "No Zilliz Cloud account yet?"),
+    ("register_link", "注册", "Register"),
+    ("register_title", "注册 Zilliz Cloud", "Register with Zilliz Cloud"),
+    (
+        "register_lead",
+        "注册后将为您创建一个组织，您将成为该组织的所有者。",
+        "Registering creates an organization of which you are the Owner.",
+    ),
+    ("register_button", "注册", "Register"),
+    ("have_account", "已有帐号？", "Already registered?"),
+    ("login_link", "登录", "Log in"),
+    ("bind_title", "绑定云市场订阅", "Bind the marketplace subscription"),
+    (
+        "bind_lead",
+        "在组织列表中选择需要绑定该支付方式的 Zilliz Cloud 组织，并单击「确认绑定」。列表中会罗列出所有您加入的组织。\
+         您仅能选择绑定您负责管理的一个组织。",
+        "Choose the Zilliz Cloud organization this payment method pays for and click “Confirm binding”. The list \
+         shows every organization you belong to; you can bind only one that you administer.",
+    ),
+    ("subscription", "云市场订阅", "Marketplace subscription"),
+    ("product", "商品", "Product"),
+    ("product_name", "Zilliz Cloud（按量付费）", "Zilliz Cloud (pay as you go)"),
+    ("instance_id", "实例 ID", "Instance ID"),
+    ("aliyun_account_id", "阿里云帐号 ID", "Aliyun account ID"),
+    ("status", "状态", "Status"),
+    ("sub_opening", "开通中", "Opening"),
+    ("sub_active", "已开通", "Active"),
+    ("sub_activation_failed", "开通失败", "Activation failed"),
+    ("sub_expired", "已停服（欠费）", "Suspended (arrears)"),
+    ("sub_released", "已关闭", "Closed"),
+    ("orgs", "选择组织", "Choose an organization"),
+    ("org", "组织", "Organization"),
+    ("colon", "：", ": "),
+    ("role", "角色", "Role"),
+    ("role_owner", "组织所有者", "Owner"),
+    ("role_billing_admin", "帐单管理员", "Billing Admin"),
+    ("role_member", "组织成员", "Member"),
+    ("reason_insufficient_permission", "权限不足", "Insufficient permission"),
+    ("reason_org_already_bound", "已绑定云市场订阅", "Already bound to a marketplace subscription"),
+    ("confirm", "确认绑定", "Confirm binding"),
+    ("no_orgs_title", "组织列表中无组织", "You belong to no organization"),
+    (
+        "no_orgs_lead",
+        "如果您曾关闭过帐号或退出所有组织，您的组织列表中会没有组织。这种情况下，您可以：",
+        "If you closed your account or left every organization, your list is empty. You can:",
+    ),
+    (
+        "no_orgs_wait",
+        "等待其他用户向您发送组织邀请，并将您设置为组织管理员。",
+        "wait for another user to invite you into their organization as an administrator, or",
+    ),
+    ("no_orgs_ticket_before", "", ""),
+    ("submit_ticket", "提交工单", "open a ticket"),
+    ("no_orgs_ticket_after", "，联系我们为您创建一个新组织。", " and we create a new organization for you."),
+    (
+        "none_bindable",
+        "列表中不存在可以绑定的组织，「确认绑定」不可用。您的角色必须为组织管理员才可绑定云市场订阅；已绑定云市场订阅的组织\
+         需要先解绑。",
+        "No organization in the list can be bound, so “Confirm binding” is unavailable. Only an administrator \
+         (Owner or Billing Admin) may bind, and an organization that has a subscription must unbind it first.",
+    ),
+    (
+        "sub_not_active_hint",
+        "开通申请已提交，约需要 1 - 5 分钟完成开通。开通完成后请刷新本页面。",
+        "The subscription is being activated, which takes 1–5 minutes. Refresh this page when it is done.",
+    ),
+    (
+        "sub_gone_hint",
+        "该订阅已不可用。如需继续使用，请在阿里云云市场重新订阅。",
+        "This subscription can no longer be bound. Subscribe again on the Alibaba Cloud Marketplace.",
+    ),
+    ("sub_already_bound", "该订阅已绑定到组织。", "This subscription is bound to an organization already."),
+    ("binding_pending_hint", "正在处理您的授权请求。", "Your authorization request is being processed."),
+    ("see_progress", "查看进度", "See the progress"),
+    ("processing_title", "Zilliz Cloud 正在处理您的授权请求", "Zilliz Cloud is processing your authorization"),
+    ("processing_wait", "请稍候，本页面会自动刷新。", "Please wait; this page refreshes by itself."),
+    ("bound_title", "绑定成功", "Binding complete"),
+    (
+        "bound_text",
+        "已成功开通阿里云云市场扣费渠道。前往「帐单概览」页面，可在「云市场扣费渠道」区域查看阿里云帐单。",
+        "The Alibaba Cloud Marketplace payment channel is active. The billing overview shows it with a link to the \
+         Aliyun bill.",
+    ),
+    ("go_billing", "前往帐单概览", "Go to the billing overview"),
+    ("refused_title", "绑定未完成", "The binding was not completed"),
+    ("back_to_bind", "返回绑定页面", "Back to the binding page"),
+    ("billing_title", "帐单概览", "Billing overview"),
+    ("status_active", "正常", "Active"),
+    ("status_frozen", "已冻结", "Frozen"),
+    ("frozen_reason", "冻结原因", "Reason"),
+    ("frozen_arrears", "阿里云云市场余额不足", "Alibaba Cloud Marketplace arrears"),
+    ("frozen_no_payment_method", "无可用的支付方式", "No payment method"),
+    ("frozen_operator", "由 Zilliz Cloud 支持团队冻结", "Frozen by Zilliz Cloud support"),
+    (
+        "recovery_arrears",
+        "您的阿里云云市场余额不足，阿里云云市场已自动关闭 Zilliz Cloud 服务。如需继续使用，请先在阿里云云市场充值，充值完成后，\
+         请重新开通阿里云云市场扣费渠道。",
+        "Your Alibaba Cloud Marketplace balance ran out and the marketplace closed the service. Top up your Aliyun \
+         account, then open the marketplace payment channel again.",
+    ),
+    (
+        "recovery_no_payment_method",
+        "订阅已取消且未在规定时间内绑定新的订阅。请在阿里云云市场重新订阅 Zilliz Cloud，并通过「免登」绑定到本组织。",
+        "The subscription was closed and no new one was bound in time. Subscribe to Zilliz Cloud on the Alibaba \
+         Cloud Marketplace again and bind it to this organization through 免登.",
+    ),
+    (
+        "recovery_operator",
+        "如有疑问，请提交工单联系我们。",
+        "If you have questions, open a ticket with Zilliz Cloud support.",
+    ),
+    ("channel_title", "云市场扣费渠道", "Marketplace payment channel (云市场扣费渠道)"),
+    ("channel_provider", "阿里云云市场", "Alibaba Cloud Marketplace"),
+    ("bound_at", "绑定时间", "Bound at"),
+    ("view_bill", "查看阿里云帐单", "View the Aliyun bill"),
+    ("no_channel", "尚未开通阿里云云市场扣费渠道。", "No Alibaba Cloud Marketplace payment channel."),
+    (
+        "no_channel_howto",
+        "前往阿里云云市场开通 Zilliz Cloud 服务，然后在云市场控制台「已购买的服务」中单击「免登」，为本组织绑定订阅。",
+        "Subscribe to Zilliz Cloud on the Alibaba Cloud Marketplace, then click 免登 under “Purchased services” in \
+         the marketplace console and bind the subscription to this organization.",
+    ),
+    ("go_market", "前往阿里云云市场", "Go to the Alibaba Cloud Marketplace"),
+    ("switch_title", "正在切换订阅帐号", "Switching the subscribing account"),
+    (
+        "switch_text",
+        "原订阅已取消。请在以下时间前使用新的阿里云帐号订阅并绑定，否则组织将被冻结：",
+        "The previous subscription was closed. Subscribe and bind with the new Aliyun account before this time, or \
+         the organization is frozen:",
+    ),
+    ("history_title", "扣费渠道变更记录", "Payment channel history"),
+    ("time", "时间", "Time"),
+    ("event", "事件", "Event"),
+    ("details", "详情", "Details"),
+    ("no_history", "暂无记录。", "Nothing yet."),
+    ("ev_bound", "开通云市场扣费渠道", "Marketplace channel opened"),
+    ("ev_switched", "切换订阅帐号", "Subscribing account switched"),
+    ("ev_recovered", "重新开通，解除冻结", "Channel opened again, unfrozen"),
+    ("ev_released", "订阅已取消", "Subscription closed"),
+    ("ev_window_opened", "开始切换订阅帐号", "Account switch window opened"),
+    ("ev_frozen", "组织已冻结", "Organization frozen"),
+    ("ev_unfrozen", "解除冻结", "Unfrozen"),
+    ("ev_resumed", "充值后恢复服务", "Service resumed"),
+    ("ev_unlinked", "订阅已解除关联", "Subscription unlinked"),
+    ("forbidden_title", "权限不足", "Insufficient permission"),
+    (
+        "forbidden_billing",
+        "您的角色必须为组织所有者或帐单管理员才可查看帐单概览。如果您是组织成员，请联系组织管理员。",
+        "Only an Owner or a Billing Admin sees the billing overview. If you are a Member, ask an administrator.",
+    ),
+    ("not_found_title", "未找到", "Not found"),
+    (
+        "sub_not_found",
+        "未找到该订阅，或您无权查看。请回到阿里云云市场控制台的「已购买的服务」，重新单击「免登」。",
+        "This subscription does not exist or is not yours to see. Go back to “Purchased services” in the \
+         Alibaba Cloud Marketplace console and click 免登 again.",
+    ),
+    ("org_not_found", "未找到该组织，或您不是其成员。", "This organization does not exist or you are not a member."),
+    ("market_console", "阿里云云市场控制台", "Alibaba Cloud Marketplace console"),
+    ("error_title", "出错了", "Something went wrong"),
+    ("try_again", "服务暂时不可用，请稍后重试。", "The service is unavailable for a moment; please try again."),
+    ("purchased", "已购买的云市场订阅", "Marketplace subscriptions"),
+    ("no_purchased", "暂无。", "None."),
+    ("bind_action", "绑定", "Bind"),
+    ("billing_action", "帐单概览", "Billing overview"),
+    ("no_orgs_home", "您还没有加入任何组织。", "You belong to no organization yet."),
+    ("beijing_time", "北京时间", "Beijing time"),
+    ("err_csrf", "表单已过期，请重新提交。", "The form expired; please submit it again."),
+    ("err_invalid_credentials", "邮箱或密码错误。", "The e-mail or the password is wrong."),
+    ("err_email_taken", "该邮箱已注册，请直接登录。", "This e-mail is registered already; log in instead."),
+    ("err_invalid_email", "邮箱格式不正确。", "This is not a valid e-mail address."),
+    ("err_weak_password", "密码需为 8 到 128 个字符。", "A password has 8 to 128 characters."),
+    ("err_invalid_name", "姓名需为 1 到 100 个字符。", "A name has 1 to 100 characters."),
+    ("err_select_org", "请选择一个组织。", "Choose an organization."),
+    (
+        "err_insufficient_permission",
+        "权限不足：您的角色必须为组织管理员才可将云市场订阅绑定至该组织。请联系组织管理员。",
+        "Insufficient permission: only an Owner or a Billing Admin may bind a subscription to this organization.",
+    ),
+    (
+        "err_org_already_bound",
+        "该组织已绑定云市场订阅。如需更新，请先解绑原订阅。",
+        "This organization has a marketplace subscription bound already; unbind it first.",
+    ),
+    (
+        "err_subscription_already_bound",
+        "该云市场订阅已绑定到其他组织。",
+        "This marketplace subscription is bound to an organization already.",
+    ),
+    (
+        "err_subscription_not_active",
+        "该订阅尚未开通完成或已不可用。",
+        "The subscription is not active (still opening, or closed).",
+    ),
+    ("err_not_found", "未找到该组织或订阅。", "No such organization or subscription."),
+    ("err_invalid_id", "组织 ID 不正确。", "Not a valid organization id."),
+    ("err_generic", "操作未完成，请稍后重试。", "That did not work; please try again."),
+];
+
+fn tr(lang: Lang, key: &str) -> &'static str {
+    STRINGS.iter().find(|(k, _, _)| *k == key).map(|(_, zh, en)| if lang == Lang::Zh { *zh } else { *en }).unwrap_or("")
+}
+
+/// The message for an error code, or the generic one.
+fn error_text(lang: Lang, code: &str) -> String {
+    let key = format!("err_{code}");
+    if STRINGS.iter().any(|(k, _, _)| *k == key) {
+        tr(lang, &key).to_string()
+    } else {
+        format!("{} ({code})", tr(lang, "err_generic"))
+    }
+}
+
+fn strings(lang: Lang) -> BTreeMap<&'static str, &'static str> {
+    STRINGS.iter().map(|(k, zh, en)| (*k, if lang == Lang::Zh { *zh } else { *en })).collect()
+}
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("../../templates/base.html")),
+    ("login.html", include_str!("../../templates/login.html")),
+    ("register.html", include_str!("../../templates/register.html")),
+    ("bind.html", include_str!("../../templates/bind.html")),
+    ("processing.html", include_str!("../../templates/processing.html")),
+    ("billing.html", include_str!("../../templates/billing.html")),
+    ("home.html", include_str!("../../templates/home.html")),
+    ("message.html", include_str!("../../templates/message.html")),
+];
+
+/// An asset: path under `/assets/`, content type, body.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("app.css", "text/css; charset=utf-8", include_str!("../../assets/app.css")),
+    ("app.js", "text/javascript; charset=utf-8", include_str!("../../assets/app.js")),
+    ("favicon.svg", "image/svg+xml", include_str!("../../assets/favicon.svg")),
+];
+
+/// Formats an RFC 3339 time in Beijing time (UTC+8), as the marketplace shows times.
+fn datetime(value: String) -> String {
+    let Ok(t) = DateTime::parse_from_rfc3339(&value) else { return value };
+    match FixedOffset::east_opt(8 * 3600) {
+        Some(bj) => t.with_timezone(&bj).format("%Y-%m-%d %H:%M:%S").to_string(),
+        None => t.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    }
+}
+
+fn templates() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_filter("datetime", datetime);
+        for (name, source) in TEMPLATES {
+            if let Err(e) = env.add_template(name, source) {
+                tracing::error!(template = name, error = %e, "a page template does not compile");
+            }
+        }
+        env
+    })
+}
+
+/// What every page needs to know about its request.
+struct Ctx {
+    lang: Lang,
+    /// The `mf_lang` cookie to set (a `?lang=` was given).
+    set_lang: Option<Cookie<'static>>,
+    csrf: String,
+    /// The `mf_csrf` cookie to set (the browser had none).
+    set_csrf: Option<Cookie<'static>>,
+    secure: bool,
+    query: Vec<(String, String)>,
+    path: String,
+}
+
+fn random_hex() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn cookie(name: &'static str, value: String, secure: bool) -> Cookie<'static> {
+    Cookie::build(name, value).path("/").http_only(true).same_site(SameSite::Lax).secure(secure).finish()
+}
+
+fn cleared(name: &'static str) -> Cookie<'static> {
+    let mut c = Cookie::build(name, "").path("/").finish();
+    c.make_removal();
+    c
+}
+
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn accept_language(req: &HttpRequest) -> Option<Lang> {
+    let raw = req.headers().get(header::ACCEPT_LANGUAGE)?.to_str().ok()?;
+    let mut best: Option<(f32, Lang)> = None;
+    for part in raw.split(',') {
+        let mut it = part.split(';');
+        let Some(lang) = it.next().and_then(Lang::parse) else { continue };
+        let q = it.find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok())).unwrap_or(1.0);
+        if best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, lang));
+        }
+    }
+    best.map(|(_, l)| l)
+}
+
+impl Ctx {
+    fn new(state: &AppState, req: &HttpRequest) -> Ctx {
+        let secure = state.config.public_url.starts_with("https://");
+        let query = parse_form(req.query_string()).unwrap_or_default();
+        let asked = param(&query, "lang").and_then(Lang::parse);
+        let remembered = req.cookie(LANG_COOKIE).and_then(|c| Lang::parse(c.value()));
+        let lang = asked.or(remembered).or_else(|| accept_language(req)).unwrap_or(Lang::Zh);
+        let set_lang = asked.filter(|a| Some(*a) != remembered).map(|a| {
+            let mut c = cookie(LANG_COOKIE, a.short().to_string(), secure);
+            c.set_max_age(actix_web::cookie::time::Duration::days(365));
+            c
+        });
+        let existing = req
+            .cookie(CSRF_COOKIE)
+            .map(|c| c.value().to_string())
+            .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        let (csrf, set_csrf) = match existing {
+            Some(v) => (v, None),
+            None => {
+                let v = random_hex();
+                (v.clone(), Some(cookie(CSRF_COOKIE, v, secure)))
+            }
+        };
+        Ctx { lang, set_lang, csrf, set_csrf, secure, query, path: req.path().to_string() }
+    }
+
+    fn t(&self, key: &str) -> &'static str {
+        tr(self.lang, key)
+    }
+
+    /// This page in the other language.
+    fn switch_url(&self) -> String {
+        let mut pairs: Vec<(&str, &str)> =
+            self.query.iter().filter(|(k, _)| k != "lang").map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        pairs.push(("lang", self.lang.other().short()));
+        format!("{}?{}", self.path, encode_query(pairs))
+    }
+
+    /// Renders a template with the common context plus `extra` (an object).
+    fn render(&self, user: Option<&User>, template: &str, status: StatusCode, extra: Value) -> HttpResponse {
+        let mut ctx = Map::new();
+        ctx.insert("lang".into(), json!(self.lang.tag()));
+        ctx.insert("t".into(), json!(strings(self.lang)));
+        ctx.insert("csrf".into(), json!(self.csrf));
+        ctx.insert("switch_url".into(), json!(self.switch_url()));
+        ctx.insert("user".into(), user.map(|u| json!({ "email": u.email, "name": u.name })).unwrap_or(Value::Null));
+        if let Value::Object(extra) = extra {
+            ctx.extend(extra);
+        }
+        let rendered = templates().get_template(template).and_then(|t| t.render(Value::Object(ctx)));
+        match rendered {
+            Ok(body) => self.html(status, body),
+            Err(e) => {
+                tracing::error!(template, error = %e, "a page could not be rendered");
+                self.html(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "<!doctype html><meta charset=\"utf-8\"><title>Zilliz Cloud</title>\
+                         <link rel=\"stylesheet\" href=\"/assets/app.css\"><main class=\"card\"><h1>{}</h1><p>{}</p></main>",
+                        self.t("error_title"),
+                        self.t("try_again")
+                    ),
+                )
+            }
+        }
+    }
+
+    fn html(&self, status: StatusCode, body: String) -> HttpResponse {
+        let mut r = HttpResponse::build(status);
+        r.content_type("text/html; charset=utf-8")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+            .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+            .insert_header((header::REFERRER_POLICY, "same-origin"))
+            .insert_header((header::CONTENT_LANGUAGE, self.lang.tag()));
+        self.cookies(&mut r);
+        r.body(body)
+    }
+
+    fn cookies(&self, r: &mut actix_web::HttpResponseBuilder) {
+        if let Some(c) = &self.set_lang {
+            r.cookie(c.clone());
+        }
+        if let Some(c) = &self.set_csrf {
+            r.cookie(c.clone());
+        }
+    }
+
+    /// A `303 See Other` to a local path.
+    fn redirect(&self, to: &str) -> HttpResponse {
+        let mut r = HttpResponse::SeeOther();
+        match HeaderValue::from_str(to) {
+            Ok(v) => r.insert_header((header::LOCATION, v)),
+            Err(_) => r.insert_header((header::LOCATION, "/")),
+        };
+        r.insert_header((header::CACHE_CONTROL, "no-store"));
+        self.cookies(&mut r);
+        r.finish()
+    }
+
+    /// A page explaining what happened, with one link onwards.
+    fn message(
+        &self,
+        user: Option<&User>,
+        status: StatusCode,
+        title: &str,
+        text: &str,
+        link: Option<(&str, &str)>,
+    ) -> HttpResponse {
+        let link = link.map(|(href, label)| json!({ "href": href, "label": label })).unwrap_or(Value::Null);
+        self.render(
+            user,
+            "message.html",
+            status,
+            json!({ "title": self.t(title), "text": self.t(text), "code": title, "link": link }),
+        )
+    }
+
+    fn unavailable(&self, user: Option<&User>) -> HttpResponse {
+        self.message(user, StatusCode::SERVICE_UNAVAILABLE, "error_title", "try_again", None)
+    }
+
+    /// The page for an API error a page handler ran into.
+    fn api_error(&self, user: Option<&User>, e: &ApiError) -> HttpResponse {
+        if e.status.is_server_error() {
+            tracing::warn!(code = %e.code, "a page could not be served");
+            return self.unavailable(user);
+        }
+        self.render(
+            user,
+            "message.html",
+            e.status,
+            json!({ "title": self.t("error_title"), "text": error_text(self.lang, &e.code), "code": e.code, "link": null }),
+        )
+    }
+
+    /// `/login?next=<this page>`.
+    fn to_login(&self, req: &HttpRequest) -> HttpResponse {
+        let here = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        self.redirect(&format!("/login?next={}", enc(here)))
+    }
+}
+
+/// Characters of a followed `next` that are percent-encoded (non-ASCII is always encoded).
+const NEXT_ENCODE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'<').add(b'>').add(b'`');
+
+/// `next` if it is a local path, percent-encoded for a `Location` header; else `None`.
+pub fn safe_next(next: &str) -> Option<String> {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.chars().any(|c| c.is_control() || c.is_whitespace())
+        && next.len() <= NEXT_MAX;
+    ok.then(|| utf8_percent_encode(next, NEXT_ENCODE).to_string())
+}
+
+/// The logged-in user, `Ok(None)` without a (valid) session, `Err` when the store cannot tell.
+fn current_user(state: &AppState, req: &HttpRequest) -> Result<Option<User>, ()> {
+    let Some(token) = session_token(req) else { return Ok(None) };
+    match state.accounts.authenticate(&token) {
+        Ok(u) => Ok(Some(u)),
+        Err(crate::accounts::Error::Unauthenticated) => Ok(None),
+        Err(e) => {
+            tracing::error!(error = %e, "session lookup failed");
+            Err(())
+        }
+    }
+}
+
+/// The user, or the response to send instead (login redirect, or unavailable).
+fn require_user(state: &AppState, req: &HttpRequest, ctx: &Ctx) -> Result<User, Box<HttpResponse>> {
+    match current_user(state, req) {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) => Err(Box::new(ctx.to_login(req))),
+        Err(()) => Err(Box::new(ctx.unavailable(None))),
+    }
+}
+
+/// Does the request come from one of this service's own pages? A present `Origin` (or, without it, `Referer`)
+/// must be the public URL's origin or the origin the request was addressed to.
+fn same_origin(state: &AppState, req: &HttpRequest) -> bool {
+    let origin_of = |url: &str| -> Option<String> {
+        let (scheme, rest) = url.split_once("://")?;
+        let host = rest.split(['/', '?', '#']).next()?;
+        (!host.is_empty()).then(|| format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
+    };
+    let claimed = match req.headers().get(header::ORIGIN) {
+        Some(o) => match o.to_str() {
+            Ok(o) if o != "null" => origin_of(o),
+            _ => return false,
+        },
+        None => match req.headers().get(header::REFERER).and_then(|r| r.to_str().ok()) {
+            Some(r) => origin_of(r),
+            None => return true, // Neither header (old clients): the token and SameSite still hold.
+        },
+    };
+    let Some(claimed) = claimed else { return false };
+    let info = req.connection_info();
+    let addressed = format!("{}://{}", info.scheme(), info.host()).to_ascii_lowercase();
+    Some(claimed.as_str()) == origin_of(&state.config.public_url).as_deref() || claimed == addressed
+}
+
+/// A submitted form: its fields, once the CSRF checks passed.
+fn form(state: &AppState, req: &HttpRequest, body: &[u8]) -> Option<Vec<(String, String)>> {
+    let fields = std::str::from_utf8(body).ok().and_then(|b| parse_form(b).ok())?;
+    let given = param(&fields, "csrf").unwrap_or("");
+    let cookie = req.cookie(CSRF_COOKIE).map(|c| c.value().to_string()).unwrap_or_default();
+    let token_ok = !cookie.is_empty() && bool::from(given.as_bytes().ct_eq(cookie.as_bytes()));
+    (token_ok && same_origin(state, req)).then_some(fields)
+}
+
+/// Gives the browser's pending 免登 grant (cookie) to the user; returns the instance.
+async fn redeem(state: &AppState, req: &HttpRequest, user: &User) -> Option<String> {
+    let nonce = req.cookie(SSO_COOKIE)?.value().to_string();
+    match state.accounts.redeem_pending_grant(&nonce, &user.id).await {
+        Ok(instance) => instance,
+        Err(e) => {
+            tracing::error!(error = %e, "could not redeem a 免登 grant");
+            None
+        }
+    }
+}
+
+/// Where to go after logging in: a safe `next`, else the binding page of a redeemed grant, else home.
+fn after_login(next: Option<&str>, instance: Option<&str>) -> String {
+    if let Some(n) = next.and_then(safe_next) {
+        return n;
+    }
+    match instance {
+        Some(i) => format!("/bind/{}", enc(i)),
+        None => "/".to_string(),
+    }
+}
+
+/// Logs the user in: session cookie, the 免登 grant redeemed, on to `next`.
+async fn logged_in(
+    state: &AppState,
+    req: &HttpRequest,
+    ctx: &Ctx,
+    user: &User,
+    token: &str,
+    next: Option<&str>,
+) -> HttpResponse {
+    let instance = redeem(state, req, user).await;
+    let mut r = ctx.redirect(&after_login(next, instance.as_deref()));
+    let _ = r.add_cookie(&cookie(SESSION_COOKIE, token.to_string(), ctx.secure));
+    if req.cookie(SSO_COOKIE).is_some() {
+        let _ = r.add_cookie(&cleared(SSO_COOKIE));
+    }
+    r
+}
+
+fn next_of(ctx: &Ctx, fields: Option<&[(String, String)]>) -> Option<String> {
+    fields
+        .and_then(|f| param(f, "next"))
+        .or_else(|| param(&ctx.query, "next"))
+        .filter(|n| safe_next(n).is_some())
+        .map(String::from)
+}
+
+fn auth_page(
+    ctx: &Ctx,
+    req: &HttpRequest,
+    template: &str,
+    status: StatusCode,
+    next: Option<&str>,
+    error: Option<String>,
+    values: Value,
+) -> HttpResponse {
+    let next_q = next.map(|n| format!("?next={}", enc(n))).unwrap_or_default();
+    ctx.render(
+        None,
+        template,
+        status,
+        json!({
+            "next": next.unwrap_or(""),
+            "next_q": next_q,
+            "error": error,
+            "values": values,
+            "from_sso": req.cookie(SSO_COOKIE).is_some(),
+        }),
+    )
+}
+
+async fn login_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let next = next_of(&ctx, None);
+    match current_user(&state, &req) {
+        Ok(Some(user)) => {
+            // Already logged in: take the grant and go on.
+            let instance = redeem(&state, &req, &user).await;
+            let mut r = ctx.redirect(&after_login(next.as_deref(), instance.as_deref()));
+            if req.cookie(SSO_COOKIE).is_some() {
+                let _ = r.add_cookie(&cleared(SSO_COOKIE));
+            }
+            r
+        }
+        Ok(None) => auth_page(&ctx, &req, "login.html", StatusCode::OK, next.as_deref(), None, json!({ "email": "" })),
+        Err(()) => ctx.unavailable(None),
+    }
+}
+
+async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let Some(fields) = form(&state, &req, &body) else {
+        let next = next_of(&ctx, None);
+        let err = Some(ctx.t("err_csrf").to_string());
+        return auth_page(
+            &ctx,
+            &req,
+            "login.html",
+            StatusCode::FORBIDDEN,
+            next.as_deref(),
+            err,
+            json!({ "email": "" }),
+        );
+    };
+    let next = next_of(&ctx, Some(&fields));
+    let raw_email = param(&fields, "email").unwrap_or("").trim().to_string();
+    let values = json!({ "email": raw_email });
+    let fail = |status: StatusCode, code: &str| {
+        let err = Some(error_text(ctx.lang, code));
+        auth_page(&ctx, &req, "login.html", status, next.as_deref(), err, values.clone())
+    };
+    let (Ok(email), Ok(password)) =
+        (Email::parse(raw_email.clone()), Password::parse(param(&fields, "password").unwrap_or("").to_string()))
+    else {
+        return fail(StatusCode::UNAUTHORIZED, "invalid_credentials");
+    };
+    match state.accounts.login(&email, password).await {
+        Ok((token, _, user)) => {
+            tracing::info!(user = %user.id, "logged in (page)");
+            logged_in(&state, &req, &ctx, &user, &token, next.as_deref()).await
+        }
+        Err(crate::accounts::Error::InvalidCredentials) => fail(StatusCode::UNAUTHORIZED, "invalid_credentials"),
+        Err(e) => {
+            let e = ApiError::from(e);
+            if e.status.is_server_error() {
+                ctx.unavailable(None)
+            } else {
+                fail(e.status, &e.code)
+            }
+        }
+    }
+}
+
+async fn register_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let next = next_of(&ctx, None);
+    auth_page(&ctx, &req, "register.html", StatusCode::OK, next.as_deref(), None, json!({ "email": "", "name": "" }))
+}
+
+async fn register_post(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let Some(fields) = form(&state, &req, &body) else {
+        let next = next_of(&ctx, None);
+        let err = Some(ctx.t("err_csrf").to_string());
+        let values = json!({ "email": "", "name": "" });
+        return auth_page(&ctx, &req, "register.html", StatusCode::FORBIDDEN, next.as_deref(), err, values);
+    };
+    let next = next_of(&ctx, Some(&fields));
+    let raw_email = param(&fields, "email").unwrap_or("").trim().to_string();
+    let raw_name = param(&fields, "name").unwrap_or("").trim().to_string();
+    let raw_password = param(&fields, "password").unwrap_or("").to_string();
+    let values = json!({ "email": raw_email, "name": raw_name });
+    let fail = |status: StatusCode, code: &str| {
+        let err = Some(error_text(ctx.lang, code));
+        auth_page(&ctx, &req, "register.html", status, next.as_deref(), err, values.clone())
+    };
+    let email = match Email::parse(raw_email.clone()) {
+        Ok(e) => e,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.code),
+    };
+    let name = match Name::parse(raw_name.clone()) {
+        Ok(n) => n,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.code),
+    };
+    let (password, again) = match (Password::parse(raw_password.clone()), Password::parse(raw_password)) {
+        (Ok(p), Ok(a)) => (p, a),
+        (Err(e), _) | (_, Err(e)) => return fail(StatusCode::BAD_REQUEST, e.code),
+    };
+    let user = match state.accounts.register(email.clone(), password, name).await {
+        Ok(u) => u,
+        Err(crate::accounts::Error::EmailTaken) => return fail(StatusCode::CONFLICT, "email_taken"),
+        Err(e) => {
+            tracing::error!(error = %e, "registration failed (page)");
+            return ctx.unavailable(None);
+        }
+    };
+    tracing::info!(user = %user.id, "account registered (page)");
+    match state.accounts.login(&email, again).await {
+        Ok((token, _, user)) => logged_in(&state, &req, &ctx, &user, &token, next.as_deref()).await,
+        Err(e) => {
+            tracing::error!(error = %e, "login after registration failed (page)");
+            let next_q = next.map(|n| format!("?next={}", enc(&n))).unwrap_or_default();
+            ctx.redirect(&format!("/login{next_q}"))
+        }
+    }
+}
+
+async fn logout_post(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    if form(&state, &req, &body).is_none() {
+        return ctx.message(None, StatusCode::FORBIDDEN, "error_title", "err_csrf", Some(("/", ctx.t("home"))));
+    }
+    if let Some(token) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_string()) {
+        if let Err(e) = state.accounts.logout(&token).await {
+            tracing::error!(error = %e, "logout failed (page)");
+            return ctx.unavailable(None);
+        }
+    }
+    let mut r = ctx.redirect("/login");
+    let _ = r.add_cookie(&cleared(SESSION_COOKIE));
+    r
+}
+
+/// A path segment or query value, percent-encoded (RFC 3986 unreserved characters stay literal).
+fn enc(s: &str) -> String {
+    percent_encode(s)
+}
+
+/// Home: the user's organizations and the marketplace subscriptions they came to.
+async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let user = match require_user(&state, &req, &ctx) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let orgs = match my_orgs(&state, &user) {
+        Ok(o) => o,
+        Err(e) => return ctx.api_error(Some(&user), &e),
+    };
+    let orgs: Vec<Value> = orgs
+        .into_iter()
+        .map(|(org, role, st, data)| {
+            json!({
+                "org_id": org, "name": data.name, "role": role, "status": super::accounts::billing_status(&st),
+                "billing_url": role.may_manage_billing().then(|| format!("/orgs/{}/billing", enc(org.as_str()))),
+            })
+        })
+        .collect();
+    let granted = match state.accounts.granted(&user.id) {
+        Ok(g) => g,
+        Err(e) => return ctx.api_error(Some(&user), &e.into()),
+    };
+    let subs: Vec<Value> = granted
+        .iter()
+        .filter_map(|i| marketplace::visible(&state, &user, i).ok().map(|(st, d)| (i, st, d)))
+        .filter(|(_, st, _)| st == "active")
+        .map(|(i, st, d)| {
+            json!({
+                "instance_id": i, "status": st, "aliyun_account_id": d.ali_uid, "org_id": d.org,
+                "bind_url": format!("/bind/{}", enc(i)),
+            })
+        })
+        .collect();
+    ctx.render(Some(&user), "home.html", StatusCode::OK, json!({ "orgs": orgs, "subscriptions": subs }))
+}
+
+/// The binding page's data, with an optional error and the organization to preselect.
+fn bind_page(
+    state: &AppState,
+    ctx: &Ctx,
+    user: &User,
+    instance: &str,
+    status: StatusCode,
+    error: Option<String>,
+    selected: Option<&str>,
+) -> HttpResponse {
+    let (st, sub) = match marketplace::visible(state, user, instance) {
+        Ok(v) => v,
+        Err(e) if e.status.is_client_error() => {
+            return ctx.message(
+                Some(user),
+                StatusCode::NOT_FOUND,
+                "not_found_title",
+                "sub_not_found",
+                Some((MARKET_CONSOLE_URL, ctx.t("market_console"))),
+            )
+        }
+        Err(e) => return ctx.api_error(Some(user), &e),
+    };
+    let opts = match marketplace::options(state, user, instance) {
+        Ok(o) => o,
+        Err(e) => return ctx.api_error(Some(user), &e),
+    };
+    let bindable: Vec<&str> = opts["orgs"]
+        .as_array()
+        .map(|a| a.iter().filter(|o| o["bindable"] == true).filter_map(|o| o["org_id"].as_str()).collect())
+        .unwrap_or_default();
+    // One choice is preselected; with several, the buyer picks.
+    let selected = selected.filter(|s| bindable.contains(s)).or(if bindable.len() == 1 {
+        bindable.first().copied()
+    } else {
+        None
+    });
+    let binding = sub.binding.as_ref().map(|b| json!({ "status": b.status, "code": b.code, "org_id": b.org_id }));
+    let bound_org_url = sub.org.as_ref().map(|o| format!("/orgs/{}/billing", enc(o.as_str())));
+    ctx.render(
+        Some(user),
+        "bind.html",
+        status,
+        json!({
+            "instance_id": instance,
+            "aliyun_account_id": sub.ali_uid,
+            "sub_status": st,
+            "sub_status_label": ctx.t(&format!("sub_{st}")),
+            "opts": opts,
+            "selected": selected,
+            "error": error,
+            "binding": binding,
+            "bound_org_url": bound_org_url,
+            "action": format!("/bind/{}", enc(instance)),
+            "processing_url": format!("/bind/{}/processing", enc(instance)),
+            "support_url": SUPPORT_URL,
+        }),
+    )
+}
+
+async fn bind_get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let user = match require_user(&state, &req, &ctx) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    bind_page(&state, &ctx, &user, &path.into_inner(), StatusCode::OK, None, None)
+}
+
+async fn bind_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let user = match require_user(&state, &req, &ctx) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let instance = path.into_inner();
+    let Some(fields) = form(&state, &req, &body) else {
+        let err = Some(ctx.t("err_csrf").to_string());
+        return bind_page(&state, &ctx, &user, &instance, StatusCode::FORBIDDEN, err, None);
+    };
+    let Some(org) = param(&fields, "org_id").filter(|o| !o.is_empty()) else {
+        let err = Some(error_text(ctx.lang, "select_org"));
+        return bind_page(&state, &ctx, &user, &instance, StatusCode::UNPROCESSABLE_ENTITY, err, None);
+    };
+    match marketplace::bind(&state, &user, &instance, org).await {
+        Ok((binding, _)) => {
+            tracing::info!(user = %user.id, %binding, "binding requested (page)");
+            ctx.redirect(&format!("/bind/{}/processing", enc(&instance)))
+        }
+        Err(e) if e.status.is_server_error() => ctx.api_error(Some(&user), &e),
+        Err(e) => {
+            let err = Some(error_text(ctx.lang, &e.code));
+            bind_page(&state, &ctx, &user, &instance, e.status, err, Some(org))
+        }
+    }
+}
+
+/// "Zilliz Cloud 正在处理您的授权请求", until the binding is decided.
+async fn processing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let user = match require_user(&state, &req, &ctx) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let instance = path.into_inner();
+    let sub = match marketplace::visible(&state, &user, &instance) {
+        Ok((_, sub)) => sub,
+        Err(e) if e.status.is_client_error() => {
+            return ctx.message(
+                Some(&user),
+                StatusCode::NOT_FOUND,
+                "not_found_title",
+                "sub_not_found",
+                Some((MARKET_CONSOLE_URL, ctx.t("market_console"))),
+            )
+        }
+        Err(e) => return ctx.api_error(Some(&user), &e),
+    };
+    let Some(b) = sub.binding.as_ref() else {
+        return ctx.redirect(&format!("/bind/{}", enc(&instance)));
+    };
+    let reason = b.code.as_deref().map(|c| error_text(ctx.lang, c));
+    ctx.render(
+        Some(&user),
+        "processing.html",
+        StatusCode::OK,
+        json!({
+            "instance_id": instance,
+            "status": b.status,
+            "code": b.code,
+            "reason": reason,
+            "billing_url": format!("/orgs/{}/billing", enc(b.org_id.as_str())),
+            "bind_url": format!("/bind/{}", enc(&instance)),
+            "poll_url": format!("/api/v1/marketplace/aliyun/subscriptions/{}", enc(&instance)),
+        }),
+    )
+}
+
+/// 帐单概览, for Owners and Billing Admins.
+async fn billing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let user = match require_user(&state, &req, &ctx) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let not_found = || {
+        ctx.message(Some(&user), StatusCode::NOT_FOUND, "not_found_title", "org_not_found", Some(("/", ctx.t("home"))))
+    };
+    let Ok(org) = OrgId::parse(path.into_inner()) else { return not_found() };
+    let (st, data) = match load_org(&state, &org) {
+        Ok(Some(v)) => v,
+        Ok(None) => return not_found(),
+        Err(e) => return ctx.api_error(Some(&user), &e),
+    };
+    let Some(role) = data.role_of(&user.id) else { return not_found() };
+    if !role.may_manage_billing() {
+        return ctx.message(
+            Some(&user),
+            StatusCode::FORBIDDEN,
+            "forbidden_title",
+            "forbidden_billing",
+            Some(("/", ctx.t("home"))),
+        );
+    }
+    let view = billing_view(&org, &st, &data);
+    ctx.render(
+        Some(&user),
+        "billing.html",
+        StatusCode::OK,
+        json!({ "billing": view, "role": role, "market_url": MARKET_PRODUCT_URL }),
+    )
+}
+
+/// `/assets/{name}`: from memory, cached for a day.
+async fn asset(path: web::Path<String>) -> HttpResponse {
+    let name = path.into_inner();
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, content_type, body)) => HttpResponse::Ok()
+            .content_type(*content_type)
+            .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+            .body(*body),
+        None => HttpResponse::NotFound()
+            .content_type("text/plain; charset=utf-8")
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+            .body("not found"),
+    }
+}
+
+/// Registers the pages and their assets.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let limit = || web::PayloadConfig::new(FORM_LIMIT);
+    cfg.route("/", web::get().to(home))
+        .service(
+            web::resource("/login").app_data(limit()).route(web::get().to(login_get)).route(web::post().to(login_post)),
+        )
+        .service(
+            web::resource("/register")
+                .app_data(limit())
+                .route(web::get().to(register_get))
+                .route(web::post().to(register_post)),
+        )
+        .service(web::resource("/logout").app_data(limit()).route(web::post().to(logout_post)))
+        .service(
+            web::resource("/bind/{instance_id}")
+                .app_data(limit())
+                .route(web::get().to(bind_get))
+                .route(web::post().to(bind_post)),
+        )
+        .route("/bind/{instance_id}/processing", web::get().to(processing))
+        .route("/orgs/{org_id}/billing", web::get().to(billing))
+        .route("/assets/{name}", web::get().to(asset));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_followed_only_to_local_paths() {
+        assert_eq!(safe_next("/bind/abc").as_deref(), Some("/bind/abc"));
+        assert_eq!(safe_next("/orgs/org_1/billing?lang=en").as_deref(), Some("/orgs/org_1/billing?lang=en"));
+        assert_eq!(safe_next("/bind/中").as_deref(), Some("/bind/%E4%B8%AD"));
+        for bad in ["//evil.example", "https://evil.example", "/\\evil.example", "evil", "", "/\t/evil", "/a b", "/\n"]
+        {
+            assert_eq!(safe_next(bad), None, "{bad:?}");
+        }
+        assert_eq!(safe_next(&format!("/{}", "a".repeat(NEXT_MAX))), None);
+        assert_eq!(after_login(Some("//evil"), Some("i-1")), "/bind/i-1");
+        assert_eq!(after_login(None, None), "/");
+    }
+
+    #[test]
+    fn every_template_compiles_and_every_string_has_both_languages() {
+        for (name, _) in TEMPLATES {
+            assert!(templates().get_template(name).is_ok(), "{name}");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (k, zh, en) in STRINGS {
+            assert!(seen.insert(*k), "duplicate key {k}");
+            let optional = k.starts_with("no_orgs_ticket");
+            assert!(optional || (!zh.is_empty() && !en.is_empty()), "{k}");
+        }
+    }
+
+    fn render(template: &str, lang: Lang, extra: Value) -> String {
+        let mut ctx = Map::new();
+        ctx.insert("lang".into(), json!(lang.tag()));
+        ctx.insert("t".into(), json!(strings(lang)));
+        ctx.insert("csrf".into(), json!("tok"));
+        ctx.insert("switch_url".into(), json!("/x?lang=en"));
+        ctx.insert("user".into(), json!({ "email": "a@example.com", "name": "<b>Ann</b>" }));
+        if let Value::Object(e) = extra {
+            ctx.extend(e);
+        }
+        templates()
+            .get_template(template)
+            .and_then(|t| t.render(Value::Object(ctx)))
+            .unwrap_or_else(|e| panic!("{template}: {e:#}"))
+    }
+
+    #[test]
+    fn pages_render_and_escape_user_data() {
+        let opts = json!({
+            "instance_id": "i-1", "subscription_status": "active", "can_confirm": true, "reason": null, "binding": null,
+            "orgs": [
+                { "org_id": "org_a", "name": "<script>x</script>", "role": "owner", "bindable": true, "reason": null },
+                { "org_id": "org_b", "name": "B", "role": "member", "bindable": false, "reason": "insufficient_permission" },
+                { "org_id": "org_c", "name": "C", "role": "owner", "bindable": false, "reason": "org_already_bound" },
+            ],
+        });
+        let html = render(
+            "bind.html",
+            Lang::Zh,
+            json!({
+                "instance_id": "i-1", "aliyun_account_id": "1688", "sub_status": "active", "sub_status_label": "已开通",
+                "opts": opts, "selected": "org_a", "error": null, "binding": null, "bound_org_url": null,
+                "action": "/bind/i-1", "processing_url": "/bind/i-1/processing", "support_url": SUPPORT_URL,
+            }),
+        );
+        assert!(html.contains("绑定云市场订阅") && html.contains("权限不足") && html.contains("已绑定云市场订阅"));
+        assert!(!html.contains("<script>x</script>") && html.contains("&lt;script&gt;"), "escaped");
+        assert!(!html.contains("<b>Ann</b>"));
+        assert_eq!(html.matches("type=\"radio\"").count(), 1);
+        assert!(html.contains("确认绑定"));
+
+        let empty = json!({ "instance_id": "i-1", "subscription_status": "active", "can_confirm": false,
+                            "reason": "no_organizations", "binding": null, "orgs": [] });
+        let html = render(
+            "bind.html",
+            Lang::En,
+            json!({
+                "instance_id": "i-1", "aliyun_account_id": "1688", "sub_status": "active", "sub_status_label": "Active",
+                "opts": empty, "selected": null, "error": "x", "binding": null, "bound_org_url": null,
+                "action": "/bind/i-1", "processing_url": "/p", "support_url": SUPPORT_URL,
+            }),
+        );
+        assert!(html.contains("disabled") && html.contains("open a ticket"));
+
+        let org = crate::domain::organization::Organization {
+            history: vec![crate::domain::organization::HistoryEntry {
+                at: Utc::now(),
+                kind: "switched".into(),
+                instance_id: Some("i-2".into()),
+                aliyun_account_id: Some("222".into()),
+                from_aliyun_account_id: Some("111".into()),
+                reason: None,
+                detail: String::new(),
+            }],
+            ..Default::default()
+        };
+        let Ok(org_id) = OrgId::parse("org_x") else { panic!("org id") };
+        let view = billing_view(&org_id, "frozen", &org);
+        for lang in [Lang::Zh, Lang::En] {
+            let html =
+                render("billing.html", lang, json!({ "billing": view, "role": "owner", "market_url": "https://m" }));
+            assert!(html.contains("111") && html.contains("222"));
+        }
+        for status in ["pending", "bound", "refused"] {
+            let html = render(
+                "processing.html",
+                Lang::Zh,
+                json!({ "instance_id": "i-1", "status": status, "code": null, "reason": "r", "billing_url": "/b",
+                        "bind_url": "/bind/i-1", "poll_url": "/api" }),
+            );
+            assert!(html.contains("Zilliz Cloud"), "{status}");
+        }
+        for t in ["login.html", "register.html"] {
+            render(
+                t,
+                Lang::En,
+                json!({ "next": "/bind/i", "next_q": "?next=%2Fbind", "error": null, "values": { "email": "", "name": "" },
+                        "from_sso": true }),
+            );
+        }
+        render(
+            "message.html",
+            Lang::Zh,
+            json!({ "title": "t", "text": "x", "code": "c", "link": { "href": "/", "label": "l" } }),
+        );
+        render("home.html", Lang::Zh, json!({ "orgs": [], "subscriptions": [] }));
+    }
+
+    #[test]
+    fn accept_language_picks_the_preferred_of_zh_and_en() {
+        let req =
+            |v: &str| actix_web::test::TestRequest::default().insert_header(("accept-language", v)).to_http_request();
+        assert_eq!(accept_language(&req("en-US,en;q=0.9")), Some(Lang::En));
+        assert_eq!(accept_language(&req("zh-CN,zh;q=0.9,en;q=0.8")), Some(Lang::Zh));
+        assert_eq!(accept_language(&req("fr, en;q=0.5, zh;q=0.7")), Some(Lang::Zh));
+        assert_eq!(accept_language(&req("fr")), None);
+    }
+}
