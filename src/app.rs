@@ -172,7 +172,11 @@ impl Application {
         let accounts = crate::accounts::Accounts::new(engine.clone());
         let state = web::Data::new(AppState { engine: engine.clone(), config, accounts, catalog });
         let server = HttpServer::new(move || {
-            App::new().app_data(state.clone()).wrap(tracing_actix()).configure(http::configure)
+            App::new()
+                .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(http::metrics::count))
+                .wrap(tracing_actix())
+                .configure(http::configure)
         })
         .workers(2)
         .shutdown_timeout(10)

@@ -97,3 +97,24 @@ async fn the_ops_api_checks_who_is_calling_and_answers_with_stable_codes() {
     assert_eq!((s, b["code"].as_str()), (404, Some("not_found")));
     app.handle.stop(true).await;
 }
+
+#[actix_rt::test]
+async fn metrics_are_served_in_the_prometheus_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn(dir.path()).await;
+    app.get("/api/v1/ops/timers", Some("op-token")).await;
+    let body = app.http.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "marketflow_commits_total",
+        "marketflow_commit_groups_total",
+        "marketflow_timers_fired_total",
+        "marketflow_actors_live",
+    ] {
+        assert!(body.contains(&format!("# TYPE {name} ")), "{name} in {body}");
+    }
+    assert!(
+        body.contains(r#"marketflow_http_requests_total{method="GET",route="/api/v1/ops/timers",status="200"}"#),
+        "{body}"
+    );
+    app.handle.stop(true).await;
+}

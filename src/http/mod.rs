@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod auth;
 pub mod error;
 pub mod marketplace;
+pub mod metrics;
 pub mod ops;
 pub mod pages;
 pub mod session;
@@ -67,6 +68,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics::metrics))
     .service(web::resource("/aliyun/spi").route(web::get().to(spi::spi)).route(web::post().to(spi::spi)))
     .route("/aliyun/sso", web::get().to(sso::sso))
     .service(web::scope("/api/v1/ops").configure(ops::configure).configure(usage::configure_ops))
