@@ -13,6 +13,7 @@
 //! - [`calls`]: the external calls workflows name, performed by the Market OpenAPI client.
 //! - [`ctl`]: the operator CLI (`marketflow ctl`) over the HTTP ops API, tables or JSON.
 //! - [`config`]: defaults < file < environment < flags; secrets that never print.
+//! - [`demo`]: `marketflow demo`, the whole lifecycle walked in one process on a scaled clock.
 //! - [`domain`]: the product's workflows (subscription, ...): guards and actions named by `workflows/*.toml`.
 //! - [`http`]: routes, bearer-token roles, JSON errors with stable codes.
 //! - [`app`]: builds the application the same way for `main` and the tests; the persisted clock anchor.
@@ -27,6 +28,7 @@ pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod ctl;
+pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod failpoint;

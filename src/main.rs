@@ -1,4 +1,4 @@
-//! The `marketflow` binary: `serve`, `simulate`, `ctl` (`demo` follows with the operator issue).
+//! The `marketflow` binary: `serve`, `simulate`, `ctl`, `demo`.
 
 use clap::{Parser, Subcommand};
 use marketflow::app::{init_tracing, Application};
@@ -19,6 +19,8 @@ enum Command {
     Simulate(marketflow::aliyun::simulator::SimulateArgs),
     /// Operator CLI over the HTTP API: entities, journals, timers, actions (tables or JSON).
     Ctl(marketflow::ctl::CtlArgs),
+    /// The service and the marketplace in one process on a scaled clock, walking the whole lifecycle.
+    Demo(marketflow::demo::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +54,17 @@ fn main() -> std::process::ExitCode {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("marketflow ctl: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(args) => {
+            init_tracing(marketflow::config::LogFormat::Human);
+            let mut stdout = std::io::stdout();
+            match actix_web::rt::System::new().block_on(marketflow::demo::run(args, &mut stdout)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("marketflow demo: {e}");
                     std::process::ExitCode::FAILURE
                 }
             }
