@@ -7,6 +7,7 @@ pub mod marketplace;
 pub mod metrics;
 pub mod ops;
 pub mod pages;
+pub mod routes;
 pub mod session;
 pub mod spi;
 pub mod sso;
