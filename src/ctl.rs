@@ -83,6 +83,8 @@ pub enum CtlCommand {
     Timers(TimersArgs),
     /// Act on an entity: retry, cancel, pause, resume, freeze, unfreeze (audited with --operator and --reason).
     Action(ActionArgs),
+    /// The audit trail of operators' actions, newest first: who did what to which entity, when and why.
+    Audit(AuditArgs),
 }
 
 /// `ctl entities ...`
@@ -153,6 +155,14 @@ pub struct TimersArgs {
     #[arg(long, value_name = "TIME|+DURATION")]
     pub due_before: Option<DueBefore>,
     /// At most this many timers (1–1000; the service's default is 100).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// The flags of `ctl audit`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuditArgs {
+    /// At most this many entries (1–1000; the service's default is 100).
     #[arg(long)]
     pub limit: Option<usize>,
 }
@@ -277,6 +287,7 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), Error> {
         CtlCommand::Entity { command: EntityCommand::Journal(j) } => journal(&client, j, args.output, out).await,
         CtlCommand::Timers(t) => timers(&client, t, args.output, out).await,
         CtlCommand::Action(a) => action(&client, a, args.output, out).await,
+        CtlCommand::Audit(a) => audit(&client, a, args.output, out).await,
     }
 }
 
@@ -710,6 +721,28 @@ async fn action(client: &Client, a: &ActionArgs, output: Output, out: &mut dyn W
         }
         other => print_json(out, other),
     }
+}
+
+async fn audit(client: &Client, a: &AuditArgs, output: Output, out: &mut dyn Write) -> Result<(), Error> {
+    let query: Vec<(&str, String)> = a.limit.map(|l| ("limit", l.to_string())).into_iter().collect();
+    let page = client.get(client.ops_url(&["audit"], &query)?).await?;
+    if output == Output::Json {
+        return print_json(out, &page);
+    }
+    let items = array(&page, "items");
+    if items.is_empty() {
+        writeln!(out, "no operator actions yet")?;
+        return Ok(());
+    }
+    let mut t = Table::new(&["AT", "OPERATOR", "ENTITY", "ACTION", "REASON"]);
+    for e in &items {
+        let text = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+        t.row(vec![time_text(e, "at"), text("operator"), text("entity"), text("action"), text("reason")]);
+    }
+    t.write(out, 0)?;
+    let n = items.len();
+    writeln!(out, "{n} {}", if n == 1 { "action" } else { "actions" })?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------
