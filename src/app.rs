@@ -144,7 +144,7 @@ impl Application {
     pub async fn build_with(mut config: Config, overrides: Overrides) -> Result<Self, Error> {
         let Overrides { clock, listener } = overrides;
         let store: Arc<dyn Store> = Arc::new(
-            SledStore::open(&config.data_dir)
+            SledStore::open_with_cache(&config.data_dir, config.sled_cache_mb)
                 .map_err(|source| Error::Store { dir: config.data_dir.display().to_string(), source })?,
         );
         let clock = match clock {

@@ -75,6 +75,8 @@ pub struct Config {
     pub catalog_file: Option<PathBuf>,
     /// Whether the config file named the endpoint (then `--dev` does not replace it with the simulator).
     pub endpoint_from_file: bool,
+    /// sled's page cache in MiB: more keeps a larger working set off the disk, and stays resident.
+    pub sled_cache_mb: u64,
 }
 
 impl Default for Config {
@@ -100,6 +102,7 @@ impl Default for Config {
             timer_overrides: vec![],
             catalog_file: None,
             endpoint_from_file: false,
+            sled_cache_mb: crate::store::sled_store::DEFAULT_CACHE_MB,
         }
     }
 }
@@ -116,6 +119,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub workflows_dir: Option<PathBuf>,
     pub catalog: Option<PathBuf>,
+    pub sled_cache_mb: Option<u64>,
     #[serde(default)]
     pub aliyun: AliyunFile,
     #[serde(default)]
@@ -186,6 +190,9 @@ pub struct ServeArgs {
     /// The price catalog (TOML) instead of the built-in `config/catalog.toml`.
     #[arg(long, env = "MARKETFLOW_CATALOG")]
     pub catalog: Option<PathBuf>,
+    /// sled's page cache in MiB (resident memory grows up to about this much with the entities touched).
+    #[arg(long, env = "MARKETFLOW_SLED_CACHE_MB")]
+    pub sled_cache_mb: Option<u64>,
     /// Where the in-process simulator of `--dev` listens.
     #[arg(long, env = "MARKETFLOW_SIMULATOR_LISTEN")]
     pub simulator_listen: Option<String>,
@@ -258,6 +265,9 @@ impl Config {
         if let Some(v) = &args.simulator_listen {
             c.simulator_listen = v.clone();
         }
+        if let Some(v) = args.sled_cache_mb {
+            c.sled_cache_mb = v;
+        }
         c.dev = args.dev;
         c.dev_simulator = args.dev && args.aliyun_endpoint.is_none() && !c.endpoint_from_file;
         c.validate()?;
@@ -293,6 +303,9 @@ impl Config {
         if let Some(v) = f.catalog {
             self.catalog_file = Some(v);
         }
+        if let Some(v) = f.sled_cache_mb {
+            self.sled_cache_mb = v;
+        }
         self.isv_key = f.aliyun.isv_key.or(self.isv_key.take());
         if let Some(v) = f.aliyun.endpoint {
             self.aliyun_endpoint = v;
@@ -319,6 +332,12 @@ impl Config {
             return Err(Error::Invalid {
                 name: "MARKETFLOW_TIME_SCALE",
                 message: format!("must be a number in (0, 1000000], got {}", self.time_scale),
+            });
+        }
+        if !(16..=1 << 20).contains(&self.sled_cache_mb) {
+            return Err(Error::Invalid {
+                name: "MARKETFLOW_SLED_CACHE_MB",
+                message: format!("must be between 16 and 1048576 (MiB), got {}", self.sled_cache_mb),
             });
         }
         if self.dev {
@@ -392,5 +411,26 @@ mod tests {
         }
         let bad = ServeArgs { time_scale: Some(-1.0), dev: true, ..Default::default() };
         assert!(Config::resolve(&bad).is_err());
+    }
+
+    #[test]
+    fn the_sled_cache_size_is_layered_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "sled_cache_mb = 64\n").unwrap();
+        let dev = |config: Option<PathBuf>, sled_cache_mb| ServeArgs {
+            config,
+            sled_cache_mb,
+            dev: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(&dev(None, None)).unwrap().sled_cache_mb,
+            crate::store::sled_store::DEFAULT_CACHE_MB
+        );
+        assert_eq!(Config::resolve(&dev(Some(file.clone()), None)).unwrap().sled_cache_mb, 64);
+        assert_eq!(Config::resolve(&dev(Some(file), Some(512))).unwrap().sled_cache_mb, 512);
+        let e = Config::resolve(&dev(None, Some(0))).unwrap_err().to_string();
+        assert!(e.contains("MARKETFLOW_SLED_CACHE_MB"), "{e}");
     }
 }

@@ -15,12 +15,22 @@
 //! - [`config`]: defaults < file < environment < flags; secrets that never print.
 //! - [`demo`]: `marketflow demo`, the whole lifecycle walked in one process on a scaled clock.
 //! - [`domain`]: the product's workflows (subscription, ...): guards and actions named by `workflows/*.toml`.
-//! - [`http`]: routes, bearer-token roles, JSON errors with stable codes.
+//! - [`http`]: routes (one table of every route and who it admits: `http::routes`), bearer-token roles, JSON
+//!   errors with stable codes, the OpenAPI document built from the handlers' annotations (`http::openapi`), the
+//!   buyer's pages and the operator console.
 //! - [`app`]: builds the application the same way for `main` and the tests; the persisted clock anchor.
 //!
 //! - [`usage`]: usage records of Zilliz Cloud's services, stored once by record id, read per window.
 //!
 //! Dependencies point one way: `engine` knows no organization or subscription, `store` knows no engine.
+/// jemalloc instead of glibc's malloc, for every binary, test and bench that links this crate (so the benches
+/// measure what the service runs). glibc's malloc took 35-45 % of the engine's CPU (sled copies and frees a leaf on
+/// every write) and kept what was freed; jemalloc's background thread hands unused pages back after its decay time,
+/// also while the process is idle, which mimalloc (as fast) did not. BENCHMARKS.md has the measurements.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod accounts;
 pub mod aliyun;
 pub mod app;

@@ -76,7 +76,7 @@ pub fn n(x: f64) -> String {
 /// through [`SledStore`] (the engine's own write path, without the engine). Keys are spread over the key space
 /// as the engine's are. Returns (commits/s, keys/s).
 pub fn raw_sled(dir: &Path, keys: usize, value_len: usize, duration: Duration) -> (f64, f64) {
-    let store = SledStore::open(dir).expect("store opens");
+    let store = SledStore::open_with_cache(dir, cache_mb()).expect("store opens");
     let value = vec![7u8; value_len];
     let start = Instant::now();
     let mut commits = 0u64;
@@ -152,9 +152,15 @@ where
     start.elapsed()
 }
 
-/// Opens a sled store behind the trait.
+/// The sled page cache the benches open stores with: `MARKETFLOW_SLED_CACHE_MB` as the service reads it, or the
+/// service's default, so that one binary can be measured with several sizes.
+pub fn cache_mb() -> u64 {
+    env_usize("MARKETFLOW_SLED_CACHE_MB", marketflow::store::sled_store::DEFAULT_CACHE_MB as usize) as u64
+}
+
+/// Opens a sled store behind the trait, with the page cache of [`cache_mb`].
 pub fn open(dir: &Path) -> Arc<dyn Store> {
-    Arc::new(SledStore::open(dir).expect("store opens"))
+    Arc::new(SledStore::open_with_cache(dir, cache_mb()).expect("store opens"))
 }
 
 /// Waits in real time until `cond` holds or `limit` passes; returns the time waited, `None` on timeout.

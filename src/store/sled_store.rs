@@ -18,6 +18,13 @@ use super::{Batch, Error, Op, Store, Table};
 /// The largest value the store accepts; well under sled's blob threshold, so every value is in the fsynced log.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
+/// sled's page cache when none is configured, in MiB (`MARKETFLOW_SLED_CACHE_MB`).
+///
+/// sled's own default is 1 GiB, and it keeps every page it read or wrote until the cache is full: resident memory
+/// grows with every entity touched and never comes back. `benches/` (BENCHMARKS.md, "sled's cache") measured the
+/// trade: a smaller cache costs page-ins only once the working set outgrows it.
+pub const DEFAULT_CACHE_MB: u64 = 256;
+
 /// sled, plus the file descriptor we fsync.
 pub struct SledStore {
     /// The database and the single tree every table lives in; `None` once closed, which releases sled's lock
@@ -52,10 +59,11 @@ fn full_bound(table: Table, b: Bound<Vec<u8>>, is_end: bool) -> Bound<Vec<u8>> {
     }
 }
 
-fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+fn open_sled(dir: &Path, cache_mb: u64) -> sled::Result<sled::Db> {
     sled::Config::new()
         .path(dir)
         .mode(sled::Mode::HighThroughput)
+        .cache_capacity(cache_mb.saturating_mul(1 << 20))
         // Durability comes from our own fsync after each group commit, not from a background timer.
         .flush_every_ms(None)
         .open()
@@ -85,14 +93,20 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, Error> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` with the default page cache ([`DEFAULT_CACHE_MB`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_MB)
+    }
+
+    /// Opens (or creates) the store in `dir`, with a page cache of at most `cache_mb` MiB (sled's accounting of
+    /// its pages; resident memory is somewhat more).
+    pub fn open_with_cache(dir: impl AsRef<Path>, cache_mb: u64) -> Result<Self, Error> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
-        let db = match open_sled(&dir) {
+        let db = match open_sled(&dir, cache_mb) {
             // A process killed while sled wrote a snapshot leaves one that sled refuses forever after; without it,
             // sled recovers from the previous snapshot and the log (see `remove_unfinished_snapshots`).
-            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(&dir)? > 0 => open_sled(&dir),
+            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(&dir)? > 0 => open_sled(&dir, cache_mb),
             other => other,
         }
         .map_err(backend)?;
