@@ -414,6 +414,7 @@ impl Client {
         Err(match status {
             StatusCode::UNAUTHORIZED => Error::Unauthorized,
             StatusCode::FORBIDDEN => Error::Forbidden { message },
+            // The service names an unrouted path `no_such_route` (an older service: `not_found`, "no such route").
             StatusCode::NOT_FOUND if code == "not_found" && message != "no such route" && !message.is_empty() => {
                 Error::NotFound { message }
             }

@@ -320,7 +320,8 @@ pub async fn run(args: DemoArgs, out: &mut dyn std::io::Write) -> Result<(), Err
     let _ = writeln!(
         out,
         "\nbrowse: {service}/login (buyer@example.com / demo-password), {service}/orgs/{org}/billing;\n\
-        operators: marketflow ctl --token {OP} entities list; Ctrl-C to stop."
+        operators: {service}/console (token {OP}), {service}/api/docs, marketflow ctl --token {OP} entities list;\n\
+        Ctrl-C to stop."
     );
     let _ = out.flush();
     let _ = tokio::signal::ctrl_c().await;

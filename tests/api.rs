@@ -94,7 +94,7 @@ async fn the_ops_api_checks_who_is_calling_and_answers_with_stable_codes() {
     let (s, b) = app.get("/api/v1/ops/entities/subscription/none", Some("op-token")).await;
     assert_eq!((s, b["code"].as_str()), (404, Some("not_found")));
     let (s, b) = app.get("/no/such/route", None).await;
-    assert_eq!((s, b["code"].as_str()), (404, Some("not_found")));
+    assert_eq!((s, b["code"].as_str()), (404, Some("no_such_route")));
     app.handle.stop(true).await;
 }
 

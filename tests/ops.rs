@@ -117,6 +117,24 @@ async fn retry_and_cancel_a_failed_call_with_the_audit_trail() {
     assert_eq!((s, v["code"].as_str()), (400, Some("unknown_action")), "{v}");
     let (s, v) = act(&w, Some(OP), &entity, "retry", json!({ "reason": "x", "call_id": "nope" })).await;
     assert_eq!((s, v["code"].as_str()), (404, Some("not_found")), "{v}");
+    for (body, status, code) in [
+        (String::new(), 400, "reason_required"),
+        ("{not json".to_string(), 400, "invalid_json"),
+        (format!("{{\"reason\": \"{}\"}}", "x".repeat(70 * 1024)), 413, "payload_too_large"),
+    ] {
+        let r = w
+            .http
+            .post(format!("{}/api/v1/ops/entities/{entity}/actions/retry", w.service))
+            .bearer_auth(OP)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the service answers");
+        assert_eq!(r.status().as_u16(), status);
+        let v: Value = r.json().await.unwrap_or_default();
+        assert_eq!(v["code"], code, "{v}");
+    }
     let err = ctl(&w, "alice", &["action", &entity, "retry", "--call", &call]).await.unwrap_err();
     assert!(err.to_string().contains("reason_required"), "{err}");
     assert!(audit(&w).await.is_empty(), "refused actions are not audited");

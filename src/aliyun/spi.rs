@@ -110,7 +110,7 @@ macro_rules! id_type {
         ///
         /// Non-empty, at most [`MAX_ID_LEN`] bytes, printable ASCII without spaces: these IDs
         /// end up in URLs, logs and database keys, where anything else only causes trouble.
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 

@@ -51,7 +51,7 @@ pub struct Channel {
 }
 
 /// Why an organization is frozen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FrozenReason {
     Arrears,
@@ -70,7 +70,7 @@ impl FrozenReason {
 }
 
 /// One change of the payment channel or of the billing status, as the billing overview shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
     /// `bound`, `switched`, `recovered`, `released`, `window_opened`, `frozen`, `unfrozen`, `resumed`, `unlinked`.

@@ -75,7 +75,8 @@ impl MilliCu {
             return None;
         }
         let milli = (cu * 1000.0).round();
-        if (milli / 1000.0 - cu).abs() > 1e-9 {
+        // A positive amount below 1e-9 CU passes the tolerance check, yet rounds to zero thousandths.
+        if milli < 1.0 || (milli / 1000.0 - cu).abs() > 1e-9 {
             return None;
         }
         Some(Self(milli as u64))
@@ -164,6 +165,7 @@ mod tests {
         assert_eq!(MilliCu::from_f64(1.5), Some(MilliCu(1500)));
         assert_eq!(MilliCu::from_f64(0.001), Some(MilliCu(1)));
         assert_eq!(MilliCu::from_f64(0.0005), None);
+        assert_eq!(MilliCu::from_f64(1e-12), None, "positive, but zero thousandths");
         assert_eq!(MilliCu::from_f64(-1.0), None);
         assert_eq!(MilliCu::from_f64(f64::NAN), None);
         assert_eq!(MilliCu::from_f64(1e9), None);

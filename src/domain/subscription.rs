@@ -54,7 +54,7 @@ pub struct Subscription {
 }
 
 /// A binding attempt, as the buyer follows it ("processing your authorization").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Binding {
     pub binding_id: BindingId,
     pub org_id: OrgId,

@@ -195,7 +195,8 @@ impl Definition {
         let raw: RawDefinition = toml::from_str(source).map_err(|e| Error {
             file: file.to_string(),
             line: e.span().map(|s| cx.line(s.start)).unwrap_or(1),
-            message: e.message().to_string(),
+            // toml says nothing for some errors (`key =` at the end of the text): never an empty message.
+            message: if e.message().is_empty() { "invalid TOML".to_string() } else { e.message().to_string() },
         })?;
 
         let mut timers = BTreeMap::new();

@@ -25,14 +25,14 @@ pub struct EntityFilter {
 }
 
 /// A page of entities and where the next one starts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }
 
 /// A pending timer as operators read it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TimerView {
     pub entity: String,
     pub name: String,
@@ -55,7 +55,7 @@ impl TimerView {
 }
 
 /// One entity with everything an operator asks about it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EntityView {
     pub kind: String,
     pub id: String,

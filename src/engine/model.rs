@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::store::keys;
 
 /// Which workflow kind an entity runs and its id within that kind, e.g. `subscription/1000123`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntityKey {
     pub kind: String,
     pub id: String,
@@ -110,7 +110,7 @@ pub struct EntityRecord {
 }
 
 /// Who or what caused an input; journaled with every transition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Cause {
     /// A call of the HTTP API, by a principal.
@@ -172,7 +172,7 @@ impl Input {
 }
 
 /// How an input ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// A transition ran (the state may or may not have changed).
@@ -200,7 +200,7 @@ pub struct Outcome {
 }
 
 /// One line of an entity's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JournalEntry {
     pub seq: u64,
     pub at: DateTime<Utc>,
@@ -226,7 +226,7 @@ pub struct JournalEntry {
 }
 
 /// What a pending timer does when it fires.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TimerTarget {
     /// Deliver the named timer event to the entity.
@@ -258,7 +258,7 @@ impl TimerRow {
 }
 
 /// A message to another entity, kept until its receiver has processed it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutboxRow {
     /// Also the receiver's input id, so a redelivery is deduplicated there.
     pub id: String,
@@ -275,7 +275,7 @@ impl OutboxRow {
 }
 
 /// Where an external call stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CallStatus {
     /// To run now (or running).
@@ -289,7 +289,7 @@ pub enum CallStatus {
 }
 
 /// An external call started by a transition, kept until its result is consumed by the entity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallRow {
     pub id: String,
     pub entity: EntityKey,

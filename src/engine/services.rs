@@ -24,6 +24,8 @@ pub struct Services {
     calls_in_flight: Mutex<HashSet<String>>,
     /// Messages waiting for delivery, per sender, in send order; a sender with a queue has one worker draining it.
     outbox_queues: Mutex<HashMap<EntityKey, std::collections::VecDeque<OutboxRow>>>,
+    /// Told each fired timer's lateness in service milliseconds (the `/metrics` histogram), once installed.
+    pub(crate) timer_lateness: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -404,6 +406,7 @@ impl Engine {
             Ok(()) => {
                 inner.stats.timers_fired.fetch_add(1, Ordering::Relaxed);
                 inner.stats.timer_lateness_ms.fetch_add(late, Ordering::Relaxed);
+                inner.services.timer_lateness.get().inspect(|observe| observe(late));
             }
             Err(Error::Stopped) => {}
             Err(e) => {

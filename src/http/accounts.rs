@@ -3,35 +3,128 @@
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
 
 use super::auth::Operator;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::session::{session_token, CurrentUser, SESSION_COOKIE, SSO_COOKIE};
 use super::AppState;
 use crate::accounts::User;
-use crate::domain::ids::{Email, InvitationId, Name, OrgId, Password, Role};
-use crate::domain::organization::{self, Organization, OrganizationEvent};
+use crate::domain::ids::{Email, InvitationId, Name, OrgId, Password, Role, UserId};
+use crate::domain::organization::{self, FrozenReason, HistoryEntry, Organization, OrganizationEvent};
 use crate::engine::{Cause, EntityKey, Input, Status};
 use crate::store::Table;
 
 /// The Aliyun bill (费用账单) the billing overview links to.
 pub const ALIYUN_BILL_URL: &str = "https://usercenter2.aliyun.com/finance/expense-report/expense-detail";
 
-#[derive(Deserialize)]
+/// The accounts' part of the API description (and the operators' organization creation).
+#[derive(OpenApi)]
+#[openapi(paths(register, login, logout, me, orgs, invite, billing, leave, accept, ops_create_org))]
+pub struct AccountsApi;
+
+/// A new account.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RegisterBody {
+pub struct RegisterBody {
+    #[schema(example = "ann@example.com", format = Email)]
     email: String,
+    /// 8 to 128 characters.
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
     password: String,
+    /// 1 to 100 characters.
+    #[schema(example = "Ann", min_length = 1, max_length = 100)]
     name: String,
 }
 
-#[derive(Deserialize)]
+/// A login.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoginBody {
+pub struct LoginBody {
     email: String,
     password: String,
+}
+
+/// A registered account and the organization made with it (its Owner).
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    /// The subscription of a pending 免登 grant (the `mf_sso` cookie) now given to this user.
+    pub granted_instance: Option<String>,
+}
+
+/// A new session; the token is also set as the `mf_session` cookie.
+#[derive(Serialize, ToSchema)]
+pub struct SessionCreated {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub user_id: UserId,
+    /// The subscription of a pending 免登 grant (the `mf_sso` cookie) now given to this user.
+    pub granted_instance: Option<String>,
+}
+
+/// The logged-in user.
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    pub user_id: UserId,
+    pub email: Email,
+    pub name: Name,
+}
+
+/// The caller's organizations.
+#[derive(Serialize, ToSchema)]
+pub struct OrgList {
+    pub orgs: Vec<OrgSummary>,
+}
+
+/// An organization with the caller's role and its billing status.
+#[derive(Serialize, ToSchema)]
+pub struct OrgSummary {
+    pub org_id: OrgId,
+    pub name: Option<Name>,
+    pub role: Role,
+    /// `active` or `frozen`.
+    pub status: &'static str,
+    pub frozen_reason: Option<FrozenReason>,
+}
+
+/// A sent invitation.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct InvitationCreated {
+    pub invitation_id: InvitationId,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An accepted invitation: the organization joined, with the role.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct InvitationAccepted {
+    pub org_id: OrgId,
+    pub role: Role,
+}
+
+/// The organization left.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct OrgLeft {
+    pub left: OrgId,
+}
+
+/// An organization an operator created.
+#[derive(Serialize, ToSchema)]
+pub struct OrgCreated {
+    pub org_id: OrgId,
+    /// The Owner.
+    pub owner: UserId,
+}
+
+/// A workflow's reply read through the type that describes it, so that the answer cannot drift from the
+/// description unnoticed (a mismatch is an internal error, logged).
+fn typed_reply<T: DeserializeOwned>(reply: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(reply)
+        .map_err(|e| ApiError::from(crate::engine::Error::Internal(format!("the workflow's reply: {e}"))))
 }
 
 pub fn org_key(org: &OrgId) -> Result<EntityKey, ApiError> {
@@ -71,6 +164,16 @@ fn cleared(name: &'static str) -> Cookie<'static> {
     c
 }
 
+/// Registers an account; an organization is made with it, owned by the new user. A pending 免登 grant of the
+/// browser (`mf_sso` cookie) is given to the new user.
+#[utoipa::path(post, path = "/api/v1/accounts", tag = "accounts", request_body = RegisterBody,
+    responses(
+        (status = 201, body = Registered),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_email`, `invalid_name` or `weak_password`"),
+        (status = 409, body = ErrorBody, description = "`email_taken`"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    ))]
 async fn register(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -83,11 +186,22 @@ async fn register(
     let user = state.accounts.register(email.clone(), password, name).await?;
     tracing::info!(user = %user.id, "account registered");
     let instance = redeem_sso_cookie(&state, &req, &user).await;
-    Ok(HttpResponse::Created()
-        .cookie(cleared(SSO_COOKIE))
-        .json(json!({ "user_id": user.id, "org_id": user.home_org, "granted_instance": instance })))
+    Ok(HttpResponse::Created().cookie(cleared(SSO_COOKIE)).json(Registered {
+        user_id: user.id,
+        org_id: user.home_org,
+        granted_instance: instance,
+    }))
 }
 
+/// Logs in: a session token in the answer and the `mf_session` cookie.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "accounts", request_body = LoginBody,
+    responses(
+        (status = 201, body = SessionCreated, headers(("Set-Cookie" = String, description = "`mf_session`"))),
+        (status = 400, body = ErrorBody, description = "`invalid_json`"),
+        (status = 401, body = ErrorBody, description = "`invalid_credentials`"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    ))]
 async fn login(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -102,12 +216,22 @@ async fn login(
     };
     let (token, expires_at, user) = state.accounts.login(&email, password).await?;
     let instance = redeem_sso_cookie(&state, &req, &user).await;
-    Ok(HttpResponse::Created()
-        .cookie(session_cookie(&token))
-        .cookie(cleared(SSO_COOKIE))
-        .json(json!({ "token": token, "expires_at": expires_at, "user_id": user.id, "granted_instance": instance })))
+    Ok(HttpResponse::Created().cookie(session_cookie(&token)).cookie(cleared(SSO_COOKIE)).json(SessionCreated {
+        token,
+        expires_at,
+        user_id: user.id,
+        granted_instance: instance,
+    }))
 }
 
+/// Ends the caller's session.
+#[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "accounts",
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 204, description = "Logged out; the cookie is cleared"),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ))]
 async fn logout(state: web::Data<AppState>, req: HttpRequest, _u: CurrentUser) -> Result<HttpResponse, ApiError> {
     if let Some(t) = session_token(&req) {
         state.accounts.logout(&t).await?;
@@ -115,8 +239,16 @@ async fn logout(state: web::Data<AppState>, req: HttpRequest, _u: CurrentUser) -
     Ok(HttpResponse::NoContent().cookie(cleared(SESSION_COOKIE)).finish())
 }
 
+/// The logged-in user.
+#[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 200, body = Me),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ))]
 async fn me(CurrentUser(user): CurrentUser) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "user_id": user.id, "email": user.email, "name": user.name }))
+    HttpResponse::Ok().json(Me { user_id: user.id, email: user.email, name: user.name })
 }
 
 /// The caller's organizations with their role and billing status.
@@ -130,23 +262,35 @@ pub fn my_orgs(state: &AppState, user: &User) -> Result<Vec<(OrgId, Role, String
     Ok(out)
 }
 
+/// The caller's organizations with their role and billing status.
+#[utoipa::path(get, path = "/api/v1/orgs", tag = "accounts",
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 200, body = OrgList),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ))]
 async fn orgs(state: web::Data<AppState>, CurrentUser(user): CurrentUser) -> Result<HttpResponse, ApiError> {
-    let list: Vec<Value> = my_orgs(&state, &user)?
+    let orgs = my_orgs(&state, &user)?
         .into_iter()
-        .map(|(org, role, st, data)| {
-            json!({
-                "org_id": org, "name": data.name, "role": role, "status": billing_status(&st),
-                "frozen_reason": data.frozen_reason,
-            })
+        .map(|(org_id, role, st, data)| OrgSummary {
+            org_id,
+            name: data.name,
+            role,
+            status: billing_status(&st),
+            frozen_reason: data.frozen_reason,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "orgs": list })))
+    Ok(HttpResponse::Ok().json(OrgList { orgs }))
 }
 
-#[derive(Deserialize)]
+/// An invitation to send.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InviteBody {
+pub struct InviteBody {
+    #[schema(format = Email)]
     email: String,
+    /// `owner`, `billing_admin` or `member`.
     role: String,
 }
 
@@ -169,6 +313,22 @@ fn rejected(o: &crate::engine::Outcome) -> ApiError {
     ApiError::new(status, &code, o.message.clone().unwrap_or_default())
 }
 
+/// Invites an e-mail address into the organization with a role (Owners only).
+#[utoipa::path(post, path = "/api/v1/orgs/{org_id}/invitations", tag = "accounts",
+    params(("org_id" = String, Path, description = "`org_<32 hex>`", pattern = "^org_[A-Za-z0-9_-]{1,60}$")),
+    request_body = InviteBody,
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 201, body = InvitationCreated),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_id`, `invalid_email` or `invalid_role`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`insufficient_permission`: not an Owner"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such organization, or not a member"),
+        (status = 409, body = ErrorBody, description = "`already_member`, `too_many_members` or `paused`"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, body = ErrorBody, description = "the organization refused (`rejected`, `invalid_input`)"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn invite(
     state: web::Data<AppState>,
     CurrentUser(user): CurrentUser,
@@ -205,9 +365,23 @@ async fn invite(
     if o.status != Status::Accepted {
         return Err(rejected(&o));
     }
-    Ok(HttpResponse::Created().json(o.reply))
+    Ok(HttpResponse::Created().json(typed_reply::<InvitationCreated>(o.reply)?))
 }
 
+/// Accepts an invitation sent to the caller's e-mail address.
+#[utoipa::path(post, path = "/api/v1/invitations/{invitation_id}/accept", tag = "accounts",
+    params(("invitation_id" = String, Path, description = "`inv_<32 hex>`", pattern = "^inv_[A-Za-z0-9_-]{1,60}$")),
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 200, body = InvitationAccepted),
+        (status = 400, body = ErrorBody, description = "`invalid_id`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`invitation_for_another_user`"),
+        (status = 404, body = ErrorBody, description = "`invitation_not_found`"),
+        (status = 409, body = ErrorBody, description = "`already_member`, `invitation_expired`, `too_many_members` or `paused`"),
+        (status = 422, body = ErrorBody, description = "the organization refused (`rejected`, `invalid_input`)"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn accept(
     state: web::Data<AppState>,
     CurrentUser(user): CurrentUser,
@@ -220,7 +394,7 @@ async fn accept(
         .store()
         .get(Table::Index, key.as_bytes())
         .map_err(crate::engine::Error::from)?
-        .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
         .and_then(|v| v.get("org_id").and_then(|o| o.as_str()).map(String::from))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "invitation_not_found", "no such invitation"))?;
     let org = OrgId::parse(org)?;
@@ -244,9 +418,22 @@ async fn accept(
     if o.status != Status::Accepted {
         return Err(rejected(&o));
     }
-    Ok(HttpResponse::Ok().json(o.reply))
+    Ok(HttpResponse::Ok().json(typed_reply::<InvitationAccepted>(o.reply)?))
 }
 
+/// Leaves the organization (the last Owner cannot).
+#[utoipa::path(post, path = "/api/v1/orgs/{org_id}/leave", tag = "accounts",
+    params(("org_id" = String, Path, description = "`org_<32 hex>`", pattern = "^org_[A-Za-z0-9_-]{1,60}$")),
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 200, body = OrgLeft),
+        (status = 400, body = ErrorBody, description = "`invalid_id`"),
+        (status = 401, response = Unauthorized),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such organization, or not a member"),
+        (status = 409, body = ErrorBody, description = "`last_owner` or `paused`"),
+        (status = 422, body = ErrorBody, description = "the organization refused (`rejected`, `invalid_input`)"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn leave(
     state: web::Data<AppState>,
     CurrentUser(user): CurrentUser,
@@ -262,21 +449,50 @@ async fn leave(
     if o.status != Status::Accepted {
         return Err(rejected(&o));
     }
-    Ok(HttpResponse::Ok().json(o.reply))
+    Ok(HttpResponse::Ok().json(typed_reply::<OrgLeft>(o.reply)?))
+}
+
+/// An organization's billing overview (帐单概览).
+#[derive(Serialize, ToSchema)]
+pub struct BillingView {
+    pub org_id: OrgId,
+    pub name: Option<Name>,
+    /// `active` or `frozen`.
+    pub status: &'static str,
+    pub frozen_reason: Option<FrozenReason>,
+    /// The marketplace subscription paying for it (云市场扣费渠道), if any.
+    pub payment_channel: Option<PaymentChannel>,
+    /// During an account switch: when the organization is frozen unless a new subscription is bound.
+    pub switch_deadline: Option<DateTime<Utc>>,
+    /// What to do to unfreeze, for a frozen organization.
+    pub recovery: Option<&'static str>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The marketplace payment channel of an organization.
+#[derive(Serialize, ToSchema)]
+pub struct PaymentChannel {
+    /// Always `aliyun_marketplace`.
+    pub kind: &'static str,
+    pub label: &'static str,
+    pub label_en: &'static str,
+    pub instance_id: String,
+    pub aliyun_account_id: crate::aliyun::spi::AliUid,
+    pub bound_at: DateTime<Utc>,
+    /// The Aliyun bill (费用账单).
+    pub bill_url: &'static str,
 }
 
 /// The billing overview of an organization (JSON); the page renders the same.
-pub fn billing_view(org: &OrgId, st: &str, data: &Organization) -> Value {
-    let channel = data.channel.as_ref().filter(|c| !c.suspended).map(|c| {
-        json!({
-            "kind": "aliyun_marketplace",
-            "label": "云市场扣费渠道",
-            "label_en": "Alibaba Cloud Marketplace",
-            "instance_id": c.instance_id,
-            "aliyun_account_id": c.aliyun_account_id,
-            "bound_at": c.bound_at,
-            "bill_url": ALIYUN_BILL_URL,
-        })
+pub fn billing_view(org: &OrgId, st: &str, data: &Organization) -> BillingView {
+    let channel = data.channel.as_ref().filter(|c| !c.suspended).map(|c| PaymentChannel {
+        kind: "aliyun_marketplace",
+        label: "云市场扣费渠道",
+        label_en: "Alibaba Cloud Marketplace",
+        instance_id: c.instance_id.clone(),
+        aliyun_account_id: c.aliyun_account_id.clone(),
+        bound_at: c.bound_at,
+        bill_url: ALIYUN_BILL_URL,
     });
     let recovery = match data.frozen_reason {
         Some(organization::FrozenReason::Arrears) => Some(
@@ -292,18 +508,30 @@ pub fn billing_view(org: &OrgId, st: &str, data: &Organization) -> Value {
         }
         None => None,
     };
-    json!({
-        "org_id": org,
-        "name": data.name,
-        "status": billing_status(st),
-        "frozen_reason": data.frozen_reason,
-        "payment_channel": channel,
-        "switch_deadline": data.switch_deadline,
-        "recovery": recovery,
-        "history": data.history,
-    })
+    BillingView {
+        org_id: org.clone(),
+        name: data.name.clone(),
+        status: billing_status(st),
+        frozen_reason: data.frozen_reason,
+        payment_channel: channel,
+        switch_deadline: data.switch_deadline,
+        recovery,
+        history: data.history.clone(),
+    }
 }
 
+/// The organization's billing overview (Owners and Billing Admins).
+#[utoipa::path(get, path = "/api/v1/orgs/{org_id}/billing", tag = "accounts",
+    params(("org_id" = String, Path, description = "`org_<32 hex>`", pattern = "^org_[A-Za-z0-9_-]{1,60}$")),
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 200, body = BillingView),
+        (status = 400, body = ErrorBody, description = "`invalid_id`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`insufficient_permission`: a Member"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such organization, or not a member"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn billing(
     state: web::Data<AppState>,
     CurrentUser(user): CurrentUser,
@@ -321,13 +549,30 @@ async fn billing(
     Ok(HttpResponse::Ok().json(billing_view(&org, &st, &data)))
 }
 
-#[derive(Deserialize)]
+/// An organization to create for a user.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpsOrgBody {
+    /// 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// A registered user's e-mail address; the Owner.
+    #[schema(format = Email)]
     owner_email: String,
 }
 
+/// Creates an organization for a registered user (support's answer to "I belong to no organization").
+#[utoipa::path(post, path = "/api/v1/ops/orgs", tag = "operators", request_body = OpsOrgBody,
+    security(("operator" = [])),
+    responses(
+        (status = 201, body = OrgCreated),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_name` or `invalid_email`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 404, body = ErrorBody, description = "`user_not_found`"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    ))]
 pub async fn ops_create_org(
     state: web::Data<AppState>,
     op: Operator,
@@ -343,7 +588,7 @@ pub async fn ops_create_org(
     let org = OrgId::generate();
     state.accounts.create_org(&org, name, &owner, &format!("create-by:{}", op.name)).await?;
     tracing::info!(org = %org, operator = %op.name, "organization created by an operator");
-    Ok(HttpResponse::Created().json(json!({ "org_id": org, "owner": owner.id })))
+    Ok(HttpResponse::Created().json(OrgCreated { org_id: org, owner: owner.id }))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -15,10 +15,16 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The body of every error answer of the JSON API. `code` is stable (clients branch on it); `message` is for
+/// people and may change.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// A stable, machine-readable code such as `invalid_json`, `unauthorized`, `not_found` or `overloaded`.
+    #[schema(example = "not_found")]
+    pub code: &'a str,
+    /// What went wrong, for a person.
+    #[schema(example = "no such organization")]
+    pub message: &'a str,
 }
 
 impl ApiError {
@@ -51,7 +57,7 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             r.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        r.json(Body { code: &self.code, message: &self.message })
+        r.json(ErrorBody { code: &self.code, message: &self.message })
     }
 }
 

@@ -3,17 +3,84 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{OpenApi, ToSchema};
 
 use super::accounts::{load_org, my_orgs, org_key};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::session::CurrentUser;
 use super::AppState;
 use crate::accounts::User;
-use crate::domain::ids::{BindingId, OrgId};
-use crate::domain::subscription::{self, Subscription, SubscriptionEvent};
+use crate::aliyun::spi::{AliUid, SkuId};
+use crate::domain::ids::{BindingId, Name, OrgId, Role};
+use crate::domain::subscription::{self, Binding, Subscription, SubscriptionEvent};
 use crate::engine::{Cause, EntityKey, Input, Status};
+
+/// The buyer's subscriptions' part of the API description.
+#[derive(OpenApi)]
+#[openapi(paths(list, show, binding_options, post_binding))]
+pub struct MarketplaceApi;
+
+/// A marketplace subscription as its buyer sees it.
+#[derive(Serialize, ToSchema)]
+pub struct SubscriptionView {
+    pub instance_id: String,
+    /// The workflow state: `opening`, `active`, `activation_failed`, `expired`, `released`, ...
+    pub status: String,
+    /// Shown in the purchased list (active).
+    pub listed: bool,
+    pub aliyun_account_id: Option<AliUid>,
+    pub sku_id: Option<SkuId>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub activated_at: Option<DateTime<Utc>>,
+    /// The organization it pays for, once bound.
+    pub org_id: Option<OrgId>,
+    /// The last binding attempt.
+    pub binding: Option<Binding>,
+}
+
+/// The purchased list.
+#[derive(Serialize, ToSchema)]
+pub struct SubscriptionList {
+    pub subscriptions: Vec<SubscriptionView>,
+}
+
+/// Which of the caller's organizations the subscription may be bound to, and why not.
+#[derive(Serialize, ToSchema)]
+pub struct BindingOptions {
+    pub instance_id: String,
+    pub subscription_status: String,
+    pub orgs: Vec<BindingOption>,
+    /// Whether "confirm binding" (确认绑定) is possible.
+    pub can_confirm: bool,
+    /// Why not, for the subscription as a whole: `subscription_already_bound`, `subscription_not_active` or
+    /// `no_organizations`.
+    pub reason: Option<&'static str>,
+    pub binding: Option<Binding>,
+}
+
+/// One of the caller's organizations on the binding page.
+#[derive(Serialize, ToSchema)]
+pub struct BindingOption {
+    pub org_id: OrgId,
+    pub name: Option<Name>,
+    pub role: Role,
+    pub bindable: bool,
+    /// Why not: `insufficient_permission` or `org_already_bound`.
+    pub reason: Option<&'static str>,
+}
+
+/// The accepted binding request.
+#[derive(Serialize, ToSchema)]
+pub struct BindingRequested {
+    pub binding_id: BindingId,
+    /// Always `pending`: the organization decides; follow it on the subscription's `binding`.
+    pub status: &'static str,
+    pub message: &'static str,
+}
 
 fn sub_key(instance: &str) -> Result<EntityKey, ApiError> {
     EntityKey::new(subscription::KIND, instance)
@@ -39,20 +106,28 @@ pub fn visible(state: &AppState, user: &User, instance: &str) -> Result<(String,
     }
 }
 
-fn view(instance: &str, st: &str, d: &Subscription) -> Value {
-    json!({
-        "instance_id": instance,
-        "status": st,
-        "listed": st == "active",
-        "aliyun_account_id": d.ali_uid,
-        "sku_id": d.sku_id,
-        "created_at": d.created_at,
-        "activated_at": d.activated_at,
-        "org_id": d.org,
-        "binding": d.binding,
-    })
+fn view(instance: &str, st: &str, d: &Subscription) -> SubscriptionView {
+    SubscriptionView {
+        instance_id: instance.to_string(),
+        status: st.to_string(),
+        listed: st == "active",
+        aliyun_account_id: d.ali_uid.clone(),
+        sku_id: d.sku_id.clone(),
+        created_at: d.created_at,
+        activated_at: d.activated_at,
+        org_id: d.org.clone(),
+        binding: d.binding.clone(),
+    }
 }
 
+/// The purchased list: the active subscriptions the caller came to through 免登.
+#[utoipa::path(get, path = "/api/v1/marketplace/aliyun/subscriptions", tag = "subscriptions",
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 200, body = SubscriptionList),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ))]
 async fn list(state: web::Data<AppState>, CurrentUser(user): CurrentUser) -> Result<HttpResponse, ApiError> {
     let mut items = Vec::new();
     for instance in state.accounts.granted(&user.id)? {
@@ -63,9 +138,20 @@ async fn list(state: web::Data<AppState>, CurrentUser(user): CurrentUser) -> Res
             }
         }
     }
-    Ok(HttpResponse::Ok().json(json!({ "subscriptions": items })))
+    Ok(HttpResponse::Ok().json(SubscriptionList { subscriptions: items }))
 }
 
+/// One subscription, if the caller came through its 免登 link or belongs to the organization it pays for.
+#[utoipa::path(get, path = "/api/v1/marketplace/aliyun/subscriptions/{instance_id}", tag = "subscriptions",
+    params(("instance_id" = String, Path, description = "the marketplace instance id")),
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 200, body = SubscriptionView),
+        (status = 400, body = ErrorBody, description = "`invalid_instance_id`"),
+        (status = 401, response = Unauthorized),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such subscription, or not the caller's to see"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn show(
     state: web::Data<AppState>,
     CurrentUser(user): CurrentUser,
@@ -89,12 +175,17 @@ fn reason(role: crate::domain::ids::Role, org_state: &str) -> Option<&'static st
 
 /// The binding options as the binding page shows them.
 pub fn options(state: &AppState, user: &User, instance: &str) -> Result<Value, ApiError> {
+    let typed = binding_options_of(state, user, instance)?;
+    serde_json::to_value(typed).map_err(|e| ApiError::from(crate::engine::Error::Internal(e.to_string())))
+}
+
+fn binding_options_of(state: &AppState, user: &User, instance: &str) -> Result<BindingOptions, ApiError> {
     let (st, d) = visible(state, user, instance)?;
-    let orgs: Vec<Value> = my_orgs(state, user)?
+    let orgs: Vec<BindingOption> = my_orgs(state, user)?
         .into_iter()
-        .map(|(org, role, org_state, data)| {
+        .map(|(org_id, role, org_state, data)| {
             let why = reason(role, &org_state);
-            json!({ "org_id": org, "name": data.name, "role": role, "bindable": why.is_none(), "reason": why })
+            BindingOption { org_id, name: data.name, role, bindable: why.is_none(), reason: why }
         })
         .collect();
     let sub_reason = if d.org.is_some() {
@@ -106,28 +197,43 @@ pub fn options(state: &AppState, user: &User, instance: &str) -> Result<Value, A
     } else {
         None
     };
-    let any = orgs.iter().any(|o| o["bindable"] == true);
-    Ok(json!({
-        "instance_id": instance,
-        "subscription_status": st,
-        "orgs": orgs,
-        "can_confirm": sub_reason.is_none() && any,
-        "reason": sub_reason,
-        "binding": d.binding,
-    }))
+    let any = orgs.iter().any(|o| o.bindable);
+    Ok(BindingOptions {
+        instance_id: instance.to_string(),
+        subscription_status: st,
+        can_confirm: sub_reason.is_none() && any,
+        orgs,
+        reason: sub_reason,
+        binding: d.binding,
+    })
 }
 
+/// The caller's organizations the subscription may be bound to, each with the reason when not.
+#[utoipa::path(get, path = "/api/v1/marketplace/aliyun/subscriptions/{instance_id}/binding-options",
+    tag = "subscriptions",
+    params(("instance_id" = String, Path, description = "the marketplace instance id")),
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 200, body = BindingOptions),
+        (status = 400, body = ErrorBody, description = "`invalid_instance_id`"),
+        (status = 401, response = Unauthorized),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such subscription, or not the caller's to see"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn binding_options(
     state: web::Data<AppState>,
     CurrentUser(user): CurrentUser,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(options(&state, &user, &path.into_inner())?))
+    Ok(HttpResponse::Ok().json(binding_options_of(&state, &user, &path.into_inner())?))
 }
 
-#[derive(Deserialize)]
+/// The organization to bind the subscription to.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindBody {
+    /// `org_<32 hex>`.
+    #[schema(pattern = "^org_[A-Za-z0-9_-]{1,60}$")]
     pub org_id: String,
 }
 
@@ -183,6 +289,24 @@ pub async fn bind(state: &AppState, user: &User, instance: &str, org: &str) -> R
     }
 }
 
+/// Asks to bind the subscription to the organization (Owners and Billing Admins). The organization decides
+/// asynchronously: follow the subscription's `binding` ("processing your authorization").
+#[utoipa::path(post, path = "/api/v1/marketplace/aliyun/subscriptions/{instance_id}/binding", tag = "subscriptions",
+    params(("instance_id" = String, Path, description = "the marketplace instance id")),
+    request_body = BindBody,
+    security(("session" = []), ("session_token" = [])),
+    responses(
+        (status = 202, body = BindingRequested),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_id` or `invalid_instance_id`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`insufficient_permission`: a Member of the organization"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such subscription or organization, or not the caller's"),
+        (status = 409, body = ErrorBody,
+            description = "`org_already_bound`, `subscription_already_bound` or `paused`"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, body = ErrorBody, description = "`subscription_not_active` (still opening, or closed), `invalid_input`"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn post_binding(
     state: web::Data<AppState>,
     CurrentUser(user): CurrentUser,
@@ -191,11 +315,11 @@ async fn post_binding(
 ) -> Result<HttpResponse, ApiError> {
     let instance = path.into_inner();
     let (binding_id, _) = bind(&state, &user, &instance, &body.org_id).await?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "binding_id": binding_id,
-        "status": "pending",
-        "message": "正在处理您的授权请求 / processing your authorization",
-    })))
+    Ok(HttpResponse::Accepted().json(BindingRequested {
+        binding_id,
+        status: "pending",
+        message: "正在处理您的授权请求 / processing your authorization",
+    }))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -1,10 +1,20 @@
 //! `GET /metrics` in the Prometheus text format: the engine's counters, group commit, timers, calls, and HTTP
-//! requests by route and status. Counters only (no histograms yet): rates and means come from PromQL.
+//! requests by route and status; entities by kind and state; histograms of the commit latency (apply + fsync),
+//! the group-commit size, the timers' firing lateness and the HTTP request duration by route.
+//!
+//! Why hand-written: the exposition format is a few lines per family, and the Prometheus client crates bring a
+//! registry of their own that would sit beside the engine's counters rather than read them.
+//!
+//! The per-engine part (histograms of commits and timers, entity counts) is installed on the engine by the first
+//! HTTP request the service answers (at start-up, the first probe), so two applications in one process (tests)
+//! never mix their numbers; what happened before that request is in the counters only.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -12,11 +22,173 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 
 use super::AppState;
+use crate::engine::Engine;
+use crate::store::committer::Observer;
+use crate::store::{Batch, Op, Store, Table};
+
+/// Commit (apply + fsync) latency buckets, seconds: a healthy disk fsyncs in about a millisecond.
+const COMMIT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Group-commit size buckets, batches per group (the committer's cap is 4096).
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+/// Timer lateness buckets, service seconds: from the timer loop's own delay up to a day of downtime.
+const LATENESS_BUCKETS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0];
+/// HTTP request duration buckets, seconds (Prometheus' defaults).
+const HTTP_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A Prometheus histogram with fixed buckets, lock-free: cheap enough for the committer thread and every request.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds (`le`), ascending; `+Inf` is implied.
+    bounds: &'static [f64],
+    /// Observations per bucket, not cumulated; the last one is `+Inf`.
+    counts: Box<[AtomicU64]>,
+    /// Sum of the observed values in millionths, so that an atomic integer holds it.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0) }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let value = if value.is_finite() { value.max(0.0) } else { 0.0 };
+        let i = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((value * 1e6).round() as u64, Ordering::Relaxed);
+    }
+
+    /// The series of one labelled histogram: cumulative `_bucket`s, `_sum`, `_count` (equal to `+Inf`).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0u64;
+        for (i, n) in self.counts.iter().enumerate() {
+            cumulative += n.load(Ordering::Relaxed);
+            let le = self.bounds.get(i).map(|b| b.to_string()).unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}\n{name}_count{braces} {cumulative}");
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value as the text format wants it.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Entities per (kind, state).
+type Counts = BTreeMap<(String, String), i64>;
+
+/// The metrics of one engine that its counters cannot give. Installed as the committer's [`Observer`].
+///
+/// Entities by state are counted once, by a scan of the entities table on the committer thread (the only
+/// writer, so the count is exact: it holds the next group back for as long as the scan takes, once per process),
+/// and kept current from then on from the journal entries of every durable group: an entry's `from` and `to`
+/// move an entity between states, its first entry (`seq` 1) adds it. No scrape scans the store.
+#[derive(Debug)]
+struct EngineMetrics {
+    commit_seconds: Histogram,
+    group_size: Histogram,
+    /// Shared with the hook of the engine's timer loop.
+    timer_lateness: Arc<Histogram>,
+    /// `None` until the first durable group after installation counted them.
+    entities: Mutex<Option<Counts>>,
+}
+
+/// The part of a journal entry that moves an entity between states.
+#[derive(serde::Deserialize)]
+struct Moved {
+    seq: u64,
+    from: String,
+    to: String,
+}
+
+impl EngineMetrics {
+    fn count(store: &dyn Store) -> Result<Counts, crate::store::Error> {
+        #[derive(serde::Deserialize)]
+        struct KindState {
+            kind: String,
+            state: String,
+        }
+        let mut counts = Counts::new();
+        let mut start = Bound::Unbounded;
+        loop {
+            let page = store.scan(Table::Entities, start, Bound::Unbounded, 1000, false)?;
+            for (_, v) in &page {
+                if let Ok(r) = serde_json::from_slice::<KindState>(v) {
+                    *counts.entry((r.kind, r.state)).or_default() += 1;
+                }
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == 1000 => start = Bound::Excluded(k.clone()),
+                _ => return Ok(counts),
+            }
+        }
+    }
+
+    fn entities(&self) -> Option<Counts> {
+        self.entities.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Observer for EngineMetrics {
+    fn durable(&self, store: &dyn Store, batches: &[Batch], took: Duration) {
+        self.commit_seconds.observe(took.as_secs_f64());
+        self.group_size.observe(batches.len() as f64);
+        let mut entities = self.entities.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(counts) = entities.as_mut() else {
+            match Self::count(store) {
+                Ok(c) => *entities = Some(c),
+                Err(e) => tracing::warn!(error = %e, "counting entities by state failed; trying again next commit"),
+            }
+            return;
+        };
+        for op in batches.iter().flat_map(|b| b.ops.iter()) {
+            let Op::Put { table: Table::Journal, key, value } = op else { continue };
+            let kind = key.split(|b| *b == crate::store::keys::SEP).next().map(String::from_utf8_lossy);
+            let (Some(kind), Ok(m)) = (kind, serde_json::from_slice::<Moved>(value)) else { continue };
+            if m.seq == 1 {
+                *counts.entry((kind.to_string(), m.to)).or_default() += 1;
+            } else if m.from != m.to {
+                *counts.entry((kind.to_string(), m.from)).or_default() -= 1;
+                *counts.entry((kind.to_string(), m.to)).or_default() += 1;
+            }
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The engine's metrics, installed on its committer and timer loop the first time.
+fn engine_metrics(engine: &Engine) -> Option<&EngineMetrics> {
+    let observer = engine.committer().stats.observer.get_or_init(|| {
+        let m = EngineMetrics {
+            commit_seconds: Histogram::new(COMMIT_BUCKETS),
+            group_size: Histogram::new(GROUP_BUCKETS),
+            timer_lateness: Arc::new(Histogram::new(LATENESS_BUCKETS)),
+            entities: Mutex::new(None),
+        };
+        let lateness = m.timer_lateness.clone();
+        let _ = engine.inner.services.timer_lateness.set(Box::new(move |ms| lateness.observe(ms as f64 / 1000.0)));
+        Arc::new(m)
+    });
+    observer.as_any().downcast_ref::<EngineMetrics>()
+}
 
 /// HTTP requests by (method, route pattern, status); patterns, not paths, so ids do not explode the series.
 #[derive(Default)]
 pub struct HttpCounters {
     counts: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// Request durations by (method, route pattern).
+    durations: Mutex<BTreeMap<(String, String), Histogram>>,
 }
 
 static HTTP: std::sync::OnceLock<HttpCounters> = std::sync::OnceLock::new();
@@ -25,15 +197,24 @@ fn http() -> &'static HttpCounters {
     HTTP.get_or_init(HttpCounters::default)
 }
 
-/// Counts every request by its route pattern and status.
+/// Counts and times every request by its route pattern and status (until the handler has answered; the body's
+/// transfer is not included).
 pub async fn count(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    if let Some(state) = req.app_data::<web::Data<AppState>>() {
+        engine_metrics(&state.engine);
+    }
     let method = req.method().to_string();
     let res = next.call(req).await?;
+    let took = started.elapsed().as_secs_f64();
     let pattern = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
     let status = res.status().as_u16();
+    if let Ok(mut m) = http().durations.lock() {
+        m.entry((method.clone(), pattern.clone())).or_insert_with(|| Histogram::new(HTTP_BUCKETS)).observe(took);
+    }
     if let Ok(mut m) = http().counts.lock() {
         *m.entry((method, pattern, status)).or_default() += 1;
     }
@@ -44,6 +225,14 @@ fn line(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
 }
 
+/// The metrics' part of the API description.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(metrics))]
+pub struct MetricsApi;
+
+/// Counters and gauges in the Prometheus text format (version 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let e = state.engine.stats();
     let c = &state.engine.committer().stats;
@@ -144,5 +333,45 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             );
         }
     }
+    if let Ok(m) = http().durations.lock() {
+        header(&mut out, "marketflow_http_request_duration_seconds", "HTTP request duration by route.", "histogram");
+        for ((method, route), h) in m.iter() {
+            h.render(
+                &mut out,
+                "marketflow_http_request_duration_seconds",
+                &format!("method=\"{}\",route=\"{}\"", label(method), label(route)),
+            );
+        }
+    }
+    engine_families(&state.engine, &mut out).await;
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
+}
+
+/// The families of the engine's [`EngineMetrics`]: histograms of commits and timers, entities by kind and state.
+async fn engine_families(engine: &Engine, out: &mut String) {
+    let Some(m) = engine_metrics(engine) else { return };
+    header(out, "marketflow_commit_seconds", "Group commit latency: one apply and one fsync, seconds.", "histogram");
+    m.commit_seconds.render(out, "marketflow_commit_seconds", "");
+    header(out, "marketflow_commit_group_size", "Batches per group commit (entities sharing one fsync).", "histogram");
+    m.group_size.render(out, "marketflow_commit_group_size", "");
+    header(out, "marketflow_timer_lateness_seconds", "How late timers fired, service seconds.", "histogram");
+    m.timer_lateness.render(out, "marketflow_timer_lateness_seconds", "");
+    if m.entities().is_none() {
+        // Nothing was committed since installation: an empty group makes the committer count them.
+        let _ = engine.committer().commit(Batch::new()).await;
+    }
+    let Some(counts) = m.entities() else { return };
+    // Every state of every definition, so that an emptied state reads 0 instead of vanishing.
+    let mut all: BTreeMap<(String, String), i64> = engine
+        .registry()
+        .kinds()
+        .flat_map(|(kind, reg)| {
+            reg.versions.values().flat_map(move |d| d.states.iter().map(move |s| ((kind.clone(), s.name.clone()), 0)))
+        })
+        .collect();
+    all.extend(counts);
+    header(out, "marketflow_entities", "Entities by kind and state (stored, live or not).", "gauge");
+    for ((kind, state), n) in all {
+        let _ = writeln!(out, "marketflow_entities{{kind=\"{}\",state=\"{}\"}} {n}", label(&kind), label(&state));
+    }
 }

@@ -2,9 +2,11 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod marketplace;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod pages;
 pub mod routes;
@@ -14,11 +16,13 @@ pub mod sso;
 pub mod usage;
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::config::Config;
 use crate::engine::Engine;
 pub use error::ApiError;
+use error::ErrorBody;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -29,56 +33,104 @@ pub struct AppState {
     pub catalog: std::sync::Arc<crate::domain::pricing::Catalog>,
 }
 
+/// The probes' part of the API description.
+#[derive(OpenApi)]
+#[openapi(paths(healthz, readyz), components(schemas(Health, Ready)))]
+pub struct ProbesApi;
+
+/// The liveness answer.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// The service clock (RFC 3339): the marketplace's notion of now, scaled in demos.
+    #[schema(format = DateTime)]
+    now: String,
+    /// Service seconds per real second (1 in production).
+    time_scale: f64,
+}
+
+/// The readiness answer.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+}
+
 /// Liveness: the process answers, and says what time it thinks it is.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, body = Health)))]
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let clock = state.engine.clock();
-    HttpResponse::Ok().json(json!({
-        "status": "ok",
-        "now": clock.now().to_rfc3339(),
-        "time_scale": clock.scale(),
-    }))
+    HttpResponse::Ok().json(Health { status: "ok", now: clock.now().to_rfc3339(), time_scale: clock.scale() })
 }
 
 /// Readiness: the store accepts commits and shutdown has not begun.
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(get, path = "/readyz", tag = "probes", responses(
+    (status = 200, body = Ready),
+    (status = 503, description = "`not_ready`: the store refused a write (restart needed) or the service is stopping",
+        body = ErrorBody, headers(("Retry-After" = u32, description = "seconds"))),
+))]
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.engine.ready() {
-        HttpResponse::Ok().json(json!({ "status": "ready" }))
+        Ok(HttpResponse::Ok().json(Ready { status: "ready" }))
     } else {
-        HttpResponse::ServiceUnavailable()
-            .insert_header(("Retry-After", "1"))
-            .json(json!({ "code": "not_ready", "message": "the store is unavailable or the service is stopping" }))
+        let mut e = ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the store is unavailable or the service is stopping",
+        );
+        e.retry_after = Some(1);
+        Err(e)
     }
 }
 
-async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::not_found("no such route"))
+/// The answer for a (method, path) no route serves: its own code, so that clients and the route probe tell "this
+/// route does not exist" from a served route's `not_found`.
+async fn no_such_route() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(actix_web::http::StatusCode::NOT_FOUND, "no_such_route", "no such route"))
+}
+
+/// Why a JSON body was refused: too large is 413 (`payload_too_large`), anything else 400 (`invalid_json`).
+fn json_error(e: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match e {
+        E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => ApiError::new(
+            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        ),
+        other => ApiError::bad_request("invalid_json", other.to_string()),
+    }
 }
 
 /// Registers every route of the service.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(64 * 1024)
-            .error_handler(|e, _| ApiError::bad_request("invalid_json", e.to_string()).into()),
-    )
-    .app_data(
-        web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
-    )
-    .app_data(
-        web::PathConfig::default().error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into()),
-    )
-    .route("/healthz", web::get().to(healthz))
-    .route("/readyz", web::get().to(readyz))
-    .route("/metrics", web::get().to(metrics::metrics))
-    .service(web::resource("/aliyun/spi").route(web::get().to(spi::spi)).route(web::post().to(spi::spi)))
-    .route("/aliyun/sso", web::get().to(sso::sso))
-    .service(web::scope("/api/v1/ops").configure(ops::configure).configure(usage::configure_ops))
-    .service(
-        web::scope("/api/v1")
-            .configure(accounts::configure)
-            .configure(marketplace::configure)
-            .configure(usage::configure),
-    )
-    .configure(pages::configure)
-    .default_service(web::to(not_found));
+    cfg.app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|e, _| json_error(e).into()))
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
+        )
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into()),
+        )
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics::metrics))
+        .route("/openapi.json", web::get().to(openapi::openapi_json))
+        .route("/api/docs", web::get().to(openapi::api_docs))
+        .service(web::resource("/aliyun/spi").route(web::get().to(spi::spi_get)).route(web::post().to(spi::spi_post)))
+        .route("/aliyun/sso", web::get().to(sso::sso))
+        .service(web::scope("/api/v1/ops").configure(ops::configure).configure(usage::configure_ops))
+        .service(
+            web::scope("/api/v1")
+                .configure(accounts::configure)
+                .configure(marketplace::configure)
+                .configure(usage::configure),
+        )
+        .configure(pages::configure)
+        .configure(console::configure)
+        .default_service(web::to(no_such_route));
 }

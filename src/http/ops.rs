@@ -2,33 +2,114 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::auth::Operator;
+use super::error::ErrorBody;
+use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::{ApiError, AppState};
-use crate::engine::inspect::{EntityFilter, TimerView};
-use crate::engine::{services, EntityKey};
+use crate::engine::inspect::{EntityFilter, EntityView, Page, TimerView};
+use crate::engine::{services, EntityKey, JournalEntry, Status};
 
-#[derive(Debug, Deserialize)]
+/// The operators' part of the API description.
+#[derive(OpenApi)]
+#[openapi(
+    paths(list, show, journal, timers, action, audit_trail),
+    components(schemas(
+        EntityList,
+        EntitySummary,
+        TimerSummary,
+        TimersList,
+        ActionBody,
+        ActionDone,
+        ActionResult,
+        AuditTrail,
+        AuditEntry
+    ))
+)]
+pub struct OpsApi;
+
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// An entity kind: `subscription`, `organization`, `metering`.
     kind: Option<String>,
+    /// A state of the kind's workflow, e.g. `opening`.
     state: Option<String>,
+    /// Only entities with a pending timer.
     #[serde(default)]
     waiting_on_timer: bool,
+    /// Only entities with an external call out of attempts.
     #[serde(default)]
     needs_attention: bool,
     /// e.g. `10m`: only entities in their state at least this long.
     min_time_in_state: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+}
+
+/// A page of entities.
+#[derive(Serialize, ToSchema)]
+pub struct EntityList {
+    pub items: Vec<EntitySummary>,
+    /// Where the next page starts; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// An entity in a list: where its workflow stands and what it waits for.
+#[derive(Serialize, ToSchema)]
+pub struct EntitySummary {
+    pub kind: String,
+    pub id: String,
+    pub state: String,
+    pub definition: String,
+    pub version: u32,
+    pub state_since: DateTime<Utc>,
+    /// Service seconds since it entered its state.
+    pub seconds_in_state: i64,
+    pub paused: bool,
+    pub updated_at: DateTime<Utc>,
+    pub timers: Vec<TimerSummary>,
+}
+
+/// A pending timer of a listed entity.
+#[derive(Serialize, ToSchema)]
+pub struct TimerSummary {
+    pub name: String,
+    pub due: DateTime<Utc>,
+    /// Service seconds until it fires (negative when overdue).
+    pub remaining_seconds: i64,
+}
+
+/// Pending timers across the service, soonest first.
+#[derive(Serialize, ToSchema)]
+pub struct TimersList {
+    /// The service clock.
+    pub now: DateTime<Utc>,
+    pub items: Vec<TimerView>,
 }
 
 fn entity_key(kind: &str, id: &str) -> Result<EntityKey, ApiError> {
     EntityKey::new(kind, id).map_err(|e| ApiError::bad_request("invalid_entity", e.to_string()))
 }
 
+/// Entities by kind, state, pending timer, needing attention and time in state, in key order.
+#[utoipa::path(get, path = "/api/v1/ops/entities", tag = "operators", params(ListQuery),
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = EntityList),
+        (status = 400, body = ErrorBody,
+            description = "`invalid_query`, `invalid_limit`, `unknown_kind` or `invalid_duration`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 422, body = ErrorBody, description = "`invalid_input`: the cursor is not one this API gave"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn list(state: web::Data<AppState>, _op: Operator, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let limit = q.limit.unwrap_or(50);
@@ -59,23 +140,48 @@ async fn list(state: web::Data<AppState>, _op: Operator, q: web::Query<ListQuery
         .await
         .map_err(|_| ApiError::from(crate::engine::Error::Overloaded))??;
     let now = state.engine.clock().now();
-    let items: Vec<_> = page
+    let items = page
         .items
         .iter()
-        .map(|r| {
-            json!({
-                "kind": r.kind, "id": r.id, "state": r.state, "definition": r.definition, "version": r.version,
-                "state_since": r.state_since, "seconds_in_state": (now - r.state_since).num_seconds(),
-                "paused": r.paused, "updated_at": r.updated_at,
-                "timers": r.timers.iter().map(|(n, t)| json!({
-                    "name": n, "due": t.due, "remaining_seconds": (t.due - now).num_seconds()
-                })).collect::<Vec<_>>(),
-            })
+        .map(|r| EntitySummary {
+            kind: r.kind.clone(),
+            id: r.id.clone(),
+            state: r.state.clone(),
+            definition: r.definition.clone(),
+            version: r.version,
+            state_since: r.state_since,
+            seconds_in_state: (now - r.state_since).num_seconds(),
+            paused: r.paused,
+            updated_at: r.updated_at,
+            timers: r
+                .timers
+                .iter()
+                .map(|(n, t)| TimerSummary {
+                    name: n.clone(),
+                    due: t.due,
+                    remaining_seconds: (t.due - now).num_seconds(),
+                })
+                .collect(),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": page.next_cursor })))
+    Ok(HttpResponse::Ok().json(EntityList { items, next_cursor: page.next_cursor }))
 }
 
+/// One entity: state and data, definition and version, pending timers, messages and external calls.
+#[utoipa::path(get, path = "/api/v1/ops/entities/{kind}/{id}", tag = "operators",
+    params(
+        ("kind" = String, Path, description = "`subscription`, `organization` or `metering`"),
+        ("id" = String, Path, description = "the entity's id within its kind"),
+    ),
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = EntityView),
+        (status = 400, body = ErrorBody, description = "`invalid_entity`: not a valid kind or id"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 404, body = ErrorBody, description = "`not_found` or `unknown_kind`"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn show(
     state: web::Data<AppState>,
     _op: Operator,
@@ -90,13 +196,32 @@ async fn show(
     Ok(HttpResponse::Ok().json(view))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct JournalQuery {
+    /// Entries after this sequence number (the previous page's `next_cursor`).
     after: Option<u64>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
 }
 
+/// An entity's journal: every input, its cause, the transition and its effects, oldest first.
+#[utoipa::path(get, path = "/api/v1/ops/entities/{kind}/{id}/journal", tag = "operators",
+    params(
+        ("kind" = String, Path, description = "`subscription`, `organization` or `metering`"),
+        ("id" = String, Path, description = "the entity's id within its kind"),
+        JournalQuery,
+    ),
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = Page<JournalEntry>),
+        (status = 400, body = ErrorBody, description = "`invalid_entity`, `invalid_query` or `invalid_limit`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 404, body = ErrorBody, description = "`not_found` or `unknown_kind`"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn journal(
     state: web::Data<AppState>,
     _op: Operator,
@@ -115,13 +240,26 @@ async fn journal(
     Ok(HttpResponse::Ok().json(state.engine.journal(&key, q.after.unwrap_or(0), limit)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TimersQuery {
+    /// Only timers due before this time (RFC 3339).
     due_before: Option<DateTime<Utc>>,
+    /// At most this many, 1 to 1000 (default 100).
     limit: Option<usize>,
 }
 
+/// Pending timers across the service, soonest first, with the time remaining.
+#[utoipa::path(get, path = "/api/v1/ops/timers", tag = "operators", params(TimersQuery),
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = TimersList),
+        (status = 400, body = ErrorBody, description = "`invalid_query` or `invalid_limit`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn timers(
     state: web::Data<AppState>,
     _op: Operator,
@@ -134,7 +272,7 @@ async fn timers(
     let now = state.engine.clock().now();
     let rows = services::pending_timers(&state.engine, q.due_before, limit)?;
     let items: Vec<TimerView> = rows.iter().map(|r| TimerView::new(r, now)).collect();
-    Ok(HttpResponse::Ok().json(json!({ "now": now, "items": items })))
+    Ok(HttpResponse::Ok().json(TimersList { now, items }))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -147,26 +285,101 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/audit", web::get().to(audit_trail));
 }
 
-#[derive(Debug, Deserialize)]
+/// An operator action's request.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ActionBody {
+pub struct ActionBody {
+    /// Why (1 to 500 characters); kept in the journal and the audit trail.
     reason: Option<String>,
+    /// `retry` / `cancel`: only this call (default: every pending call of the entity).
     call_id: Option<String>,
+}
+
+/// What an action did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActionDone {
+    /// `kind/id`.
+    pub entity: String,
+    pub action: String,
+    pub result: ActionResult,
+}
+
+/// The result of an action: `status` and `state` for pause, resume, freeze and unfreeze (`paused` for the first
+/// two), `calls` for retry and cancel.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ActionResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    /// The calls retried or cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<Vec<String>>,
 }
 
 /// Steers one entity: `retry` / `cancel` an external call, `pause` / `resume` the entity, `freeze` / `unfreeze`
 /// an organization. Every action needs a reason and lands in the entity's journal and the audit trail.
+#[utoipa::path(post, path = "/api/v1/ops/entities/{kind}/{id}/actions/{action}", tag = "operators",
+    params(
+        ("kind" = String, Path, description = "`subscription`, `organization` or `metering`"),
+        ("id" = String, Path, description = "the entity's id within its kind"),
+        ("action" = String, Path, description = "`retry`, `cancel`, `pause`, `resume`; `freeze`, `unfreeze` for organizations"),
+    ),
+    request_body(content = Option<ActionBody>, description = "Optional: a missing or empty body counts as no reason; a body that is not this JSON object is refused (`invalid_json`)"),
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = ActionDone),
+        (status = 400, body = ErrorBody, description = "`invalid_entity`, `invalid_json`, `reason_required` or `unknown_action`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 404, body = ErrorBody,
+            description = "`not_found` (no such entity, or no pending external call to act on) or `unknown_kind`"),
+        (status = 409, body = ErrorBody,
+            description = "`not_applicable` (freeze/unfreeze does not apply in this state) or `paused`"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, body = ErrorBody, description = "`invalid_input`: the workflow refused the input"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn action(
     state: web::Data<AppState>,
     op: Operator,
     path: web::Path<(String, String, String)>,
-    body: Option<web::Json<ActionBody>>,
+    req: actix_web::HttpRequest,
+    body: Result<web::Json<ActionBody>, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
-    use crate::engine::{Cause, Event, Input, Status};
     let (kind, id, action) = path.into_inner();
-    let key = entity_key(&kind, &id)?;
-    let body = body.map(|b| b.into_inner()).unwrap_or(ActionBody { reason: None, call_id: None });
-    let reason = body.reason.unwrap_or_default().trim().to_string();
+    let body = match body {
+        Ok(b) => b.into_inner(),
+        // No body at all is an action without a reason: the reason check answers it with its own code.
+        Err(_)
+            if req.headers().get("content-length").is_none_or(|l| l.as_bytes() == b"0")
+                && req.headers().get("transfer-encoding").is_none() =>
+        {
+            ActionBody { reason: None, call_id: None }
+        }
+        // Too large (413) or not the JSON object above (400): the JSON extractor's own answer, with its code.
+        Err(e) => return Ok(e.error_response()),
+    };
+    let done = perform(&state, &op.name, &kind, &id, action, body.reason, body.call_id).await?;
+    Ok(HttpResponse::Ok().json(done))
+}
+
+/// An action by `operator`, for the API above and the console's forms alike (`super::console`): the same checks,
+/// the same journal entry, the same audit record.
+pub(crate) async fn perform(
+    state: &AppState,
+    operator: &str,
+    kind: &str,
+    id: &str,
+    action: String,
+    reason: Option<String>,
+    call_id: Option<String>,
+) -> Result<ActionDone, ApiError> {
+    use crate::engine::{Cause, Event, Input, Status};
+    let key = entity_key(kind, id)?;
+    let reason = reason.unwrap_or_default().trim().to_string();
     if reason.is_empty() || reason.chars().count() > 500 {
         return Err(ApiError::bad_request(
             "reason_required",
@@ -176,13 +389,18 @@ async fn action(
     if state.engine.record(&key)?.is_none() {
         return Err(ApiError::not_found(format!("no {kind} `{id}`")));
     }
-    let cause = Cause::Operator { operator: op.name.clone(), reason: reason.clone() };
+    let cause = Cause::Operator { operator: operator.to_string(), reason: reason.clone() };
     let input_id = format!("op:{action}:{}", uuid::Uuid::new_v4());
     let result = match action.as_str() {
         "pause" | "resume" => {
             let input = Input { id: input_id, event: Event::Control { action: action.clone() }, cause };
             let o = state.engine.send(key.clone(), input).await?;
-            json!({ "status": o.status, "state": o.state, "paused": o.reply["paused"] })
+            ActionResult {
+                status: Some(o.status),
+                state: Some(o.state),
+                paused: o.reply["paused"].as_bool(),
+                calls: None,
+            }
         }
         "freeze" | "unfreeze" if kind == crate::domain::organization::KIND => {
             let input = Input::domain(input_id, json!({ "type": action, "reason": reason }), cause);
@@ -194,11 +412,11 @@ async fn action(
                     format!("`{action}` does not apply to an organization in state `{}`", o.state),
                 ));
             }
-            json!({ "status": o.status, "state": o.state })
+            ActionResult { status: Some(o.status), state: Some(o.state), ..Default::default() }
         }
         "retry" | "cancel" => {
             let (_, calls) = services::pending_effects(&state.engine, &key)?;
-            let chosen: Vec<_> = match &body.call_id {
+            let chosen: Vec<_> = match &call_id {
                 Some(c) => calls.into_iter().filter(|r| &r.id == c).collect(),
                 None => calls,
             };
@@ -210,11 +428,11 @@ async fn action(
                 if action == "retry" {
                     state.engine.retry_call(&c.id).await?;
                 } else {
-                    state.engine.cancel_call(&c.id, &format!("{}: {reason}", op.name)).await?;
+                    state.engine.cancel_call(&c.id, &format!("{operator}: {reason}")).await?;
                 }
                 done.push(c.id);
             }
-            json!({ "calls": done })
+            ActionResult { calls: Some(done), ..Default::default() }
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -223,8 +441,9 @@ async fn action(
             ))
         }
     };
-    audit(&state, &op.name, &key.to_string(), &action, &reason, &result).await;
-    Ok(HttpResponse::Ok().json(json!({ "entity": key.to_string(), "action": action, "result": result })))
+    let result_value = serde_json::to_value(&result).unwrap_or(Value::Null);
+    audit(state, operator, &key.to_string(), &action, &reason, &result_value).await;
+    Ok(ActionDone { entity: key.to_string(), action, result })
 }
 
 /// Appends to the service-wide audit trail (the entity's journal has the same fact with its cause).
@@ -238,7 +457,14 @@ async fn audit(state: &AppState, operator: &str, entity: &str, action: &str, rea
     key.extend_from_slice(&uuid::Uuid::new_v4().as_bytes()[..4]);
     let mut full = b"audit/".to_vec();
     full.extend_from_slice(&key);
-    let entry = json!({ "at": now, "operator": operator, "entity": entity, "action": action, "reason": reason, "result": result });
+    let entry = AuditEntry {
+        at: now,
+        operator: operator.to_string(),
+        entity: entity.to_string(),
+        action: action.to_string(),
+        reason: reason.to_string(),
+        result: result.clone(),
+    };
     let mut b = crate::store::Batch::new();
     b.put(crate::store::Table::Records, full, serde_json::to_vec(&entry).unwrap_or_default());
     if let Err(e) = state.engine.committer().commit(b).await {
@@ -247,19 +473,54 @@ async fn audit(state: &AppState, operator: &str, entity: &str, action: &str, rea
     tracing::info!(operator, entity, action, "operator action");
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// At most this many (clamped to 1..=1000; default 100).
     limit: Option<usize>,
 }
 
 /// The audit trail, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct AuditTrail {
+    pub items: Vec<AuditEntry>,
+}
+
+/// One operator action.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub operator: String,
+    /// `kind/id`.
+    pub entity: String,
+    pub action: String,
+    pub reason: String,
+    /// As the action answered (see `ActionResult`).
+    pub result: Value,
+}
+
+/// The audit trail, newest first.
+#[utoipa::path(get, path = "/api/v1/ops/audit", tag = "operators", params(AuditQuery),
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = AuditTrail),
+        (status = 400, body = ErrorBody, description = "`invalid_query`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn audit_trail(
     state: web::Data<AppState>,
     _op: Operator,
     q: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let items = audit_entries(&state, q.limit.unwrap_or(100).clamp(1, 1000))?;
+    Ok(HttpResponse::Ok().json(AuditTrail { items }))
+}
+
+/// The newest `limit` entries of the audit trail (the API above and the console's audit page).
+pub(crate) fn audit_entries(state: &AppState, limit: usize) -> Result<Vec<AuditEntry>, ApiError> {
     let prefix = b"audit/".to_vec();
     let rows = state
         .engine
@@ -272,6 +533,5 @@ async fn audit_trail(
             true,
         )
         .map_err(crate::engine::Error::from)?;
-    let items: Vec<serde_json::Value> = rows.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    Ok(rows.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect())
 }

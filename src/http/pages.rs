@@ -306,6 +306,7 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("err_not_found", "未找到该组织或订阅。", "No such organization or subscription."),
     ("err_invalid_id", "组织 ID 不正确。", "Not a valid organization id."),
     ("err_generic", "操作未完成，请稍后重试。", "That did not work; please try again."),
+    ("err_payload_too_large", "提交的内容过大。", "The form is too large."),
 ];
 
 fn tr(lang: Lang, key: &str) -> &'static str {
@@ -342,7 +343,72 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("app.css", "text/css; charset=utf-8", include_str!("../../assets/app.css")),
     ("app.js", "text/javascript; charset=utf-8", include_str!("../../assets/app.js")),
     ("favicon.svg", "image/svg+xml", include_str!("../../assets/favicon.svg")),
+    ("api-docs.css", "text/css; charset=utf-8", include_str!("../../assets/api-docs.css")),
 ];
+
+/// The pages' part of the API description: HTML for browsers, described so that the description covers every
+/// route the service serves.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        home,
+        login_get,
+        login_post,
+        register_get,
+        register_post,
+        logout_post,
+        bind_get,
+        bind_post,
+        processing,
+        billing,
+        asset
+    ),
+    components(schemas(PageLoginForm, PageRegisterForm, PageLogoutForm, PageBindForm))
+)]
+pub struct PagesApi;
+
+/// The login form. Described only: the handler reads the raw form itself, after the CSRF checks.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct PageLoginForm {
+    /// Must equal the `mf_csrf` cookie (double submit).
+    csrf: String,
+    email: String,
+    password: String,
+    /// A local path to go on to.
+    next: Option<String>,
+}
+
+/// The registration form. Described only: the handler reads the raw form itself, after the CSRF checks.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct PageRegisterForm {
+    /// Must equal the `mf_csrf` cookie (double submit).
+    csrf: String,
+    email: String,
+    name: String,
+    password: String,
+    /// A local path to go on to.
+    next: Option<String>,
+}
+
+/// The logout form. Described only: the handler reads the raw form itself, after the CSRF checks.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct PageLogoutForm {
+    /// Must equal the `mf_csrf` cookie (double submit).
+    csrf: String,
+}
+
+/// The binding form (确认绑定). Described only: the handler reads the raw form itself, after the CSRF checks.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct PageBindForm {
+    /// Must equal the `mf_csrf` cookie (double submit).
+    csrf: String,
+    /// The organization to bind to.
+    org_id: Option<String>,
+}
 
 /// Formats an RFC 3339 time in Beijing time (UTC+8), as the marketplace shows times.
 fn datetime(value: String) -> String {
@@ -619,6 +685,16 @@ fn same_origin(state: &AppState, req: &HttpRequest) -> bool {
     Some(claimed.as_str()) == origin_of(&state.config.public_url).as_deref() || claimed == addressed
 }
 
+/// The form's bytes, or the page refusing them with a code (over [`FORM_LIMIT`]: 413 `payload_too_large`);
+/// actix's own refusal is plain text without one.
+fn form_bytes(ctx: &Ctx, body: Result<web::Bytes, actix_web::Error>) -> Result<web::Bytes, Box<HttpResponse>> {
+    body.map_err(|e| {
+        let status = e.as_response_error().status_code();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "invalid_body" };
+        Box::new(ctx.api_error(None, &ApiError::new(status, code, e.to_string())))
+    })
+}
+
 /// A submitted form: its fields, once the CSRF checks passed.
 fn form(state: &AppState, req: &HttpRequest, body: &[u8]) -> Option<Vec<(String, String)>> {
     let fields = std::str::from_utf8(body).ok().and_then(|b| parse_form(b).ok())?;
@@ -701,6 +777,14 @@ fn auth_page(
     )
 }
 
+/// The login page.
+#[utoipa::path(get, path = "/login", tag = "pages",
+    params(("lang" = Option<String>, Query, description = "`zh` or `en` (remembered in the `mf_lang` cookie)"), ("next" = Option<String>, Query, description = "a local path to go on to")),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html"),
+        (status = 303, description = "Already logged in: on to `next`, the 免登 grant's binding page, or home", headers(("Location" = String))),
+        (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html"),
+    ))]
 async fn login_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
     let next = next_of(&ctx, None);
@@ -719,8 +803,28 @@ async fn login_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse
     }
 }
 
-async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+/// Logs in from the form: the session cookie, the browser's 免登 grant redeemed, on to `next`.
+#[utoipa::path(post, path = "/login", tag = "pages",
+    request_body(content = PageLoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Logged in: on to `next`, the 免登 grant's binding page, or home",
+            headers(("Location" = String), ("Set-Cookie" = String, description = "`mf_session`"))),
+        (status = 400, description = "`invalid_body`: the body could not be read", content_type = "text/html"),
+        (status = 401, description = "Wrong e-mail or password: the form again, with the error", content_type = "text/html"),
+        (status = 403, description = "The form's CSRF token or origin does not match: the form again, with the error", content_type = "text/html"),
+        (status = 413, description = "`payload_too_large`: the form is over 16 KiB", content_type = "text/html"),
+        (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html"),
+    ))]
+async fn login_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Result<web::Bytes, actix_web::Error>,
+) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
+    let body = match form_bytes(&ctx, body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     let Some(fields) = form(&state, &req, &body) else {
         let next = next_of(&ctx, None);
         let err = Some(ctx.t("err_csrf").to_string());
@@ -763,14 +867,39 @@ async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
     }
 }
 
+/// The registration page.
+#[utoipa::path(get, path = "/register", tag = "pages",
+    params(("lang" = Option<String>, Query, description = "`zh` or `en` (remembered in the `mf_lang` cookie)"), ("next" = Option<String>, Query, description = "a local path to go on to")),
+    responses((status = 200, description = "The page", content_type = "text/html")))]
 async fn register_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
     let next = next_of(&ctx, None);
     auth_page(&ctx, &req, "register.html", StatusCode::OK, next.as_deref(), None, json!({ "email": "", "name": "" }))
 }
 
-async fn register_post(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+/// Registers from the form and logs the new user in.
+#[utoipa::path(post, path = "/register", tag = "pages",
+    request_body(content = PageRegisterForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Registered and logged in: on to `next`, the 免登 grant's binding page, or home",
+            headers(("Location" = String), ("Set-Cookie" = String, description = "`mf_session`"))),
+        (status = 400, description = "`invalid_body`, `invalid_email`, `invalid_name` or `weak_password`: the form again",
+            content_type = "text/html"),
+        (status = 403, description = "The form's CSRF token or origin does not match: the form again, with the error", content_type = "text/html"),
+        (status = 409, description = "`email_taken`: the form again", content_type = "text/html"),
+        (status = 413, description = "`payload_too_large`: the form is over 16 KiB", content_type = "text/html"),
+        (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html"),
+    ))]
+async fn register_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Result<web::Bytes, actix_web::Error>,
+) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
+    let body = match form_bytes(&ctx, body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     let Some(fields) = form(&state, &req, &body) else {
         let next = next_of(&ctx, None);
         let err = Some(ctx.t("err_csrf").to_string());
@@ -817,8 +946,27 @@ async fn register_post(state: web::Data<AppState>, req: HttpRequest, body: web::
     }
 }
 
-async fn logout_post(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+/// Logs out from the form.
+#[utoipa::path(post, path = "/logout", tag = "pages",
+    request_body(content = PageLogoutForm, content_type = "application/x-www-form-urlencoded"),
+    security(("session" = [])),
+    responses(
+        (status = 303, description = "To the login page; the session cookie is cleared", headers(("Location" = String))),
+        (status = 400, description = "`invalid_body`: the body could not be read", content_type = "text/html"),
+        (status = 403, description = "The form's CSRF token or origin does not match", content_type = "text/html"),
+        (status = 413, description = "`payload_too_large`: the form is over 16 KiB", content_type = "text/html"),
+        (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html"),
+    ))]
+async fn logout_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Result<web::Bytes, actix_web::Error>,
+) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
+    let body = match form_bytes(&ctx, body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     if form(&state, &req, &body).is_none() {
         return ctx.message(None, StatusCode::FORBIDDEN, "error_title", "err_csrf", Some(("/", ctx.t("home"))));
     }
@@ -839,6 +987,9 @@ fn enc(s: &str) -> String {
 }
 
 /// Home: the user's organizations and the marketplace subscriptions they came to.
+#[utoipa::path(get, path = "/", tag = "pages", params(("lang" = Option<String>, Query, description = "`zh` or `en` (remembered in the `mf_lang` cookie)")),
+    security(("session" = [])),
+    responses((status = 200, description = "The page", content_type = "text/html"), (status = 303, description = "No session: to `/login?next=<this page>`", headers(("Location" = String))), (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html")))]
 async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
     let user = match require_user(&state, &req, &ctx) {
@@ -936,6 +1087,16 @@ fn bind_page(
     )
 }
 
+/// The binding page (绑定云市场订阅): the user's organizations, which may take the subscription and why not.
+#[utoipa::path(get, path = "/bind/{instance_id}", tag = "pages",
+    params(("instance_id" = String, Path, description = "the marketplace instance id"), ("lang" = Option<String>, Query, description = "`zh` or `en` (remembered in the `mf_lang` cookie)")),
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html"),
+        (status = 303, description = "No session: to `/login?next=<this page>`", headers(("Location" = String))),
+        (status = 404, description = "No such subscription, or not the user's to see", content_type = "text/html"),
+        (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html"),
+    ))]
 async fn bind_get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
     let user = match require_user(&state, &req, &ctx) {
@@ -945,13 +1106,34 @@ async fn bind_get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<
     bind_page(&state, &ctx, &user, &path.into_inner(), StatusCode::OK, None, None)
 }
 
+/// Confirms the binding (确认绑定) from the form.
+#[utoipa::path(post, path = "/bind/{instance_id}", tag = "pages",
+    params(("instance_id" = String, Path, description = "the marketplace instance id")),
+    request_body(content = PageBindForm, content_type = "application/x-www-form-urlencoded"),
+    security(("session" = [])),
+    responses(
+        (status = 303, description = "Requested: on to the processing page (or, without a session, to the login page)",
+            headers(("Location" = String))),
+        (status = 400, description = "`invalid_body`, or `invalid_id`: the binding page again, with the error",
+            content_type = "text/html"),
+        (status = 403, description = "CSRF mismatch or `insufficient_permission`: the binding page again", content_type = "text/html"),
+        (status = 404, description = "No such subscription or organization, or not the user's", content_type = "text/html"),
+        (status = 409, description = "`org_already_bound`, `subscription_already_bound` or `paused`", content_type = "text/html"),
+        (status = 413, description = "`payload_too_large`: the form is over 16 KiB", content_type = "text/html"),
+        (status = 422, description = "No organization chosen, or `subscription_not_active`", content_type = "text/html"),
+        (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html"),
+    ))]
 async fn bind_post(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    body: Result<web::Bytes, actix_web::Error>,
 ) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
+    let body = match form_bytes(&ctx, body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     let user = match require_user(&state, &req, &ctx) {
         Ok(u) => u,
         Err(r) => return *r,
@@ -978,7 +1160,17 @@ async fn bind_post(
     }
 }
 
-/// "Zilliz Cloud 正在处理您的授权请求", until the binding is decided.
+/// "Zilliz Cloud 正在处理您的授权请求", until the organization has decided; then the result.
+#[utoipa::path(get, path = "/bind/{instance_id}/processing", tag = "pages",
+    params(("instance_id" = String, Path, description = "the marketplace instance id"), ("lang" = Option<String>, Query, description = "`zh` or `en` (remembered in the `mf_lang` cookie)")),
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html"),
+        (status = 303, description = "No session (to the login page), or no binding requested (to the binding page)",
+            headers(("Location" = String))),
+        (status = 404, description = "No such subscription, or not the user's to see", content_type = "text/html"),
+        (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html"),
+    ))]
 async fn processing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
     let user = match require_user(&state, &req, &ctx) {
@@ -1019,7 +1211,17 @@ async fn processing(state: web::Data<AppState>, req: HttpRequest, path: web::Pat
     )
 }
 
-/// 帐单概览, for Owners and Billing Admins.
+/// 帐单概览: the organization's payment channel, status and history (Owners and Billing Admins).
+#[utoipa::path(get, path = "/orgs/{org_id}/billing", tag = "pages",
+    params(("org_id" = String, Path, description = "`org_<32 hex>`", pattern = "^org_[A-Za-z0-9_-]{1,60}$"), ("lang" = Option<String>, Query, description = "`zh` or `en` (remembered in the `mf_lang` cookie)")),
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html"),
+        (status = 303, description = "No session: to `/login?next=<this page>`", headers(("Location" = String))),
+        (status = 403, description = "A Member: only Owners and Billing Admins see billing", content_type = "text/html"),
+        (status = 404, description = "No such organization, or not a member", content_type = "text/html"),
+        (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html"),
+    ))]
 async fn billing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
     let user = match require_user(&state, &req, &ctx) {
@@ -1054,7 +1256,14 @@ async fn billing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<S
     )
 }
 
-/// `/assets/{name}`: from memory, cached for a day.
+/// A stylesheet, script or icon of the pages, from memory, cached for a day.
+#[utoipa::path(get, path = "/assets/{name}", tag = "pages",
+    params(("name" = String, Path, description = "`app.css`, `app.js`, `favicon.svg`, `api-docs.css`", example = "app.css")),
+    responses(
+        (status = 200, description = "The asset, cached for a day", content(
+            ("text/css"), ("text/javascript"), ("image/svg+xml"))),
+        (status = 404, description = "No such asset", content_type = "text/plain"),
+    ))]
 async fn asset(path: web::Path<String>) -> HttpResponse {
     let name = path.into_inner();
     match ASSETS.iter().find(|(n, _, _)| *n == name) {

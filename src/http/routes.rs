@@ -48,6 +48,8 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/healthz", Public),
     r("GET", "/readyz", Public),
     r("GET", "/metrics", Public),
+    r("GET", "/openapi.json", Public),
+    r("GET", "/api/docs", Public),
     r("GET", "/aliyun/spi", Spi),
     r("POST", "/aliyun/spi", Spi),
     r("GET", "/aliyun/sso", Sso),
@@ -88,6 +90,16 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/bind/{instance_id}/processing", UserPage),
     r("GET", "/orgs/{org_id}/billing", MemberPage),
     r("GET", "/assets/{name}", Public),
+    // The operator console.
+    r("GET", "/console", OperatorPage),
+    r("GET", "/console/login", Public),
+    r("POST", "/console/login", Public),
+    r("POST", "/console/logout", OperatorPage),
+    r("GET", "/console/timers", OperatorPage),
+    r("GET", "/console/audit", OperatorPage),
+    r("GET", "/console/assets/{name}", Public),
+    r("GET", "/console/entities/{kind}/{id}", OperatorPage),
+    r("POST", "/console/entities/{kind}/{id}/actions/{action}", OperatorPage),
 ];
 
 #[cfg(test)]

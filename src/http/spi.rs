@@ -7,7 +7,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::AppState;
 use crate::aliyun::encoding::parse_form;
@@ -16,12 +17,150 @@ use crate::aliyun::token::{verify_spi_token, TokenError};
 use crate::domain::subscription::{SubscriptionEvent, KIND};
 use crate::engine::{Cause, EntityKey, Input, Status};
 
+/// The SPI's part of the API description.
+#[derive(OpenApi)]
+#[openapi(
+    paths(spi_get, spi_post),
+    components(schemas(SpiParams, CreateInstanceReply, AppInfo, SpiSuccess, SpiFailure))
+)]
+pub struct SpiApi;
+
+/// The parameters of an SPI call, as the marketplace sends them (query or form). Which are required depends on
+/// `action`; every one is covered by `token`. Described here only: the handler must see the raw pairs in their
+/// order (the token is computed over all of them), so it parses them itself (`SpiRequest::parse`).
+#[derive(Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct SpiParams {
+    /// `createInstance`, `orderPay`, `renewInstance`, `upgradeInstance`, `expiredInstance`, `releaseInstance`,
+    /// `resumeInstance`, or `verify` (a 免登 link pointed at the SPI address: redirected to `/aliyun/sso`).
+    action: Option<String>,
+    /// MD5 over the sorted parameters and the ISV key.
+    token: Option<String>,
+    /// The subscribing Aliyun account (createInstance, orderPay).
+    ali_uid: Option<String>,
+    /// The order's business id, which becomes the instance id (createInstance, orderPay).
+    order_biz_id: Option<String>,
+    order_id: Option<String>,
+    product_code: Option<String>,
+    sku_id: Option<String>,
+    /// `true` for a trial (createInstance).
+    trial: Option<String>,
+    /// Beijing time, `yyyy-MM-dd HH:mm:ss` (createInstance, renewInstance).
+    expired_on: Option<String>,
+    /// Every action after createInstance.
+    instance_id: Option<String>,
+    /// orderPay's idempotency key.
+    request_id: Option<String>,
+    /// releaseInstance.
+    is_refund: Option<String>,
+    /// verify (免登).
+    time_stamp: Option<String>,
+}
+
+/// createInstance's answer: the instance id and where the buyer's 免登 link goes.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CreateInstanceReply {
+    #[serde(rename = "instanceId")]
+    pub instance_id: String,
+    #[serde(rename = "appInfo")]
+    pub app_info: AppInfo,
+}
+
+/// Where the marketplace sends the buyer.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AppInfo {
+    /// The 免登 address (`/aliyun/sso`).
+    #[serde(rename = "authUrl")]
+    pub auth_url: String,
+    #[serde(rename = "frontEndUrl")]
+    pub front_end_url: String,
+}
+
+/// Every other action's answer.
+#[derive(Serialize, ToSchema)]
+pub struct SpiSuccess {
+    /// Always `true`.
+    pub success: bool,
+}
+
+/// A refused or failed SPI call, in the marketplace's convention plus a stable `code`.
+#[derive(Serialize, ToSchema)]
+pub struct SpiFailure {
+    /// Always `false`.
+    pub success: bool,
+    /// `invalid_body`, `invalid_parameter`, `missing_token`, `invalid_token`, `duplicate_parameter`,
+    /// `unknown_action`, `payload_too_large`, `not_configured`, `overloaded`, ...
+    pub code: String,
+    pub message: String,
+}
+
 fn failure(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "success": false, "code": code, "message": message.into() }))
+    HttpResponse::build(status).json(SpiFailure { success: false, code: code.to_string(), message: message.into() })
+}
+
+/// A call of the marketplace's SPI, as a GET with the parameters in the query.
+#[utoipa::path(get, path = "/aliyun/spi", tag = "marketplace", params(SpiParams),
+    security(("spi_token" = [])),
+    responses(
+        (status = 200, description = "Done (or absorbed: a repeated or late call changes nothing)",
+            body = inline(SpiAnswer)),
+        (status = 302, description = "`action=verify`: a 免登 link; on to `/aliyun/sso` with the same query",
+            headers(("Location" = String))),
+        (status = 400, description = "Malformed or missing parameters", body = SpiFailure),
+        (status = 403, description = "`missing_token`, `invalid_token` or `duplicate_parameter`: nothing was parsed or stored",
+            body = SpiFailure),
+        (status = 503, description = "`not_configured`, or a transient failure (`overloaded`, `storage_unavailable`): call again",
+            body = SpiFailure, headers(("Retry-After" = u32, description = "seconds; on transient failures"))),
+    ))]
+pub async fn spi_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    spi(state, req, web::Bytes::new()).await
+}
+
+/// A call of the marketplace's SPI, as a POST with the parameters in a form body (and possibly the query).
+#[utoipa::path(post, path = "/aliyun/spi", tag = "marketplace",
+    request_body(content = SpiParams, content_type = "application/x-www-form-urlencoded"),
+    security(("spi_token" = [])),
+    responses(
+        (status = 200, description = "Done (or absorbed: a repeated or late call changes nothing)",
+            body = inline(SpiAnswer)),
+        (status = 302, description = "`action=verify`: a 免登 link; on to `/aliyun/sso` with the same parameters",
+            headers(("Location" = String))),
+        (status = 400, description = "`invalid_body` (not UTF-8), malformed or missing parameters", body = SpiFailure),
+        (status = 403, description = "`missing_token`, `invalid_token` or `duplicate_parameter`: nothing was parsed or stored",
+            body = SpiFailure),
+        (status = 413, description = "`payload_too_large`: the body is over 256 KiB; nothing was parsed or stored",
+            body = SpiFailure),
+        (status = 503, description = "`not_configured`, or a transient failure (`overloaded`, `storage_unavailable`): call again",
+            body = SpiFailure, headers(("Retry-After" = u32, description = "seconds; on transient failures"))),
+    ))]
+pub async fn spi_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Result<web::Bytes, actix_web::Error>,
+) -> HttpResponse {
+    match body {
+        Ok(body) => spi(state, req, body).await,
+        // The marketplace reads `code` like any other refusal; actix's own 413 is plain text without one.
+        Err(e) if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE => {
+            failure(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is over 256 KiB")
+        }
+        Err(e) => failure(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()),
+    }
+}
+
+/// createInstance's answer or `{"success": true}`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum SpiAnswer {
+    Created(CreateInstanceReply),
+    Done(SpiSuccess),
 }
 
 /// The SPI endpoint (GET query or POST form; both are accepted, as implementations differ).
-pub async fn spi(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+async fn spi(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let mut raw = req.query_string().to_string();
     if !body.is_empty() {
         let Ok(form) = std::str::from_utf8(&body) else {
@@ -131,16 +270,25 @@ async fn handle(state: &AppState, request: SpiRequest) -> HttpResponse {
                 if outcome.repeated {
                     tracing::info!(instance = %instance, "createInstance repeated: same answer");
                 }
-                if outcome.reply.is_null() {
+                let reply = if outcome.reply.is_null() {
                     // Known already under another input (cannot happen with one input id per instance).
-                    return match state.engine.record(&key) {
-                        Ok(Some(r)) => HttpResponse::Ok().json(r.data.get("create_reply").cloned().unwrap_or_default()),
-                        _ => failure(StatusCode::SERVICE_UNAVAILABLE, "retry", "try again"),
-                    };
-                }
-                return HttpResponse::Ok().json(outcome.reply);
+                    match state.engine.record(&key) {
+                        Ok(Some(r)) => r.data.get("create_reply").cloned().unwrap_or_default(),
+                        _ => return failure(StatusCode::SERVICE_UNAVAILABLE, "retry", "try again"),
+                    }
+                } else {
+                    outcome.reply
+                };
+                // Through the described type, so that the answer cannot drift from the description.
+                return match serde_json::from_value::<CreateInstanceReply>(reply) {
+                    Ok(r) => HttpResponse::Ok().json(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "createInstance's stored answer does not decode");
+                        failure(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the answer could not be made")
+                    }
+                };
             }
-            HttpResponse::Ok().json(json!({ "success": true }))
+            HttpResponse::Ok().json(SpiSuccess { success: true })
         }
         Err(e) => {
             tracing::warn!(action, instance = %instance, error = %e, "SPI call failed");

@@ -30,6 +30,32 @@ fn redirect(to: &str) -> HttpResponse {
     HttpResponse::Found().insert_header(("Location", to.to_string())).finish()
 }
 
+/// The 免登 hand-off's part of the API description.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(sso))]
+pub struct SsoApi;
+
+/// The marketplace's 免登 link: checked (token, time window, single use), then on to the billing page of a bound
+/// subscription or the binding page of an unbound one, through login when the browser has no session. Refusals
+/// are pages that say what to do, in Chinese and English.
+#[utoipa::path(get, path = "/aliyun/sso", tag = "marketplace",
+    params(
+        ("action" = Option<String>, Query, description = "`verify`"),
+        ("instanceId" = Option<String>, Query, description = "the subscription"),
+        ("timeStamp" = Option<String>, Query,
+            description = "when the link was made, Beijing time `yyyy-MM-dd HH:mm:ss`; must be within `MARKETFLOW_SSO_WINDOW` of now"),
+        ("token" = Option<String>, Query, description = "MD5 over the sorted parameters and the ISV key"),
+    ),
+    security(("spi_token" = [])),
+    responses(
+        (status = 302, description = "Accepted: to the billing page, the binding page, or `/login?next=...` (with the `mf_sso` cookie holding the grant)",
+            headers(("Location" = String), ("Set-Cookie" = String, description = "`mf_sso`, without a session"))),
+        (status = 400, description = "`invalid_link`: malformed", content_type = "text/html"),
+        (status = 403, description = "`invalid_token`, `link_expired` or `link_used`", content_type = "text/html"),
+        (status = 404, description = "`subscription_not_found`: not opened (yet)", content_type = "text/html"),
+        (status = 410, description = "`subscription_released`", content_type = "text/html"),
+        (status = 503, description = "`not_configured`, or `retry`: the store could not record the use", content_type = "text/html"),
+    ))]
 pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let Ok(params) = parse_form(req.query_string()) else {
         return refusal(StatusCode::BAD_REQUEST, "invalid_link", "链接格式不正确。", "The link is malformed.");

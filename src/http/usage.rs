@@ -3,11 +3,12 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
 
 use super::auth::{Operator, Service};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::AppState;
 use crate::domain::ids::OrgId;
 use crate::domain::metering::{self, Metering};
@@ -15,18 +16,58 @@ use crate::domain::organization;
 use crate::engine::EntityKey;
 use crate::usage::{self, StoreError, Stored};
 
-#[derive(Deserialize)]
+/// The usage part of the API description.
+#[derive(OpenApi)]
+#[openapi(paths(post_usage, org_metering))]
+pub struct UsageApi;
+
+/// One usage record: `cu` compute units of `cu_type` over `[start, end)`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UsageBody {
+pub struct UsageBody {
+    /// The sender's id of the record: a repeat with the same content is harmless, with other content refused.
+    #[schema(example = "rec-2026-11-27T08-cluster-1")]
     record_id: String,
+    /// `org_<32 hex>`.
+    #[schema(pattern = "^org_[A-Za-z0-9_-]{1,60}$")]
     org_id: String,
+    /// The cluster or other resource.
     resource_id: String,
+    /// A CU type of the price catalog.
     cu_type: String,
+    /// Above 0, at most 10000, at most 3 decimals.
     cu: f64,
     start: DateTime<Utc>,
+    /// After `start`, at most 24 hours later, not in the future, not older than 7 days.
     end: DateTime<Utc>,
 }
 
+/// A stored (or repeated) usage record.
+#[derive(Serialize, ToSchema)]
+pub struct UsageStored {
+    pub record_id: String,
+    /// `new` or `repeated`.
+    pub stored: &'static str,
+    /// Whether the organization pays through a bound, active subscription now; otherwise recorded, unbilled.
+    pub billable: bool,
+}
+
+/// Records usage of Zilliz Cloud's services, idempotent by `record_id`.
+#[utoipa::path(post, path = "/api/v1/usage", tag = "usage", request_body = UsageBody,
+    security(("service" = [])),
+    responses(
+        (status = 200, body = UsageStored, description = "A repeat of a stored record: nothing changed"),
+        (status = 201, body = UsageStored, description = "Stored"),
+        (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_id` or `invalid_org_id`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the service's"),
+        (status = 404, body = ErrorBody, description = "`org_not_found`"),
+        (status = 409, body = ErrorBody, description = "`record_conflict`: another record was stored under this `record_id`"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, body = ErrorBody,
+            description = "`invalid_id`, `unknown_cu_type`, `invalid_cu`, `invalid_interval`, `interval_in_future` or `interval_too_old`"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn post_usage(
     state: web::Data<AppState>,
     _s: Service,
@@ -60,14 +101,72 @@ async fn post_usage(
     // Billed only while the organization pays through an active subscription; otherwise recorded, unbilled.
     let billable = org_record.state == "bound";
     let status = if stored == Stored::New { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(HttpResponse::build(status).json(json!({
-        "record_id": record.record_id,
-        "stored": if stored == Stored::New { "new" } else { "repeated" },
-        "billable": billable,
-    })))
+    Ok(HttpResponse::build(status).json(UsageStored {
+        record_id: record.record_id.to_string(),
+        stored: if stored == Stored::New { "new" } else { "repeated" },
+        billable,
+    }))
+}
+
+/// An organization's metering: every window of its subscriptions, totals by status, and unbilled usage.
+#[derive(Serialize, ToSchema)]
+pub struct OrgMetering {
+    pub org_id: OrgId,
+    pub windows: Vec<MeteringWindow>,
+    /// By window status (`pushed`, `failed`, ...).
+    pub totals: std::collections::BTreeMap<String, MeteringTotal>,
+    /// Usage of the last 7 days that no window of the organization covers.
+    pub unbilled: Unbilled,
+}
+
+/// One metering window (a whole hour, or merged) of a subscription.
+#[derive(Serialize, ToSchema)]
+pub struct MeteringWindow {
+    pub instance_id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// `metering`, `pushing`, `pushed`, `empty`, `failed` or `too_short`.
+    pub status: String,
+    /// Marketplace units.
+    pub units: u64,
+    /// Yuan, three decimals.
+    pub yuan: String,
+    /// The marketplace takes the window until then.
+    pub deadline: DateTime<Utc>,
+    pub request_id: Option<String>,
+    pub error: Option<String>,
+    /// Usage records that overlapped the window.
+    pub records: u64,
+}
+
+/// Windows and units of one status.
+#[derive(Serialize, ToSchema)]
+pub struct MeteringTotal {
+    pub windows: u64,
+    pub units: u64,
+    pub yuan: String,
+}
+
+/// Usage recorded but billed by no window.
+#[derive(Serialize, ToSchema)]
+pub struct Unbilled {
+    pub records: u64,
+    pub units: u64,
+    pub yuan: String,
 }
 
 /// An organization's metering windows (pending, pushed, failed, too short) and totals in units and yuan.
+#[utoipa::path(get, path = "/api/v1/ops/orgs/{org_id}/metering", tag = "operators",
+    params(("org_id" = String, Path, description = "`org_<32 hex>`", pattern = "^org_[A-Za-z0-9_-]{1,60}$")),
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = OrgMetering),
+        (status = 400, body = ErrorBody, description = "`invalid_id` or `invalid_org_id`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such organization"),
+        (status = 503, response = Unavailable),
+    ))]
 async fn org_metering(
     state: web::Data<AppState>,
     _op: Operator,
@@ -82,7 +181,7 @@ async fn org_metering(
     instances.sort();
     instances.dedup();
     let unit_yuan: f64 = state.catalog.unit_yuan.parse().unwrap_or(0.001);
-    let mut windows: Vec<Value> = vec![];
+    let mut windows: Vec<MeteringWindow> = vec![];
     let mut by_status: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for instance in instances {
         let Ok(mk) = EntityKey::new(metering::KIND, &instance) else { continue };
@@ -92,11 +191,18 @@ async fn org_metering(
             let e = by_status.entry(w.status.clone()).or_default();
             e.0 += 1;
             e.1 += w.units;
-            windows.push(json!({
-                "instance_id": instance, "start": w.start, "end": w.end, "status": w.status, "units": w.units,
-                "yuan": format!("{:.3}", w.units as f64 * unit_yuan), "deadline": w.deadline,
-                "request_id": w.request_id, "error": w.error, "records": w.records,
-            }));
+            windows.push(MeteringWindow {
+                instance_id: instance.clone(),
+                start: w.start,
+                end: w.end,
+                status: w.status.clone(),
+                units: w.units,
+                yuan: format!("{:.3}", w.units as f64 * unit_yuan),
+                deadline: w.deadline,
+                request_id: w.request_id.clone(),
+                error: w.error.clone(),
+                records: w.records,
+            });
         }
     }
     // Usage not covered by any window of this organization: recorded, not billed (no bound, active
@@ -104,10 +210,7 @@ async fn org_metering(
     let now = state.engine.clock().now();
     let records = usage::overlapping(&**state.engine.store(), &org, now - usage::MAX_AGE, now + usage::MAX_SKEW)
         .map_err(|e| ApiError::from(crate::engine::Error::Storage(e)))?;
-    let mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)> = windows
-        .iter()
-        .filter_map(|w| Some((w["start"].as_str()?.parse().ok()?, w["end"].as_str()?.parse().ok()?)))
-        .collect();
+    let mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)> = windows.iter().map(|w| (w.start, w.end)).collect();
     intervals.sort();
     let mut unbilled_numerator: u128 = 0;
     let mut unbilled_records = 0u64;
@@ -124,16 +227,20 @@ async fn org_metering(
         }
     }
     let unbilled_units = unbilled_numerator / crate::domain::pricing::DENOMINATOR;
-    let totals: Value = by_status
+    let totals = by_status
         .into_iter()
-        .map(|(s, (n, u))| (s, json!({ "windows": n, "units": u, "yuan": format!("{:.3}", u as f64 * unit_yuan) })))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
-    Ok(HttpResponse::Ok().json(json!({
-        "org_id": org, "windows": windows, "totals": totals,
-        "unbilled": { "records": unbilled_records, "units": unbilled_units as u64,
-                      "yuan": format!("{:.3}", unbilled_units as f64 * unit_yuan) },
-    })))
+        .map(|(s, (n, u))| (s, MeteringTotal { windows: n, units: u, yuan: format!("{:.3}", u as f64 * unit_yuan) }))
+        .collect();
+    Ok(HttpResponse::Ok().json(OrgMetering {
+        org_id: org,
+        windows,
+        totals,
+        unbilled: Unbilled {
+            records: unbilled_records,
+            units: unbilled_units as u64,
+            yuan: format!("{:.3}", unbilled_units as f64 * unit_yuan),
+        },
+    }))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -35,6 +35,21 @@ struct Request {
     reply: oneshot::Sender<CommitResult>,
 }
 
+/// Watches the write path for metrics (latency histograms, entities by state): told of every group once it is
+/// durable, on the committer thread, with the store so that it can count what was there before. The store knows
+/// nothing of what it does; it must be quick, as the next group waits for it.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    fn durable(&self, store: &dyn Store, batches: &[Batch], took: Duration);
+    /// For the one who installed it to find its own type again.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// What every commit gets once a write or sync has failed: the failure (clients see `storage_unavailable`), not
+/// `Stopped`, which reads as a shutdown (`shutting_down`) and hides why the service refuses.
+fn refused_after_failure() -> CommitError {
+    CommitError::Failed(Arc::new(Error::Backend("an earlier write failed; nothing is written until a restart".into())))
+}
+
 /// Counters read by `/metrics` and the benchmarks.
 #[derive(Debug, Default)]
 pub struct CommitStats {
@@ -46,6 +61,8 @@ pub struct CommitStats {
     pub group_micros: AtomicU64,
     /// Set once a write or sync failed; never cleared in this process.
     pub failed: AtomicBool,
+    /// Installed once by the HTTP layer (`http::metrics`, on the first request); sees every durable group.
+    pub observer: std::sync::OnceLock<Arc<dyn Observer>>,
 }
 
 /// The handle to the committer thread. Cheap to clone.
@@ -88,7 +105,7 @@ impl Committer {
 
     fn enqueue(&self, batch: Batch) -> Result<oneshot::Receiver<CommitResult>, CommitError> {
         if self.stats.failed.load(Ordering::Acquire) {
-            return Err(CommitError::Stopped);
+            return Err(refused_after_failure());
         }
         let (reply, rx) = oneshot::channel();
         let guard = self.tx.lock().map_err(|_| CommitError::Stopped)?;
@@ -173,13 +190,14 @@ fn run(store: Arc<dyn Store>, rx: Receiver<Request>, config: CommitConfig, stats
             })
             .collect();
         let result = if stats.failed.load(Ordering::Acquire) {
-            Err(CommitError::Stopped)
+            Err(refused_after_failure())
         } else {
             match store.apply(&batches) {
                 Ok(()) => {
                     stats.commits.fetch_add(replies.len() as u64, Ordering::Relaxed);
                     stats.groups.fetch_add(1, Ordering::Relaxed);
                     stats.group_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    stats.observer.get().inspect(|o| o.durable(&*store, &batches, started.elapsed()));
                     Ok(())
                 }
                 Err(e) => {
