@@ -133,8 +133,15 @@ pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     };
     match user {
         Some(u) => {
+            // Without the grant the binding page would not know the subscription: refuse rather than mislead.
             if let Err(e) = state.accounts.grant(&u.id, &instance).await {
                 tracing::error!(error = %e, "免登: could not record the grant");
+                return refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "retry",
+                    "请稍后回到阿里云云市场控制台，重新点击「免登」。",
+                    "Please go back to the Marketplace console shortly and click 免登 again.",
+                );
             }
             redirect(&target)
         }

@@ -11,7 +11,7 @@
 //! | `POST /sim/instances/{id}/topup` | topped up: OPENED + resumeInstance (from EXPIRED) |
 //! | `GET /sim/instances/{id}/sso-url` | `{url, instance_id, time_stamp}`: the signed 免登 link |
 //! | `GET /sim/metering?instance_id=` | accepted metering records with their RequestIds, and totals per Key |
-//! | `GET`/`POST /sim/faults` | fault injection (see [`Faults`]) |
+//! | `GET`/`POST /sim/faults` | fault injection (see [`Faults`]); `GET` also counts what was injected |
 //! | `GET /sim/notifications` | orderPay notices the service did not acknowledge |
 
 use std::collections::BTreeMap;
@@ -320,8 +320,12 @@ async fn metering(shared: web::Data<Shared>, req: HttpRequest) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(json!({ "records": records, "totals": totals, "duplicates": duplicates })))
 }
 
+/// The fault settings, and how many faults were injected so far (`injected`).
 async fn get_faults(shared: web::Data<Shared>) -> HttpResponse {
-    HttpResponse::Ok().json(&shared.lock().faults)
+    let state = shared.lock();
+    let mut body = serde_json::to_value(&state.faults).unwrap_or_default();
+    body["injected"] = serde_json::to_value(&state.injected).unwrap_or_default();
+    HttpResponse::Ok().json(body)
 }
 
 async fn set_faults(shared: web::Data<Shared>, body: web::Bytes) -> Result<HttpResponse, SimError> {

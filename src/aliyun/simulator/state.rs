@@ -198,6 +198,19 @@ pub struct Faults {
     pub seed: Option<u64>,
 }
 
+/// How many faults were injected since start, so that a run (the chaos test) can report what it went through.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Injected {
+    /// Market API calls answered `503 ServiceUnavailable`.
+    pub openapi_errors: u64,
+    /// Market API answers delayed by `openapi_slow_ms`.
+    pub openapi_slow: u64,
+    /// SPI calls delivered a second time.
+    pub spi_duplicates: u64,
+    /// SPI calls sent out of their instance's queue after a random delay.
+    pub spi_reordered: u64,
+}
+
 /// Longest injected Market API delay (a typo should not hang a test for hours).
 pub(crate) const MAX_SLOW_MS: u64 = 120_000;
 
@@ -261,6 +274,7 @@ pub(crate) struct State {
     /// Instances waiting to become OPENED, by due time (service clock) and orderBizId.
     pub activations: BTreeSet<(DateTime<Utc>, String)>,
     pub faults: Faults,
+    pub injected: Injected,
     /// IDs and activation delays.
     pub rng: StdRng,
     /// Fault decisions; reseeded by `Faults::seed`.
@@ -286,6 +300,7 @@ impl State {
             notifications: Vec::new(),
             activations: BTreeSet::new(),
             faults: Faults::default(),
+            injected: Injected::default(),
             rng,
             fault_rng,
         }
@@ -323,16 +338,22 @@ impl State {
     /// Draws whether this Market API call fails, and how long it is delayed.
     pub fn draw_openapi_fault(&mut self) -> (bool, u64) {
         let fail = self.faults.openapi_error_rate > 0.0 && self.fault_rng.gen::<f64>() < self.faults.openapi_error_rate;
+        self.injected.openapi_errors += u64::from(fail);
+        self.injected.openapi_slow += u64::from(self.faults.openapi_slow_ms > 0);
         (fail, self.faults.openapi_slow_ms)
     }
 
     /// Draws whether an SPI call is delivered twice.
     pub fn draw_duplicate(&mut self) -> bool {
-        self.faults.spi_duplicate_rate > 0.0 && self.fault_rng.gen::<f64>() < self.faults.spi_duplicate_rate
+        let duplicate =
+            self.faults.spi_duplicate_rate > 0.0 && self.fault_rng.gen::<f64>() < self.faults.spi_duplicate_rate;
+        self.injected.spi_duplicates += u64::from(duplicate);
+        duplicate
     }
 
     /// A random delivery delay for reordered SPI calls, in real milliseconds.
     pub fn draw_reorder_delay_ms(&mut self) -> u64 {
+        self.injected.spi_reordered += 1;
         self.fault_rng.gen_range(0..=400)
     }
 
@@ -628,6 +649,11 @@ mod tests {
         let (da, db) = (draws(&mut a), draws(&mut b));
         assert_eq!(da, db);
         assert!(da.contains(&true) && da.contains(&false));
+        let errors = da.iter().filter(|f| **f).count() as u64;
+        assert_eq!(a.injected, Injected { openapi_errors: errors, ..Injected::default() });
+        a.set_faults(Faults { spi_duplicate_rate: 1.0, openapi_slow_ms: 5, ..Faults::default() });
+        assert!(a.draw_duplicate() && !a.draw_openapi_fault().0);
+        assert_eq!((a.injected.spi_duplicates, a.injected.openapi_slow), (1, 1));
     }
 
     #[test]
