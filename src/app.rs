@@ -170,7 +170,8 @@ impl Application {
         tracing::info!(listen = %config.listen, port, data_dir = %config.data_dir.display(),
             time_scale = config.time_scale, dev = config.dev, "marketflow serving");
         let accounts = crate::accounts::Accounts::new(engine.clone());
-        let state = web::Data::new(AppState { engine: engine.clone(), config, accounts, catalog });
+        let state =
+            web::Data::new(AppState { engine: engine.clone(), config, accounts, catalog, pending: Default::default() });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

@@ -520,6 +520,10 @@ async fn metrics_count_entities_by_state_and_time_commits_timers_and_requests() 
     assert_eq!(entities(&m, "subscription", "opening"), 1.0, "{m:?}");
     assert_eq!(entities(&m, "subscription", "active"), 0.0, "every state of the definition is a series");
     assert_eq!(entities(&m, "organization", "frozen"), 0.0);
+    // The work tables: the opening subscription's poll and deadline, nothing sent or called yet.
+    assert_eq!(m.get("marketflow_timers_pending").copied(), Some(2.0), "{m:?}");
+    assert_eq!(m.get("marketflow_outbox_pending").copied(), Some(0.0));
+    assert_eq!(m.get("marketflow_calls_pending").copied(), Some(0.0));
 
     // State changes move the gauge without another scan: activation, a new organization, a second subscription.
     w.pass_minutes(&first, 2).await;

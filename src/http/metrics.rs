@@ -225,6 +225,43 @@ fn line(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
 }
 
+/// Rows waiting in the store's work tables, as last counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    timers: u64,
+    outbox: u64,
+    calls: u64,
+}
+
+/// How long a count of the work tables is reused: a million pending timers take about a second to count, so
+/// scrapes share one count instead of each scanning the table (a gauge a few seconds old is still a gauge).
+const PENDING_TTL: Duration = Duration::from_secs(10);
+
+/// The last count and when it was taken; one per service (tests run several in one process).
+pub type PendingCache = Mutex<Option<(Instant, Pending)>>;
+
+/// Counts the work tables off the async workers (the count reads the store), at most once per [`PENDING_TTL`].
+async fn pending(state: &AppState) -> Option<Pending> {
+    if let Some((at, p)) = *state.pending.lock().unwrap_or_else(|e| e.into_inner()) {
+        if at.elapsed() < PENDING_TTL {
+            return Some(p);
+        }
+    }
+    let store = state.engine.store().clone();
+    let counted = web::block(move || -> Result<Pending, crate::store::Error> {
+        Ok(Pending {
+            timers: store.count_prefix(Table::Timers, b"")?,
+            outbox: store.count_prefix(Table::Outbox, b"")?,
+            calls: store.count_prefix(Table::Effects, b"")?,
+        })
+    })
+    .await
+    .ok()?
+    .ok()?;
+    *state.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), counted));
+    Some(counted)
+}
+
 /// The metrics' part of the API description.
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(metrics))]
@@ -323,6 +360,26 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         "gauge",
         state.engine.live_actors() as u64,
     );
+    match pending(&state).await {
+        Some(p) => {
+            line(&mut out, "marketflow_timers_pending", "Durable timers not fired yet.", "gauge", p.timers);
+            line(
+                &mut out,
+                "marketflow_outbox_pending",
+                "Messages between entities not delivered yet.",
+                "gauge",
+                p.outbox,
+            );
+            line(
+                &mut out,
+                "marketflow_calls_pending",
+                "External calls not finished (pending, retrying, in flight or needing attention).",
+                "gauge",
+                p.calls,
+            );
+        }
+        None => tracing::warn!("counting pending timers, messages and calls failed"),
+    }
     let _ = writeln!(out, "# HELP marketflow_http_requests_total HTTP requests by route and status.\n# TYPE marketflow_http_requests_total counter");
     if let Ok(m) = http().counts.lock() {
         for ((method, route, status), n) in m.iter() {

@@ -31,6 +31,8 @@ pub struct AppState {
     pub accounts: std::sync::Arc<crate::accounts::Accounts>,
     /// The price catalog (CU types, units per CU-hour, metering items).
     pub catalog: std::sync::Arc<crate::domain::pricing::Catalog>,
+    /// The last count of the store's work tables for `/metrics` (see `metrics::pending`), and when it was taken.
+    pub pending: metrics::PendingCache,
 }
 
 /// The probes' part of the API description.
