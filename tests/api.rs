@@ -13,7 +13,12 @@ struct TestApp {
 }
 
 async fn spawn(dir: &Path) -> TestApp {
-    let config = Config {
+    spawn_at(dir, None).await
+}
+
+/// The app, reached by browsers at `public_url` if given.
+async fn spawn_at(dir: &Path, public_url: Option<&str>) -> TestApp {
+    let mut config = Config {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.join("data"),
         operator_token: Some(Secret::new("op-token")),
@@ -25,6 +30,9 @@ async fn spawn(dir: &Path) -> TestApp {
         time_scale: 60.0,
         ..Config::default()
     };
+    if let Some(u) = public_url {
+        config.public_url = u.to_string();
+    }
     let app = Application::build(config).await.expect("the app builds");
     let url = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
@@ -117,4 +125,30 @@ async fn metrics_are_served_in_the_prometheus_format() {
         "{body}"
     );
     app.handle.stop(true).await;
+}
+
+/// The JSON API's session cookie is `Secure` exactly when the service is reached over https, like the pages'.
+#[actix_rt::test]
+async fn the_session_cookie_is_secure_behind_https() {
+    for (public_url, secure) in [(None, false), (Some("https://marketflow.example.com"), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let app = spawn_at(dir.path(), public_url).await;
+        let account = serde_json::json!({"email": "c@example.com", "password": "correct horse battery", "name": "C"});
+        let r = app.http.post(format!("{}/api/v1/accounts", app.url)).json(&account).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let login = serde_json::json!({"email": "c@example.com", "password": "correct horse battery"});
+        let r = app.http.post(format!("{}/api/v1/sessions", app.url)).json(&login).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let cookie = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("mf_session="))
+            .expect("a session cookie")
+            .to_string();
+        assert!(cookie.contains("HttpOnly"), "{cookie}");
+        assert_eq!(cookie.contains("Secure"), secure, "{public_url:?}: {cookie}");
+        app.handle.stop(true).await;
+    }
 }

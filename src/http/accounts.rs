@@ -154,8 +154,15 @@ async fn redeem_sso_cookie(state: &AppState, req: &HttpRequest, user: &User) -> 
     state.accounts.redeem_pending_grant(&nonce, &user.id).await.ok().flatten()
 }
 
-fn session_cookie(token: &str) -> Cookie<'static> {
-    Cookie::build(SESSION_COOKIE, token.to_string()).path("/").http_only(true).same_site(SameSite::Lax).finish()
+/// The session cookie, `Secure` when the service is reached over https (as the pages set theirs).
+fn session_cookie(state: &AppState, token: &str) -> Cookie<'static> {
+    let secure = state.config.public_url.starts_with("https://");
+    Cookie::build(SESSION_COOKIE, token.to_string())
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .finish()
 }
 
 fn cleared(name: &'static str) -> Cookie<'static> {
@@ -216,12 +223,10 @@ async fn login(
     };
     let (token, expires_at, user) = state.accounts.login(&email, password).await?;
     let instance = redeem_sso_cookie(&state, &req, &user).await;
-    Ok(HttpResponse::Created().cookie(session_cookie(&token)).cookie(cleared(SSO_COOKIE)).json(SessionCreated {
-        token,
-        expires_at,
-        user_id: user.id,
-        granted_instance: instance,
-    }))
+    Ok(HttpResponse::Created()
+        .cookie(session_cookie(&state, &token))
+        .cookie(cleared(SSO_COOKIE))
+        .json(SessionCreated { token, expires_at, user_id: user.id, granted_instance: instance }))
 }
 
 /// Ends the caller's session.
