@@ -56,6 +56,10 @@ struct Sent {
     write: Write,
     status: u16,
     code: String,
+    /// When the request was sent and when its answer arrived (answers of one group commit may arrive in any
+    /// order, so "after the failure" is told by these, not by the order of the list).
+    started: Instant,
+    answered: Instant,
 }
 
 impl Sent {
@@ -135,6 +139,7 @@ fn env(root: &Path) -> Vec<(String, String)> {
 /// Sends one write of worker `w`'s `n`-th turn.
 async fn one_write(c: &Client, owner: &(String, String, String), now: DateTime<Utc>, w: usize, n: usize) -> Sent {
     let (owner_email, owner_token, home_org) = owner;
+    let started = Instant::now();
     let (write, (status, v)) = match n % 16 {
         // A registration now and then (Argon2 is slow on purpose): a user and its home organization.
         0 if w < 2 => {
@@ -166,7 +171,8 @@ async fn one_write(c: &Client, owner: &(String, String, String), now: DateTime<U
             (Write::Usage(body), r)
         }
     };
-    Sent { write, status, code: v["code"].as_str().unwrap_or_default().to_string() }
+    let code = v["code"].as_str().unwrap_or_default().to_string();
+    Sent { write, status, code, started, answered: Instant::now() }
 }
 
 #[actix_rt::test]
@@ -238,8 +244,10 @@ async fn a_failing_write_is_refused_and_loses_no_acknowledged_commit() {
     for r in &sent {
         *by_answer.entry(format!("{} {}", r.status, r.code)).or_default() += 1;
     }
-    // Every write that started after the failure was answered (no hang, no reset) with the stable code.
-    let late: Vec<&Sent> = sent.iter().skip(first_failure + WORKERS).collect();
+    // Every write sent after the first refusal arrived was answered (no hang, no reset) with the stable code.
+    let refused_at = sent[first_failure].answered;
+    let late: Vec<&Sent> = sent.iter().filter(|r| r.started > refused_at).collect();
+    assert!(late.len() >= WORKERS, "each worker wrote on after the failure: {} late writes", late.len());
     let bad: Vec<String> = late
         .iter()
         .filter(|r| !(r.status == 503 && (r.code == "storage_unavailable")))
