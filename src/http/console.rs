@@ -1133,18 +1133,7 @@ async fn audit(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         (status = 404, description = "No such asset", content_type = "text/plain", body = String),
     ))]
 async fn asset(path: web::Path<String>) -> HttpResponse {
-    let name = path.into_inner();
-    match ASSETS.iter().find(|(n, _, _)| *n == name) {
-        Some((_, content_type, body)) => HttpResponse::Ok()
-            .content_type(*content_type)
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-            .body(*body),
-        None => HttpResponse::NotFound()
-            .content_type("text/plain; charset=utf-8")
-            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-            .body("not found"),
-    }
+    super::pages::embedded_asset(ASSETS, &path.into_inner(), "no-cache")
 }
 
 /// Registers the console's routes.

@@ -1265,11 +1265,16 @@ async fn billing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<S
         (status = 404, description = "No such asset", content_type = "text/plain"),
     ))]
 async fn asset(path: web::Path<String>) -> HttpResponse {
-    let name = path.into_inner();
-    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+    embedded_asset(ASSETS, &path.into_inner(), "public, max-age=86400")
+}
+
+/// Serves one of the binary's embedded assets (`(name, content type, body)`), or a plain 404; shared with the
+/// console, which only differs in how long browsers may cache.
+pub(crate) fn embedded_asset(assets: &[(&str, &str, &'static str)], name: &str, cache: &'static str) -> HttpResponse {
+    match assets.iter().find(|(n, _, _)| *n == name) {
         Some((_, content_type, body)) => HttpResponse::Ok()
             .content_type(*content_type)
-            .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+            .insert_header((header::CACHE_CONTROL, cache))
             .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
             .body(*body),
         None => HttpResponse::NotFound()
