@@ -150,13 +150,35 @@ fn child_fire(p: &Params) {
         let fired = || engine.stats().timers_fired.load(Ordering::Relaxed) as usize;
         let per_slice = p.entities / SLICES;
         let limit = Duration::from_secs(900);
+        let cs = &engine.committer().stats;
+        let group_counters = || {
+            (
+                cs.groups.load(Ordering::Relaxed),
+                cs.commits.load(Ordering::Relaxed),
+                cs.group_micros.load(Ordering::Relaxed),
+            )
+        };
+        let sync_counters = || (cs.write_micros.load(Ordering::Relaxed), cs.sync_micros.load(Ordering::Relaxed));
         for k in 0..p.slices {
             let target = fired() + per_slice;
+            let (g0, c0, us0) = group_counters();
+            let (w0, sus0) = sync_counters();
             let start = Instant::now();
             manual.set(t0 + TimeDelta::hours(1) + TimeDelta::minutes(k as i64));
             support::wait_until(limit, || fired() >= target).await.expect("a slice fired");
             let secs = start.elapsed().as_secs_f64();
-            eprintln!("slice {k}: {per_slice} timers in {secs:.2} s, {:.0}/s", per_slice as f64 / secs);
+            let (g1, c1, us1) = group_counters();
+            let groups = (g1 - g0).max(1) as f64;
+            let (w1, sus1) = sync_counters();
+            eprintln!(
+                "slice {k}: {per_slice} timers in {secs:.2} s, {:.0}/s; {:.0} commits per group, {:.2} ms per group; \
+                 writing {:.0} % of the time, fsyncing {:.0} %",
+                per_slice as f64 / secs,
+                (c1 - c0) as f64 / groups,
+                (us1 - us0) as f64 / 1e3 / groups,
+                (w1 - w0) as f64 / 1e4 / secs,
+                (sus1 - sus0) as f64 / 1e4 / secs,
+            );
             report(&format!("slice_rate_{k}"), per_slice as f64 / secs);
         }
         report("hwm_slices", support::hwm_mib());
@@ -164,12 +186,7 @@ fn child_fire(p: &Params) {
             // The slices fired so far set their timers again an hour after their minute, the others are still due
             // at theirs: an hour and ten minutes later, all of them are due at once.
             let target = fired() + p.entities;
-            let cs = &engine.committer().stats;
-            let (g0, c0, us0) = (
-                cs.groups.load(Ordering::Relaxed),
-                cs.commits.load(Ordering::Relaxed),
-                cs.group_micros.load(Ordering::Relaxed),
-            );
+            let (g0, c0, us0) = group_counters();
             let start = Instant::now();
             manual.set(t0 + TimeDelta::hours(2 + r as i64) + TimeDelta::minutes(SLICES as i64));
             support::wait_until(limit, || fired() >= target).await.expect("all fired");

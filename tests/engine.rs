@@ -10,7 +10,7 @@ use chrono::{TimeZone, Utc};
 use common::*;
 use marketflow::clock::ManualClock;
 use marketflow::engine::*;
-use marketflow::store::{MemoryStore, SledStore, Store};
+use marketflow::store::{MemoryStore, SledStore, Store, Table};
 use serde_json::json;
 
 fn start(store: Arc<dyn Store>, handler: Arc<dyn CallHandler>) -> (Engine, ManualClock) {
@@ -45,6 +45,34 @@ async fn a_one_hour_timer_fires_on_the_manual_clock_in_well_under_a_second() {
     let journal = engine.journal(&key("a"), 0, 100).unwrap().items;
     assert_eq!(journal.iter().filter(|j| j.event == "interest").count(), 1);
     assert!(matches!(journal[1].cause, Cause::Timer { ref name } if name == "interest"));
+    engine.shutdown();
+}
+
+#[actix_rt::test]
+async fn a_timer_delivered_again_is_stale_by_the_record_and_keeps_no_idempotency_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let (engine, clock) = start(store.clone(), Flaky::new(0));
+    engine.send(key("t"), ev("open-t", json!({"type": "open", "amount": 10}))).await.unwrap();
+    clock.advance(Duration::from_secs(3600));
+    eventually("interest paid", || account(&engine, "t").unwrap().1.interest == 1).await;
+    let journal = engine.journal(&key("t"), 0, 100).unwrap().items;
+    let fired = journal.iter().find(|j| j.event == "interest").expect("the firing is journaled");
+    assert_eq!(fired.input_id, "timer:interest:1");
+    // The firing wrote no idempotency record: the record's timer (set again, with a new set_seq) is what tells
+    // a repeat, and it was consumed in the same commit as the journal entry.
+    assert_eq!(store.get(Table::Idempotency, &idempotency_key(&key("t"), "timer:interest:1")).unwrap(), None);
+    assert!(store.get(Table::Idempotency, &idempotency_key(&key("t"), "open-t")).unwrap().is_some());
+
+    let again = Input {
+        id: "timer:interest:1".into(),
+        event: Event::Timer { name: "interest".into(), set_seq: 1 },
+        cause: Cause::Timer { name: "interest".into() },
+    };
+    let o = engine.send(key("t"), again).await.unwrap();
+    assert_eq!((o.status, o.code.as_deref()), (Status::Ignored, Some("stale")));
+    assert_eq!(account(&engine, "t").unwrap().1.interest, 1, "interest paid once");
+    assert_eq!(engine.journal(&key("t"), 0, 100).unwrap().items.len(), journal.len(), "nothing journaled");
     engine.shutdown();
 }
 

@@ -63,7 +63,12 @@ impl EntityActor {
         self.load()?;
         let inner = &self.engine.inner;
         let idem = idempotency_key(&self.key, &input.id);
-        if let Some(b) = inner.store.get(Table::Idempotency, &idem)? {
+        let recorded = match input.event.consumed_by_record() {
+            // The step below tells a repeat by the record (answered `stale`); there is no idempotency record.
+            true => None,
+            false => inner.store.get(Table::Idempotency, &idem)?,
+        };
+        if let Some(b) = recorded {
             let mut o: Outcome = serde_json::from_slice(&b)
                 .map_err(|e| Error::Internal(format!("a stored outcome of {} does not decode: {e}", self.key)))?;
             o.repeated = true;

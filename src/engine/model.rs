@@ -157,7 +157,19 @@ pub enum Event {
     Control { action: String },
 }
 
-/// One input to one entity. A repeated `id` gets the stored outcome.
+impl Event {
+    /// Whether an input of this event is kept from taking effect twice by the entity's own record, not by an
+    /// idempotency record: a timer fires only while the record holds it with the same `set_seq` (a journal
+    /// sequence number, never reused), a call result only while the record lists the call; the commit that
+    /// consumes either removes it, in the same atomic batch as the journal entry. A second copy of that fact in the
+    /// idempotency table would cost a random leaf read and written per firing (BENCHMARKS.md, round 4), and nobody
+    /// asks for these outcomes again: a repeat is answered `stale`.
+    pub fn consumed_by_record(&self) -> bool {
+        matches!(self, Event::Timer { .. } | Event::CallResult { .. })
+    }
+}
+
+/// One input to one entity. A repeated `id` gets the stored outcome (a repeated timer or call result: `stale`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Input {
     pub id: String,

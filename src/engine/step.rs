@@ -293,7 +293,9 @@ pub fn step(
     rec.updated_at = now;
     batch.put(Table::Entities, key.prefix(), encode(&rec)?);
     batch.put(Table::Journal, journal_key(key, seq), encode(&entry)?);
-    batch.put(Table::Idempotency, idempotency_key(key, &input.id), encode(&outcome)?);
+    if !input.event.consumed_by_record() {
+        batch.put(Table::Idempotency, idempotency_key(key, &input.id), encode(&outcome)?);
+    }
     Ok(Step { outcome, batch: Some(batch), record: Some(rec), messages, calls, stale: false })
 }
 

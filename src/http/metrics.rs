@@ -316,6 +316,20 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     );
     line(
         &mut out,
+        "marketflow_commit_write_micros_total",
+        "The part of the group commits' time spent writing into the store, microseconds.",
+        "counter",
+        r(&c.write_micros),
+    );
+    line(
+        &mut out,
+        "marketflow_commit_sync_micros_total",
+        "The part of the group commits' time spent flushing and fsyncing, microseconds.",
+        "counter",
+        r(&c.sync_micros),
+    );
+    line(
+        &mut out,
         "marketflow_store_failed",
         "1 once a write or sync failed (the service must restart).",
         "gauge",

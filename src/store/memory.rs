@@ -74,7 +74,7 @@ impl Store for MemoryStore {
         Ok(if reverse { range.rev().take(limit).map(map).collect() } else { range.take(limit).map(map).collect() })
     }
 
-    fn apply(&self, batches: &[Batch]) -> Result<(), Error> {
+    fn write(&self, batches: &[Batch]) -> Result<(), Error> {
         let mut g = self.data.write().map_err(|_| Error::Backend("memory store lock poisoned".into()))?;
         for op in batches.iter().flat_map(|b| b.ops.iter()) {
             match op {

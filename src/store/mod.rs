@@ -115,8 +115,14 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         reverse: bool,
     ) -> Result<KvPairs, Error>;
+    /// Applies the batches in order as one atomic unit: visible to reads at once, durable only after the next
+    /// [`Store::flush`] (all or nothing after a crash either way).
+    fn write(&self, batches: &[Batch]) -> Result<(), Error>;
     /// Applies the batches in order as one atomic unit and makes them durable before returning.
-    fn apply(&self, batches: &[Batch]) -> Result<(), Error>;
+    fn apply(&self, batches: &[Batch]) -> Result<(), Error> {
+        self.write(batches)?;
+        self.flush()
+    }
     /// Counts keys of a table with a prefix (for metrics and tests; may be slow).
     fn count_prefix(&self, table: Table, prefix: &[u8]) -> Result<u64, Error> {
         let mut n = 0u64;
@@ -130,7 +136,7 @@ pub trait Store: Send + Sync + 'static {
             }
         }
     }
-    /// Flushes everything (graceful shutdown).
+    /// Makes every write so far durable.
     fn flush(&self) -> Result<(), Error>;
     /// Flushes and releases the backend (its files and locks); every later call fails with [`Error::Closed`].
     fn close(&self) -> Result<(), Error> {

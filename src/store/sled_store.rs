@@ -181,7 +181,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn apply(&self, batches: &[Batch]) -> Result<(), Error> {
+    fn write(&self, batches: &[Batch]) -> Result<(), Error> {
         let mut batch = sled::Batch::default();
         for op in batches.iter().flat_map(|b| b.ops.iter()) {
             match op {
@@ -197,8 +197,10 @@ impl Store for SledStore {
                 Op::Delete { table, key } => batch.remove(full_key(*table, key)),
             }
         }
-        self.with(|_, tree| tree.apply_batch(batch).map_err(backend))?;
-        self.sync()
+        // One `apply_batch` for the whole group, not one per caller: sled's `apply_batch` takes a global lock that
+        // stops every read (`concurrency_control::write`), and taking it per batch, against the actors' reads, made
+        // firing timers 2.5x slower (BENCHMARKS.md, round 4).
+        self.with(|_, tree| tree.apply_batch(batch).map_err(backend))
     }
 
     fn flush(&self) -> Result<(), Error> {
