@@ -102,7 +102,7 @@ impl Default for Config {
             timer_overrides: vec![],
             catalog_file: None,
             endpoint_from_file: false,
-            sled_cache_mb: crate::store::sled_store::DEFAULT_CACHE_MB,
+            sled_cache_mb: crate::store::sled_store::default_cache_mb(),
         }
     }
 }
@@ -426,7 +426,7 @@ mod tests {
         };
         assert_eq!(
             Config::resolve(&dev(None, None)).unwrap().sled_cache_mb,
-            crate::store::sled_store::DEFAULT_CACHE_MB
+            crate::store::sled_store::default_cache_mb()
         );
         assert_eq!(Config::resolve(&dev(Some(file.clone()), None)).unwrap().sled_cache_mb, 64);
         assert_eq!(Config::resolve(&dev(Some(file), Some(512))).unwrap().sled_cache_mb, 512);

@@ -155,7 +155,7 @@ where
 /// The sled page cache the benches open stores with: `MARKETFLOW_SLED_CACHE_MB` as the service reads it, or the
 /// service's default, so that one binary can be measured with several sizes.
 pub fn cache_mb() -> u64 {
-    env_usize("MARKETFLOW_SLED_CACHE_MB", marketflow::store::sled_store::DEFAULT_CACHE_MB as usize) as u64
+    env_usize("MARKETFLOW_SLED_CACHE_MB", marketflow::store::sled_store::default_cache_mb() as usize) as u64
 }
 
 /// Opens a sled store behind the trait, with the page cache of [`cache_mb`].

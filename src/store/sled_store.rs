@@ -18,12 +18,48 @@ use super::{Batch, Error, Op, Store, Table};
 /// The largest value the store accepts; well under sled's blob threshold, so every value is in the fsynced log.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
-/// sled's page cache when none is configured, in MiB (`MARKETFLOW_SLED_CACHE_MB`).
+/// sled's page cache when none is configured, in MiB (`MARKETFLOW_SLED_CACHE_MB`): an eighth of the memory this
+/// process may use (the machine's, or its cgroup's limit if lower), at least [`MIN_DEFAULT_CACHE_MB`] and at most
+/// [`MAX_DEFAULT_CACHE_MB`].
 ///
-/// sled's own default is 1 GiB, and it keeps every page it read or wrote until the cache is full: resident memory
-/// grows with every entity touched and never comes back. `benches/` (BENCHMARKS.md, "sled's cache") measured the
-/// trade: a smaller cache costs page-ins only once the working set outgrows it.
-pub const DEFAULT_CACHE_MB: u64 = 256;
+/// Why it scales with memory: every transition writes leaves that are not in the cache once the store outgrows
+/// it, so the firing rate with 1,000,000 entities went from 16,000/s with 256 MiB to 22,000-25,000/s with 2 GiB
+/// (BENCHMARKS.md, round 4). Why it is bounded: sled keeps every page it read or wrote until the cache is full,
+/// so an idle service holds what its working set touched, up to this much; with 100,000 entities touched the
+/// memory bench settles at the same ~350 MiB with 256 MiB or 1 GiB of cache.
+pub fn default_cache_mb() -> u64 {
+    let limit = [
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| mem_total_bytes(&s)),
+        std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| cgroup_limit_bytes(&s)),
+        std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+            .ok()
+            .and_then(|s| cgroup_limit_bytes(&s)),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    match limit {
+        Some(bytes) => (bytes / 8 / (1 << 20)).clamp(MIN_DEFAULT_CACHE_MB, MAX_DEFAULT_CACHE_MB),
+        None => MIN_DEFAULT_CACHE_MB,
+    }
+}
+
+/// The smallest default cache, and the default where the memory cannot be read.
+pub const MIN_DEFAULT_CACHE_MB: u64 = 256;
+/// The largest default cache; more is a setting.
+pub const MAX_DEFAULT_CACHE_MB: u64 = 4096;
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// A cgroup memory limit (`max`, or v1's huge "unlimited" number, is no limit).
+fn cgroup_limit_bytes(text: &str) -> Option<u64> {
+    text.trim().parse::<u64>().ok().filter(|b| *b < 1 << 60)
+}
 
 /// sled, plus the file descriptor we fsync.
 pub struct SledStore {
@@ -93,9 +129,9 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, Error> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir` with the default page cache ([`DEFAULT_CACHE_MB`]).
+    /// Opens (or creates) the store in `dir` with the default page cache ([`default_cache_mb`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
-        Self::open_with_cache(dir, DEFAULT_CACHE_MB)
+        Self::open_with_cache(dir, default_cache_mb())
     }
 
     /// Opens (or creates) the store in `dir`, with a page cache of at most `cache_mb` MiB (sled's accounting of
@@ -253,6 +289,17 @@ mod tests {
         b.put(Table::Meta, b"k".to_vec(), b"v".to_vec());
         s.apply(&[b]).unwrap();
         assert_eq!(s.get(Table::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn the_default_cache_is_an_eighth_of_the_memory_within_bounds() {
+        assert_eq!(mem_total_bytes("MemTotal:       24576000 kB\nMemFree: 1 kB\n"), Some(24_576_000 * 1024));
+        assert_eq!(mem_total_bytes("MemFree: 1 kB\n"), None);
+        assert_eq!(cgroup_limit_bytes("max\n"), None);
+        assert_eq!(cgroup_limit_bytes("9223372036854771712\n"), None, "cgroup v1 without a limit");
+        assert_eq!(cgroup_limit_bytes("1073741824\n"), Some(1 << 30));
+        let mb = default_cache_mb();
+        assert!((MIN_DEFAULT_CACHE_MB..=MAX_DEFAULT_CACHE_MB).contains(&mb), "{mb}");
     }
 
     #[test]
