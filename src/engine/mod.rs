@@ -84,6 +84,8 @@ impl From<CommitError> for Error {
             CommitError::Overloaded => Error::Overloaded,
             CommitError::Stopped => Error::Stopped,
             CommitError::Failed(e) => Error::Storage(e.to_string()),
+            // A bug of the workflow (its record or a row grew too large), not of the store: not transient.
+            CommitError::TooLarge(_) => Error::Internal(e.to_string()),
         }
     }
 }

@@ -28,6 +28,10 @@ pub enum CommitError {
     Overloaded,
     #[error("the committer has stopped")]
     Stopped,
+    /// One batch held a value larger than the store takes; refused alone, before any write, so that the store
+    /// stays healthy for everyone else.
+    #[error("a value of {0} bytes is larger than the store takes")]
+    TooLarge(usize),
 }
 
 struct Request {
@@ -168,6 +172,7 @@ impl Committer {
 /// the next group while another thread fsynced the last one (tried twice, BENCHMARKS.md rounds 1 and 4) shrank
 /// the groups to a tenth and made each write slower, as sled's flush waits for the write in progress.
 fn run(store: Arc<dyn Store>, rx: Receiver<Request>, config: CommitConfig, stats: Arc<CommitStats>) {
+    let max_value = store.max_value_bytes();
     let mut group: Vec<Request> = Vec::new();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
@@ -176,16 +181,27 @@ fn run(store: Arc<dyn Store>, rx: Receiver<Request>, config: CommitConfig, stats
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let started = Instant::now();
-        let mut bytes = first.batch.bytes();
-        group.push(first);
-        while group.len() < config.max_group && bytes < config.max_group_bytes {
-            match rx.try_recv() {
-                Ok(r) => {
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(r) = next.take() {
+            match r.batch.largest_value() {
+                // A value the store would refuse fails the whole write, and a failed write stops the committer
+                // for good (the fsync-gate rule): refuse this batch alone instead.
+                n if n > max_value => {
+                    tracing::error!(bytes = n, limit = max_value, "a commit holds a value larger than the store takes");
+                    let _ = r.reply.send(Err(CommitError::TooLarge(n)));
+                }
+                _ => {
                     bytes += r.batch.bytes();
                     group.push(r);
                 }
-                Err(_) => break,
             }
+            if group.len() < config.max_group && bytes < config.max_group_bytes {
+                next = rx.try_recv().ok();
+            }
+        }
+        if group.is_empty() {
+            continue;
         }
         let mut batches = Vec::with_capacity(group.len());
         let replies: Vec<_> = group
@@ -269,5 +285,24 @@ mod tests {
         let mut b = Batch::new();
         b.put(Table::Meta, b"late".to_vec(), b"x".to_vec());
         assert!(matches!(c.commit_blocking(b), Err(CommitError::Stopped)));
+    }
+
+    #[test]
+    fn an_oversized_value_is_refused_alone_and_the_store_stays_healthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let c = Committer::start(store.clone(), CommitConfig::default());
+        let limit = store.max_value_bytes();
+        let mut big = Batch::new();
+        big.put(Table::Meta, b"big".to_vec(), vec![b'x'; limit + 1]);
+        big.put(Table::Meta, b"small".to_vec(), b"x".to_vec());
+        assert!(matches!(c.commit_blocking(big), Err(CommitError::TooLarge(n)) if n == limit + 1));
+        assert!(c.healthy());
+        assert_eq!(store.get(Table::Meta, b"small").unwrap(), None, "nothing of the refused batch was written");
+        let mut ok = Batch::new();
+        ok.put(Table::Meta, b"k".to_vec(), vec![b'y'; limit]);
+        c.commit_blocking(ok).expect("a value at the limit is taken");
+        assert_eq!(store.get(Table::Meta, b"k").unwrap().map(|v| v.len()), Some(limit));
+        c.shutdown();
     }
 }

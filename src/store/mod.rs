@@ -78,6 +78,18 @@ impl Batch {
         self.ops.extend(other.ops);
     }
     /// Approximate size in bytes, for sizing groups.
+    /// The length of the largest value put (0 for none).
+    pub fn largest_value(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { value, .. } => value.len(),
+                Op::Delete { .. } => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn bytes(&self) -> usize {
         self.ops
             .iter()
@@ -138,6 +150,10 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), Error>;
+    /// The largest value a write takes; a batch with a larger one is refused whole.
+    fn max_value_bytes(&self) -> usize {
+        usize::MAX
+    }
     /// Flushes and releases the backend (its files and locks); every later call fails with [`Error::Closed`].
     fn close(&self) -> Result<(), Error> {
         self.flush()

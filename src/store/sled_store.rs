@@ -243,6 +243,10 @@ impl Store for SledStore {
         self.sync()
     }
 
+    fn max_value_bytes(&self) -> usize {
+        MAX_VALUE_BYTES
+    }
+
     fn close(&self) -> Result<(), Error> {
         let result = self.sync();
         if let Ok(mut g) = self.inner.write() {
