@@ -87,18 +87,63 @@ type Counts = BTreeMap<(String, String), i64>;
 
 /// The metrics of one engine that its counters cannot give. Installed as the committer's [`Observer`].
 ///
-/// Entities by state are counted once, by a scan of the entities table on the committer thread (the only
-/// writer, so the count is exact: it holds the next group back for as long as the scan takes, once per process),
-/// and kept current from then on from the journal entries of every durable group: an entry's `from` and `to`
-/// move an entity between states, its first entry (`seq` 1) adds it. No scrape scans the store.
+/// Entities by state are counted by a scan of the entities table on the committer thread (the only writer, so
+/// the count is exact), a slice of [`TALLY_SLICE`] records after each durable group, so that no group waits for
+/// more than a slice (the whole scan at once held commits back about a second with 1,000,000 entities). Journal
+/// entries of every durable group keep the count current for the entities the scan has passed: an entry's `from`
+/// and `to` move an entity between states, its first entry (`seq` 1) adds it; the scan counts the others as they
+/// are when it reaches them. No scrape scans the store.
 #[derive(Debug)]
 struct EngineMetrics {
     commit_seconds: Histogram,
     group_size: Histogram,
     /// Shared with the hook of the engine's timer loop.
     timer_lateness: Arc<Histogram>,
-    /// `None` until the first durable group after installation counted them.
-    entities: Mutex<Option<Counts>>,
+    /// The count and how far its scan has got.
+    entities: Mutex<Tally>,
+}
+
+/// Records the committer reads per durable group while it counts entities (a few milliseconds).
+const TALLY_SLICE: usize = 5_000;
+
+#[derive(Debug, Default)]
+struct Tally {
+    counts: Counts,
+    /// The key of the last record counted; the entities up to it are in `counts`. `None` before the first slice.
+    scanned: Option<Vec<u8>>,
+    /// The scan has reached the end: `counts` is every entity.
+    done: bool,
+}
+
+impl Tally {
+    /// Whether the scan has counted the entity whose record is at `record_key`.
+    fn counted(&self, record_key: &[u8]) -> bool {
+        self.done || self.scanned.as_deref().is_some_and(|last| record_key <= last)
+    }
+
+    /// Counts the next slice of records after the last one counted.
+    fn scan_slice(&mut self, store: &dyn Store) -> Result<(), crate::store::Error> {
+        #[derive(serde::Deserialize)]
+        struct KindState {
+            kind: String,
+            state: String,
+        }
+        let start = match &self.scanned {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        let page = store.scan(Table::Entities, start, Bound::Unbounded, TALLY_SLICE, false)?;
+        for (_, v) in &page {
+            if let Ok(r) = serde_json::from_slice::<KindState>(v) {
+                *self.counts.entry((r.kind, r.state)).or_default() += 1;
+            }
+        }
+        self.done = page.len() < TALLY_SLICE;
+        if let Some((k, _)) = page.last() {
+            self.scanned = Some(k.clone());
+        }
+        Ok(())
+    }
 }
 
 /// The part of a journal entry that moves an entity between states.
@@ -110,30 +155,10 @@ struct Moved {
 }
 
 impl EngineMetrics {
-    fn count(store: &dyn Store) -> Result<Counts, crate::store::Error> {
-        #[derive(serde::Deserialize)]
-        struct KindState {
-            kind: String,
-            state: String,
-        }
-        let mut counts = Counts::new();
-        let mut start = Bound::Unbounded;
-        loop {
-            let page = store.scan(Table::Entities, start, Bound::Unbounded, 1000, false)?;
-            for (_, v) in &page {
-                if let Ok(r) = serde_json::from_slice::<KindState>(v) {
-                    *counts.entry((r.kind, r.state)).or_default() += 1;
-                }
-            }
-            match page.last() {
-                Some((k, _)) if page.len() == 1000 => start = Bound::Excluded(k.clone()),
-                _ => return Ok(counts),
-            }
-        }
-    }
-
+    /// The count, once the scan has counted every entity.
     fn entities(&self) -> Option<Counts> {
-        self.entities.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let t = self.entities.lock().unwrap_or_else(|e| e.into_inner());
+        t.done.then(|| t.counts.clone())
     }
 }
 
@@ -141,23 +166,26 @@ impl Observer for EngineMetrics {
     fn durable(&self, store: &dyn Store, batches: &[Batch], took: Duration) {
         self.commit_seconds.observe(took.as_secs_f64());
         self.group_size.observe(batches.len() as f64);
-        let mut entities = self.entities.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(counts) = entities.as_mut() else {
-            match Self::count(store) {
-                Ok(c) => *entities = Some(c),
-                Err(e) => tracing::warn!(error = %e, "counting entities by state failed; trying again next commit"),
-            }
-            return;
-        };
+        let mut tally = self.entities.lock().unwrap_or_else(|e| e.into_inner());
         for op in batches.iter().flat_map(|b| b.ops.iter()) {
             let Op::Put { table: Table::Journal, key, value } = op else { continue };
+            // A journal key is the entity's record key and then the entry's sequence number (8 bytes).
+            let record_key = &key[..key.len().saturating_sub(8)];
+            if !tally.counted(record_key) {
+                continue;
+            }
             let kind = key.split(|b| *b == crate::store::keys::SEP).next().map(String::from_utf8_lossy);
             let (Some(kind), Ok(m)) = (kind, serde_json::from_slice::<Moved>(value)) else { continue };
             if m.seq == 1 {
-                *counts.entry((kind.to_string(), m.to)).or_default() += 1;
+                *tally.counts.entry((kind.to_string(), m.to)).or_default() += 1;
             } else if m.from != m.to {
-                *counts.entry((kind.to_string(), m.from)).or_default() -= 1;
-                *counts.entry((kind.to_string(), m.to)).or_default() += 1;
+                *tally.counts.entry((kind.to_string(), m.from)).or_default() -= 1;
+                *tally.counts.entry((kind.to_string(), m.to)).or_default() += 1;
+            }
+        }
+        if !tally.done {
+            if let Err(e) = tally.scan_slice(store) {
+                tracing::warn!(error = %e, "counting entities by state failed; trying again next commit");
             }
         }
     }
@@ -174,7 +202,7 @@ fn engine_metrics(engine: &Engine) -> Option<&EngineMetrics> {
             commit_seconds: Histogram::new(COMMIT_BUCKETS),
             group_size: Histogram::new(GROUP_BUCKETS),
             timer_lateness: Arc::new(Histogram::new(LATENESS_BUCKETS)),
-            entities: Mutex::new(None),
+            entities: Mutex::new(Tally::default()),
         };
         let lateness = m.timer_lateness.clone();
         let _ = engine.inner.services.timer_lateness.set(Box::new(move |ms| lateness.observe(ms as f64 / 1000.0)));
@@ -427,9 +455,13 @@ async fn engine_families(engine: &Engine, out: &mut String) {
     m.group_size.render(out, "marketflow_commit_group_size", "");
     header(out, "marketflow_timer_lateness_seconds", "How late timers fired, service seconds.", "histogram");
     m.timer_lateness.render(out, "marketflow_timer_lateness_seconds", "");
-    if m.entities().is_none() {
-        // Nothing was committed since installation: an empty group makes the committer count them.
-        let _ = engine.committer().commit(Batch::new()).await;
+    // Until the scan is through (nothing committed since installation, or a large store), empty groups make the
+    // committer count the next slices; a scrape waits for at most a few seconds of it, the next one goes on.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while m.entities().is_none() && Instant::now() < deadline {
+        if engine.committer().commit(Batch::new()).await.is_err() {
+            break;
+        }
     }
     let Some(counts) = m.entities() else { return };
     // Every state of every definition, so that an emptied state reads 0 instead of vanishing.
@@ -444,5 +476,62 @@ async fn engine_families(engine: &Engine, out: &mut String) {
     header(out, "marketflow_entities", "Entities by kind and state (stored, live or not).", "gauge");
     for ((kind, state), n) in all {
         let _ = writeln!(out, "marketflow_entities{{kind=\"{}\",state=\"{}\"}} {n}", label(&kind), label(&state));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn record_key(id: usize) -> Vec<u8> {
+        format!("k\0e{id:06}\0").into_bytes()
+    }
+
+    /// What a commit moving entity `id` from `from` to `to` writes: the record and the journal entry.
+    fn moved(id: usize, seq: u64, from: &str, to: &str) -> Batch {
+        let mut b = Batch::new();
+        b.put(
+            Table::Entities,
+            record_key(id),
+            serde_json::to_vec(&serde_json::json!({"kind": "k", "state": to})).unwrap(),
+        );
+        let mut jk = record_key(id);
+        jk.extend_from_slice(&seq.to_be_bytes());
+        b.put(
+            Table::Journal,
+            jk,
+            serde_json::to_vec(&serde_json::json!({"seq": seq, "from": from, "to": to})).unwrap(),
+        );
+        b
+    }
+
+    #[test]
+    fn entities_are_counted_a_slice_per_group_and_exactly_despite_commits_meanwhile() {
+        let store = MemoryStore::new();
+        let n = 2 * TALLY_SLICE + 345;
+        store.apply(&(0..n).map(|i| moved(i, 1, "new", "a")).collect::<Vec<_>>()).unwrap();
+        let m = EngineMetrics {
+            commit_seconds: Histogram::new(COMMIT_BUCKETS),
+            group_size: Histogram::new(GROUP_BUCKETS),
+            timer_lateness: Arc::new(Histogram::new(LATENESS_BUCKETS)),
+            entities: Mutex::new(Tally::default()),
+        };
+        // As the committer does: the group is in the store before the observer hears of it.
+        let durable = |batches: Vec<Batch>| {
+            store.apply(&batches).unwrap();
+            m.durable(&store, &batches, Duration::ZERO);
+        };
+        durable(vec![]);
+        assert_eq!(m.entities(), None, "one slice is not the whole count");
+        // One entity the scan has passed, one it has not reached, and a new one beyond it.
+        durable(vec![moved(10, 2, "a", "b"), moved(n - 10, 2, "a", "b"), moved(n + 1, 1, "new", "a")]);
+        durable(vec![moved(11, 2, "a", "b")]);
+        let counts = m.entities().expect("three slices count them all");
+        assert_eq!(counts.get(&("k".to_string(), "a".to_string())), Some(&(n as i64 + 1 - 3)));
+        assert_eq!(counts.get(&("k".to_string(), "b".to_string())), Some(&3));
+        // From now on, every commit moves the count.
+        durable(vec![moved(n - 10, 3, "b", "c")]);
+        assert_eq!(m.entities().unwrap().get(&("k".to_string(), "c".to_string())), Some(&1));
     }
 }
