@@ -19,7 +19,7 @@ pub use sled_store::SledStore;
 /// Key-value pairs as scans return them.
 pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The tables of the store. Each is a key prefix in one keyspace, so a whole group commit is one atomic batch.
+/// The tables of the store. Each is a key prefix in one keyspace, so a whole group commit is one atomic write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum Table {

@@ -2,8 +2,8 @@
 //!
 //! sled's own `flush` ends in `sync_file_range`, which neither flushes the drive's cache nor the file's metadata
 //! (sled issue #1452), so an acknowledged commit could vanish on power loss. After every flush we `fdatasync` the
-//! log file through a descriptor of our own. All tables live in one sled tree under a one-byte prefix, so that a
-//! whole group commit is a single `apply_batch`, which sled applies atomically.
+//! log file through a descriptor of our own. All tables live in one sled tree under a one-byte prefix; a group
+//! commit is made atomic by a redo record of its own ([`Redo`]), not by sled's `apply_batch`.
 //!
 //! sled writes values larger than its blob threshold (a quarter of a segment, 128 KiB by default) to separate
 //! files that it does not fsync; [`MAX_VALUE_BYTES`] keeps every value far below that.
@@ -13,7 +13,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
-use super::{Batch, Error, Op, Store, Table};
+use super::{keys, Batch, Error, Op, Store, Table};
 
 /// The largest value the store accepts; well under sled's blob threshold, so every value is in the fsynced log.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -66,6 +66,8 @@ pub struct SledStore {
     /// The database and the single tree every table lives in; `None` once closed, which releases sled's lock
     /// on the directory even while other parts of the process still hold the store.
     inner: RwLock<Option<(sled::Db, sled::Tree)>>,
+    /// The redo log that makes a group's single-key writes atomic (see [`Redo`]).
+    redo: Redo,
     /// sled's log file, opened by us to fsync it; the lock serialises syncs (they are whole-file anyway).
     log: Mutex<File>,
     /// The data directory, for error messages.
@@ -128,6 +130,145 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, Error> {
     Ok(removed)
 }
 
+/// Chunks of a group's redo record are at most this long (sled's values stay under its blob threshold).
+const REDO_CHUNK: usize = 60 * 1024;
+
+/// Atomic groups without `apply_batch`.
+///
+/// sled's `apply_batch` is atomic, but it takes a global lock (`concurrency_control::write`) that stops every read
+/// in the process while the batch is applied, and once any batch was applied every read takes that lock's read
+/// side: the committer writing a group kept every actor from loading a record for 70 % of the time
+/// (BENCHMARKS.md, round 4). Single-key writes take no lock, so a group is written as one: first its redo record
+/// (every op of the group, encoded, in chunks that are single-key writes), then its ops one key at a time. sled
+/// recovers a prefix of its log (it stops at the first write missing from the tail), so after a crash either
+/// the last chunk of the group's redo record is missing, and then so is every op after it (the group is absent),
+/// or the whole record is there, and replaying it on open completes the ops that are missing (each op sets a
+/// key's final value or removes it, so replaying what already landed changes nothing). The redo record is removed
+/// right after the fsync that made its ops durable, before the next group's is written, so at most one group's
+/// record is ever on disk. One writer at a time (`writing`); the committer is the only one.
+struct Redo {
+    /// Redo records, by group number and chunk (`group u64 | chunk u32 | chunks u32`, big-endian).
+    tree: sled::Tree,
+    /// Keys of the redo records written since the last fsync began, removed after it; the lock serialises writers.
+    writing: Mutex<Vec<Vec<u8>>>,
+    /// The next group's number.
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Encodes the ops of a group as `tag | key length | key | [value length | value]` with full (table-prefixed) keys.
+fn encode_ops(batches: &[Batch]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(batches.iter().map(|b| b.bytes() + 16 * b.ops.len()).sum());
+    for op in batches.iter().flat_map(|b| b.ops.iter()) {
+        let (tag, table, key, value) = match op {
+            Op::Put { table, key, value } => (0u8, table, key, Some(value)),
+            Op::Delete { table, key } => (1u8, table, key, None),
+        };
+        out.push(tag);
+        out.extend_from_slice(&(key.len() as u32 + 1).to_be_bytes());
+        out.push(*table as u8);
+        out.extend_from_slice(key);
+        if let Some(v) = value {
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+    out
+}
+
+/// The ops of [`encode_ops`]: full keys and `Some(value)` to put, `None` to remove; `None` if it does not decode.
+#[allow(clippy::type_complexity)]
+fn decode_ops(mut b: &[u8]) -> Option<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (b.get(..n)?, b.get(n..)?);
+        *b = tail;
+        Some(head)
+    }
+    fn len(b: &mut &[u8]) -> Option<usize> {
+        take(b, 4).and_then(|x| x.try_into().ok()).map(|x| u32::from_be_bytes(x) as usize)
+    }
+    let mut ops = Vec::new();
+    while let Some(tag) = take(&mut b, 1) {
+        let key_len = len(&mut b)?;
+        let key = take(&mut b, key_len)?.to_vec();
+        let value = match tag[0] {
+            0 => {
+                let n = len(&mut b)?;
+                Some(take(&mut b, n)?.to_vec())
+            }
+            1 => None,
+            _ => return None,
+        };
+        ops.push((key, value));
+    }
+    Some(ops)
+}
+
+fn redo_key(group: u64, chunk: u32, chunks: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k.extend_from_slice(&chunks.to_be_bytes());
+    k
+}
+
+/// Sets or removes one key of the main tree.
+fn apply_op(tree: &sled::Tree, key: &[u8], value: Option<&[u8]>) -> Result<(), Error> {
+    match value {
+        Some(v) => tree.insert(key, v).map(|_| ()),
+        None => tree.remove(key).map(|_| ()),
+    }
+    .map_err(backend)
+}
+
+/// Completes the group whose redo record survived a crash, then removes every redo record; returns how many
+/// ops were replayed.
+fn recover_redo(db: &sled::Db, tree: &sled::Tree, redo: &sled::Tree, log: &File) -> Result<usize, Error> {
+    let mut groups: std::collections::BTreeMap<u64, Vec<(u32, u32, sled::IVec)>> = Default::default();
+    let mut keys = Vec::new();
+    for item in redo.iter() {
+        let (k, v) = item.map_err(backend)?;
+        let (Some(group), Some(chunk), Some(chunks)) = (
+            keys::read_u64(&k, 0),
+            k.get(8..12).and_then(|x| x.try_into().ok()).map(u32::from_be_bytes),
+            k.get(12..16).and_then(|x| x.try_into().ok()).map(u32::from_be_bytes),
+        ) else {
+            return Err(Error::Corrupt { what: "redo record".into(), detail: format!("key {k:?}") });
+        };
+        groups.entry(group).or_default().push((chunk, chunks, v));
+        keys.push(k);
+    }
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let mut replayed = 0;
+    for (group, chunks) in groups {
+        let complete = chunks.iter().enumerate().all(|(i, (c, n, _))| *c as usize == i && *n as usize == chunks.len());
+        if !complete {
+            // Its last chunk never reached the disk, so neither did any of its ops: the group did not happen.
+            tracing::warn!(group, "an unfinished group commit was dropped on recovery (it was never acknowledged)");
+            continue;
+        }
+        let bytes: Vec<u8> = chunks.iter().flat_map(|(_, _, v)| v.iter().copied()).collect();
+        let ops = decode_ops(&bytes).ok_or_else(|| Error::Corrupt {
+            what: "redo record".into(),
+            detail: format!("group {group} does not decode"),
+        })?;
+        for (key, value) in &ops {
+            apply_op(tree, key, value.as_deref())?;
+        }
+        replayed += ops.len();
+        tracing::info!(group, ops = ops.len(), "completed a group commit interrupted by a crash");
+    }
+    db.flush().map_err(backend)?;
+    log.sync_data()?;
+    for k in keys {
+        redo.remove(k).map_err(backend)?;
+    }
+    db.flush().map_err(backend)?;
+    log.sync_data()?;
+    Ok(replayed)
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `dir` with the default page cache ([`default_cache_mb`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, Error> {
@@ -147,10 +288,17 @@ impl SledStore {
         }
         .map_err(backend)?;
         let tree = db.open_tree("marketflow").map_err(backend)?;
+        let redo = db.open_tree("marketflow-redo").map_err(backend)?;
         let log = File::options().read(true).write(true).open(dir.join("db"))?;
         // The directory entry of a newly created log must be durable too.
         File::open(&dir)?.sync_all()?;
-        Ok(Self { inner: RwLock::new(Some((db, tree))), log: Mutex::new(log), dir })
+        recover_redo(&db, &tree, &redo, &log)?;
+        Ok(Self {
+            inner: RwLock::new(Some((db, tree))),
+            redo: Redo { tree: redo, writing: Mutex::new(Vec::new()), next: Default::default() },
+            log: Mutex::new(log),
+            dir,
+        })
     }
 
     /// The directory the store lives in.
@@ -167,9 +315,15 @@ impl SledStore {
     }
 
     fn sync(&self) -> Result<(), Error> {
+        let mut written = self.redo.writing.lock().map_err(|_| Error::Backend("redo lock poisoned".into()))?;
         self.with(|db, _| db.flush().map_err(backend))?;
         let f = self.log.lock().map_err(|_| Error::Backend("log lock poisoned".into()))?;
         f.sync_data()?;
+        // Their ops are durable: the records are not needed any more (the removals are durable with the next
+        // fsync, and always before the next group's record, which is written after them).
+        for k in written.drain(..) {
+            self.redo.tree.remove(k).map_err(backend)?;
+        }
         Ok(())
     }
 }
@@ -217,26 +371,42 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    /// One redo record, then every op as a single-key write (see [`Redo`]: atomic after a crash, and no global
+    /// lock against readers). Readers may see a group half written before it is durable, as they could always
+    /// see a group before its fsync; every input is still acknowledged only after the fsync.
     fn write(&self, batches: &[Batch]) -> Result<(), Error> {
-        let mut batch = sled::Batch::default();
-        for op in batches.iter().flat_map(|b| b.ops.iter()) {
-            match op {
-                Op::Put { table, key, value } => {
-                    if value.len() > MAX_VALUE_BYTES {
-                        return Err(Error::Backend(format!(
-                            "value of {} bytes exceeds the {MAX_VALUE_BYTES}-byte limit",
-                            value.len()
-                        )));
-                    }
-                    batch.insert(full_key(*table, key), value.as_slice());
-                }
-                Op::Delete { table, key } => batch.remove(full_key(*table, key)),
-            }
+        if let Some(len) = batches
+            .iter()
+            .flat_map(|b| b.ops.iter())
+            .filter_map(|op| match op {
+                Op::Put { value, .. } if value.len() > MAX_VALUE_BYTES => Some(value.len()),
+                _ => None,
+            })
+            .next()
+        {
+            return Err(Error::Backend(format!("value of {len} bytes exceeds the {MAX_VALUE_BYTES}-byte limit")));
         }
-        // One `apply_batch` for the whole group, not one per caller: sled's `apply_batch` takes a global lock that
-        // stops every read (`concurrency_control::write`), and taking it per batch, against the actors' reads, made
-        // firing timers 2.5x slower (BENCHMARKS.md, round 4).
-        self.with(|_, tree| tree.apply_batch(batch).map_err(backend))
+        if batches.iter().all(|b| b.ops.is_empty()) {
+            return Ok(());
+        }
+        let mut written = self.redo.writing.lock().map_err(|_| Error::Backend("redo lock poisoned".into()))?;
+        let record = encode_ops(batches);
+        let group = self.redo.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let chunks: Vec<&[u8]> = record.chunks(REDO_CHUNK).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let key = redo_key(group, i as u32, chunks.len() as u32);
+            self.redo.tree.insert(&key, *chunk).map_err(backend)?;
+            written.push(key);
+        }
+        self.with(|_, tree| {
+            for op in batches.iter().flat_map(|b| b.ops.iter()) {
+                match op {
+                    Op::Put { table, key, value } => apply_op(tree, &full_key(*table, key), Some(value))?,
+                    Op::Delete { table, key } => apply_op(tree, &full_key(*table, key), None)?,
+                }
+            }
+            Ok(())
+        })
     }
 
     fn flush(&self) -> Result<(), Error> {
@@ -293,6 +463,133 @@ mod tests {
         b.put(Table::Meta, b"k".to_vec(), b"v".to_vec());
         s.apply(&[b]).unwrap();
         assert_eq!(s.get(Table::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn redo_records_decode_to_their_ops() {
+        let mut a = Batch::new();
+        a.put(Table::Entities, b"k\0a\0".to_vec(), b"{}".to_vec());
+        a.delete(Table::Timers, vec![0, 1, 2]);
+        let mut b = Batch::new();
+        b.put(Table::Meta, b"empty".to_vec(), vec![]);
+        let ops = decode_ops(&encode_ops(&[a, b])).unwrap();
+        assert_eq!(
+            ops,
+            vec![
+                (full_key(Table::Entities, b"k\0a\0"), Some(b"{}".to_vec())),
+                (full_key(Table::Timers, &[0, 1, 2]), None),
+                (full_key(Table::Meta, b"empty"), Some(vec![])),
+            ]
+        );
+        assert_eq!(decode_ops(&[7]), None, "an unknown tag");
+        assert_eq!(decode_ops(&[0, 0, 0, 0, 9, 1]), None, "cut short");
+    }
+
+    /// Leaves in `dir` what a crash in the middle of [`SledStore::write`] leaves: the first `chunks_written` chunks
+    /// of a group's redo record (of `chunks`), and the first `ops_written` of its ops.
+    fn crash_mid_group(
+        dir: &Path,
+        ops: &[(Vec<u8>, Option<Vec<u8>>)],
+        chunks: u32,
+        chunks_written: u32,
+        ops_written: usize,
+    ) {
+        let record = {
+            let mut b = Batch::new();
+            for (k, v) in ops {
+                let table = Table::Meta;
+                assert_eq!(k[0], table as u8);
+                match v {
+                    Some(v) => b.put(table, k[1..].to_vec(), v.clone()),
+                    None => b.delete(table, k[1..].to_vec()),
+                }
+            }
+            encode_ops(&[b])
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match open_sled(dir, 64) {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("opening: {e}"),
+            }
+        };
+        let tree = db.open_tree("marketflow").unwrap();
+        let redo = db.open_tree("marketflow-redo").unwrap();
+        let size = record.len().div_ceil(chunks as usize);
+        for (i, chunk) in record.chunks(size).enumerate().take(chunks_written as usize) {
+            redo.insert(redo_key(41, i as u32, chunks), chunk).unwrap();
+        }
+        for (k, v) in ops.iter().take(ops_written) {
+            apply_op(&tree, k, v.as_deref()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    fn reopen(dir: &Path) -> SledStore {
+        // sled's background threads may hold the directory's lock a moment after the last handle is dropped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open_with_cache(dir, 64) {
+                Ok(s) => return s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("reopening: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_cut_short_by_a_crash_is_completed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open_with_cache(dir.path(), 64).unwrap();
+            let mut b = Batch::new();
+            b.put(Table::Meta, b"gone".to_vec(), b"old".to_vec());
+            b.put(Table::Meta, b"a".to_vec(), b"old".to_vec());
+            s.apply(&[b]).unwrap();
+            s.close().unwrap();
+        }
+        let ops = vec![
+            (full_key(Table::Meta, b"a"), Some(b"new".to_vec())),
+            (full_key(Table::Meta, b"b"), Some(vec![b'x'; 3000])),
+            (full_key(Table::Meta, b"gone"), None),
+        ];
+        crash_mid_group(dir.path(), &ops, 3, 3, 1);
+        let s = reopen(dir.path());
+        assert_eq!(s.get(Table::Meta, b"a").unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(s.get(Table::Meta, b"b").unwrap().map(|v| v.len()), Some(3000));
+        assert_eq!(s.get(Table::Meta, b"gone").unwrap(), None);
+        assert!(s.redo.tree.is_empty(), "the record is removed once its group is complete");
+    }
+
+    #[test]
+    fn a_group_whose_redo_record_is_incomplete_did_not_happen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ops = vec![(full_key(Table::Meta, b"a"), Some(b"new".to_vec()))];
+        // The second chunk never landed, so (sled recovers a prefix of its log) no op did either.
+        crash_mid_group(dir.path(), &ops, 2, 1, 0);
+        let s = reopen(dir.path());
+        assert_eq!(s.get(Table::Meta, b"a").unwrap(), None);
+        assert!(s.redo.tree.is_empty());
+    }
+
+    #[test]
+    fn written_groups_leave_no_redo_record_after_their_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with_cache(dir.path(), 64).unwrap();
+        let mut b = Batch::new();
+        for i in 0..100u32 {
+            b.put(Table::Meta, i.to_be_bytes().to_vec(), vec![b'v'; 2000]);
+        }
+        s.write(std::slice::from_ref(&b)).unwrap();
+        assert_eq!(s.redo.tree.len(), 4, "200 KB of ops: four chunks until the fsync");
+        s.flush().unwrap();
+        assert!(s.redo.tree.is_empty());
+        assert_eq!(s.count_prefix(Table::Meta, b"").unwrap(), 100);
     }
 
     #[test]
