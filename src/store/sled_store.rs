@@ -65,7 +65,7 @@ fn cgroup_limit_bytes(text: &str) -> Option<u64> {
 pub struct SledStore {
     /// The database and the single tree every table lives in; `None` once closed, which releases sled's lock
     /// on the directory even while other parts of the process still hold the store.
-    inner: RwLock<Option<(sled::Db, sled::Tree)>>,
+    inner: RwLock<Option<Open>>,
     /// The redo log that makes a group's single-key writes atomic (see [`Redo`]).
     redo: Redo,
     /// sled's log file, opened by us to fsync it; the lock serialises syncs (they are whole-file anyway).
@@ -130,6 +130,15 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<usize, Error> {
     Ok(removed)
 }
 
+/// What an open store holds; dropped as a whole by [`Store::close`] (every handle to sled must go for its lock to).
+struct Open {
+    db: sled::Db,
+    /// Every table, under its one-byte prefix.
+    tree: sled::Tree,
+    /// The redo records of [`Redo`].
+    redo: sled::Tree,
+}
+
 /// Chunks of a group's redo record are at most this long (sled's values stay under its blob threshold).
 const REDO_CHUNK: usize = 60 * 1024;
 
@@ -146,9 +155,8 @@ const REDO_CHUNK: usize = 60 * 1024;
 /// key's final value or removes it, so replaying what already landed changes nothing). The redo record is removed
 /// right after the fsync that made its ops durable, before the next group's is written, so at most one group's
 /// record is ever on disk. One writer at a time (`writing`); the committer is the only one.
+/// Its records are in [`Open::redo`], by group number and chunk (`group u64 | chunk u32 | chunks u32`, big-endian).
 struct Redo {
-    /// Redo records, by group number and chunk (`group u64 | chunk u32 | chunks u32`, big-endian).
-    tree: sled::Tree,
     /// Keys of the redo records written since the last fsync began, removed after it; the lock serialises writers.
     writing: Mutex<Vec<Vec<u8>>>,
     /// The next group's number.
@@ -294,8 +302,8 @@ impl SledStore {
         File::open(&dir)?.sync_all()?;
         recover_redo(&db, &tree, &redo, &log)?;
         Ok(Self {
-            inner: RwLock::new(Some((db, tree))),
-            redo: Redo { tree: redo, writing: Mutex::new(Vec::new()), next: Default::default() },
+            inner: RwLock::new(Some(Open { db, tree, redo })),
+            redo: Redo { writing: Mutex::new(Vec::new()), next: Default::default() },
             log: Mutex::new(log),
             dir,
         })
@@ -307,9 +315,13 @@ impl SledStore {
     }
 
     fn with<T>(&self, f: impl FnOnce(&sled::Db, &sled::Tree) -> Result<T, Error>) -> Result<T, Error> {
+        self.with_open(|o| f(&o.db, &o.tree))
+    }
+
+    fn with_open<T>(&self, f: impl FnOnce(&Open) -> Result<T, Error>) -> Result<T, Error> {
         let g = self.inner.read().map_err(|_| Error::Backend("store lock poisoned".into()))?;
         match g.as_ref() {
-            Some((db, tree)) => f(db, tree),
+            Some(o) => f(o),
             None => Err(Error::Closed),
         }
     }
@@ -321,10 +333,12 @@ impl SledStore {
         f.sync_data()?;
         // Their ops are durable: the records are not needed any more (the removals are durable with the next
         // fsync, and always before the next group's record, which is written after them).
-        for k in written.drain(..) {
-            self.redo.tree.remove(k).map_err(backend)?;
-        }
-        Ok(())
+        self.with_open(|o| {
+            for k in written.drain(..) {
+                o.redo.remove(k).map_err(backend)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -342,7 +356,7 @@ impl Store for SledStore {
         reverse: bool,
     ) -> Result<super::KvPairs, Error> {
         let g = self.inner.read().map_err(|_| Error::Backend("store lock poisoned".into()))?;
-        let Some((_, tree)) = g.as_ref() else {
+        let Some(Open { tree, .. }) = g.as_ref() else {
             return Err(Error::Closed);
         };
         let range = tree.range::<Vec<u8>, _>((full_bound(table, start, false), full_bound(table, end, true)));
@@ -393,12 +407,12 @@ impl Store for SledStore {
         let record = encode_ops(batches);
         let group = self.redo.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let chunks: Vec<&[u8]> = record.chunks(REDO_CHUNK).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let key = redo_key(group, i as u32, chunks.len() as u32);
-            self.redo.tree.insert(&key, *chunk).map_err(backend)?;
-            written.push(key);
-        }
-        self.with(|_, tree| {
+        self.with_open(|Open { tree, redo, .. }| {
+            for (i, chunk) in chunks.iter().enumerate() {
+                let key = redo_key(group, i as u32, chunks.len() as u32);
+                redo.insert(&key, *chunk).map_err(backend)?;
+                written.push(key);
+            }
             for op in batches.iter().flat_map(|b| b.ops.iter()) {
                 match op {
                     Op::Put { table, key, value } => apply_op(tree, &full_key(*table, key), Some(value))?,
@@ -418,7 +432,9 @@ impl Store for SledStore {
     }
 
     fn close(&self) -> Result<(), Error> {
-        let result = self.sync();
+        // Twice: the first fsync removes the last group's redo record, the second makes the removal durable, so a
+        // clean close leaves nothing to replay.
+        let result = self.sync().and_then(|()| self.sync());
         if let Ok(mut g) = self.inner.write() {
             g.take();
         }
@@ -563,7 +579,7 @@ mod tests {
         assert_eq!(s.get(Table::Meta, b"a").unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(s.get(Table::Meta, b"b").unwrap().map(|v| v.len()), Some(3000));
         assert_eq!(s.get(Table::Meta, b"gone").unwrap(), None);
-        assert!(s.redo.tree.is_empty(), "the record is removed once its group is complete");
+        assert!(s.with_open(|o| Ok(o.redo.is_empty())).unwrap(), "the record is removed once its group is complete");
     }
 
     #[test]
@@ -574,7 +590,22 @@ mod tests {
         crash_mid_group(dir.path(), &ops, 2, 1, 0);
         let s = reopen(dir.path());
         assert_eq!(s.get(Table::Meta, b"a").unwrap(), None);
-        assert!(s.redo.tree.is_empty());
+        assert!(s.with_open(|o| Ok(o.redo.is_empty())).unwrap());
+    }
+
+    #[test]
+    fn a_closed_store_releases_the_directory_while_its_handle_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with_cache(dir.path(), 64).unwrap();
+        let mut b = Batch::new();
+        b.put(Table::Meta, b"k".to_vec(), b"v".to_vec());
+        s.apply(&[b]).unwrap();
+        s.close().unwrap();
+        assert!(matches!(s.get(Table::Meta, b"k"), Err(Error::Closed)));
+        // An in-process restart opens the directory again while the old handle is still shared around.
+        let again = reopen(dir.path());
+        assert_eq!(again.get(Table::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        drop(s);
     }
 
     #[test]
@@ -586,9 +617,9 @@ mod tests {
             b.put(Table::Meta, i.to_be_bytes().to_vec(), vec![b'v'; 2000]);
         }
         s.write(std::slice::from_ref(&b)).unwrap();
-        assert_eq!(s.redo.tree.len(), 4, "200 KB of ops: four chunks until the fsync");
+        assert_eq!(s.with_open(|o| Ok(o.redo.len())).unwrap(), 4, "200 KB of ops: four chunks until the fsync");
         s.flush().unwrap();
-        assert!(s.redo.tree.is_empty());
+        assert!(s.with_open(|o| Ok(o.redo.is_empty())).unwrap());
         assert_eq!(s.count_prefix(Table::Meta, b"").unwrap(), 100);
     }
 
