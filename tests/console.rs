@@ -507,6 +507,19 @@ async fn metrics(w: &World) -> BTreeMap<String, f64> {
     parse_metrics(&r.text().await.unwrap())
 }
 
+/// The metrics once `ready` holds of them (or after 5 s): a state is visible to the API as soon as its group is
+/// written, the gauge moves once the group is durable, a moment later.
+async fn metrics_when(w: &World, ready: impl Fn(&BTreeMap<String, f64>) -> bool) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics(w).await;
+        if ready(&m) || Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn entities(m: &BTreeMap<String, f64>, kind: &str, state: &str) -> f64 {
     m.get(&format!("marketflow_entities{{kind=\"{kind}\",state=\"{state}\"}}")).copied().unwrap_or(-1.0)
 }
@@ -516,7 +529,7 @@ async fn metrics_count_entities_by_state_and_time_commits_timers_and_requests() 
     let dir = tempfile::tempdir().unwrap();
     let mut w = World::new(dir.path()).await;
     let first = w.open("1688000000000701", 60).await;
-    let m = metrics(&w).await;
+    let m = metrics_when(&w, |m| entities(m, "subscription", "opening") == 1.0).await;
     assert_eq!(entities(&m, "subscription", "opening"), 1.0, "{m:?}");
     assert_eq!(entities(&m, "subscription", "active"), 0.0, "every state of the definition is a series");
     assert_eq!(entities(&m, "organization", "frozen"), 0.0);
@@ -530,21 +543,19 @@ async fn metrics_count_entities_by_state_and_time_commits_timers_and_requests() 
     w.wait_state(&first, "active").await;
     w.user("olga").await;
     let second = w.open("1688000000000702", 3600).await;
-    let m = metrics(&w).await;
+    let m = metrics_when(&w, |m| {
+        entities(m, "subscription", "opening") == 1.0
+            && entities(m, "subscription", "active") == 1.0
+            && entities(m, "organization", "unbound") == 1.0
+    })
+    .await;
     assert_eq!(entities(&m, "subscription", "opening"), 1.0, "{m:?}");
     assert_eq!(entities(&m, "subscription", "active"), 1.0);
     assert_eq!(entities(&m, "organization", "unbound"), 1.0);
     // The deadline passes for the second: opening → activation_failed.
     w.pass_minutes(&second, 16).await;
     w.wait_state(&second, "activation_failed").await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let m = loop {
-        let m = metrics(&w).await;
-        if entities(&m, "subscription", "activation_failed") == 1.0 || Instant::now() > deadline {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let m = metrics_when(&w, |m| entities(m, "subscription", "activation_failed") == 1.0).await;
     assert_eq!(entities(&m, "subscription", "activation_failed"), 1.0, "{m:?}");
     assert_eq!(entities(&m, "subscription", "opening"), 0.0);
 
