@@ -389,15 +389,8 @@ impl Store for SledStore {
     /// lock against readers). Readers may see a group half written before it is durable, as they could always
     /// see a group before its fsync; every input is still acknowledged only after the fsync.
     fn write(&self, batches: &[Batch]) -> Result<(), Error> {
-        if let Some(len) = batches
-            .iter()
-            .flat_map(|b| b.ops.iter())
-            .filter_map(|op| match op {
-                Op::Put { value, .. } if value.len() > MAX_VALUE_BYTES => Some(value.len()),
-                _ => None,
-            })
-            .next()
-        {
+        // The committer refuses such a batch before it gets here; this guards the store's other callers.
+        if let Some(len) = batches.iter().map(Batch::largest_value).max().filter(|len| *len > MAX_VALUE_BYTES) {
             return Err(Error::Backend(format!("value of {len} bytes exceeds the {MAX_VALUE_BYTES}-byte limit")));
         }
         if batches.iter().all(|b| b.ops.is_empty()) {
