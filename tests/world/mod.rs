@@ -26,6 +26,8 @@ pub struct World {
     sim: Option<RunningSimulator>,
     pub sim_url: String,
     pub app: Option<actix_web::dev::ServerHandle>,
+    /// The task serving the running service; it ends once the engine has drained and the store is closed.
+    serving: Option<actix_rt::task::JoinHandle<std::io::Result<()>>>,
     dir: PathBuf,
     pub http: reqwest::Client,
 }
@@ -55,6 +57,7 @@ impl World {
             sim: Some(sim),
             sim_url,
             app: None,
+            serving: None,
             dir: dir.to_path_buf(),
             http: reqwest::Client::new(),
         };
@@ -96,13 +99,17 @@ impl World {
         let overrides = Overrides { clock: Some(clock), listener: Some(listener) };
         let app = Application::build_with(config, overrides).await.expect("the service starts");
         self.app = Some(app.handle());
-        actix_rt::spawn(app.run_until_stopped());
+        self.serving = Some(actix_rt::spawn(app.run_until_stopped()));
     }
 
     /// Stops the service (gracefully) and starts it again on the same data and clock.
     pub async fn restart_service(&mut self) {
         if let Some(h) = self.app.take() {
             h.stop(true).await;
+        }
+        // The old service closes its store after its server stopped; the new one must find the directory free.
+        if let Some(t) = self.serving.take() {
+            let _ = t.await;
         }
         self.start_service(None).await;
     }
