@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::aliyun::token::SsoLink;
 use crate::domain::ids::{Email, Name, OrgId, Password, Role, UserId};
 use crate::domain::organization::{self, OrganizationEvent};
 use crate::engine::{Cause, Engine, EntityKey, Input, Status};
@@ -100,8 +101,8 @@ fn grant_key(user: &UserId, instance: &str) -> Vec<u8> {
 fn pending_grant_key(nonce: &str) -> Vec<u8> {
     format!("pending-grant/{}", sha256_hex(nonce)).into_bytes()
 }
-fn sso_used_key(token: &str) -> Vec<u8> {
-    format!("sso-used/{token}").into_bytes()
+fn sso_used_key(link: &SsoLink) -> Vec<u8> {
+    format!("sso-link-used/{}", link.digest()).into_bytes()
 }
 
 impl Accounts {
@@ -310,14 +311,23 @@ impl Accounts {
         Ok(None)
     }
 
-    /// Marks a 免登 token as used; `false` if it was used before (a replayed link).
-    pub async fn use_sso_token(&self, token: &str) -> Result<bool, Error> {
+    /// Marks a 免登 link as used; `false` if it was used before (a replayed link). The record says until when it
+    /// must be kept: past `keep_until` (the link's timeStamp + window, on the clock the check reads) the window
+    /// refuses the link anyway, so a record swept then cannot let it be replayed.
+    pub async fn use_sso_link(&self, link: &SsoLink, keep_until: DateTime<Utc>) -> Result<bool, Error> {
         let _guard = self.register_lock.lock().await;
-        if self.engine.store().get(Table::Records, &sso_used_key(token)).map_err(storage)?.is_some() {
-            return Ok(false);
+        let key = sso_used_key(link);
+        // The build before keyed the record on the lower-cased token alone: a link used just before an upgrade
+        // is still within its window after it.
+        let legacy = format!("sso-used/{}", link.token.as_str()).into_bytes();
+        for k in [&key, &legacy] {
+            if self.engine.store().get(Table::Records, k).map_err(storage)?.is_some() {
+                return Ok(false);
+            }
         }
         let mut b = Batch::new();
-        b.put(Table::Records, sso_used_key(token), serde_json::to_vec(&json!({ "at": self.now() })).map_err(storage)?);
+        let record = json!({ "at": self.now(), "keep_until": keep_until });
+        b.put(Table::Records, key, serde_json::to_vec(&record).map_err(storage)?);
         self.commit(b).await?;
         Ok(true)
     }

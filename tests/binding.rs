@@ -235,3 +235,58 @@ async fn concurrent_bindings_never_pair_one_side_twice() {
     }
     w.shutdown().await;
 }
+
+/// A used 免登 link stays used however it is spelt: white space around the token (percent-encoded space, tab,
+/// newline, CR LF, U+3000 ideographic space, leading or trailing) and upper-case hex all name the same signed
+/// tuple (instanceId, timeStamp, token), so each is `link_used`; a token that is not 32 hex digits is
+/// `invalid_token`. Nothing of these binds the subscription to the replayer's organization.
+#[actix_rt::test]
+async fn a_used_link_cannot_be_replayed_in_another_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let alice = w.user("alice").await;
+    let mallory = w.user("mallory").await;
+    let s1 = w.active_subscription(ALICE_UID).await;
+    let v = w.sim(Method::GET, &format!("/sim/instances/{s1}/sso-url"), None).await;
+    let url = v["url"].as_str().unwrap().to_string();
+    let (base, token) = url.rsplit_once("token=").expect("the token is the link's last parameter");
+    assert_eq!(token.len(), 32, "{url}");
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let first = browser.get(&url).bearer_auth(&alice.token).send().await.unwrap();
+    assert_eq!(first.status(), 302, "the buyer's own first use");
+
+    let upper = token.to_uppercase();
+    let variants = [
+        format!("{token}%20"),
+        format!("%20{token}"),
+        format!("{token}%09"),
+        format!("{token}%0A"),
+        format!("{token}%0D%0A"),
+        format!("{token}%E3%80%80"),
+        format!("%E3%80%80{token}"),
+        upper.clone(),
+        format!("%20{upper}%09"),
+        format!("{token}+"),
+    ];
+    for t in &variants {
+        let r = browser.get(format!("{base}token={t}")).bearer_auth(&mallory.token).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 403, "token={t}: {body}");
+        assert!(body.contains("data-code=\"link_used\""), "token={t}: {body}");
+    }
+    for t in [format!("{token}0"), token[..31].to_string(), format!("{}%00", &token[..31])] {
+        let r = browser.get(format!("{base}token={t}")).bearer_auth(&mallory.token).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 403, "token={t}: {body}");
+        assert!(body.contains("data-code=\"invalid_token\""), "token={t}: {body}");
+    }
+    // Mallory got no grant from any of it: the subscription is not hers to see or bind.
+    let path = format!("/api/v1/marketplace/aliyun/subscriptions/{s1}");
+    assert_eq!(w.api(Method::GET, &path, Some(&mallory.token), None).await.0, 404);
+    let (s, _) = w
+        .api(Method::POST, &format!("{path}/binding"), Some(&mallory.token), Some(json!({"org_id": mallory.org_id})))
+        .await;
+    assert_eq!(s, 404);
+}

@@ -523,7 +523,7 @@ async fn sso_url_carries_a_valid_token() {
     assert_eq!(base, auth_url);
     assert!(!query.contains(' '), "the query is URL-encoded: {query}");
     let params = parse_form(query).unwrap();
-    assert_eq!(verify_spi_token(&params, ISV_KEY), Ok(()));
+    assert!(verify_spi_token(&params, ISV_KEY).is_ok());
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     assert_eq!(get("action"), Some("verify"));
     assert_eq!(get("instanceId"), Some(id.as_str()));

@@ -20,6 +20,9 @@ pub const TOKEN_PARAM: &str = "token";
 pub enum TokenError {
     #[error("the `token` parameter is missing or empty")]
     Missing,
+    /// Not 32 hexadecimal digits once trimmed: no MD5 the marketplace makes looks like that.
+    #[error("the token is not 32 hexadecimal digits")]
+    Malformed,
     #[error("the token does not match the request parameters")]
     Mismatch,
     /// A name repeats: rejected as malformed, because the marketplace never repeats a name and
@@ -57,24 +60,67 @@ pub fn spi_token(params: &[(String, String)], isv_key: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Checks the `token` parameter of an SPI request.
+/// An SPI or 免登 token in its one normal form: trimmed (any Unicode white space, U+3000 included),
+/// lower-case, exactly 32 hexadecimal digits.
 ///
-/// The received token is compared case-insensitively (hex case carries no information, and a
-/// proxy or sender emitting uppercase hex should not break purchases) and in constant time.
-pub fn verify_spi_token(params: &[(String, String)], isv_key: &str) -> Result<(), TokenError> {
+/// Normalised once, at the edge, because a single-use check keyed on anything else is a replay:
+/// a used 免登 link with a trailing `%20`, a tab or upper-case hex would otherwise count as new.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SpiToken(String);
+
+impl SpiToken {
+    pub fn parse(raw: &str) -> Result<Self, TokenError> {
+        let t = raw.trim();
+        if t.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        if t.len() != 32 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TokenError::Malformed);
+        }
+        Ok(Self(t.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A 免登 link as the marketplace signed it: what its single use is keyed on, so that no spelling of
+/// the same link (white space, hex case, an added unsigned parameter) counts as another link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoLink {
+    pub instance_id: crate::aliyun::spi::InstanceId,
+    pub time_stamp: chrono::NaiveDateTime,
+    pub token: SpiToken,
+}
+
+impl SsoLink {
+    /// A digest of the normalised signed tuple: the key of its used-link record (fixed length, no raw
+    /// id in a key).
+    pub fn digest(&self) -> String {
+        let mut h = sha2::Sha256::new();
+        h.update(self.instance_id.as_str().as_bytes());
+        h.update(b"\0");
+        h.update(self.time_stamp.format("%Y-%m-%d %H:%M:%S").to_string().as_bytes());
+        h.update(b"\0");
+        h.update(self.token.as_str().as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// Checks the `token` parameter of an SPI request and returns it normalised ([`SpiToken`]).
+///
+/// Hex case and surrounding white space carry no information (a proxy or sender emitting
+/// upper-case hex should not break purchases); the comparison is in constant time.
+pub fn verify_spi_token(params: &[(String, String)], isv_key: &str) -> Result<SpiToken, TokenError> {
     if let Some(dup) = crate::aliyun::encoding::first_duplicate(params) {
         return Err(TokenError::Duplicate(dup.to_string()));
     }
-    let provided = params
-        .iter()
-        .find(|(k, _)| k == TOKEN_PARAM)
-        .map(|(_, v)| v.trim())
-        .filter(|v| !v.is_empty())
-        .ok_or(TokenError::Missing)?
-        .to_ascii_lowercase();
+    let provided =
+        SpiToken::parse(params.iter().find(|(k, _)| k == TOKEN_PARAM).map(|(_, v)| v.as_str()).unwrap_or(""))?;
     let expected = spi_token(params, isv_key);
-    if bool::from(expected.as_bytes().ct_eq(provided.as_bytes())) {
-        Ok(())
+    if bool::from(expected.as_bytes().ct_eq(provided.as_str().as_bytes())) {
+        Ok(provided)
     } else {
         Err(TokenError::Mismatch)
     }
@@ -129,7 +175,7 @@ mod tests {
         assert_eq!(spi_token(&params, "s3cr3t"), token);
         let mut with_token = params.clone();
         with_token.push(("token".into(), token.into()));
-        assert_eq!(verify_spi_token(&with_token, "s3cr3t"), Ok(()));
+        assert_eq!(verify_spi_token(&with_token, "s3cr3t").map(drop), Ok(()));
     }
 
     #[test]
@@ -140,7 +186,7 @@ mod tests {
             ("timeStamp", "2013-01-01 01:01:01"),
             ("token", "8187B9FF1E100A800175A7CD2C74BA63"),
         ]);
-        assert_eq!(verify_spi_token(&params, "isvkey"), Ok(()));
+        assert_eq!(verify_spi_token(&params, "isvkey").map(drop), Ok(()));
         let utf8 = p(&[("action", "verify"), ("instanceId", "实例"), ("timeStamp", "2013-01-01 01:01:01")]);
         assert_eq!(spi_token(&utf8, "密钥"), "f94b381e428897e563073b05adaab38f");
     }
@@ -148,25 +194,46 @@ mod tests {
     #[test]
     fn missing_mismatch_duplicate() {
         let base = p(&[("action", "expiredInstance"), ("instanceId", "1")]);
-        assert_eq!(verify_spi_token(&base, "k"), Err(TokenError::Missing));
+        assert_eq!(verify_spi_token(&base, "k").map(drop), Err(TokenError::Missing));
         let mut empty = base.clone();
         empty.push(("token".into(), " ".into()));
-        assert_eq!(verify_spi_token(&empty, "k"), Err(TokenError::Missing));
+        assert_eq!(verify_spi_token(&empty, "k").map(drop), Err(TokenError::Missing));
         let mut wrong = base.clone();
         wrong.push(("token".into(), spi_token(&base, "other")));
-        assert_eq!(verify_spi_token(&wrong, "k"), Err(TokenError::Mismatch));
+        assert_eq!(verify_spi_token(&wrong, "k").map(drop), Err(TokenError::Mismatch));
         let mut tampered = base.clone();
         tampered.push(("token".into(), spi_token(&base, "k")));
         tampered[1].1 = "2".into();
-        assert_eq!(verify_spi_token(&tampered, "k"), Err(TokenError::Mismatch));
+        assert_eq!(verify_spi_token(&tampered, "k").map(drop), Err(TokenError::Mismatch));
         let mut dup = base.clone();
         dup.push(("token".into(), spi_token(&base, "k")));
         dup.push(("instanceId".into(), "2".into()));
-        assert_eq!(verify_spi_token(&dup, "k"), Err(TokenError::Duplicate("instanceId".into())));
+        assert_eq!(verify_spi_token(&dup, "k").map(drop), Err(TokenError::Duplicate("instanceId".into())));
         let mut dup_token = base.clone();
         dup_token.push(("token".into(), spi_token(&base, "k")));
         dup_token.push(("token".into(), spi_token(&base, "k")));
-        assert_eq!(verify_spi_token(&dup_token, "k"), Err(TokenError::Duplicate("token".into())));
+        assert_eq!(verify_spi_token(&dup_token, "k").map(drop), Err(TokenError::Duplicate("token".into())));
+    }
+
+    #[test]
+    fn tokens_have_one_normal_form() {
+        let t = "8187b9ff1e100a800175a7cd2c74ba63";
+        for variant in [
+            t.to_string(),
+            t.to_uppercase(),
+            format!("{t} "),
+            format!(" {t}"),
+            format!("{t}\t"),
+            format!("{t}\n"),
+            format!("{t}\u{3000}"),
+            format!("\u{3000}{}\r\n", t.to_uppercase()),
+        ] {
+            assert_eq!(SpiToken::parse(&variant).map(|t| t.as_str().to_string()), Ok(t.to_string()), "{variant:?}");
+        }
+        for bad in [&t[..31], &format!("{t}0"), &format!("{}g", &t[..31]), "8187b9ff 1e100a800175a7cd2c74ba6"] {
+            assert_eq!(SpiToken::parse(bad), Err(TokenError::Malformed), "{bad:?}");
+        }
+        assert_eq!(SpiToken::parse(" \t"), Err(TokenError::Missing));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use chrono::TimeDelta;
 use super::session::{session_token, SSO_COOKIE};
 use super::AppState;
 use crate::aliyun::encoding::parse_form;
-use crate::aliyun::spi::{within_window, SpiRequest};
-use crate::aliyun::token::verify_spi_token;
+use crate::aliyun::spi::{beijing_to_utc, within_window, SpiRequest};
+use crate::aliyun::token::{verify_spi_token, SsoLink};
 use crate::domain::subscription::{self, Subscription};
 use crate::engine::EntityKey;
 
@@ -68,17 +68,20 @@ pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
             "The service is not configured.",
         );
     };
-    if verify_spi_token(&params, key.expose()).is_err() {
-        tracing::warn!("免登 refused: bad token");
-        return refusal(
-            StatusCode::FORBIDDEN,
-            "invalid_token",
-            "链接无效。请回到阿里云云市场控制台的「已购买的服务」，重新点击「免登」。",
-            "This link is not valid. Go back to “Purchased services” in the Alibaba Cloud Marketplace console and click 免登 again.",
-        );
-    }
+    let token = match verify_spi_token(&params, key.expose()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(reason = %e, "免登 refused: bad token");
+            return refusal(
+                StatusCode::FORBIDDEN,
+                "invalid_token",
+                "链接无效。请回到阿里云云市场控制台的「已购买的服务」，重新点击「免登」。",
+                "This link is not valid. Go back to “Purchased services” in the Alibaba Cloud Marketplace console and click 免登 again.",
+            );
+        }
+    };
     let (instance, time_stamp) = match SpiRequest::parse(&params) {
-        Ok(SpiRequest::Verify { instance_id, time_stamp }) => (instance_id.to_string(), time_stamp),
+        Ok(SpiRequest::Verify { instance_id, time_stamp }) => (instance_id, time_stamp),
         _ => return refusal(StatusCode::BAD_REQUEST, "invalid_link", "链接格式不正确。", "The link is malformed."),
     };
     let now = state.engine.clock().now();
@@ -91,8 +94,8 @@ pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
             "This link has expired. Go back to the Marketplace console and click 免登 again.",
         );
     }
-    let token = params.iter().find(|(k, _)| k == "token").map(|(_, v)| v.clone()).unwrap_or_default();
-    match state.accounts.use_sso_token(&token.to_lowercase()).await {
+    let link = SsoLink { instance_id: instance.clone(), time_stamp, token };
+    match state.accounts.use_sso_link(&link, beijing_to_utc(time_stamp) + window).await {
         Ok(true) => {}
         Ok(false) => {
             return refusal(
@@ -107,6 +110,7 @@ pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
             return refusal(StatusCode::SERVICE_UNAVAILABLE, "retry", "请稍后重试。", "Please try again shortly.");
         }
     }
+    let instance = instance.to_string();
     let record =
         EntityKey::new(subscription::KIND, &instance).ok().and_then(|k| state.engine.record(&k).ok().flatten());
     let Some(record) = record else {
@@ -129,7 +133,9 @@ pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let user = session_token(&req).and_then(|t| state.accounts.authenticate(&t).ok());
     let target = match &data.org {
         Some(org) => format!("/orgs/{org}/billing"),
-        None => format!("/bind/{instance}"),
+        None => {
+            format!("/bind/{}", percent_encoding::utf8_percent_encode(&instance, percent_encoding::NON_ALPHANUMERIC))
+        }
     };
     match user {
         Some(u) => {
