@@ -213,7 +213,10 @@ proptest! {
                 prop_assert!(value_of(&params, "token").is_none_or(|t| t.trim().is_empty()));
             }
             Err(TokenError::Mismatch) => prop_assert!(first_duplicate(&params).is_none()),
-            Ok(()) => prop_assert!(false, "a random token was accepted: {params:?}"),
+            Err(TokenError::Malformed) => {
+                prop_assert!(value_of(&params, "token").is_some_and(|t| marketflow::aliyun::token::SpiToken::parse(t).is_err()));
+            }
+            Ok(_) => prop_assert!(false, "a random token was accepted: {params:?}"),
         }
     }
 
@@ -301,12 +304,17 @@ proptest! {
             p.push(("token".to_string(), token.to_string()));
             p
         };
-        prop_assert_eq!(verify_spi_token(&with(&pairs, &token), &key), Ok(()));
-        prop_assert_eq!(verify_spi_token(&with(&pairs, &token.to_uppercase()), &key), Ok(()));
+        prop_assert_eq!(verify_spi_token(&with(&pairs, &token), &key).map(drop), Ok(()));
+        prop_assert_eq!(verify_spi_token(&with(&pairs, &token.to_uppercase()), &key).map(drop), Ok(()));
 
         let mut tampered = pairs.clone();
         let mut sent = token.clone();
         let mut verify_key = key.clone();
+        // A token of the wrong length is not even an MD5: refused as malformed before any comparison.
+        let refusal = match change {
+            Tamper::TokenTruncated | Tamper::TokenExtended => TokenError::Malformed,
+            _ => TokenError::Mismatch,
+        };
         match change {
             Tamper::ChangeValue(i, v) if !pairs.is_empty() => {
                 let at = i.index(pairs.len());
@@ -345,7 +353,7 @@ proptest! {
                 verify_key = k;
             }
         }
-        prop_assert_eq!(verify_spi_token(&with(&tampered, &sent), &verify_key), Err(TokenError::Mismatch));
+        prop_assert_eq!(verify_spi_token(&with(&tampered, &sent), &verify_key).map(drop), Err(refusal));
     }
 
     /// `encode_query` and `parse_form` are inverse on any pairs (any Unicode, `+`, `%`, `&`, `=`, empty names
@@ -757,8 +765,9 @@ proptest! {
         prop_assert_eq!(Role::parse(&s).is_ok(), ["owner", "billing_admin", "member"].contains(&s.as_str()));
     }
 
-    /// E-mail addresses are trimmed and lower-cased once (parsing the result again changes nothing); names are
-    /// 1 to 100 characters without control characters; passwords 8 to 128 characters and never printed.
+    /// E-mail addresses are trimmed and lower-cased once (parsing the result again changes nothing), hold no
+    /// control, white-space or bidi character and parts of bounded length; names are 1 to 100 characters without
+    /// control, bidi-override or line-breaking characters; passwords 8 to 128 characters and never printed.
     #[test]
     fn email_name_and_password_are_checked_at_the_edge(
         email in prop_oneof![any::<String>(), " ?[A-Za-z0-9.+_-]{0,10}@[A-Za-z0-9.-]{0,10} ?", "[ -~]{0,300}"],
@@ -770,12 +779,21 @@ proptest! {
                 let t = e.as_str();
                 prop_assert_eq!(t, email.trim().to_lowercase());
                 prop_assert!(t.len() <= 254 && t.matches('@').count() == 1 && !t.contains(char::is_whitespace));
+                let bidi_or_control = t.chars().any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c));
+                prop_assert!(!bidi_or_control, "{:?}", t);
+                let (local, domain) = t.split_once('@').unwrap();
+                prop_assert!(local.len() <= 64 && domain.contains('.') && domain.split('.').all(|l| !l.is_empty() && l.len() <= 63));
                 prop_assert_eq!(Email::parse(t.to_string()).map(|again| again.as_str().to_string()).ok(), Some(t.to_string()));
             }
             Err(e) => prop_assert_eq!(e.code, "invalid_email"),
         }
         let trimmed = name.trim();
-        let name_ok = !trimmed.is_empty() && trimmed.chars().count() <= 100 && !trimmed.chars().any(char::is_control);
+        let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        let name_ok = !trimmed.is_empty()
+            && trimmed.chars().count() <= 100
+            && !trimmed.chars().any(|c| c.is_control() || bidi(c) || (c.is_whitespace() && c != ' ' && c != '\u{3000}'))
+            // Invisible formatting characters (zero-width space, joiners, BOM...) are refused too.
+            && !trimmed.chars().any(|c| matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{206a}'..='\u{206f}' | '\u{feff}' | '\u{061c}' | '\u{180e}' | '\u{fff9}'..='\u{fffb}'));
         match Name::parse(name.clone()) {
             Ok(n) => {
                 prop_assert!(name_ok);
@@ -945,8 +963,8 @@ fn spi_oracle(query: &str, body: &[u8]) -> (u16, Option<String>) {
     match verify_spi_token(&params, KEY) {
         Err(TokenError::Missing) => return (403, Some("missing_token".into())),
         Err(TokenError::Duplicate(_)) => return (403, Some("duplicate_parameter".into())),
-        Err(TokenError::Mismatch) => return (403, Some("invalid_token".into())),
-        Ok(()) => {}
+        Err(TokenError::Mismatch | TokenError::Malformed) => return (403, Some("invalid_token".into())),
+        Ok(_) => {}
     }
     match SpiRequest::parse(&params) {
         Err(e) => (400, Some(e.code().to_string())),

@@ -208,3 +208,81 @@ async fn a_second_release_or_an_expiry_after_release_changes_nothing_more() {
     assert_eq!(ignored, 3, "each stray call is journaled as ignored: {j}");
     w.shutdown().await;
 }
+
+/// An Owner fills the organization with everything the API allows (members and pending invitations up to the
+/// limit, every address as long as the rules allow) and operators give it the longest history they can write;
+/// it still freezes, expires with its subscription and resumes: no transition of it can fail on size. Addresses
+/// with control characters are refused outright.
+#[actix_rt::test]
+async fn the_fullest_organization_still_freezes_expires_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("olga").await;
+    let s = w.subscribe_and_bind(&u, &u.org_id, A).await;
+    let invite = |email: String| {
+        let path = format!("/api/v1/orgs/{}/invitations", u.org_id);
+        let w = &w;
+        let token = u.token.clone();
+        async move { w.api(Method::POST, &path, Some(&token), Some(json!({"email": email, "role": "billing_admin"}))).await }
+    };
+    for bad in ["a\u{1}b@example.com", "a\u{202e}b@example.com", "a..b@example.com", "a@b_c.com"] {
+        let (status, e) = invite(bad.to_string()).await;
+        assert_eq!((status, e["code"].as_str()), (400, Some("invalid_email")), "{bad:?}: {e}");
+    }
+    // A few real members, then pending invitations up to the limit (100 together, the Owner included).
+    let mut members = 1;
+    for name in ["m1", "m2", "m3"] {
+        let m = w.user(name).await;
+        w.join(&u, &u.org_id, &m, "member").await;
+        members += 1;
+    }
+    let longest = |i: usize| {
+        let local = format!("{i:03}{}", "x".repeat(61));
+        format!("{local}@{}.{}.{}.com", "d".repeat(63), "e".repeat(63), "f".repeat(57))
+    };
+    assert_eq!(longest(0).len(), 254);
+    for i in 0..100 - members {
+        let (status, e) = invite(longest(i)).await;
+        assert_eq!(status, 201, "invitation {i}: {e}");
+    }
+    let (status, e) = invite(longest(999)).await;
+    assert_eq!((status, e["code"].as_str()), (409, Some("too_many_members")), "{e}");
+    // The longest history operators can write: freezes and unfreezes with 500-character reasons.
+    let reason = "冻".repeat(500);
+    for i in 0..60 {
+        let action = if i % 2 == 0 { "freeze" } else { "unfreeze" };
+        let path = format!("/api/v1/ops/entities/organization/{}/actions/{action}", u.org_id);
+        let (status, v) = w.api(Method::POST, &path, Some(OP), Some(json!({"reason": reason}))).await;
+        assert_eq!(status, 200, "{action} {i}: {v}");
+    }
+    w.wait_org(&u.org_id, "bound").await;
+    // Frozen by arrears, resumed, frozen by an operator and unfrozen: every transition is written.
+    w.sim(Method::POST, &format!("/sim/instances/{s}/expire"), None).await;
+    w.wait_org(&u.org_id, "frozen").await;
+    assert_eq!(w.billing(&u, &u.org_id).await["frozen_reason"], "arrears");
+    w.sim(Method::POST, &format!("/sim/instances/{s}/topup"), None).await;
+    w.wait_org(&u.org_id, "bound").await;
+    let bill = w.billing(&u, &u.org_id).await;
+    assert_eq!(bill["status"], "active", "{bill}");
+    assert_eq!(bill["payment_channel"]["instance_id"], s.as_str());
+    let history = bill["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["kind"], "resumed", "the newest history entry stays");
+    let (status, v) = w
+        .api(
+            Method::POST,
+            &format!("/api/v1/ops/entities/organization/{}/actions/freeze", u.org_id),
+            Some(OP),
+            Some(json!({"reason": reason})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    w.wait_org(&u.org_id, "frozen").await;
+    // Nothing needs a person: no entity of the organization failed a transition.
+    let (_, j) = w
+        .api(Method::GET, &format!("/api/v1/ops/entities/organization/{}/journal?limit=500", u.org_id), Some(OP), None)
+        .await;
+    let refused: Vec<_> =
+        j["items"].as_array().unwrap().iter().filter(|e| e.to_string().contains("internal_error")).collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    w.shutdown().await;
+}

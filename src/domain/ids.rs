@@ -19,12 +19,18 @@ fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) 
 
 macro_rules! string_id {
     ($(#[$m:meta])* $name:ident, $field:literal, $check:expr) => {
+        string_id!($(#[$m])* $name, $field, $check, stored = $check);
+    };
+    // `stored` is the check a value read back from the store must pass: the rule of the oldest build that
+    // wrote such values. A rule tightened at the edge must not make old records unreadable.
+    ($(#[$m:meta])* $name:ident, $field:literal, $check:expr, stored = $stored:expr) => {
         $(#[$m])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
+            /// The rule for new input, at the edge.
             pub fn parse(s: impl Into<String>) -> Result<Self, Invalid> {
                 let s: String = s.into();
                 let check: fn(&str) -> Result<String, Invalid> = $check;
@@ -35,10 +41,12 @@ macro_rules! string_id {
             }
         }
 
+        /// Deserialisation reads stored records and messages: the `stored` rule.
         impl TryFrom<String> for $name {
             type Error = Invalid;
             fn try_from(s: String) -> Result<Self, Invalid> {
-                Self::parse(s)
+                let check: fn(&str) -> Result<String, Invalid> = $stored;
+                check(&s).map(Self)
             }
         }
 
@@ -85,36 +93,112 @@ string_id!(
     BindingId, "binding_id", |s| token_like("binding_id", "bnd_", s)
 );
 string_id!(
-    /// An e-mail address, lower-cased; the login name.
-    Email, "email", |s| {
-        let t = s.trim().to_lowercase();
-        let valid = t.len() <= 254
-            && t.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty()
-                    && domain.contains('.')
-                    && !domain.starts_with('.')
-                    && !domain.ends_with('.')
-                    && !t.contains(char::is_whitespace)
-                    && t.matches('@').count() == 1
-            });
-        if valid {
-            Ok(t)
-        } else {
-            Err(invalid("email", "invalid_email", "not a valid e-mail address"))
-        }
-    }
+    /// An e-mail address, lower-cased; the login name. Strict at the edge (see [`strict_email`]); records
+    /// written before the rule was tightened still load.
+    Email, "email", strict_email, stored = legacy_email
 );
 string_id!(
-    /// A display name (of a person or an organization): 1 to 100 characters, no control characters.
-    Name, "name", |s| {
-        let t = s.trim();
-        if t.is_empty() || t.chars().count() > 100 || t.chars().any(char::is_control) {
-            Err(invalid("name", "invalid_name", "a name has 1 to 100 characters and no control characters"))
-        } else {
-            Ok(t.to_string())
-        }
-    }
+    /// A display name (of a person or an organization): 1 to 100 characters, no control, bidi-override or
+    /// invisible formatting characters (they let a name pose as another in a list or an e-mail).
+    Name, "name", strict_name, stored = legacy_name
 );
+
+/// Longest local part (RFC 5321 §4.5.3.1.1), in bytes.
+pub const MAX_EMAIL_LOCAL: usize = 64;
+/// Longest address as a path allows (RFC 5321 §4.5.3.1.3 less the brackets), in bytes.
+pub const MAX_EMAIL: usize = 254;
+/// Longest domain label (RFC 1035), in bytes.
+const MAX_LABEL: usize = 63;
+/// Longest display name, in characters.
+pub const MAX_NAME: usize = 100;
+
+/// Characters that change how text around them is displayed without being seen: bidi embeddings,
+/// overrides and isolates, marks, zero-width joiners and spaces, the word joiner, the BOM.
+fn invisible_format(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// Printable and plain: no control, white-space or invisible formatting character.
+fn plain(c: char) -> bool {
+    !c.is_control() && !c.is_whitespace() && !invisible_format(c)
+}
+
+/// One `@`; a local part of 1-64 bytes of RFC 5322 atext (or non-ASCII letters and digits), dots only between
+/// characters; a domain of dot-separated labels of letters, digits and inner hyphens, 1-63 bytes each, with at
+/// least one dot; at most 254 bytes in all. Trimmed and lower-cased first.
+fn strict_email(s: &str) -> Result<String, Invalid> {
+    let bad = || invalid("email", "invalid_email", "not a valid e-mail address");
+    let t = s.trim().to_lowercase();
+    if t.len() > MAX_EMAIL || !t.chars().all(plain) {
+        return Err(bad());
+    }
+    let Some((local, domain)) = t.split_once('@') else { return Err(bad()) };
+    let atext = |c: char| {
+        c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (!c.is_ascii() && c.is_alphanumeric())
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= MAX_EMAIL_LOCAL
+        && local.split('.').all(|part| !part.is_empty() && part.chars().all(atext));
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= MAX_LABEL
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c == '-' || c.is_alphanumeric())
+    };
+    let domain_ok = domain.contains('.') && domain.split('.').all(label_ok);
+    if local_ok && domain_ok {
+        Ok(t)
+    } else {
+        Err(bad())
+    }
+}
+
+/// The rule of the first builds: what their records may hold.
+fn legacy_email(s: &str) -> Result<String, Invalid> {
+    let t = s.trim().to_lowercase();
+    let valid = t.len() <= 254
+        && t.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !t.contains(char::is_whitespace)
+                && t.matches('@').count() == 1
+        });
+    if valid {
+        Ok(t)
+    } else {
+        Err(invalid("email", "invalid_email", "not a valid e-mail address"))
+    }
+}
+
+fn strict_name(s: &str) -> Result<String, Invalid> {
+    let t = s.trim();
+    let ok = !t.is_empty()
+        && t.chars().count() <= MAX_NAME
+        && t.chars()
+            .all(|c| !c.is_control() && !invisible_format(c) && (c == ' ' || c == '\u{3000}' || !c.is_whitespace()));
+    if ok {
+        Ok(t.to_string())
+    } else {
+        Err(invalid(
+            "name",
+            "invalid_name",
+            "a name has 1 to 100 characters and no control, line-break or bidi-override characters",
+        ))
+    }
+}
+
+fn legacy_name(s: &str) -> Result<String, Invalid> {
+    let t = s.trim();
+    if t.is_empty() || t.chars().count() > MAX_NAME || t.chars().any(char::is_control) {
+        Err(invalid("name", "invalid_name", "a name has 1 to 100 characters and no control characters"))
+    } else {
+        Ok(t.to_string())
+    }
+}
 
 impl UserId {
     pub fn generate() -> Self {
@@ -202,6 +286,38 @@ mod tests {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
         assert!(Name::parse("  ").is_err());
+        let long_local = format!("{}@x.com", "a".repeat(MAX_EMAIL_LOCAL + 1));
+        let long_label = format!("a@{}.com", "b".repeat(64));
+        let too_long = format!("a@{}.com", vec!["b".repeat(60); 5].join("."));
+        for bad in [
+            "a\u{1}b@x.com",
+            "ab@x.com\u{7f}",
+            "a\u{202e}b@x.com",
+            "a\u{200b}@x.com",
+            "a\tb@x.com",
+            "a..b@x.com",
+            ".a@x.com",
+            "a.@x.com",
+            "a\"b@x.com",
+            "a<b>@x.com",
+            "a@-x.com",
+            "a@x-.com",
+            "a@x..com",
+            "a@x_y.com",
+            &long_local,
+            &long_label,
+            &too_long,
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a.b+tag@sub.example.com", "o'neil@example.co", "王小明@例子.中国", "x@a-b.io"] {
+            assert!(Email::parse(good).is_ok(), "{good:?}");
+        }
+        assert!(Email::parse(format!("{}@x.com", "a".repeat(MAX_EMAIL_LOCAL))).is_ok());
+        for bad in ["a\u{202e}b", "a\u{2066}b", "a\nb", "a\u{200f}", "\u{feff}x"] {
+            assert!(Name::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Name::parse("王 小明").is_ok());
         assert!(Name::parse("x".repeat(101)).is_err());
         assert_eq!(Name::parse(" 向量 ").unwrap().as_str(), "向量");
         assert!(Password::parse("short".into()).is_err());
@@ -211,5 +327,16 @@ mod tests {
         assert_eq!(Role::parse("billing_admin").unwrap(), Role::BillingAdmin);
         assert!(Role::parse("admin").is_err());
         assert_eq!(format!("{:?}", Password::parse("secret-password".into()).unwrap()), "Password(***)");
+    }
+
+    /// A record written under the first, looser rules still loads: deserialisation uses the stored rule.
+    #[test]
+    fn values_stored_under_the_old_rules_still_load() {
+        let old: Email = serde_json::from_str("\"a\\u0001b@x.com\"").unwrap();
+        assert_eq!(old.as_str(), "a\u{1}b@x.com");
+        assert!(Email::parse(old.as_str()).is_err());
+        let name: Name = serde_json::from_str("\"a\\u202eb\"").unwrap();
+        assert!(Name::parse(name.as_str()).is_err());
+        assert!(serde_json::from_str::<Email>("\"nope\"").is_err());
     }
 }

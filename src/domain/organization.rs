@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ids::{BindingId, Email, InvitationId, Name, Role, UserId};
+
 use super::subscription;
 use crate::aliyun::spi::AliUid;
 use crate::engine::definition::Catalog;
@@ -21,6 +22,13 @@ pub const MAX_MEMBERS: usize = 100;
 pub const INVITATION_TTL: TimeDelta = TimeDelta::hours(48);
 /// History entries kept in the record (the journal keeps everything).
 const MAX_HISTORY: usize = 200;
+/// Bytes of history kept in the record, newest first: a freeze must always fit, whatever came before it.
+pub const HISTORY_BUDGET: usize = 12 * 1024;
+/// The organization's data stays below this many bytes as JSON. With the limits above (members and pending
+/// invitations together at most [`MAX_MEMBERS`], addresses of at most 254 bytes, the history budget) new data
+/// stays near 56 KiB at worst; the rest of the 64 KiB a stored value may have is the engine's record around it.
+/// Only a record written under the old, looser rules can exceed it; [`fit`] then sheds pending invitations.
+pub const DATA_BUDGET: usize = 58 * 1024;
 
 /// A member of the organization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +193,46 @@ fn push_history(d: &mut Organization, e: HistoryEntry) {
     if d.history.len() > MAX_HISTORY {
         let extra = d.history.len() - MAX_HISTORY;
         d.history.drain(..extra);
+    }
+    // Oldest first out until the rest fits the budget; the newest entry always stays.
+    let sizes: Vec<usize> = d.history.iter().map(|h| serde_json::to_vec(h).map(|v| v.len() + 1).unwrap_or(0)).collect();
+    let mut total: usize = sizes.iter().sum();
+    let mut drop = 0;
+    while total > HISTORY_BUDGET && drop + 1 < sizes.len() {
+        total -= sizes[drop];
+        drop += 1;
+    }
+    d.history.drain(..drop);
+}
+
+fn data_len(d: &Organization) -> usize {
+    serde_json::to_vec(d).map(|v| v.len()).unwrap_or(usize::MAX)
+}
+
+/// Keeps the organization's data within [`DATA_BUDGET`], so that no transition (a freeze above all) can fail
+/// because the record outgrew the store's value limit. New data never gets there; a record written under the
+/// old rules (addresses with control characters, which JSON spells six bytes each) may: it sheds expired
+/// invitations, then the oldest pending ones (an Owner can invite again), each journaled. Members stay.
+fn fit(cx: &mut Cx<'_, Organization>) {
+    if data_len(cx.data) <= DATA_BUDGET {
+        return;
+    }
+    let now = cx.now;
+    let mut by_age: Vec<(DateTime<Utc>, InvitationId)> =
+        cx.data.invitations.iter().map(|(id, i)| (i.expires_at, id.clone())).collect();
+    // Expired ones first, then by expiry (= by when they were sent).
+    by_age.sort_by_key(|(expires, _)| (*expires > now, *expires));
+    for (_, id) in by_age {
+        if data_len(cx.data) <= DATA_BUDGET {
+            break;
+        }
+        if let Some(inv) = cx.data.invitations.remove(&id) {
+            cx.index_delete(invitation_index_key(&id));
+            cx.note(format!(
+                "invitation {id} for {} withdrawn: the organization's record was over its size budget",
+                inv.email
+            ));
+        }
     }
 }
 
@@ -489,6 +537,7 @@ impl Workflow for OrganizationWorkflow {
                 return Err(Reject::new("unexpected_event", format!("action `{other}` does not apply to this event")))
             }
         }
+        fit(cx);
         Ok(())
     }
 }
@@ -501,4 +550,87 @@ fn freeze(cx: &mut Cx<'_, Organization>, reason: FrozenReason, detail: String) {
     h.instance_id = cx.data.channel.as_ref().map(|c| c.instance_id.clone());
     cx.note(h.detail.clone());
     push_history(cx.data, h);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{MAX_EMAIL, MAX_EMAIL_LOCAL, MAX_NAME};
+
+    fn longest_email(i: usize) -> Email {
+        let local = format!("{i:03}{}", "x".repeat(MAX_EMAIL_LOCAL - 3));
+        let mut domain = String::new();
+        while local.len() + 1 + domain.len() + 4 < MAX_EMAIL {
+            domain.push_str(&"d".repeat((MAX_EMAIL - local.len() - 1 - domain.len() - 4).min(63)));
+            domain.push('.');
+        }
+        let e = format!("{local}@{domain}com");
+        Email::parse(e).expect("a valid address of the greatest length")
+    }
+
+    fn uid(i: usize) -> UserId {
+        UserId::parse(format!("usr_{i:032}")).unwrap()
+    }
+
+    /// The largest organization the API lets anyone build, with the largest history operators can write, fits the
+    /// data budget, and its record fits the store's value limit: so a freeze can always be written.
+    #[test]
+    fn the_largest_organization_fits_the_store() {
+        let now = Utc::now();
+        let mut d = Organization {
+            name: Some(Name::parse("组".repeat(MAX_NAME)).unwrap()),
+            created_at: Some(now),
+            ..Default::default()
+        };
+        // Members and pending invitations share MAX_MEMBERS; an invitation is the larger of the two.
+        for i in 0..MAX_MEMBERS / 2 {
+            d.members.insert(uid(i), Member { role: Role::BillingAdmin, email: longest_email(i), joined_at: now });
+        }
+        for i in MAX_MEMBERS / 2..MAX_MEMBERS {
+            d.invitations.insert(
+                InvitationId::parse(format!("inv_{i:032}")).unwrap(),
+                Invitation { email: longest_email(i), role: Role::BillingAdmin, invited_by: uid(0), expires_at: now },
+            );
+        }
+        let channel = Channel {
+            instance_id: "i".repeat(64),
+            aliyun_account_id: AliUid::new("1".repeat(32)).unwrap(),
+            bound_at: now,
+            suspended: true,
+        };
+        d.channel = Some(channel.clone());
+        d.released_channel = Some(channel);
+        d.frozen_reason = Some(FrozenReason::Operator);
+        d.frozen_at = Some(now);
+        d.switch_deadline = Some(now);
+        // Operator reasons are at most 500 characters; CJK ones are three bytes each.
+        let reason = "冻".repeat(500);
+        for i in 0..MAX_HISTORY * 2 {
+            let mut h = entry(now, if i % 2 == 0 { "frozen" } else { "unfrozen" }, format!("by an operator: {reason}"));
+            h.reason = Some(reason.clone());
+            h.instance_id = Some("i".repeat(64));
+            push_history(&mut d, h);
+        }
+        assert!(d.history.len() > 1 && d.history.len() < MAX_HISTORY);
+        let len = data_len(&d);
+        assert!(len <= DATA_BUDGET, "{len} bytes > {DATA_BUDGET}");
+        let record = crate::engine::EntityRecord {
+            kind: KIND.into(),
+            id: format!("org_{}", "0".repeat(32)),
+            definition: "organization".into(),
+            version: 1,
+            fingerprint: "f".repeat(64),
+            state: "frozen".into(),
+            data: serde_json::to_value(&d).unwrap(),
+            seq: u64::MAX,
+            created_at: now,
+            updated_at: now,
+            state_since: now,
+            timers: Default::default(),
+            calls: vec![],
+            paused: true,
+        };
+        let bytes = serde_json::to_vec(&record).unwrap().len();
+        assert!(bytes < crate::store::sled_store::MAX_VALUE_BYTES, "{bytes} bytes");
+    }
 }
