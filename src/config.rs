@@ -22,7 +22,37 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The values in force: `old,new` during a rotation, both admitted until the old one is removed.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.0.split(',').map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    /// Whether `given` is one of the values. Every value is compared, by digest and in constant time, so neither
+    /// which value matched, nor where a guess differs, nor a value's length shows in the time taken.
+    pub fn admits(&self, given: &str) -> bool {
+        let mut any = false;
+        for v in self.values() {
+            any |= same_secret(given, v);
+        }
+        any && !given.is_empty()
+    }
 }
+
+/// Compares two secrets by their SHA-256 digests in constant time: equal lengths, so the time taken says nothing
+/// about either value's length or content.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    bool::from(Sha256::digest(a.as_bytes()).as_slice().ct_eq(Sha256::digest(b.as_bytes()).as_slice()))
+}
+
+/// Secrets we mint (operator and service tokens) are at least this long outside `--dev`.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// What `--dev` makes up: refused outside it, so a development value never guards a real service.
+pub const DEV_VALUES: &[&str] =
+    &["dev-isv-key", "dev-access-key-id", "dev-access-key-secret", "dev-operator-token", "dev-service-token"];
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -77,6 +107,9 @@ pub struct Config {
     pub endpoint_from_file: bool,
     /// sled's page cache in MiB: more keeps a larger working set off the disk, and stays resident.
     pub sled_cache_mb: u64,
+    /// `--dev` on an address other hosts can reach: asked for explicitly (`--dev-allow-remote`), since the
+    /// development tokens are public.
+    pub dev_allow_remote: bool,
 }
 
 impl Default for Config {
@@ -103,6 +136,7 @@ impl Default for Config {
             catalog_file: None,
             endpoint_from_file: false,
             sled_cache_mb: crate::store::sled_store::default_cache_mb(),
+            dev_allow_remote: false,
         }
     }
 }
@@ -200,6 +234,9 @@ pub struct ServeArgs {
     /// this process unless an endpoint is given.
     #[arg(long)]
     pub dev: bool,
+    /// Let `--dev` listen on an address other hosts can reach (its development tokens are public).
+    #[arg(long, env = "MARKETFLOW_DEV_ALLOW_REMOTE")]
+    pub dev_allow_remote: bool,
 }
 
 /// Configuration that cannot be used, in words an operator can act on.
@@ -213,6 +250,16 @@ pub enum Error {
     Invalid { name: &'static str, message: String },
     #[error("missing required settings (set them, or run `serve --dev`): {0}")]
     Missing(String),
+    #[error("refusing to start: {0}")]
+    Refused(String),
+}
+
+/// Whether `listen` (`host:port`) is reachable from this host only.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    listen.rsplit_once(':').is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
 fn duration(name: &'static str, s: &str) -> Result<Duration, Error> {
@@ -269,6 +316,7 @@ impl Config {
             c.sled_cache_mb = v;
         }
         c.dev = args.dev;
+        c.dev_allow_remote = args.dev_allow_remote;
         c.dev_simulator = args.dev && args.aliyun_endpoint.is_none() && !c.endpoint_from_file;
         c.validate()?;
         Ok(c)
@@ -341,6 +389,13 @@ impl Config {
             });
         }
         if self.dev {
+            if !self.dev_allow_remote && !is_loopback(&self.listen) {
+                return Err(Error::Refused(format!(
+                    "MARKETFLOW_LISTEN: `serve --dev` listens on loopback only (got {}); its development tokens are \
+                     public. Pass --dev-allow-remote (MARKETFLOW_DEV_ALLOW_REMOTE=true) if you mean it",
+                    self.listen
+                )));
+            }
             let dev = |s: &mut Option<Secret>, v: &str| {
                 if s.is_none() {
                     *s = Some(Secret::new(v));
@@ -373,6 +428,41 @@ impl Config {
         }
         if !missing.is_empty() {
             return Err(Error::Missing(missing.join(", ")));
+        }
+        let mut refused = Vec::new();
+        let is_dev = |v: &str| DEV_VALUES.contains(&v);
+        for (name, secret) in
+            [("MARKETFLOW_OPERATOR_TOKEN", &self.operator_token), ("MARKETFLOW_SERVICE_TOKEN", &self.service_token)]
+        {
+            let Some(secret) = secret else { continue };
+            if secret.values().next().is_none() {
+                refused.push(format!("{name} is empty"));
+            }
+            for v in secret.values() {
+                if is_dev(v) {
+                    refused.push(format!("{name} is a development value (only for --dev)"));
+                } else if v.chars().count() < MIN_SECRET_LEN {
+                    refused.push(format!("{name} is shorter than {MIN_SECRET_LEN} characters"));
+                }
+            }
+        }
+        // The marketplace issues its credentials as it does: any length, but present and not ours.
+        let credentials = [
+            ("MARKETFLOW_ALIYUN_ISV_KEY", self.isv_key.as_ref().map(Secret::expose)),
+            ("MARKETFLOW_ALIYUN_ACCESS_KEY_ID", self.access_key_id.as_deref()),
+            ("MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET", self.access_key_secret.as_ref().map(Secret::expose)),
+        ];
+        for (name, value) in credentials {
+            match value.map(str::trim) {
+                Some("") => refused.push(format!("{name} is empty")),
+                Some(v) if v.split(',').map(str::trim).any(is_dev) => {
+                    refused.push(format!("{name} is a development value (only for --dev)"))
+                }
+                _ => {}
+            }
+        }
+        if !refused.is_empty() {
+            return Err(Error::Refused(refused.join("; ")));
         }
         Ok(())
     }
@@ -411,6 +501,65 @@ mod tests {
         }
         let bad = ServeArgs { time_scale: Some(-1.0), dev: true, ..Default::default() };
         assert!(Config::resolve(&bad).is_err());
+    }
+
+    fn production(operator: &str) -> ServeArgs {
+        ServeArgs {
+            isv_key: Some("k".into()),
+            access_key_id: Some("ak".into()),
+            access_key_secret: Some("s".into()),
+            operator_token: Some(operator.into()),
+            service_token: Some("service-token-of-16+".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn weak_empty_and_development_secrets_refuse_start_up_by_name() {
+        assert!(Config::resolve(&production("operator-token-16+")).is_ok(), "short marketplace credentials are theirs");
+        for (bad, why) in [
+            ("short-token", "MARKETFLOW_OPERATOR_TOKEN is shorter than 16"),
+            ("dev-operator-token", "MARKETFLOW_OPERATOR_TOKEN is a development value"),
+            ("operator-token-16+,short", "MARKETFLOW_OPERATOR_TOKEN is shorter than 16"),
+            (" , ", "MARKETFLOW_OPERATOR_TOKEN is empty"),
+        ] {
+            let e = Config::resolve(&production(bad)).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let empty_ak = ServeArgs { access_key_secret: Some(" ".into()), ..production("operator-token-16+") };
+        let e = Config::resolve(&empty_ak).unwrap_err().to_string();
+        assert!(e.contains("MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET is empty"), "{e}");
+        let dev_key = ServeArgs { isv_key: Some("dev-isv-key".into()), ..production("operator-token-16+") };
+        let e = Config::resolve(&dev_key).unwrap_err().to_string();
+        assert!(e.contains("MARKETFLOW_ALIYUN_ISV_KEY is a development value"), "{e}");
+    }
+
+    #[test]
+    fn a_rotation_admits_both_values_and_nothing_else() {
+        let c = Config::resolve(&production("old-operator-token-1, new-operator-token-2")).unwrap();
+        let t = c.operator_token.unwrap();
+        assert!(t.admits("old-operator-token-1") && t.admits("new-operator-token-2"));
+        for bad in ["", "old-operator-token-1, new-operator-token-2", "new-operator-token", "old-operator-token-1 "] {
+            assert!(!t.admits(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dev_mode_stays_on_loopback_unless_told_otherwise() {
+        let dev = |listen: &str, allow| ServeArgs {
+            listen: Some(listen.into()),
+            dev: true,
+            dev_allow_remote: allow,
+            ..Default::default()
+        };
+        for ok in ["127.0.0.1:0", "[::1]:8080", "localhost:8080"] {
+            assert!(Config::resolve(&dev(ok, false)).is_ok(), "{ok}");
+        }
+        for remote in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:80", "example.com:80"] {
+            let e = Config::resolve(&dev(remote, false)).unwrap_err().to_string();
+            assert!(e.contains("MARKETFLOW_LISTEN") && e.contains("--dev-allow-remote"), "{e}");
+            assert!(Config::resolve(&dev(remote, true)).is_ok(), "{remote}");
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use marketflow::config::Secret;
 use serde_json::{json, Value};
 
 const ISV: &str = "crash-isv";
-const OP: &str = "crash-operator";
-const SVC: &str = "crash-service";
+const OP: &str = "metering-crash-operator";
+const SVC: &str = "metering-crash-service";
 
 struct Service {
     child: Child,

@@ -31,8 +31,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use serve::{free_port, Serve};
 
-const OP: &str = "storage-operator";
-const SVC: &str = "storage-service";
+const OP: &str = "storage-operator-token";
+const SVC: &str = "storage-service-token";
 const PASSWORD: &str = "correct horse battery";
 /// `ulimit -f` in 512-byte blocks: 512 KiB, reached after a few hundred commits.
 const LIMIT_BLOCKS: u64 = 1024;

@@ -1,9 +1,9 @@
-//! Who is calling: bearer tokens of the `operator` and `service` roles, compared in constant time.
+//! Who is calling: bearer tokens of the `operator` and `service` roles, compared by digest in constant time
+//! (`Secret::admits`), each role with one or, during a rotation, two values.
 
 use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
@@ -13,7 +13,7 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 }
 
 fn matches(given: &str, expected: Option<&crate::config::Secret>) -> bool {
-    expected.is_some_and(|e| bool::from(given.as_bytes().ct_eq(e.expose().as_bytes())))
+    expected.is_some_and(|e| e.admits(given))
 }
 
 /// A caller holding the operator token.

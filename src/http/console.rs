@@ -30,7 +30,6 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
@@ -363,14 +362,12 @@ fn is_token(s: &str) -> bool {
 }
 
 fn equal(a: &str, b: &str) -> bool {
-    !a.is_empty() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    !a.is_empty() && crate::config::same_secret(a, b)
 }
 
 /// Whether `given` is the operator token: digests compared in constant time, so neither content nor length leaks.
 fn is_operator_token(state: &AppState, given: &str) -> bool {
-    let Some(expected) = state.config.operator_token.as_ref() else { return false };
-    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.expose().as_bytes()));
-    !given.is_empty() && bool::from(a.as_slice().ct_eq(b.as_slice()))
+    state.config.operator_token.as_ref().is_some_and(|t| t.admits(given))
 }
 
 /// The operator of this request, `None` without a valid session.

@@ -23,7 +23,6 @@ use chrono::{DateTime, FixedOffset, Utc};
 use minijinja::{Environment, UndefinedBehavior};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::{json, Map, Value};
-use subtle::ConstantTimeEq;
 
 use super::accounts::{billing_view, load_org, my_orgs};
 use super::error::ApiError;
@@ -700,7 +699,7 @@ fn form(state: &AppState, req: &HttpRequest, body: &[u8]) -> Option<Vec<(String,
     let fields = std::str::from_utf8(body).ok().and_then(|b| parse_form(b).ok())?;
     let given = param(&fields, "csrf").unwrap_or("");
     let cookie = req.cookie(CSRF_COOKIE).map(|c| c.value().to_string()).unwrap_or_default();
-    let token_ok = !cookie.is_empty() && bool::from(given.as_bytes().ct_eq(cookie.as_bytes()));
+    let token_ok = !cookie.is_empty() && crate::config::same_secret(given, &cookie);
     (token_ok && same_origin(state, req)).then_some(fields)
 }
 
