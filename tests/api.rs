@@ -18,6 +18,15 @@ async fn spawn(dir: &Path) -> TestApp {
 
 /// The app, reached by browsers at `public_url` if given.
 async fn spawn_at(dir: &Path, public_url: Option<&str>) -> TestApp {
+    spawn_with(dir, |c| {
+        if let Some(u) = public_url {
+            c.public_url = u.to_string();
+        }
+    })
+    .await
+}
+
+async fn spawn_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.join("data"),
@@ -30,9 +39,7 @@ async fn spawn_at(dir: &Path, public_url: Option<&str>) -> TestApp {
         time_scale: 60.0,
         ..Config::default()
     };
-    if let Some(u) = public_url {
-        config.public_url = u.to_string();
-    }
+    tune(&mut config);
     let app = Application::build(config).await.expect("the app builds");
     let url = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
@@ -151,4 +158,38 @@ async fn the_session_cookie_is_secure_behind_https() {
         assert_eq!(cookie.contains("Secure"), secure, "{public_url:?}: {cookie}");
         app.handle.stop(true).await;
     }
+}
+
+/// Labels come from closed sets: thousands of made-up methods and paths leave `/metrics` small, with every such
+/// request counted under `OTHER` and none of the junk in a label.
+#[actix_rt::test]
+async fn junk_methods_and_paths_cannot_grow_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3,000 requests from one address in a few seconds: over the per-address limit, which is not under test here.
+    let app = spawn_with(dir.path(), |c| c.rate_limits = "address=1000000".parse().unwrap()).await;
+    let before = app.http.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    for chunk in 0..60 {
+        let mut batch = Vec::new();
+        for i in 0..50 {
+            let n = chunk * 50 + i;
+            let method = reqwest::Method::from_bytes(format!("JUNK{n}").as_bytes()).unwrap();
+            let path = match n % 3 {
+                0 => format!("/junk-{n}/{}", "x".repeat(200)),
+                1 => format!("/api/v1/ops/entities/subscription/junk-{n}/nope"),
+                _ => "/healthz".to_string(),
+            };
+            let m = if n % 2 == 0 { method } else { reqwest::Method::GET };
+            batch.push(app.http.request(m, format!("{}{path}", app.url)).send());
+        }
+        for r in futures_util::future::join_all(batch).await {
+            r.expect("every junk request is answered");
+        }
+    }
+    let page = app.http.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
+    assert!(page.len() < 1024 * 1024, "{} bytes", page.len());
+    assert!(page.len() < before.len() + 64 * 1024, "{} bytes after, {} before", page.len(), before.len());
+    assert!(!page.contains("JUNK") && !page.contains("junk-"), "junk reached a label");
+    assert!(page.contains("method=\"OTHER\""), "made-up methods are counted as OTHER");
+    assert!(page.contains("route=\"OTHER\""), "unrouted paths are counted as OTHER");
+    app.handle.stop(true).await;
 }

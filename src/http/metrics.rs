@@ -225,6 +225,16 @@ fn http() -> &'static HttpCounters {
     HTTP.get_or_init(HttpCounters::default)
 }
 
+/// The label of whatever is not in a closed set.
+const OTHER: &str = "OTHER";
+
+/// Methods from the closed set HTTP defines; anything a client makes up is `OTHER`, so junk methods cannot grow
+/// the series without bound.
+fn method_label(m: &actix_web::http::Method) -> String {
+    const KNOWN: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"];
+    KNOWN.iter().find(|k| **k == m.as_str()).map_or(OTHER, |k| k).to_string()
+}
+
 /// Counts and times every request by its route pattern and status (until the handler has answered; the body's
 /// transfer is not included).
 pub async fn count(
@@ -235,10 +245,11 @@ pub async fn count(
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
         engine_metrics(&state.engine);
     }
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let res = next.call(req).await?;
     let took = started.elapsed().as_secs_f64();
-    let pattern = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    // A pattern is one of the routes registered at start-up (a closed set); no pattern is `OTHER`, never the path.
+    let pattern = res.request().match_pattern().unwrap_or_else(|| OTHER.into());
     let status = res.status().as_u16();
     if let Ok(mut m) = http().durations.lock() {
         m.entry((method.clone(), pattern.clone())).or_insert_with(|| Histogram::new(HTTP_BUCKETS)).observe(took);
