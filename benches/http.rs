@@ -109,6 +109,8 @@ impl Server {
             .env("MARKETFLOW_OPERATOR_TOKEN", "bench-operator-token")
             .env("MARKETFLOW_SERVICE_TOKEN", "bench-service-token")
             .env("MARKETFLOW_TIME_SCALE", "1")
+            // One load generator is one client address: lift the per-address limit, which is not what is measured.
+            .env("MARKETFLOW_RATE_LIMITS", "address=1000000000")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

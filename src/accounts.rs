@@ -51,6 +51,12 @@ pub enum Error {
     InvalidCredentials,
     #[error("not logged in, or the session has expired")]
     Unauthenticated,
+    /// Too many log-ins for this account lately; try again after `retry_after` seconds. Nothing was checked.
+    #[error("too many log-in attempts for this account; try again in {retry_after} s")]
+    RateLimited { retry_after: u32 },
+    /// Every password hashing slot is taken and the queue is full; nothing was done.
+    #[error("the service is busy hashing passwords; try again shortly")]
+    Busy,
     #[error("engine: {0}")]
     Engine(#[from] crate::engine::Error),
     #[error("storage: {0}")]
@@ -63,6 +69,8 @@ impl Error {
             Error::EmailTaken => "email_taken",
             Error::InvalidCredentials => "invalid_credentials",
             Error::Unauthenticated => "unauthenticated",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Busy => "busy",
             Error::Engine(e) => e.code(),
             Error::Storage(_) => "storage_unavailable",
         }
@@ -84,7 +92,17 @@ pub struct Accounts {
     /// Serialises registrations, so that two requests for one e-mail cannot both pass the uniqueness check
     /// (one node; a shared store would use a conditional insert instead).
     register_lock: tokio::sync::Mutex<()>,
+    /// Log-ins per account (keyed by the e-mail's digest), whatever address they come from.
+    attempts: crate::ratelimit::Bucket<[u8; 32]>,
+    /// Argon2 runs at most this many at once (one per core): each takes 19 MiB and a core for tens of
+    /// milliseconds, so unbounded concurrent log-ins would exhaust memory and starve everything else.
+    hashing: Arc<tokio::sync::Semaphore>,
+    /// Callers waiting for a hashing slot; past [`MAX_HASH_QUEUE`] they are told to come back (`Busy`).
+    queued: std::sync::atomic::AtomicUsize,
 }
+
+/// Log-ins and registrations that may wait for a hashing slot, per core.
+const HASH_QUEUE_PER_CORE: usize = 16;
 
 fn user_key(id: &UserId) -> Vec<u8> {
     format!("user/{id}").into_bytes()
@@ -106,8 +124,36 @@ fn sso_used_key(link: &SsoLink) -> Vec<u8> {
 }
 
 impl Accounts {
-    pub fn new(engine: Engine) -> Arc<Self> {
-        Arc::new(Self { engine, register_lock: tokio::sync::Mutex::new(()) })
+    /// `logins_per_minute`: log-ins per account (`RateLimits::account`).
+    pub fn new(engine: Engine, logins_per_minute: u32) -> Arc<Self> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(Self {
+            engine,
+            register_lock: tokio::sync::Mutex::new(()),
+            attempts: crate::ratelimit::Bucket::new(logins_per_minute),
+            hashing: Arc::new(tokio::sync::Semaphore::new(cores)),
+            queued: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs Argon2 (`work`) in a hashing slot, waiting in a bounded queue for one.
+    async fn hash_slot<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+        use std::sync::atomic::Ordering;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= cores * HASH_QUEUE_PER_CORE {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Busy);
+        }
+        let permit = self.hashing.clone().acquire_owned().await;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let permit = permit.map_err(storage)?;
+        tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(storage)
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -127,7 +173,7 @@ impl Accounts {
 
     /// Creates a user and their organization (they become its Owner).
     pub async fn register(&self, email: Email, password: Password, name: Name) -> Result<User, Error> {
-        let hash = hash_password(password).await?;
+        let hash = self.hash_slot(move || hash_password(password)).await??;
         let user = {
             let _guard = self.register_lock.lock().await;
             if self.get::<UserId>(Table::Index, &email_key(&email))?.is_some() {
@@ -176,15 +222,18 @@ impl Accounts {
 
     /// Checks a password and opens a session.
     pub async fn login(&self, email: &Email, password: Password) -> Result<(String, DateTime<Utc>, User), Error> {
+        let key: [u8; 32] = Sha256::digest(email.as_str().as_bytes()).into();
+        self.attempts.check(&key).map_err(|retry_after| Error::RateLimited { retry_after })?;
         let user = match self.user_by_email(email)? {
             Some(u) => u,
             None => {
                 // Same work as a real check, so timing does not tell which e-mails exist.
-                let _ = verify_password(password, dummy_hash().to_string()).await;
+                let _ = self.hash_slot(move || verify_password(password, dummy_hash())).await;
                 return Err(Error::InvalidCredentials);
             }
         };
-        if !verify_password(password, user.password_hash.clone()).await? {
+        let hash = user.password_hash.clone();
+        if !self.hash_slot(move || verify_password(password, &hash)).await? {
             return Err(Error::InvalidCredentials);
         }
         let (token, expires_at) = self.open_session(&user.id).await?;
@@ -349,21 +398,14 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-async fn hash_password(password: Password) -> Result<String, Error> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(password.expose().as_bytes(), &salt).map(|h| h.to_string())
-    })
-    .await
-    .map_err(storage)?
-    .map_err(storage)
+/// Blocking: runs in a hashing slot.
+fn hash_password(password: Password) -> Result<String, Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default().hash_password(password.expose().as_bytes(), &salt).map(|h| h.to_string()).map_err(storage)
 }
 
-async fn verify_password(password: Password, hash: String) -> Result<bool, Error> {
-    tokio::task::spawn_blocking(move || {
-        let Ok(parsed) = PasswordHash::new(&hash) else { return false };
-        Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok()
-    })
-    .await
-    .map_err(storage)
+/// Blocking: runs in a hashing slot.
+fn verify_password(password: Password, hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok()
 }

@@ -169,13 +169,22 @@ impl Application {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         tracing::info!(listen = %config.listen, port, data_dir = %config.data_dir.display(),
             time_scale = config.time_scale, dev = config.dev, "marketflow serving");
-        let accounts = crate::accounts::Accounts::new(engine.clone());
-        let state =
-            web::Data::new(AppState { engine: engine.clone(), config, accounts, catalog, pending: Default::default() });
+        let accounts = crate::accounts::Accounts::new(engine.clone(), config.rate_limits.account);
+        let limiter = http::limits::Limiter::new(config.rate_limits, config.trusted_proxies.clone());
+        let state = web::Data::new(AppState {
+            engine: engine.clone(),
+            config,
+            accounts,
+            catalog,
+            limiter,
+            pending: Default::default(),
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(http::limits::limit))
                 .wrap(actix_web::middleware::from_fn(http::metrics::count))
+                .wrap(actix_web::middleware::from_fn(http::headers::security_headers))
                 .wrap(tracing_actix())
                 .configure(http::configure)
         })

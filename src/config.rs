@@ -110,6 +110,10 @@ pub struct Config {
     /// `--dev` on an address other hosts can reach: asked for explicitly (`--dev-allow-remote`), since the
     /// development tokens are public.
     pub dev_allow_remote: bool,
+    /// Requests per minute per route class (`MARKETFLOW_RATE_LIMITS`).
+    pub rate_limits: crate::ratelimit::RateLimits,
+    /// Where `X-Forwarded-For` names the client (`MARKETFLOW_TRUSTED_PROXIES`); nowhere by default.
+    pub trusted_proxies: crate::ratelimit::TrustedProxies,
 }
 
 impl Default for Config {
@@ -137,6 +141,8 @@ impl Default for Config {
             endpoint_from_file: false,
             sled_cache_mb: crate::store::sled_store::default_cache_mb(),
             dev_allow_remote: false,
+            rate_limits: Default::default(),
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -234,6 +240,13 @@ pub struct ServeArgs {
     /// this process unless an endpoint is given.
     #[arg(long)]
     pub dev: bool,
+    /// Requests per minute per route class, `class=n,...` (login, account, register, console_login, token,
+    /// address); unnamed classes keep their defaults.
+    #[arg(long, env = "MARKETFLOW_RATE_LIMITS")]
+    pub rate_limits: Option<String>,
+    /// Proxies whose `X-Forwarded-For` names the client: addresses and networks, `10.0.0.1,10.1.0.0/16`.
+    #[arg(long, env = "MARKETFLOW_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Let `--dev` listen on an address other hosts can reach (its development tokens are public).
     #[arg(long, env = "MARKETFLOW_DEV_ALLOW_REMOTE")]
     pub dev_allow_remote: bool,
@@ -314,6 +327,13 @@ impl Config {
         }
         if let Some(v) = args.sled_cache_mb {
             c.sled_cache_mb = v;
+        }
+        if let Some(v) = &args.rate_limits {
+            c.rate_limits = v.parse().map_err(|message| Error::Invalid { name: "MARKETFLOW_RATE_LIMITS", message })?;
+        }
+        if let Some(v) = &args.trusted_proxies {
+            c.trusted_proxies =
+                v.parse().map_err(|message| Error::Invalid { name: "MARKETFLOW_TRUSTED_PROXIES", message })?;
         }
         c.dev = args.dev;
         c.dev_allow_remote = args.dev_allow_remote;

@@ -20,6 +20,7 @@
 //!   buyer's pages and the operator console.
 //! - [`app`]: builds the application the same way for `main` and the tests; the persisted clock anchor.
 //!
+//! - [`ratelimit`]: rate-limit settings (per route class, per account) and bounded token buckets.
 //! - [`usage`]: usage records of Zilliz Cloud's services, stored once by record id, read per window.
 //!
 //! Dependencies point one way: `engine` knows no organization or subscription, `store` knows no engine.
@@ -53,5 +54,6 @@ pub mod domain;
 pub mod engine;
 pub mod failpoint;
 pub mod http;
+pub mod ratelimit;
 pub mod store;
 pub mod usage;

@@ -4,6 +4,8 @@ pub mod accounts;
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod headers;
+pub mod limits;
 pub mod marketplace;
 pub mod metrics;
 pub mod openapi;
@@ -31,6 +33,8 @@ pub struct AppState {
     pub accounts: std::sync::Arc<crate::accounts::Accounts>,
     /// The price catalog (CU types, units per CU-hour, metering items).
     pub catalog: std::sync::Arc<crate::domain::pricing::Catalog>,
+    /// The rate limits' buckets (per route class and client).
+    pub limiter: limits::Limiter,
     /// The last count of the store's work tables for `/metrics` (see `metrics::pending`), and when it was taken.
     pub pending: metrics::PendingCache,
 }

@@ -35,8 +35,8 @@ use super::error::ErrorBody;
             404 `no_such_route`.",
     ),
     paths(openapi_json, api_docs),
-    components(schemas(ErrorBody), responses(Unauthorized, Unavailable, PayloadTooLarge)),
-    modifiers(&SecuritySchemes),
+    components(schemas(ErrorBody), responses(Unauthorized, Unavailable, PayloadTooLarge, RateLimited)),
+    modifiers(&SecuritySchemes, &RateLimitedEverywhere),
     tags(
         (name = "probes", description = "Liveness, readiness and metrics"),
         (name = "marketplace", description = "Alibaba Cloud Marketplace: the SPI and the 免登 hand-off"),
@@ -155,6 +155,50 @@ impl<'s> ToResponse<'s> for Unavailable {
             .header("Retry-After", HeaderBuilder::new().description(Some("seconds")).build())
             .build();
         ("Unavailable", r.into())
+    }
+}
+
+/// 429 `rate_limited` with `Retry-After`: over the route class's limit; nothing was done.
+pub struct RateLimited;
+
+impl<'s> ToResponse<'s> for RateLimited {
+    fn response() -> (&'s str, RefOr<Response>) {
+        let r = ResponseBuilder::new()
+            .description(
+                "`rate_limited`: too many requests of this kind from this client; try again after `Retry-After`",
+            )
+            .content("application/json", error_content())
+            .header("Retry-After", HeaderBuilder::new().description(Some("seconds")).build())
+            .build();
+        ("RateLimited", r.into())
+    }
+}
+
+/// Every route but the SPI is rate limited (`http::limits`), so every operation but the SPI's may answer 429.
+struct RateLimitedEverywhere;
+
+impl Modify for RateLimitedEverywhere {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/aliyun/spi" {
+                continue;
+            }
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+                &mut item.head,
+                &mut item.options,
+            ];
+            for op in ops.into_iter().flatten() {
+                op.responses
+                    .responses
+                    .entry("429".to_string())
+                    .or_insert_with(|| Ref::from_response_name("RateLimited").into());
+            }
+        }
     }
 }
 

@@ -277,6 +277,7 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("beijing_time", "北京时间", "Beijing time"),
     ("err_csrf", "表单已过期，请重新提交。", "The form expired; please submit it again."),
     ("err_invalid_credentials", "邮箱或密码错误。", "The e-mail or the password is wrong."),
+    ("err_rate_limited", "尝试次数过多，请稍后再试。", "Too many attempts. Please wait a minute and try again."),
     ("err_email_taken", "该邮箱已注册，请直接登录。", "This e-mail is registered already; log in instead."),
     ("err_invalid_email", "邮箱格式不正确。", "This is not a valid e-mail address."),
     ("err_weak_password", "密码需为 8 到 128 个字符。", "A password has 8 to 128 characters."),

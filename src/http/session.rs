@@ -60,6 +60,12 @@ impl From<crate::accounts::Error> for ApiError {
             E::InvalidCredentials | E::Unauthenticated => {
                 ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
             }
+            E::RateLimited { retry_after } => super::limits::rate_limited(retry_after),
+            E::Busy => {
+                let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string());
+                err.retry_after = Some(1);
+                err
+            }
             E::Engine(inner) => inner.into(),
             E::Storage(detail) => {
                 tracing::error!(error = %detail, "account storage failed");

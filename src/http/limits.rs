@@ -1,0 +1,151 @@
+//! Rate limits per route class, and who the client is.
+//!
+//! Token buckets (governor's GCRA) keyed per class: log-ins, registrations and console log-ins per client
+//! address (and log-ins per account too, in `accounts`: the address alone is cheap to change); requests with a
+//! bearer token per token (by digest: no token is kept in memory); every other public request per client
+//! address. The SPI is not limited by address: the marketplace calls from few addresses, and a refused call is
+//! retried by it later, so overload answers (503) bound it instead. Limits are per node.
+//!
+//! The client address is the TCP peer, or, when the peer is one of `MARKETFLOW_TRUSTED_PROXIES`, the nearest
+//! address in `X-Forwarded-For` that is not a trusted proxy: a client cannot pick its own address by sending
+//! the header.
+
+use std::net::IpAddr;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, ResponseError};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::ratelimit::{Bucket, RateLimits, TrustedProxies};
+
+/// The requests a bucket counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// `POST /api/v1/sessions`, `POST /login`: per address (and per account, in `accounts`).
+    Login,
+    /// `POST /api/v1/accounts`, `POST /register`: per address.
+    Register,
+    /// `POST /console/login`: per address.
+    ConsoleLogin,
+    /// Anything with `Authorization: Bearer`: per token.
+    Bearer,
+    /// Every other request but the SPI: per address.
+    Address,
+    /// The marketplace's SPI: not limited here.
+    Spi,
+}
+
+impl Class {
+    /// The class of a request, from its method, path and whether it carries a bearer token.
+    pub fn of(method: &str, path: &str, bearer: bool) -> Class {
+        match (method, path) {
+            (_, "/aliyun/spi") => Class::Spi,
+            ("POST", "/api/v1/sessions" | "/login") => Class::Login,
+            ("POST", "/api/v1/accounts" | "/register") => Class::Register,
+            ("POST", "/console/login") => Class::ConsoleLogin,
+            _ if bearer => Class::Bearer,
+            _ => Class::Address,
+        }
+    }
+}
+
+/// The buckets of one application.
+pub struct Limiter {
+    /// Where `X-Forwarded-For` is believed.
+    trusted: TrustedProxies,
+    login: Bucket<IpAddr>,
+    register: Bucket<IpAddr>,
+    console_login: Bucket<IpAddr>,
+    /// Keyed by the token's SHA-256.
+    token: Bucket<[u8; 32]>,
+    address: Bucket<IpAddr>,
+}
+
+impl Limiter {
+    pub fn new(limits: RateLimits, trusted: TrustedProxies) -> Self {
+        Self {
+            trusted,
+            login: Bucket::new(limits.login),
+            register: Bucket::new(limits.register),
+            console_login: Bucket::new(limits.console_login),
+            token: Bucket::new(limits.token),
+            address: Bucket::new(limits.address),
+        }
+    }
+
+    /// The client address of a request.
+    pub fn client(&self, req: &actix_web::HttpRequest) -> Option<IpAddr> {
+        let peer = req.peer_addr()?.ip();
+        let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        Some(self.trusted.client(peer, xff))
+    }
+
+    /// Counts a request of `class`; `Err(seconds)` when over its limit.
+    fn check(&self, class: Class, client: Option<IpAddr>, bearer: Option<&str>) -> Result<(), u32> {
+        let by_address = |b: &Bucket<IpAddr>| client.map_or(Ok(()), |ip| b.check(&ip));
+        match class {
+            Class::Spi => Ok(()),
+            Class::Login => by_address(&self.login),
+            Class::Register => by_address(&self.register),
+            Class::ConsoleLogin => by_address(&self.console_login),
+            Class::Bearer => self.token.check(&Sha256::digest(bearer.unwrap_or("").as_bytes()).into()),
+            Class::Address => by_address(&self.address),
+        }
+    }
+}
+
+/// The refusal: `429 rate_limited` with `Retry-After`. Nothing was done.
+pub fn rate_limited(retry_after: u32) -> ApiError {
+    let mut e = ApiError::new(
+        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many requests; try again in {retry_after} s"),
+    );
+    e.retry_after = Some(retry_after);
+    e
+}
+
+/// Refuses a request over its class's limit before anything reads its body.
+pub async fn limit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let verdict = req.app_data::<web::Data<AppState>>().map(|state| {
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let class = Class::of(req.method().as_str(), req.path(), bearer.is_some());
+        state.limiter.check(class, state.limiter.client(req.request()), bearer)
+    });
+    if let Some(Err(seconds)) = verdict {
+        let (req, _) = req.into_parts();
+        let res = rate_limited(seconds).error_response();
+        return Ok(ServiceResponse::new(req, res).map_into_right_body());
+    }
+    next.call(req).await.map(ServiceResponse::map_into_left_body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_follow_the_route() {
+        assert_eq!(Class::of("POST", "/aliyun/spi", false), Class::Spi);
+        assert_eq!(Class::of("GET", "/aliyun/spi", true), Class::Spi);
+        assert_eq!(Class::of("POST", "/api/v1/sessions", false), Class::Login);
+        assert_eq!(Class::of("POST", "/login", false), Class::Login);
+        assert_eq!(Class::of("GET", "/login", false), Class::Address);
+        assert_eq!(Class::of("POST", "/register", false), Class::Register);
+        assert_eq!(Class::of("POST", "/console/login", false), Class::ConsoleLogin);
+        assert_eq!(Class::of("GET", "/api/v1/orgs", true), Class::Bearer);
+        assert_eq!(Class::of("GET", "/healthz", false), Class::Address);
+    }
+}

@@ -1,0 +1,192 @@
+//! Rate-limit settings and buckets, shared by the HTTP layer (per route class) and the accounts (per account):
+//! token buckets (governor's GCRA) keyed per client, with the number of keys bounded.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+/// Requests per minute of each class (a burst of the same size, refilled evenly). `MARKETFLOW_RATE_LIMITS`
+/// (`login=30,account=10,...`) overrides them: load tests and deployments behind a trusted gateway raise them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Log-ins per client address.
+    pub login: u32,
+    /// Log-ins per account (e-mail address), whatever the address.
+    pub account: u32,
+    /// Registrations per client address.
+    pub register: u32,
+    /// Console log-ins per client address.
+    pub console_login: u32,
+    /// Requests per bearer token.
+    pub token: u32,
+    /// Other requests per client address.
+    pub address: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self { login: 30, account: 10, register: 30, console_login: 10, token: 6_000, address: 1_200 }
+    }
+}
+
+impl FromStr for RateLimits {
+    type Err = String;
+    /// `class=per_minute,...`; unnamed classes keep their defaults.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut l = RateLimits::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, n) = part.split_once('=').ok_or_else(|| format!("`{part}` is not class=per_minute"))?;
+            let n: u32 =
+                n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| format!("`{part}`: a positive count"))?;
+            let slot = match name.trim() {
+                "login" => &mut l.login,
+                "account" => &mut l.account,
+                "register" => &mut l.register,
+                "console_login" => &mut l.console_login,
+                "token" => &mut l.token,
+                "address" => &mut l.address,
+                other => {
+                    return Err(format!(
+                        "unknown class `{other}` (login, account, register, console_login, token, address)"
+                    ))
+                }
+            };
+            *slot = n;
+        }
+        Ok(l)
+    }
+}
+
+/// Addresses and networks whose `X-Forwarded-For` names the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+    /// `10.0.0.1, 10.1.0.0/16, ::1`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (ip, len) = part.split_once('/').map_or((part, None), |(a, l)| (a, Some(l)));
+            let ip: IpAddr = ip.parse().map_err(|_| format!("`{part}` is not an address or a network"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let len = match len {
+                None => max,
+                Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| format!("`{part}`: bad prefix"))?,
+            };
+            nets.push((ip, len));
+        }
+        Ok(Self(nets))
+    }
+}
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|(net, len)| in_network(ip, canonical(*net), *len))
+    }
+
+    /// The client of a request that came from `peer` with these `X-Forwarded-For` values: the peer, unless it is
+    /// trusted; then the nearest untrusted address of the header (right to left), or its first if all are.
+    pub fn client(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        if !self.contains(peer) {
+            return canonical(peer);
+        }
+        let Some(header) = forwarded_for else { return canonical(peer) };
+        let hops: Vec<IpAddr> = header.split(',').filter_map(|h| h.trim().parse().ok()).collect();
+        hops.iter()
+            .rev()
+            .copied()
+            .find(|h| !self.contains(*h))
+            .or(hops.first().copied())
+            .map_or(canonical(peer), canonical)
+    }
+}
+
+/// IPv4 addresses mapped into IPv6 count as the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    let (a, b, bits) = match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32u32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128u32),
+        _ => return false,
+    };
+    if len == 0 {
+        return true;
+    }
+    let shift = bits - u32::from(len);
+    (a >> shift) == (b >> shift)
+}
+
+/// Keys kept per bucket before the idle ones are dropped: a flood of addresses costs bounded memory.
+const MAX_KEYS: usize = 100_000;
+
+/// One bucket per key, with the number of keys bounded.
+pub struct Bucket<K: std::hash::Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    clock: DefaultClock,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Bucket<K> {
+    pub fn new(per_minute: u32) -> Self {
+        let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_minute(n).allow_burst(n)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// `Ok`, or the whole seconds to wait (at least one).
+    pub fn check(&self, key: &K) -> Result<(), u32> {
+        if self.limiter.len() > MAX_KEYS {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        let t: TrustedProxies = "10.0.0.0/8, ::1".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(t.client(ip("203.0.113.9"), Some("198.51.100.1")), ip("203.0.113.9"));
+        // Through a trusted proxy: the nearest untrusted hop.
+        assert_eq!(t.client(ip("10.1.2.3"), Some("198.51.100.1, 203.0.113.7, 10.9.9.9")), ip("203.0.113.7"));
+        assert_eq!(t.client(ip("::1"), Some("198.51.100.1")), ip("198.51.100.1"));
+        assert_eq!(t.client(ip("10.1.2.3"), Some("garbage")), ip("10.1.2.3"));
+        assert_eq!(t.client(ip("10.1.2.3"), None), ip("10.1.2.3"));
+        assert_eq!(t.client(ip("::ffff:10.1.2.3"), Some("198.51.100.1")), ip("198.51.100.1"));
+        assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
+        assert!("nope".parse::<TrustedProxies>().is_err());
+    }
+
+    #[test]
+    fn limits_parse_by_class_and_a_bucket_refuses_past_its_burst() {
+        let l: RateLimits = "login=5, token=100".parse().unwrap();
+        assert_eq!((l.login, l.token, l.account), (5, 100, RateLimits::default().account));
+        assert!("login=0".parse::<RateLimits>().is_err());
+        assert!("logins=3".parse::<RateLimits>().is_err());
+        let b = Bucket::<u8>::new(3);
+        assert!((0..3).all(|_| b.check(&1).is_ok()));
+        let wait = b.check(&1).unwrap_err();
+        assert!((1..=21).contains(&wait), "{wait}");
+        assert!(b.check(&2).is_ok(), "buckets are per key");
+    }
+}
