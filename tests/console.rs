@@ -102,10 +102,20 @@ impl Browser {
 
     /// Logs in as `name`; answers the console page it lands on.
     async fn login(&self, name: &str) -> Page {
+        self.login_with(OP, name).await
+    }
+
+    /// Posts the login form with `token` and `name`; answers the response (a redirect when it worked).
+    async fn try_login(&self, token: &str, name: &str) -> Page {
         let form = self.get("/console/login").await;
         assert_eq!(form.status, 200, "{}", form.body);
         let csrf = form.csrf();
-        let r = self.post("/console/login", &[("csrf", &csrf), ("operator", name), ("token", OP)], None).await;
+        self.post("/console/login", &[("csrf", &csrf), ("operator", name), ("token", token)], None).await
+    }
+
+    /// Logs in with `token` as `name`; answers the console page it lands on.
+    async fn login_with(&self, token: &str, name: &str) -> Page {
+        let r = self.try_login(token, name).await;
         assert_eq!(r.status, 303, "{}", r.body);
         assert_eq!(r.location(), "/console");
         let page = self.get("/console").await;
@@ -252,6 +262,58 @@ async fn login_sessions_and_the_redirect_without_one() {
     assert_eq!(value["operator"], "Erin", "{value}");
     assert!(value["expires_at"].is_string(), "{value}");
     store.close().ok();
+}
+
+const ALICE: &str = "alice-console-token-1";
+const BOB: &str = "bob-console-token-22";
+
+#[actix_rt::test]
+async fn a_named_token_logs_in_as_its_owner_whatever_the_form_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let named = format!("alice:{ALICE},bob:{BOB}");
+    let w = World::with_operator_tokens(dir.path(), Some(&named)).await;
+    let owner = w.user("olga").await;
+    let org = format!("/console/entities/organization/{}", owner.org_id);
+
+    // Alice's token with another name in the form: the console is Alice's, and so is the audit trail.
+    let alice = Browser::new(&w);
+    let page = alice.login_with(ALICE, "Mallory").await;
+    assert!(page.body.contains("<strong id=\"operator-name\">alice</strong>"), "{}", page.body);
+    let csrf = page.csrf();
+    let r = alice.post(&format!("{org}/actions/freeze"), &[("reason", "fraud check"), ("csrf", &csrf)], None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Bob's token needs no name at all; the shared token still takes the form's.
+    let bob = Browser::new(&w);
+    let r = bob.try_login(BOB, "").await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let csrf = bob.get(&org).await.csrf();
+    let r = bob.post(&format!("{org}/actions/unfreeze"), &[("reason", "cleared"), ("csrf", &csrf)], None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let shared = Browser::new(&w);
+    assert_eq!(shared.try_login(OP, " ").await.code_of("login-error").as_deref(), Some("invalid_name"));
+    let csrf = shared.login("Dana Ops").await.csrf();
+    let r = shared.post(&format!("{org}/actions/freeze"), &[("reason", "again"), ("csrf", &csrf)], None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let trail: Vec<(String, String)> = audit(&w)
+        .await
+        .iter()
+        .map(|e| (e["operator"].as_str().unwrap_or("").into(), e["action"].as_str().unwrap_or("").into()))
+        .collect();
+    let row = |o: &str, a: &str| (o.to_string(), a.to_string());
+    assert_eq!(trail, [row("Dana Ops", "freeze"), row("bob", "unfreeze"), row("alice", "freeze")]);
+    let path = format!("/api/v1/ops/entities/organization/{}/journal?limit=1000", owner.org_id);
+    let (_, j) = w.api(Method::GET, &path, Some(OP), None).await;
+    let causes: Vec<&str> = j["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cause"]["kind"] == "operator")
+        .filter_map(|e| e["cause"]["operator"].as_str())
+        .collect();
+    assert_eq!(causes, ["alice", "bob", "Dana Ops"], "{j}");
+
+    w.shutdown().await;
 }
 
 /// The store of a stopped service (its drain may still be closing it).

@@ -1,9 +1,11 @@
 //! The operator console (`/console`): the ops API's face for a browser, rendered on the server, with its
 //! stylesheet and script compiled into the binary (nothing from a CDN).
 //!
-//! - Logging in (`/console/login`) takes the operator token and the operator's name; the name goes into the
-//!   journal and the audit trail of every action, as `X-Operator` does on the API. The token is compared in
-//!   constant time, as SHA-256 digests so that its length does not leak either.
+//! - Logging in (`/console/login`) takes an operator token and the operator's name. Who the operator is follows
+//!   [`crate::config::Config::operator_for`], as on the API: a named token (`MARKETFLOW_OPERATOR_TOKENS`) is its
+//!   owner's and the form's name is ignored; with the shared `MARKETFLOW_OPERATOR_TOKEN` the form's name goes into
+//!   the journal and the audit trail of every action, as `X-Operator` does on the API. Tokens are compared in
+//!   constant time, as SHA-256 digests so that their length does not leak either.
 //! - A session is a random 256-bit token in the `mf_console` cookie (HttpOnly, SameSite=Strict, path `/console`);
 //!   only its SHA-256 is stored, with the name and an expiry, among the store's records, like buyers' sessions.
 //!   It expires on the wall clock, not the service clock: a demo's clock runs 1200 times faster and would end a
@@ -38,6 +40,7 @@ use super::ops::{self, ActionDone};
 use super::pages::safe_next;
 use super::AppState;
 use crate::aliyun::encoding::{encode_query, parse_form, percent_encode};
+use crate::config::OperatorIdentity;
 use crate::engine::inspect::EntityFilter;
 use crate::engine::{services, EntityKey, Error as EngineError};
 use crate::store::{Batch, Table};
@@ -51,7 +54,7 @@ const SESSION_TTL: TimeDelta = TimeDelta::hours(8);
 /// The largest form body the console accepts.
 const FORM_LIMIT: usize = 16 * 1024;
 /// The longest operator name (as `X-Operator` on the API).
-const NAME_MAX: usize = 64;
+const NAME_MAX: usize = crate::config::OPERATOR_NAME_MAX;
 /// Journal entries per page of the entity view.
 const JOURNAL_PAGE: u64 = 50;
 /// Timers on the timers page.
@@ -319,6 +322,7 @@ fn fields(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
 /// A console session as stored (under `console-session/<sha256 of the token>`).
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSession {
+    /// The name given at login (a named token's owner).
     operator: String,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
@@ -363,11 +367,6 @@ fn is_token(s: &str) -> bool {
 
 fn equal(a: &str, b: &str) -> bool {
     !a.is_empty() && crate::config::same_secret(a, b)
-}
-
-/// Whether `given` is the operator token: digests compared in constant time, so neither content nor length leaks.
-fn is_operator_token(state: &AppState, given: &str) -> bool {
-    state.config.operator_token.as_ref().is_some_and(|t| t.admits(given))
 }
 
 /// The operator of this request, `None` without a valid session.
@@ -451,9 +450,10 @@ fn check_form(state: &AppState, req: &HttpRequest, op: &Operator, given: &str) -
 /// The login form.
 #[derive(Debug, Default, ToSchema)]
 pub struct LoginForm {
-    /// The operator token (`MARKETFLOW_OPERATOR_TOKEN`).
+    /// An operator token: the shared `MARKETFLOW_OPERATOR_TOKEN`, or a named one of `MARKETFLOW_OPERATOR_TOKENS`.
     pub token: String,
-    /// The operator's name for the audit trail, 1 to 64 characters.
+    /// With the shared token, the operator's name for the audit trail, 1 to 64 characters; ignored with a named
+    /// token (the audit trail names the token's owner).
     pub operator: String,
     /// The form token the login page gave (and its cookie).
     pub csrf: String,
@@ -526,8 +526,8 @@ async fn login_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse
     responses(
         (status = 303, description = "Logged in: sets the `mf_console` session cookie, to `next` or `/console`",
             headers(("Location" = String), ("Set-Cookie" = String))),
-        (status = 400, description = "`invalid_form` or `invalid_name`: the form again, with the error", content_type = "text/html", body = String),
-        (status = 401, description = "`invalid_token`: not the operator token; the form again", content_type = "text/html", body = String),
+        (status = 400, description = "`invalid_form` or `invalid_name` (the shared token without a name): the form again, with the error", content_type = "text/html", body = String),
+        (status = 401, description = "`invalid_token`: not an operator token; the form again", content_type = "text/html", body = String),
         (status = 403, description = "`csrf_failed`: the form's token is missing or wrong, or it came from another site", content_type = "text/html", body = String),
         (status = 413, description = "The form is over 16 KiB", content_type = "text/plain", body = String),
         (status = 503, description = "The store is unavailable", content_type = "text/html", body = String),
@@ -542,19 +542,26 @@ async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
     if !(equal(&form.csrf, &csrf_cookie) && same_origin(&state, &req)) {
         return login_page(&state, &req, StatusCode::FORBIDDEN, next, &form.operator, Some(&Error::Csrf));
     }
-    let name = form.operator.trim();
-    if name.is_empty() || name.chars().count() > NAME_MAX || name.chars().any(char::is_control) {
-        let e = ApiError::bad_request("invalid_name", format!("give your name (1 to {NAME_MAX} characters)"));
-        return login_page(&state, &req, e.status, next, name, Some(&Error::Api(e)));
-    }
-    if !is_operator_token(&state, &form.token) {
-        tracing::warn!(operator = ?name, "console login refused: not the operator token");
-        let e = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "that is not the operator token");
-        return login_page(&state, &req, e.status, next, name, Some(&Error::Api(e)));
-    }
+    let given = form.operator.trim();
+    let name = match state.config.operator_for(&form.token) {
+        // A named token is its owner's: the form's name does not change who acts.
+        Some(OperatorIdentity::Named(owner)) => owner,
+        Some(OperatorIdentity::Shared) => {
+            if given.is_empty() || given.chars().count() > NAME_MAX || given.chars().any(char::is_control) {
+                let e = ApiError::bad_request("invalid_name", format!("give your name (1 to {NAME_MAX} characters)"));
+                return login_page(&state, &req, e.status, next, given, Some(&Error::Api(e)));
+            }
+            given.to_string()
+        }
+        None => {
+            tracing::warn!(operator = ?given, "console login refused: not an operator token");
+            let e = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "that is not an operator token");
+            return login_page(&state, &req, e.status, next, given, Some(&Error::Api(e)));
+        }
+    };
     let token = random_hex();
     let now = Utc::now();
-    let session = StoredSession { operator: name.to_string(), created_at: now, expires_at: now + SESSION_TTL };
+    let session = StoredSession { operator: name.clone(), created_at: now, expires_at: now + SESSION_TTL };
     let mut b = Batch::new();
     match serde_json::to_vec(&session) {
         Ok(v) => b.put(Table::Records, session_key(&token), v),
