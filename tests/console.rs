@@ -261,7 +261,92 @@ async fn login_sessions_and_the_redirect_without_one() {
     assert!(!String::from_utf8_lossy(&rows[0].1).contains(&erin), "the token is not in the record: {value}");
     assert_eq!(value["operator"], "Erin", "{value}");
     assert!(value["expires_at"].is_string(), "{value}");
+    // The operator token it was opened with is kept as a domain-separated digest: neither the token nor its plain
+    // SHA-256.
+    let bound = value["token_digest"].as_str().unwrap_or_else(|| panic!("a token digest: {value}"));
+    assert!(bound.len() == 64 && bound.bytes().all(|b| b.is_ascii_hexdigit()), "{value}");
+    assert_ne!(bound, hex::encode(Sha256::digest(OP.as_bytes())), "{value}");
+    assert!(!String::from_utf8_lossy(&rows[0].1).contains(OP), "the operator token is not in the record: {value}");
     store.close().ok();
+}
+
+/// The session token in a login response's `Set-Cookie`.
+fn session_of(r: &Page) -> String {
+    let cookie = r.set_cookies().into_iter().find(|c| c.starts_with("mf_console=")).expect("a session cookie");
+    cookie.trim_start_matches("mf_console=").split(';').next().unwrap().to_string()
+}
+
+/// `GET /console` with only this session cookie: its status and where it redirects.
+async fn with_session(w: &World, token: &str) -> (u16, String) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = http.get(format!("{}/console", w.service)).header("cookie", format!("mf_console={token}")).send().await;
+    let r = r.expect("the service answers");
+    let location = r.headers().get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or_default().to_string();
+    (r.status().as_u16(), location)
+}
+
+const NEW_OP: &str = "lifecycle-operator-new";
+
+#[actix_rt::test]
+async fn a_console_session_ends_when_its_operator_token_is_rotated_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new(dir.path()).await;
+    let old = Browser::new(&w);
+    old.login("Dana").await;
+
+    // A rotation in progress ('old,new'): the session opened with the old value goes on, the new value logs in.
+    w.operator_token = format!("{OP},{NEW_OP}");
+    w.restart_service().await;
+    let page = old.get("/console").await;
+    assert_eq!(page.status, 200, "the old value is still configured: {}", page.body);
+    assert!(page.body.contains("<strong id=\"operator-name\">Dana</strong>"), "{}", page.body);
+    let new = Browser::new(&w);
+    new.login_with(NEW_OP, "Erin").await;
+
+    // The old value removed: its sessions end at the next request, pages and forms alike; the new one's stays.
+    w.operator_token = NEW_OP.to_string();
+    w.restart_service().await;
+    let r = old.get("/console").await;
+    assert_eq!((r.status, r.location()), (303, "/console/login?next=%2Fconsole"), "{}", r.body);
+    let r = old.get("/console/audit").await;
+    assert_eq!((r.status, r.location()), (303, "/console/login?next=%2Fconsole%2Faudit"));
+    let r = old.post("/console/entities/subscription/1/actions/pause", &[("reason", "x")], None).await;
+    assert_eq!((r.status, r.location()), (303, "/console/login?next=%2Fconsole"));
+    assert_eq!(old.get("/console/login").await.status, 200, "the login page does not take it for logged in");
+    assert_eq!(old.try_login(OP, "Dana").await.status, 401, "nor does the old value log in again");
+    let page = new.get("/console").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<strong id=\"operator-name\">Erin</strong>"), "{}", page.body);
+    w.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_console_session_stored_without_a_token_digest_counts_as_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let b = Browser::new(&w);
+    let token = session_of(&b.try_login(OP, "Dana").await);
+    assert_eq!(with_session(&w, &token).await.0, 200);
+    w.shutdown().await;
+
+    // The record as the previous build wrote it: no `token_digest`.
+    let store = reopen(&dir.path().join("data")).await;
+    use marketflow::store::Store as _;
+    let key = format!("console-session/{}", hex::encode(Sha256::digest(token.as_bytes()))).into_bytes();
+    let table = marketflow::store::Table::Records;
+    let mut record: Value = serde_json::from_slice(&store.get(table, &key).unwrap().expect("the session")).unwrap();
+    record.as_object_mut().unwrap().remove("token_digest").expect("a digest to remove");
+    let mut batch = marketflow::store::Batch::new();
+    batch.put(table, key, serde_json::to_vec(&record).unwrap());
+    store.apply(&[batch]).unwrap();
+    store.close().ok();
+    drop(store);
+
+    let w = World::new(dir.path()).await;
+    assert_eq!(with_session(&w, &token).await, (303, "/console/login?next=%2Fconsole".to_string()));
+    // Logging in again works as ever.
+    Browser::new(&w).login("Dana").await;
+    w.shutdown().await;
 }
 
 const ALICE: &str = "alice-console-token-1";
@@ -271,7 +356,7 @@ const BOB: &str = "bob-console-token-22";
 async fn a_named_token_logs_in_as_its_owner_whatever_the_form_says() {
     let dir = tempfile::tempdir().unwrap();
     let named = format!("alice:{ALICE},bob:{BOB}");
-    let w = World::with_operator_tokens(dir.path(), Some(&named)).await;
+    let mut w = World::with_operator_tokens(dir.path(), Some(&named)).await;
     let owner = w.user("olga").await;
     let org = format!("/console/entities/organization/{}", owner.org_id);
 
@@ -313,6 +398,15 @@ async fn a_named_token_logs_in_as_its_owner_whatever_the_form_says() {
         .collect();
     assert_eq!(causes, ["alice", "bob", "Dana Ops"], "{j}");
 
+    // Alice's token removed: her session ends; Bob's and the shared one's go on.
+    w.operator_tokens = Some(format!("bob:{BOB}"));
+    w.restart_service().await;
+    assert_eq!(alice.get("/console").await.status, 303);
+    assert_eq!(alice.try_login(ALICE, "alice").await.status, 401);
+    let page = bob.get("/console").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<strong id=\"operator-name\">bob</strong>"), "{}", page.body);
+    assert_eq!(shared.get("/console").await.status, 200);
     w.shutdown().await;
 }
 

@@ -7,9 +7,13 @@
 //!   the journal and the audit trail of every action, as `X-Operator` does on the API. Tokens are compared in
 //!   constant time, as SHA-256 digests so that their length does not leak either.
 //! - A session is a random 256-bit token in the `mf_console` cookie (HttpOnly, SameSite=Strict, path `/console`);
-//!   only its SHA-256 is stored, with the name and an expiry, among the store's records, like buyers' sessions.
-//!   It expires on the wall clock, not the service clock: a demo's clock runs 1200 times faster and would end a
-//!   session within a minute.
+//!   only its SHA-256 is stored, with the name, an expiry and a digest of the operator token it was opened with
+//!   (never the token), among the store's records, like buyers' sessions. It expires on the wall clock, not the
+//!   service clock: a demo's clock runs 1200 times faster and would end a session within a minute.
+//! - A session lasts only while the operator token it was opened with is configured: every request checks the
+//!   stored digest against the digests of the values in force, so rotating `MARKETFLOW_OPERATOR_TOKEN` (once the
+//!   old value is dropped from `old,new`) or removing a named token ends the sessions opened with it at the next
+//!   request. A session stored before sessions carried a digest counts as ended.
 //! - Every POST form carries a token: before login a double-submit cookie (`mf_console_csrf`), after login a token
 //!   derived from the session, so a form of one session is refused in another. A present `Origin` (or, without it,
 //!   `Referer`) must be this service.
@@ -322,10 +326,14 @@ fn fields(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
 /// A console session as stored (under `console-session/<sha256 of the token>`).
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSession {
-    /// The name given at login (a named token's owner).
+    /// The name given at login (a named token's owner at the time).
     operator: String,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    /// [`operator_token_digest`] of the operator token the session was opened with. Empty in sessions stored
+    /// before this field existed: those match no token, so they count as ended.
+    #[serde(default)]
+    token_digest: String,
 }
 
 /// The operator of a request with a valid console session.
@@ -347,6 +355,12 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
 
 fn session_key(token: &str) -> Vec<u8> {
     format!("console-session/{}", sha256_hex(&[token.as_bytes()])).into_bytes()
+}
+
+/// What a session keeps of the operator token it was opened with: a digest, domain-separated from every other
+/// digest here, so that the store never holds the token and the session ends when the token is no longer configured.
+fn operator_token_digest(value: &str) -> String {
+    sha256_hex(&[b"marketflow console session operator token\0", value.as_bytes()])
 }
 
 /// The form token of a session: only who holds the session cookie can compute it.
@@ -384,7 +398,17 @@ fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Operator>, Erro
     if s.expires_at <= Utc::now() {
         return Ok(None);
     }
-    Ok(Some(Operator { name: s.operator, csrf: session_csrf(&token) }))
+    // Still one of the operator tokens in force? Every configured value's digest is compared, in constant time.
+    if s.token_digest.is_empty() {
+        return Ok(None);
+    }
+    let identity = state.config.identify_operator(|value| equal(&operator_token_digest(value), &s.token_digest));
+    let name = match identity {
+        None => return Ok(None),
+        Some(OperatorIdentity::Named(owner)) => owner,
+        Some(OperatorIdentity::Shared) => s.operator,
+    };
+    Ok(Some(Operator { name, csrf: session_csrf(&token) }))
 }
 
 /// The operator, or the response to send instead (the login page, or unavailable).
@@ -561,7 +585,12 @@ async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
     };
     let token = random_hex();
     let now = Utc::now();
-    let session = StoredSession { operator: name.clone(), created_at: now, expires_at: now + SESSION_TTL };
+    let session = StoredSession {
+        operator: name.clone(),
+        created_at: now,
+        expires_at: now + SESSION_TTL,
+        token_digest: operator_token_digest(&form.token),
+    };
     let mut b = Batch::new();
     match serde_json::to_vec(&session) {
         Ok(v) => b.put(Table::Records, session_key(&token), v),
