@@ -47,6 +47,63 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     bool::from(Sha256::digest(a.as_bytes()).as_slice().ct_eq(Sha256::digest(b.as_bytes()).as_slice()))
 }
 
+/// One named operator token of `MARKETFLOW_OPERATOR_TOKENS`: whoever presents `token` is `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedToken {
+    /// The token's owner, as the audit trail and the journal name them.
+    pub name: String,
+    pub token: Secret,
+}
+
+/// The named operator tokens (`MARKETFLOW_OPERATOR_TOKENS` = `name:token,name2:token2`), in the order given.
+///
+/// Parsing is lenient (an entry without `:` has an empty name, a token with spaces around it is trimmed):
+/// [`Config::resolve`] refuses whatever is wrong, naming the variable, so that every problem is reported at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedTokens(Vec<NamedToken>);
+
+impl NamedTokens {
+    pub fn parse(s: &str) -> Self {
+        let entries = s.split(',').map(str::trim).filter(|e| !e.is_empty());
+        Self(
+            entries
+                .map(|e| {
+                    let (name, token) = e.split_once(':').unwrap_or(("", e));
+                    NamedToken { name: name.trim().to_string(), token: Secret::new(token.trim()) }
+                })
+                .collect(),
+        )
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &NamedToken> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The longest operator name (named tokens' names, `X-Operator`, the console login's name field).
+pub const OPERATOR_NAME_MAX: usize = 64;
+
+/// Whether `name` may name a token's owner: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+fn is_token_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= OPERATOR_NAME_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Who an operator token belongs to ([`Config::operator_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorIdentity {
+    /// A named token (`MARKETFLOW_OPERATOR_TOKENS`): the operator is its owner, whatever the request claims
+    /// (`X-Operator`, the console login form's name).
+    Named(String),
+    /// The shared `MARKETFLOW_OPERATOR_TOKEN`: the request says who the person is.
+    Shared,
+}
+
 /// Secrets we mint (operator and service tokens) are at least this long outside `--dev`.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -86,6 +143,8 @@ pub struct Config {
     pub access_key_secret: Option<Secret>,
     pub product_code: String,
     pub operator_token: Option<Secret>,
+    /// Named operator tokens (`MARKETFLOW_OPERATOR_TOKENS`); `Some` when the variable (or file key) was given.
+    pub operator_tokens: Option<NamedTokens>,
     pub service_token: Option<Secret>,
     pub time_scale: f64,
     pub sso_window: Duration,
@@ -128,6 +187,7 @@ impl Default for Config {
             access_key_secret: None,
             product_code: "cmgj00063418".into(),
             operator_token: None,
+            operator_tokens: None,
             service_token: None,
             time_scale: 1.0,
             sso_window: Duration::from_secs(600),
@@ -183,6 +243,8 @@ pub struct AliyunFile {
 #[serde(deny_unknown_fields)]
 pub struct TokensFile {
     pub operator: Option<Secret>,
+    /// Named operator tokens, `"name:token,name2:token2"` (as `MARKETFLOW_OPERATOR_TOKENS`).
+    pub operators: Option<Secret>,
     pub service: Option<Secret>,
 }
 
@@ -213,6 +275,10 @@ pub struct ServeArgs {
     pub product_code: Option<String>,
     #[arg(long, env = "MARKETFLOW_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
+    /// Named operator tokens, `name:token,name2:token2`: a request with one of them is its owner's, whatever
+    /// `X-Operator` or the console login form say.
+    #[arg(long, env = "MARKETFLOW_OPERATOR_TOKENS", hide_env_values = true)]
+    pub operator_tokens: Option<String>,
     #[arg(long, env = "MARKETFLOW_SERVICE_TOKEN", hide_env_values = true)]
     pub service_token: Option<String>,
     /// Service seconds per real second (60: an hour passes in a minute).
@@ -306,6 +372,9 @@ impl Config {
             c.product_code = v.clone();
         }
         c.operator_token = secret(&args.operator_token).or(c.operator_token);
+        if let Some(v) = &args.operator_tokens {
+            c.operator_tokens = Some(NamedTokens::parse(v));
+        }
         c.service_token = secret(&args.service_token).or(c.service_token);
         if let Some(v) = args.time_scale {
             c.time_scale = v;
@@ -385,6 +454,9 @@ impl Config {
             self.product_code = v;
         }
         self.operator_token = f.tokens.operator.or(self.operator_token.take());
+        if let Some(v) = f.tokens.operators {
+            self.operator_tokens = Some(NamedTokens::parse(v.expose()));
+        }
         self.service_token = f.tokens.service.or(self.service_token.take());
         for (kind, timers) in f.timers {
             for (timer, d) in timers {
@@ -393,6 +465,77 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What is wrong with the named tokens' shape: an entry without a name, a name that is not 1 to 64 of
+    /// `A-Z a-z 0-9 . _ -`, a name or a token given twice, an empty token. Entries are named by position, never by
+    /// content, since a token written where its name belongs must not reach the terminal.
+    fn named_token_problems(&self) -> Vec<String> {
+        const NAME: &str = "MARKETFLOW_OPERATOR_TOKENS";
+        let Some(named) = &self.operator_tokens else { return vec![] };
+        let tokens: Vec<&NamedToken> = named.iter().collect();
+        let mut problems = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            let n = i + 1;
+            if t.name.is_empty() {
+                problems.push(format!("{NAME}: entry {n} has no name (give name:token)"));
+            } else if !is_token_name(&t.name) {
+                problems.push(format!(
+                    "{NAME}: the name of entry {n} is not 1 to {OPERATOR_NAME_MAX} of A-Z a-z 0-9 . _ -"
+                ));
+            }
+            if t.token.expose().is_empty() {
+                problems.push(format!("{NAME}: entry {n} has no token (give name:token)"));
+            }
+            for (j, u) in tokens.iter().enumerate().take(i) {
+                if !t.name.is_empty() && t.name == u.name {
+                    problems.push(format!("{NAME}: entries {} and {n} have the same name", j + 1));
+                }
+                // At start-up, not per request: the time this takes says nothing to a caller.
+                if !t.token.expose().is_empty() && t.token == u.token {
+                    problems.push(format!("{NAME}: entries {} and {n} have the same token", j + 1));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Who presents `token` as an operator: the owner of a named token it is, or [`OperatorIdentity::Shared`] for
+    /// a value of `MARKETFLOW_OPERATOR_TOKEN`, or nobody. A named token wins over the shared one. Every configured
+    /// value is compared, by digest and in constant time, with no early exit (see [`Config::identify_operator`]).
+    pub fn operator_for(&self, token: &str) -> Option<OperatorIdentity> {
+        if token.is_empty() {
+            return None;
+        }
+        self.identify_operator(|value| same_secret(token, value))
+    }
+
+    /// The one rule of who an operator is, for any way of recognising a token: `is(value)` is asked of every
+    /// configured operator token value (each named token, then each value of `MARKETFLOW_OPERATOR_TOKEN`, during
+    /// a rotation both), whatever the answers, so the time taken does not depend on which one matched. The first
+    /// named token recognised names the operator; otherwise a recognised shared value is [`OperatorIdentity::Shared`].
+    ///
+    /// [`Config::operator_for`] recognises a token presented now; a console session recognises the digest of the
+    /// token it was opened with, so that a session ends when that token is no longer configured.
+    pub fn identify_operator(&self, mut is: impl FnMut(&str) -> bool) -> Option<OperatorIdentity> {
+        let mut named: Option<&str> = None;
+        for t in self.operator_tokens.iter().flat_map(NamedTokens::iter) {
+            let mut hit = false;
+            for v in t.token.values() {
+                hit |= is(v);
+            }
+            if hit && named.is_none() && !t.name.is_empty() {
+                named = Some(&t.name);
+            }
+        }
+        let mut shared = false;
+        for v in self.operator_token.iter().flat_map(Secret::values) {
+            shared |= is(v);
+        }
+        match named {
+            Some(name) => Some(OperatorIdentity::Named(name.to_string())),
+            None => shared.then_some(OperatorIdentity::Shared),
+        }
     }
 
     fn validate(&mut self) -> Result<(), Error> {
@@ -408,7 +551,12 @@ impl Config {
                 message: format!("must be between 16 and 1048576 (MiB), got {}", self.sled_cache_mb),
             });
         }
+        // Named tokens' shape, in --dev too: a name is what the audit trail will say.
+        let mut refused = self.named_token_problems();
         if self.dev {
+            if !refused.is_empty() {
+                return Err(Error::Refused(refused.join("; ")));
+            }
             if !self.dev_allow_remote && !is_loopback(&self.listen) {
                 return Err(Error::Refused(format!(
                     "MARKETFLOW_LISTEN: `serve --dev` listens on loopback only (got {}); its development tokens are \
@@ -440,8 +588,8 @@ impl Config {
         if self.access_key_secret.is_none() {
             missing.push("MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET");
         }
-        if self.operator_token.is_none() {
-            missing.push("MARKETFLOW_OPERATOR_TOKEN");
+        if self.operator_token.is_none() && self.operator_tokens.is_none() {
+            missing.push("MARKETFLOW_OPERATOR_TOKEN (or MARKETFLOW_OPERATOR_TOKENS)");
         }
         if self.service_token.is_none() {
             missing.push("MARKETFLOW_SERVICE_TOKEN");
@@ -449,7 +597,6 @@ impl Config {
         if !missing.is_empty() {
             return Err(Error::Missing(missing.join(", ")));
         }
-        let mut refused = Vec::new();
         let is_dev = |v: &str| DEV_VALUES.contains(&v);
         for (name, secret) in
             [("MARKETFLOW_OPERATOR_TOKEN", &self.operator_token), ("MARKETFLOW_SERVICE_TOKEN", &self.service_token)]
@@ -463,6 +610,27 @@ impl Config {
                     refused.push(format!("{name} is a development value (only for --dev)"));
                 } else if v.chars().count() < MIN_SECRET_LEN {
                     refused.push(format!("{name} is shorter than {MIN_SECRET_LEN} characters"));
+                }
+            }
+        }
+        if let Some(named) = &self.operator_tokens {
+            const NAME: &str = "MARKETFLOW_OPERATOR_TOKENS";
+            if named.is_empty() {
+                refused.push(format!("{NAME} is empty"));
+            }
+            for (i, t) in named.iter().enumerate() {
+                let v = t.token.expose();
+                if v.is_empty() {
+                    continue; // already refused by its shape
+                }
+                if is_dev(v) {
+                    refused
+                        .push(format!("{NAME}: the token of entry {} is a development value (only for --dev)", i + 1));
+                } else if v.chars().count() < MIN_SECRET_LEN {
+                    refused.push(format!(
+                        "{NAME}: the token of entry {} is shorter than {MIN_SECRET_LEN} characters",
+                        i + 1
+                    ));
                 }
             }
         }
@@ -562,6 +730,105 @@ mod tests {
         for bad in ["", "old-operator-token-1, new-operator-token-2", "new-operator-token", "old-operator-token-1 "] {
             assert!(!t.admits(bad), "{bad:?}");
         }
+    }
+
+    fn named(tokens: &str) -> ServeArgs {
+        ServeArgs { operator_tokens: Some(tokens.into()), ..production("operator-token-16+") }
+    }
+
+    #[test]
+    fn named_operator_tokens_are_layered_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[tokens]\noperators = \"alice:alice-token-from-file\"\n").unwrap();
+        let from_file = ServeArgs { config: Some(file.clone()), ..production("operator-token-16+") };
+        let c = Config::resolve(&from_file).unwrap();
+        assert_eq!(c.operator_for("alice-token-from-file"), Some(OperatorIdentity::Named("alice".into())));
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("alice-token-from-file") && dump.contains("alice"), "{dump}");
+
+        let over = ServeArgs { operator_tokens: Some(" bob : bob-token-from-env-1 ,".into()), ..from_file };
+        let c = Config::resolve(&over).unwrap();
+        assert_eq!(c.operator_for("bob-token-from-env-1"), Some(OperatorIdentity::Named("bob".into())), "trimmed");
+        assert_eq!(c.operator_for("alice-token-from-file"), None, "the environment replaces the file's list");
+        assert!(!format!("{c:?}").contains("bob-token-from-env-1"));
+    }
+
+    #[test]
+    fn named_tokens_alone_satisfy_the_required_operator_token() {
+        let only_named = ServeArgs { operator_token: None, ..named("alice:alice-token-0123456") };
+        let c = Config::resolve(&only_named).unwrap();
+        assert!(c.operator_token.is_none());
+        assert_eq!(c.operator_for("alice-token-0123456"), Some(OperatorIdentity::Named("alice".into())));
+        let neither = ServeArgs { operator_token: None, ..production("x") };
+        let e = Config::resolve(&neither).unwrap_err().to_string();
+        assert!(e.contains("MARKETFLOW_OPERATOR_TOKEN (or MARKETFLOW_OPERATOR_TOKENS)"), "{e}");
+    }
+
+    #[test]
+    fn named_tokens_with_a_bad_shape_or_a_weak_token_refuse_start_up_by_name() {
+        assert!(Config::resolve(&named("alice:alice-token-0123456,b.o_b-2:bob-token-0123456789")).is_ok());
+        for (bad, why) in [
+            ("alice-token-0123456", "entry 1 has no name"),
+            (":alice-token-0123456", "entry 1 has no name"),
+            ("alice:", "entry 1 has no token"),
+            ("al ice:alice-token-0123456", "the name of entry 1 is not 1 to 64 of"),
+            ("alice/x:alice-token-0123456", "the name of entry 1 is not"),
+            ("élise:alice-token-0123456", "the name of entry 1 is not"),
+            (&format!("{}:alice-token-0123456", "a".repeat(65)), "the name of entry 1 is not"),
+            ("alice:alice-token-0123456,alice:other-token-0123456", "entries 1 and 2 have the same name"),
+            ("alice:same-token-0123456,bob:same-token-0123456", "entries 1 and 2 have the same token"),
+            ("alice:short", "the token of entry 1 is shorter than 16 characters"),
+            ("alice:alice-token-0123456,bob:dev-operator-token", "the token of entry 2 is a development value"),
+            (" , ", "MARKETFLOW_OPERATOR_TOKENS is empty"),
+        ] {
+            let e = Config::resolve(&named(bad)).unwrap_err();
+            assert!(matches!(e, Error::Refused(_)), "{bad:?}: {e}");
+            let e = e.to_string();
+            assert!(e.contains("MARKETFLOW_OPERATOR_TOKENS") && e.contains(why), "{bad:?}: {e}");
+            for secret in ["alice-token-0123456", "other-token-0123456", "same-token-0123456"] {
+                assert!(!e.contains(secret), "{bad:?}: the token is not echoed: {e}");
+            }
+        }
+        // Every problem at once.
+        let e = Config::resolve(&named("x y:short,:z")).unwrap_err().to_string();
+        assert!(e.contains("the name of entry 1") && e.contains("entry 2 has no name") && e.contains("shorter"), "{e}");
+        // --dev makes up tokens, but a name is still what the audit trail will say.
+        let dev = |tokens: &str| ServeArgs { operator_tokens: Some(tokens.into()), dev: true, ..Default::default() };
+        assert!(Config::resolve(&dev("alice:short")).is_ok(), "--dev takes short tokens");
+        let e = Config::resolve(&dev("al ice:short")).unwrap_err().to_string();
+        assert!(e.contains("MARKETFLOW_OPERATOR_TOKENS: the name of entry 1"), "{e}");
+    }
+
+    #[test]
+    fn a_token_belongs_to_its_named_owner_or_to_the_shared_role() {
+        let c = Config::resolve(&ServeArgs {
+            operator_tokens: Some("alice:alice-token-0123456,bob:bob-token-0123456".into()),
+            ..production("old-shared-token-1,new-shared-token-2")
+        })
+        .unwrap();
+        let named = |n: &str| Some(OperatorIdentity::Named(n.into()));
+        assert_eq!(c.operator_for("alice-token-0123456"), named("alice"));
+        assert_eq!(c.operator_for("bob-token-0123456"), named("bob"));
+        assert_eq!(c.operator_for("old-shared-token-1"), Some(OperatorIdentity::Shared));
+        assert_eq!(c.operator_for("new-shared-token-2"), Some(OperatorIdentity::Shared));
+        for nobody in ["", "alice", "alice-token-012345", "alice-token-0123456 ", "service-token-of-16+"] {
+            assert_eq!(c.operator_for(nobody), None, "{nobody:?}");
+        }
+        // A value configured both ways is the named owner's: the owner is who holds it.
+        let both = Config::resolve(&ServeArgs {
+            operator_tokens: Some("carol:carol-token-0123456".into()),
+            ..production("carol-token-0123456")
+        })
+        .unwrap();
+        assert_eq!(both.operator_for("carol-token-0123456"), named("carol"));
+        // Every configured value is asked, whatever matched first.
+        let mut asked = vec![];
+        c.identify_operator(|v| {
+            asked.push(v.to_string());
+            true
+        });
+        assert_eq!(asked, ["alice-token-0123456", "bob-token-0123456", "old-shared-token-1", "new-shared-token-2"]);
     }
 
     #[test]

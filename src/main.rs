@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (HTTP API, SPI, engine) on the embedded sled store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local Alibaba Cloud Marketplace (Market OpenAPI, SPI calls, buyers) for development and tests.
     Simulate(marketflow::aliyun::simulator::SimulateArgs),
     /// Operator CLI over the HTTP API: entities, journals, timers, actions (tables or JSON).

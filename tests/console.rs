@@ -102,10 +102,20 @@ impl Browser {
 
     /// Logs in as `name`; answers the console page it lands on.
     async fn login(&self, name: &str) -> Page {
+        self.login_with(OP, name).await
+    }
+
+    /// Posts the login form with `token` and `name`; answers the response (a redirect when it worked).
+    async fn try_login(&self, token: &str, name: &str) -> Page {
         let form = self.get("/console/login").await;
         assert_eq!(form.status, 200, "{}", form.body);
         let csrf = form.csrf();
-        let r = self.post("/console/login", &[("csrf", &csrf), ("operator", name), ("token", OP)], None).await;
+        self.post("/console/login", &[("csrf", &csrf), ("operator", name), ("token", token)], None).await
+    }
+
+    /// Logs in with `token` as `name`; answers the console page it lands on.
+    async fn login_with(&self, token: &str, name: &str) -> Page {
+        let r = self.try_login(token, name).await;
         assert_eq!(r.status, 303, "{}", r.body);
         assert_eq!(r.location(), "/console");
         let page = self.get("/console").await;
@@ -251,7 +261,153 @@ async fn login_sessions_and_the_redirect_without_one() {
     assert!(!String::from_utf8_lossy(&rows[0].1).contains(&erin), "the token is not in the record: {value}");
     assert_eq!(value["operator"], "Erin", "{value}");
     assert!(value["expires_at"].is_string(), "{value}");
+    // The operator token it was opened with is kept as a domain-separated digest: neither the token nor its plain
+    // SHA-256.
+    let bound = value["token_digest"].as_str().unwrap_or_else(|| panic!("a token digest: {value}"));
+    assert!(bound.len() == 64 && bound.bytes().all(|b| b.is_ascii_hexdigit()), "{value}");
+    assert_ne!(bound, hex::encode(Sha256::digest(OP.as_bytes())), "{value}");
+    assert!(!String::from_utf8_lossy(&rows[0].1).contains(OP), "the operator token is not in the record: {value}");
     store.close().ok();
+}
+
+/// The session token in a login response's `Set-Cookie`.
+fn session_of(r: &Page) -> String {
+    let cookie = r.set_cookies().into_iter().find(|c| c.starts_with("mf_console=")).expect("a session cookie");
+    cookie.trim_start_matches("mf_console=").split(';').next().unwrap().to_string()
+}
+
+/// `GET /console` with only this session cookie: its status and where it redirects.
+async fn with_session(w: &World, token: &str) -> (u16, String) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = http.get(format!("{}/console", w.service)).header("cookie", format!("mf_console={token}")).send().await;
+    let r = r.expect("the service answers");
+    let location = r.headers().get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or_default().to_string();
+    (r.status().as_u16(), location)
+}
+
+const NEW_OP: &str = "lifecycle-operator-new";
+
+#[actix_rt::test]
+async fn a_console_session_ends_when_its_operator_token_is_rotated_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new(dir.path()).await;
+    let old = Browser::new(&w);
+    old.login("Dana").await;
+
+    // A rotation in progress ('old,new'): the session opened with the old value goes on, the new value logs in.
+    w.operator_token = format!("{OP},{NEW_OP}");
+    w.restart_service().await;
+    let page = old.get("/console").await;
+    assert_eq!(page.status, 200, "the old value is still configured: {}", page.body);
+    assert!(page.body.contains("<strong id=\"operator-name\">Dana</strong>"), "{}", page.body);
+    let new = Browser::new(&w);
+    new.login_with(NEW_OP, "Erin").await;
+
+    // The old value removed: its sessions end at the next request, pages and forms alike; the new one's stays.
+    w.operator_token = NEW_OP.to_string();
+    w.restart_service().await;
+    let r = old.get("/console").await;
+    assert_eq!((r.status, r.location()), (303, "/console/login?next=%2Fconsole"), "{}", r.body);
+    let r = old.get("/console/audit").await;
+    assert_eq!((r.status, r.location()), (303, "/console/login?next=%2Fconsole%2Faudit"));
+    let r = old.post("/console/entities/subscription/1/actions/pause", &[("reason", "x")], None).await;
+    assert_eq!((r.status, r.location()), (303, "/console/login?next=%2Fconsole"));
+    assert_eq!(old.get("/console/login").await.status, 200, "the login page does not take it for logged in");
+    assert_eq!(old.try_login(OP, "Dana").await.status, 401, "nor does the old value log in again");
+    let page = new.get("/console").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<strong id=\"operator-name\">Erin</strong>"), "{}", page.body);
+    w.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_console_session_stored_without_a_token_digest_counts_as_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let b = Browser::new(&w);
+    let token = session_of(&b.try_login(OP, "Dana").await);
+    assert_eq!(with_session(&w, &token).await.0, 200);
+    w.shutdown().await;
+
+    // The record as the previous build wrote it: no `token_digest`.
+    let store = reopen(&dir.path().join("data")).await;
+    use marketflow::store::Store as _;
+    let key = format!("console-session/{}", hex::encode(Sha256::digest(token.as_bytes()))).into_bytes();
+    let table = marketflow::store::Table::Records;
+    let mut record: Value = serde_json::from_slice(&store.get(table, &key).unwrap().expect("the session")).unwrap();
+    record.as_object_mut().unwrap().remove("token_digest").expect("a digest to remove");
+    let mut batch = marketflow::store::Batch::new();
+    batch.put(table, key, serde_json::to_vec(&record).unwrap());
+    store.apply(&[batch]).unwrap();
+    store.close().ok();
+    drop(store);
+
+    let w = World::new(dir.path()).await;
+    assert_eq!(with_session(&w, &token).await, (303, "/console/login?next=%2Fconsole".to_string()));
+    // Logging in again works as ever.
+    Browser::new(&w).login("Dana").await;
+    w.shutdown().await;
+}
+
+const ALICE: &str = "alice-console-token-1";
+const BOB: &str = "bob-console-token-22";
+
+#[actix_rt::test]
+async fn a_named_token_logs_in_as_its_owner_whatever_the_form_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let named = format!("alice:{ALICE},bob:{BOB}");
+    let mut w = World::with_operator_tokens(dir.path(), Some(&named)).await;
+    let owner = w.user("olga").await;
+    let org = format!("/console/entities/organization/{}", owner.org_id);
+
+    // Alice's token with another name in the form: the console is Alice's, and so is the audit trail.
+    let alice = Browser::new(&w);
+    let page = alice.login_with(ALICE, "Mallory").await;
+    assert!(page.body.contains("<strong id=\"operator-name\">alice</strong>"), "{}", page.body);
+    let csrf = page.csrf();
+    let r = alice.post(&format!("{org}/actions/freeze"), &[("reason", "fraud check"), ("csrf", &csrf)], None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Bob's token needs no name at all; the shared token still takes the form's.
+    let bob = Browser::new(&w);
+    let r = bob.try_login(BOB, "").await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let csrf = bob.get(&org).await.csrf();
+    let r = bob.post(&format!("{org}/actions/unfreeze"), &[("reason", "cleared"), ("csrf", &csrf)], None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let shared = Browser::new(&w);
+    assert_eq!(shared.try_login(OP, " ").await.code_of("login-error").as_deref(), Some("invalid_name"));
+    let csrf = shared.login("Dana Ops").await.csrf();
+    let r = shared.post(&format!("{org}/actions/freeze"), &[("reason", "again"), ("csrf", &csrf)], None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let trail: Vec<(String, String)> = audit(&w)
+        .await
+        .iter()
+        .map(|e| (e["operator"].as_str().unwrap_or("").into(), e["action"].as_str().unwrap_or("").into()))
+        .collect();
+    let row = |o: &str, a: &str| (o.to_string(), a.to_string());
+    assert_eq!(trail, [row("Dana Ops", "freeze"), row("bob", "unfreeze"), row("alice", "freeze")]);
+    let path = format!("/api/v1/ops/entities/organization/{}/journal?limit=1000", owner.org_id);
+    let (_, j) = w.api(Method::GET, &path, Some(OP), None).await;
+    let causes: Vec<&str> = j["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cause"]["kind"] == "operator")
+        .filter_map(|e| e["cause"]["operator"].as_str())
+        .collect();
+    assert_eq!(causes, ["alice", "bob", "Dana Ops"], "{j}");
+
+    // Alice's token removed: her session ends; Bob's and the shared one's go on.
+    w.operator_tokens = Some(format!("bob:{BOB}"));
+    w.restart_service().await;
+    assert_eq!(alice.get("/console").await.status, 303);
+    assert_eq!(alice.try_login(ALICE, "alice").await.status, 401);
+    let page = bob.get("/console").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<strong id=\"operator-name\">bob</strong>"), "{}", page.body);
+    assert_eq!(shared.get("/console").await.status, 200);
+    w.shutdown().await;
 }
 
 /// The store of a stopped service (its drain may still be closing it).

@@ -288,3 +288,50 @@ async fn freeze_and_unfreeze_an_organization() {
     assert_eq!(trail, [("unfreeze".to_string(), "carol".to_string()), ("freeze".into(), "alice".into())]);
     w.shutdown().await;
 }
+
+const ALICE: &str = "alice-ops-token-0001";
+
+#[actix_rt::test]
+async fn a_named_token_is_its_owner_whatever_x_operator_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::with_operator_tokens(dir.path(), Some(&format!("alice:{ALICE}"))).await;
+    let owner = w.user("olga").await;
+    let entity = format!("organization/{}", owner.org_id);
+
+    // `act` says it is carol; the token is Alice's. So is `ctl --operator mallory` with her token.
+    let (s, v) = act(&w, Some(ALICE), &entity, "freeze", json!({ "reason": "fraud check" })).await;
+    assert_eq!(s, 200, "{v}");
+    let argv = ["ctl", "--url", &w.service, "--token", ALICE, "--operator", "mallory"];
+    let args = Cli::try_parse_from(argv.iter().chain(&["action", &entity, "unfreeze", "--reason", "cleared"]))
+        .expect("ctl parses")
+        .args;
+    ctl::run(args, &mut Vec::new()).await.expect("unfreeze");
+    // The shared token still goes by X-Operator.
+    let (s, v) = act(&w, Some(OP), &entity, "freeze", json!({ "reason": "again" })).await;
+    assert_eq!(s, 200, "{v}");
+
+    let trail: Vec<(String, String)> = audit(&w)
+        .await
+        .iter()
+        .map(|e| (e["operator"].as_str().unwrap_or("").into(), e["action"].as_str().unwrap_or("").into()))
+        .collect();
+    let row = |o: &str, a: &str| (o.to_string(), a.to_string());
+    assert_eq!(trail, [row("carol", "freeze"), row("alice", "unfreeze"), row("alice", "freeze")]);
+    let (_, j) =
+        w.api(Method::GET, &format!("/api/v1/ops/entities/{entity}/journal?limit=1000"), Some(ALICE), None).await;
+    let causes: Vec<&str> = j["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a journal: {j}"))
+        .iter()
+        .filter(|e| e["cause"]["kind"] == "operator")
+        .filter_map(|e| e["cause"]["operator"].as_str())
+        .collect();
+    assert_eq!(causes, ["alice", "alice", "carol"], "{j}");
+
+    // A named token is an operator's: not the service's, and not a service token's lookalike.
+    let (s, v) = w.api(Method::POST, "/api/v1/usage", Some(ALICE), Some(json!({}))).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    let (s, _) = act(&w, Some("alice-ops-token-0002"), &entity, "freeze", json!({ "reason": "x" })).await;
+    assert_eq!(s, 401);
+    w.shutdown().await;
+}

@@ -1,5 +1,7 @@
 //! Who is calling: bearer tokens of the `operator` and `service` roles, compared by digest in constant time
-//! (`Secret::admits`), each role with one or, during a rotation, two values.
+//! (`Secret::admits`, [`crate::config::Config::operator_for`]), each role with one or, during a rotation, two
+//! values. An operator's named token (`MARKETFLOW_OPERATOR_TOKENS`) names its owner; the shared operator token
+//! leaves the name to `X-Operator`.
 
 use std::future::{ready, Ready};
 
@@ -7,6 +9,7 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::config::{OperatorIdentity, OPERATOR_NAME_MAX};
 
 fn bearer(req: &HttpRequest) -> Option<&str> {
     req.headers().get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
@@ -16,10 +19,11 @@ fn matches(given: &str, expected: Option<&crate::config::Secret>) -> bool {
     expected.is_some_and(|e| e.admits(given))
 }
 
-/// A caller holding the operator token.
+/// A caller holding an operator token.
 #[derive(Debug, Clone)]
 pub struct Operator {
-    /// How the operator is named in audit trails.
+    /// How the operator is named in audit trails: a named token's owner (`MARKETFLOW_OPERATOR_TOKENS`), else, with
+    /// the shared `MARKETFLOW_OPERATOR_TOKEN`, the `X-Operator` header (`operator` without one).
     pub name: String,
 }
 
@@ -30,22 +34,24 @@ impl FromRequest for Operator {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
             return ready(Err(ApiError::unauthorized()));
         };
-        ready(match bearer(req) {
-            None => Err(ApiError::unauthorized()),
-            Some(t) if matches(t, state.config.operator_token.as_ref()) => {
+        let Some(t) = bearer(req) else { return ready(Err(ApiError::unauthorized())) };
+        ready(match state.config.operator_for(t) {
+            // The token says who it is: a header cannot make it someone else.
+            Some(OperatorIdentity::Named(name)) => Ok(Operator { name }),
+            Some(OperatorIdentity::Shared) => {
                 let name = req
                     .headers()
                     .get("x-operator")
                     .and_then(|v| v.to_str().ok())
-                    .filter(|s| !s.is_empty() && s.len() <= 64)
+                    .filter(|s| !s.is_empty() && s.len() <= OPERATOR_NAME_MAX)
                     .unwrap_or("operator")
                     .to_string();
                 Ok(Operator { name })
             }
-            Some(t) if matches(t, state.config.service_token.as_ref()) => {
+            None if matches(t, state.config.service_token.as_ref()) => {
                 Err(ApiError::forbidden("this route needs the operator role"))
             }
-            Some(_) => Err(ApiError::unauthorized()),
+            None => Err(ApiError::unauthorized()),
         })
     }
 }
@@ -64,7 +70,7 @@ impl FromRequest for Service {
         ready(match bearer(req) {
             None => Err(ApiError::unauthorized()),
             Some(t) if matches(t, state.config.service_token.as_ref()) => Ok(Service),
-            Some(t) if matches(t, state.config.operator_token.as_ref()) => {
+            Some(t) if state.config.operator_for(t).is_some() => {
                 Err(ApiError::forbidden("this route needs the service role"))
             }
             Some(_) => Err(ApiError::unauthorized()),

@@ -1,13 +1,19 @@
 //! The operator console (`/console`): the ops API's face for a browser, rendered on the server, with its
 //! stylesheet and script compiled into the binary (nothing from a CDN).
 //!
-//! - Logging in (`/console/login`) takes the operator token and the operator's name; the name goes into the
-//!   journal and the audit trail of every action, as `X-Operator` does on the API. The token is compared in
-//!   constant time, as SHA-256 digests so that its length does not leak either.
+//! - Logging in (`/console/login`) takes an operator token and the operator's name. Who the operator is follows
+//!   [`crate::config::Config::operator_for`], as on the API: a named token (`MARKETFLOW_OPERATOR_TOKENS`) is its
+//!   owner's and the form's name is ignored; with the shared `MARKETFLOW_OPERATOR_TOKEN` the form's name goes into
+//!   the journal and the audit trail of every action, as `X-Operator` does on the API. Tokens are compared in
+//!   constant time, as SHA-256 digests so that their length does not leak either.
 //! - A session is a random 256-bit token in the `mf_console` cookie (HttpOnly, SameSite=Strict, path `/console`);
-//!   only its SHA-256 is stored, with the name and an expiry, among the store's records, like buyers' sessions.
-//!   It expires on the wall clock, not the service clock: a demo's clock runs 1200 times faster and would end a
-//!   session within a minute.
+//!   only its SHA-256 is stored, with the name, an expiry and a digest of the operator token it was opened with
+//!   (never the token), among the store's records, like buyers' sessions. It expires on the wall clock, not the
+//!   service clock: a demo's clock runs 1200 times faster and would end a session within a minute.
+//! - A session lasts only while the operator token it was opened with is configured: every request checks the
+//!   stored digest against the digests of the values in force, so rotating `MARKETFLOW_OPERATOR_TOKEN` (once the
+//!   old value is dropped from `old,new`) or removing a named token ends the sessions opened with it at the next
+//!   request. A session stored before sessions carried a digest counts as ended.
 //! - Every POST form carries a token: before login a double-submit cookie (`mf_console_csrf`), after login a token
 //!   derived from the session, so a form of one session is refused in another. A present `Origin` (or, without it,
 //!   `Referer`) must be this service.
@@ -38,6 +44,7 @@ use super::ops::{self, ActionDone};
 use super::pages::safe_next;
 use super::AppState;
 use crate::aliyun::encoding::{encode_query, parse_form, percent_encode};
+use crate::config::OperatorIdentity;
 use crate::engine::inspect::EntityFilter;
 use crate::engine::{services, EntityKey, Error as EngineError};
 use crate::store::{Batch, Table};
@@ -51,7 +58,7 @@ const SESSION_TTL: TimeDelta = TimeDelta::hours(8);
 /// The largest form body the console accepts.
 const FORM_LIMIT: usize = 16 * 1024;
 /// The longest operator name (as `X-Operator` on the API).
-const NAME_MAX: usize = 64;
+const NAME_MAX: usize = crate::config::OPERATOR_NAME_MAX;
 /// Journal entries per page of the entity view.
 const JOURNAL_PAGE: u64 = 50;
 /// Timers on the timers page.
@@ -319,9 +326,14 @@ fn fields(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
 /// A console session as stored (under `console-session/<sha256 of the token>`).
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSession {
+    /// The name given at login (a named token's owner at the time).
     operator: String,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+    /// [`operator_token_digest`] of the operator token the session was opened with. Empty in sessions stored
+    /// before this field existed: those match no token, so they count as ended.
+    #[serde(default)]
+    token_digest: String,
 }
 
 /// The operator of a request with a valid console session.
@@ -345,6 +357,12 @@ fn session_key(token: &str) -> Vec<u8> {
     format!("console-session/{}", sha256_hex(&[token.as_bytes()])).into_bytes()
 }
 
+/// What a session keeps of the operator token it was opened with: a digest, domain-separated from every other
+/// digest here, so that the store never holds the token and the session ends when the token is no longer configured.
+fn operator_token_digest(value: &str) -> String {
+    sha256_hex(&[b"marketflow console session operator token\0", value.as_bytes()])
+}
+
 /// The form token of a session: only who holds the session cookie can compute it.
 fn session_csrf(token: &str) -> String {
     sha256_hex(&[b"marketflow console form\0", token.as_bytes()])
@@ -365,11 +383,6 @@ fn equal(a: &str, b: &str) -> bool {
     !a.is_empty() && crate::config::same_secret(a, b)
 }
 
-/// Whether `given` is the operator token: digests compared in constant time, so neither content nor length leaks.
-fn is_operator_token(state: &AppState, given: &str) -> bool {
-    state.config.operator_token.as_ref().is_some_and(|t| t.admits(given))
-}
-
 /// The operator of this request, `None` without a valid session.
 fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Operator>, Error> {
     let Some(token) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_string()).filter(|t| is_token(t)) else {
@@ -385,7 +398,17 @@ fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Operator>, Erro
     if s.expires_at <= Utc::now() {
         return Ok(None);
     }
-    Ok(Some(Operator { name: s.operator, csrf: session_csrf(&token) }))
+    // Still one of the operator tokens in force? Every configured value's digest is compared, in constant time.
+    if s.token_digest.is_empty() {
+        return Ok(None);
+    }
+    let identity = state.config.identify_operator(|value| equal(&operator_token_digest(value), &s.token_digest));
+    let name = match identity {
+        None => return Ok(None),
+        Some(OperatorIdentity::Named(owner)) => owner,
+        Some(OperatorIdentity::Shared) => s.operator,
+    };
+    Ok(Some(Operator { name, csrf: session_csrf(&token) }))
 }
 
 /// The operator, or the response to send instead (the login page, or unavailable).
@@ -451,9 +474,10 @@ fn check_form(state: &AppState, req: &HttpRequest, op: &Operator, given: &str) -
 /// The login form.
 #[derive(Debug, Default, ToSchema)]
 pub struct LoginForm {
-    /// The operator token (`MARKETFLOW_OPERATOR_TOKEN`).
+    /// An operator token: the shared `MARKETFLOW_OPERATOR_TOKEN`, or a named one of `MARKETFLOW_OPERATOR_TOKENS`.
     pub token: String,
-    /// The operator's name for the audit trail, 1 to 64 characters.
+    /// With the shared token, the operator's name for the audit trail, 1 to 64 characters; ignored with a named
+    /// token (the audit trail names the token's owner).
     pub operator: String,
     /// The form token the login page gave (and its cookie).
     pub csrf: String,
@@ -526,8 +550,8 @@ async fn login_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse
     responses(
         (status = 303, description = "Logged in: sets the `mf_console` session cookie, to `next` or `/console`",
             headers(("Location" = String), ("Set-Cookie" = String))),
-        (status = 400, description = "`invalid_form` or `invalid_name`: the form again, with the error", content_type = "text/html", body = String),
-        (status = 401, description = "`invalid_token`: not the operator token; the form again", content_type = "text/html", body = String),
+        (status = 400, description = "`invalid_form` or `invalid_name` (the shared token without a name): the form again, with the error", content_type = "text/html", body = String),
+        (status = 401, description = "`invalid_token`: not an operator token; the form again", content_type = "text/html", body = String),
         (status = 403, description = "`csrf_failed`: the form's token is missing or wrong, or it came from another site", content_type = "text/html", body = String),
         (status = 413, description = "The form is over 16 KiB", content_type = "text/plain", body = String),
         (status = 503, description = "The store is unavailable", content_type = "text/html", body = String),
@@ -542,19 +566,31 @@ async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
     if !(equal(&form.csrf, &csrf_cookie) && same_origin(&state, &req)) {
         return login_page(&state, &req, StatusCode::FORBIDDEN, next, &form.operator, Some(&Error::Csrf));
     }
-    let name = form.operator.trim();
-    if name.is_empty() || name.chars().count() > NAME_MAX || name.chars().any(char::is_control) {
-        let e = ApiError::bad_request("invalid_name", format!("give your name (1 to {NAME_MAX} characters)"));
-        return login_page(&state, &req, e.status, next, name, Some(&Error::Api(e)));
-    }
-    if !is_operator_token(&state, &form.token) {
-        tracing::warn!(operator = ?name, "console login refused: not the operator token");
-        let e = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "that is not the operator token");
-        return login_page(&state, &req, e.status, next, name, Some(&Error::Api(e)));
-    }
+    let given = form.operator.trim();
+    let name = match state.config.operator_for(&form.token) {
+        // A named token is its owner's: the form's name does not change who acts.
+        Some(OperatorIdentity::Named(owner)) => owner,
+        Some(OperatorIdentity::Shared) => {
+            if given.is_empty() || given.chars().count() > NAME_MAX || given.chars().any(char::is_control) {
+                let e = ApiError::bad_request("invalid_name", format!("give your name (1 to {NAME_MAX} characters)"));
+                return login_page(&state, &req, e.status, next, given, Some(&Error::Api(e)));
+            }
+            given.to_string()
+        }
+        None => {
+            tracing::warn!(operator = ?given, "console login refused: not an operator token");
+            let e = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "that is not an operator token");
+            return login_page(&state, &req, e.status, next, given, Some(&Error::Api(e)));
+        }
+    };
     let token = random_hex();
     let now = Utc::now();
-    let session = StoredSession { operator: name.to_string(), created_at: now, expires_at: now + SESSION_TTL };
+    let session = StoredSession {
+        operator: name.clone(),
+        created_at: now,
+        expires_at: now + SESSION_TTL,
+        token_digest: operator_token_digest(&form.token),
+    };
     let mut b = Batch::new();
     match serde_json::to_vec(&session) {
         Ok(v) => b.put(Table::Records, session_key(&token), v),

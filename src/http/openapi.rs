@@ -98,7 +98,11 @@ impl Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "operator",
-            bearer("The `operator` role's token (`MARKETFLOW_OPERATOR_TOKEN`); `X-Operator` names the person."),
+            bearer(
+                "The `operator` role's token: the shared `MARKETFLOW_OPERATOR_TOKEN`, where `X-Operator` names the \
+                 person, or a named token of `MARKETFLOW_OPERATOR_TOKENS`, which names its owner (`X-Operator` is \
+                 ignored).",
+            ),
         );
         components.add_security_scheme("service", bearer("The `service` role's token (`MARKETFLOW_SERVICE_TOKEN`)."));
         components.add_security_scheme(

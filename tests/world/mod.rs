@@ -12,7 +12,7 @@ use marketflow::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
 use marketflow::aliyun::token::spi_token;
 use marketflow::app::{Application, Overrides};
 use marketflow::clock::{Clock, ManualClock};
-use marketflow::config::{Config, Secret};
+use marketflow::config::{Config, NamedTokens, Secret};
 use serde_json::{json, Value};
 
 pub const ISV: &str = "lifecycle-isv-key";
@@ -30,10 +30,19 @@ pub struct World {
     serving: Option<actix_rt::task::JoinHandle<std::io::Result<()>>>,
     dir: PathBuf,
     pub http: reqwest::Client,
+    /// `MARKETFLOW_OPERATOR_TOKEN` of the next start (`OP` unless a test rotates it before a restart).
+    pub operator_token: String,
+    /// `MARKETFLOW_OPERATOR_TOKENS` of the next start (none unless a test sets them).
+    pub operator_tokens: Option<String>,
 }
 
 impl World {
     pub async fn new(dir: &Path) -> Self {
+        Self::with_operator_tokens(dir, None).await
+    }
+
+    /// As [`World::new`], with named operator tokens (`name:token,...`) beside the shared `OP`.
+    pub async fn with_operator_tokens(dir: &Path, named: Option<&str>) -> Self {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap());
         // The service's listener is bound first, so its port is known to the simulator and cannot be taken.
         let listener = TcpListener::bind("127.0.0.1:0").expect("a listener");
@@ -60,6 +69,8 @@ impl World {
             serving: None,
             dir: dir.to_path_buf(),
             http: reqwest::Client::new(),
+            operator_token: OP.to_string(),
+            operator_tokens: named.map(String::from),
         };
         w.start_service(Some(listener)).await;
         w
@@ -74,7 +85,8 @@ impl World {
             aliyun_endpoint: self.sim_url.clone(),
             access_key_id: Some("lifecycle-ak".into()),
             access_key_secret: Some(Secret::new("lifecycle-ak-secret")),
-            operator_token: Some(Secret::new(OP)),
+            operator_token: Some(Secret::new(self.operator_token.clone())),
+            operator_tokens: self.operator_tokens.as_deref().map(NamedTokens::parse),
             service_token: Some(Secret::new(SVC)),
             ..Config::default()
         };
