@@ -182,6 +182,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(http::limits::body_deadline))
                 .wrap(actix_web::middleware::from_fn(http::limits::limit))
                 .wrap(actix_web::middleware::from_fn(http::metrics::count))
                 .wrap(actix_web::middleware::from_fn(http::headers::security_headers))

@@ -173,6 +173,8 @@ pub struct Config {
     pub rate_limits: crate::ratelimit::RateLimits,
     /// Where `X-Forwarded-For` names the client (`MARKETFLOW_TRUSTED_PROXIES`); nowhere by default.
     pub trusted_proxies: crate::ratelimit::TrustedProxies,
+    /// A request's body must have arrived within this long (`MARKETFLOW_BODY_TIMEOUT`); then `408`.
+    pub body_timeout: Duration,
 }
 
 impl Default for Config {
@@ -203,6 +205,7 @@ impl Default for Config {
             dev_allow_remote: false,
             rate_limits: Default::default(),
             trusted_proxies: Default::default(),
+            body_timeout: crate::http::limits::BODY_TIMEOUT,
         }
     }
 }
@@ -313,6 +316,9 @@ pub struct ServeArgs {
     /// Proxies whose `X-Forwarded-For` names the client: addresses and networks, `10.0.0.1,10.1.0.0/16`.
     #[arg(long, env = "MARKETFLOW_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
+    /// How long a request's body may take to arrive (e.g. 30s).
+    #[arg(long, env = "MARKETFLOW_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
     /// Let `--dev` listen on an address other hosts can reach (its development tokens are public).
     #[arg(long, env = "MARKETFLOW_DEV_ALLOW_REMOTE")]
     pub dev_allow_remote: bool,
@@ -403,6 +409,9 @@ impl Config {
         if let Some(v) = &args.trusted_proxies {
             c.trusted_proxies =
                 v.parse().map_err(|message| Error::Invalid { name: "MARKETFLOW_TRUSTED_PROXIES", message })?;
+        }
+        if let Some(v) = &args.body_timeout {
+            c.body_timeout = duration("MARKETFLOW_BODY_TIMEOUT", v)?;
         }
         c.dev = args.dev;
         c.dev_allow_remote = args.dev_allow_remote;

@@ -336,3 +336,32 @@ async fn security_headers_on_every_answer() {
         app.handle.stop(true).await;
     }
 }
+
+/// A body trickled slower than `MARKETFLOW_BODY_TIMEOUT` is cut off: `408 request_timeout`, and nothing stored.
+#[actix_rt::test]
+async fn a_body_must_arrive_within_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn(dir.path(), |c| c.body_timeout = Duration::from_millis(800)).await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = "POST /api/v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n";
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(br#"{"email": "slow@example.com", "#).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(took < Duration::from_secs(5), "cut off after {took:?}");
+    let (s, _, _) = app.post("/api/v1/sessions", login("slow@example.com", "right-password"), &[]).await;
+    assert_eq!(s, 401, "no account was made");
+    app.handle.stop(true).await;
+}

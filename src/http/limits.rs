@@ -149,3 +149,58 @@ mod tests {
         assert_eq!(Class::of("GET", "/healthz", false), Class::Address);
     }
 }
+
+/// A request body must have arrived this long after the request began, unless `MARKETFLOW_BODY_TIMEOUT` says
+/// otherwise: a client that trickles a body byte by byte holds a connection and a worker's buffer.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The body, cut off with a timeout error once the deadline has passed.
+struct Deadline {
+    inner: actix_web::dev::Payload,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl futures_util::Stream for Deadline {
+    type Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        let this = self.get_mut();
+        if this.sleep.as_mut().poll(cx).is_ready() {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "the request body did not arrive in time");
+            return std::task::Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(e))));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_next(cx)
+    }
+}
+
+/// Whether a body error is the deadline's.
+pub fn timed_out(e: &actix_web::error::PayloadError) -> bool {
+    matches!(e, actix_web::error::PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// Puts the body of every request under the deadline (counted from when the request head arrived).
+pub async fn body_deadline(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let h = req.headers();
+    let has_body = h.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || h.get(actix_web::http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if !has_body {
+        // Nothing to wait for: no timer for the many GETs.
+        return next.call(req).await;
+    }
+    let timeout = req.app_data::<web::Data<AppState>>().map_or(BODY_TIMEOUT, |s| s.config.body_timeout);
+    let (head, inner) = req.into_parts();
+    let sleep = Box::pin(tokio::time::sleep(timeout));
+    type Body = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>>>,
+    >;
+    let stream: Body = Box::pin(Deadline { inner, sleep });
+    let payload = actix_web::dev::Payload::Stream { payload: stream };
+    next.call(ServiceRequest::from_parts(head, payload)).await
+}

@@ -102,6 +102,11 @@ async fn no_such_route() -> Result<HttpResponse, ApiError> {
 fn json_error(e: actix_web::error::JsonPayloadError) -> ApiError {
     use actix_web::error::JsonPayloadError as E;
     match e {
+        E::Payload(p) if limits::timed_out(&p) => ApiError::new(
+            actix_web::http::StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time",
+        ),
         E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => ApiError::new(
             actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
