@@ -365,3 +365,28 @@ async fn a_body_must_arrive_within_the_read_timeout() {
     assert_eq!(s, 401, "no account was made");
     app.handle.stop(true).await;
 }
+
+/// `/api/v1` takes the session as a bearer token only: the pages' cookie does not open it (a page of another
+/// site can make a browser send a cookie, never a header). The pages' own routes keep the cookie.
+#[actix_rt::test]
+async fn the_json_api_takes_bearer_tokens_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn(dir.path(), |_| {}).await;
+    app.register("cookie@example.com").await;
+    let (s, _, v) = app.post("/api/v1/sessions", login("cookie@example.com", "right-password"), &[]).await;
+    assert_eq!(s, 201, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    let cookie = format!("mf_session={token}");
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let by_cookie = client.get(format!("{}/api/v1/orgs", app.url)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(by_cookie.status(), 401);
+    let by_bearer = client.get(format!("{}/api/v1/orgs", app.url)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(by_bearer.status(), 200);
+    // The processing page polls its own route with the cookie: a subscription not hers reads as not found,
+    // not as "log in first".
+    let page = client.get(format!("{}/bind/i-unknown/status", app.url)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status(), 404);
+    let anonymous = client.get(format!("{}/bind/i-unknown/status", app.url)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 303, "without a session: to the login page");
+    app.handle.stop(true).await;
+}

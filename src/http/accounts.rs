@@ -10,7 +10,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::auth::Operator;
 use super::error::{ApiError, ErrorBody};
 use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
-use super::session::{session_token, CurrentUser, SESSION_COOKIE, SSO_COOKIE};
+use super::session::{bearer_token, CurrentUser, SESSION_COOKIE, SSO_COOKIE};
 use super::AppState;
 use crate::accounts::User;
 use crate::domain::ids::{Email, InvitationId, Name, OrgId, Password, Role, UserId};
@@ -231,14 +231,14 @@ async fn login(
 
 /// Ends the caller's session.
 #[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "accounts",
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 204, description = "Logged out; the cookie is cleared"),
         (status = 401, response = Unauthorized),
         (status = 503, response = Unavailable),
     ))]
 async fn logout(state: web::Data<AppState>, req: HttpRequest, _u: CurrentUser) -> Result<HttpResponse, ApiError> {
-    if let Some(t) = session_token(&req) {
+    if let Some(t) = bearer_token(&req) {
         state.accounts.logout(&t).await?;
     }
     Ok(HttpResponse::NoContent().cookie(cleared(SESSION_COOKIE)).finish())
@@ -246,7 +246,7 @@ async fn logout(state: web::Data<AppState>, req: HttpRequest, _u: CurrentUser) -
 
 /// The logged-in user.
 #[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 200, body = Me),
         (status = 401, response = Unauthorized),
@@ -269,7 +269,7 @@ pub fn my_orgs(state: &AppState, user: &User) -> Result<Vec<(OrgId, Role, String
 
 /// The caller's organizations with their role and billing status.
 #[utoipa::path(get, path = "/api/v1/orgs", tag = "accounts",
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 200, body = OrgList),
         (status = 401, response = Unauthorized),
@@ -322,7 +322,7 @@ fn rejected(o: &crate::engine::Outcome) -> ApiError {
 #[utoipa::path(post, path = "/api/v1/orgs/{org_id}/invitations", tag = "accounts",
     params(("org_id" = String, Path, description = "`org_<32 hex>`", pattern = "^org_[A-Za-z0-9_-]{1,60}$")),
     request_body = InviteBody,
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 201, body = InvitationCreated),
         (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_id`, `invalid_email` or `invalid_role`"),
@@ -376,7 +376,7 @@ async fn invite(
 /// Accepts an invitation sent to the caller's e-mail address.
 #[utoipa::path(post, path = "/api/v1/invitations/{invitation_id}/accept", tag = "accounts",
     params(("invitation_id" = String, Path, description = "`inv_<32 hex>`", pattern = "^inv_[A-Za-z0-9_-]{1,60}$")),
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 200, body = InvitationAccepted),
         (status = 400, body = ErrorBody, description = "`invalid_id`"),
@@ -429,7 +429,7 @@ async fn accept(
 /// Leaves the organization (the last Owner cannot).
 #[utoipa::path(post, path = "/api/v1/orgs/{org_id}/leave", tag = "accounts",
     params(("org_id" = String, Path, description = "`org_<32 hex>`", pattern = "^org_[A-Za-z0-9_-]{1,60}$")),
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 200, body = OrgLeft),
         (status = 400, body = ErrorBody, description = "`invalid_id`"),
@@ -528,7 +528,7 @@ pub fn billing_view(org: &OrgId, st: &str, data: &Organization) -> BillingView {
 /// The organization's billing overview (Owners and Billing Admins).
 #[utoipa::path(get, path = "/api/v1/orgs/{org_id}/billing", tag = "accounts",
     params(("org_id" = String, Path, description = "`org_<32 hex>`", pattern = "^org_[A-Za-z0-9_-]{1,60}$")),
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 200, body = BillingView),
         (status = 400, body = ErrorBody, description = "`invalid_id`"),

@@ -106,7 +106,7 @@ pub fn visible(state: &AppState, user: &User, instance: &str) -> Result<(String,
     }
 }
 
-fn view(instance: &str, st: &str, d: &Subscription) -> SubscriptionView {
+pub fn view(instance: &str, st: &str, d: &Subscription) -> SubscriptionView {
     SubscriptionView {
         instance_id: instance.to_string(),
         status: st.to_string(),
@@ -122,7 +122,7 @@ fn view(instance: &str, st: &str, d: &Subscription) -> SubscriptionView {
 
 /// The purchased list: the active subscriptions the caller came to through 免登.
 #[utoipa::path(get, path = "/api/v1/marketplace/aliyun/subscriptions", tag = "subscriptions",
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 200, body = SubscriptionList),
         (status = 401, response = Unauthorized),
@@ -144,7 +144,7 @@ async fn list(state: web::Data<AppState>, CurrentUser(user): CurrentUser) -> Res
 /// One subscription, if the caller came through its 免登 link or belongs to the organization it pays for.
 #[utoipa::path(get, path = "/api/v1/marketplace/aliyun/subscriptions/{instance_id}", tag = "subscriptions",
     params(("instance_id" = String, Path, description = "the marketplace instance id")),
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 200, body = SubscriptionView),
         (status = 400, body = ErrorBody, description = "`invalid_instance_id`"),
@@ -212,7 +212,7 @@ fn binding_options_of(state: &AppState, user: &User, instance: &str) -> Result<B
 #[utoipa::path(get, path = "/api/v1/marketplace/aliyun/subscriptions/{instance_id}/binding-options",
     tag = "subscriptions",
     params(("instance_id" = String, Path, description = "the marketplace instance id")),
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 200, body = BindingOptions),
         (status = 400, body = ErrorBody, description = "`invalid_instance_id`"),
@@ -294,7 +294,7 @@ pub async fn bind(state: &AppState, user: &User, instance: &str, org: &str) -> R
 #[utoipa::path(post, path = "/api/v1/marketplace/aliyun/subscriptions/{instance_id}/binding", tag = "subscriptions",
     params(("instance_id" = String, Path, description = "the marketplace instance id")),
     request_body = BindBody,
-    security(("session" = []), ("session_token" = [])),
+    security(("session_token" = [])),
     responses(
         (status = 202, body = BindingRequested),
         (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_id` or `invalid_instance_id`"),

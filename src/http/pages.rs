@@ -360,6 +360,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
         bind_get,
         bind_post,
         processing,
+        binding_status,
         billing,
         asset
     ),
@@ -1206,9 +1207,33 @@ async fn processing(state: web::Data<AppState>, req: HttpRequest, path: web::Pat
             "reason": reason,
             "billing_url": format!("/orgs/{}/billing", enc(b.org_id.as_str())),
             "bind_url": format!("/bind/{}", enc(&instance)),
-            "poll_url": format!("/api/v1/marketplace/aliyun/subscriptions/{}", enc(&instance)),
+            "poll_url": format!("/bind/{}/status", enc(&instance)),
         }),
     )
+}
+
+/// The subscription as the processing page polls it, with the page's session cookie (`/api/v1` takes bearer
+/// tokens only, so a page never needs its session as a token).
+#[utoipa::path(get, path = "/bind/{instance_id}/status", tag = "pages",
+    params(("instance_id" = String, Path, description = "the marketplace instance id")),
+    security(("session" = [])),
+    responses(
+        (status = 200, body = marketplace::SubscriptionView),
+        (status = 303, description = "No session: to the login page", headers(("Location" = String))),
+        (status = 404, description = "`not_found`: no such subscription, or not the user's to see", body = super::error::ErrorBody),
+        (status = 503, response = super::openapi::Unavailable),
+    ))]
+async fn binding_status(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    let ctx = Ctx::new(&state, &req);
+    let user = match require_user(&state, &req, &ctx) {
+        Ok(u) => u,
+        Err(r) => return *r,
+    };
+    let instance = path.into_inner();
+    match marketplace::visible(&state, &user, &instance) {
+        Ok((st, d)) => HttpResponse::Ok().json(marketplace::view(&instance, &st, &d)),
+        Err(e) => actix_web::ResponseError::error_response(&e),
+    }
 }
 
 /// 帐单概览: the organization's payment channel, status and history (Owners and Billing Admins).
@@ -1305,6 +1330,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(bind_post)),
         )
         .route("/bind/{instance_id}/processing", web::get().to(processing))
+        .route("/bind/{instance_id}/status", web::get().to(binding_status))
         .route("/orgs/{org_id}/billing", web::get().to(billing))
         .route("/assets/{name}", web::get().to(asset));
 }

@@ -88,6 +88,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/bind/{instance_id}", UserPage),
     r("POST", "/bind/{instance_id}", UserPage),
     r("GET", "/bind/{instance_id}/processing", UserPage),
+    r("GET", "/bind/{instance_id}/status", UserPage),
     r("GET", "/orgs/{org_id}/billing", MemberPage),
     r("GET", "/assets/{name}", Public),
     // The operator console.

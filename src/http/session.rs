@@ -1,4 +1,5 @@
-//! Who the user is: a session token as `Authorization: Bearer` (API clients) or the `mf_session` cookie (pages).
+//! Who the user is: on `/api/v1` a session token as `Authorization: Bearer` only; on the pages the `mf_session`
+//! cookie, with CSRF tokens and an origin check on every form.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,18 +15,18 @@ pub const SESSION_COOKIE: &str = "mf_session";
 /// The cookie carrying a 免登 grant until the browser logs in or registers.
 pub const SSO_COOKIE: &str = "mf_sso";
 
-/// The session token of a request, if any.
-pub fn session_token(req: &HttpRequest) -> Option<String> {
-    if let Some(t) = req
-        .headers()
+/// The bearer token of a request, if any: the only credential `/api/v1` takes.
+pub fn bearer_token(req: &HttpRequest) -> Option<String> {
+    req.headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-    {
-        return Some(t.to_string());
-    }
-    req.cookie(SESSION_COOKIE).map(|c| c.value().to_string())
+        .map(|t| t.trim().to_string())
+}
+
+/// The session of a page request: the `mf_session` cookie (or a bearer token, for scripts).
+pub fn session_token(req: &HttpRequest) -> Option<String> {
+    bearer_token(req).or_else(|| req.cookie(SESSION_COOKIE).map(|c| c.value().to_string()))
 }
 
 /// A logged-in user.
@@ -36,7 +37,8 @@ impl FromRequest for CurrentUser {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let token = session_token(req);
+        // A cookie never opens the JSON API: a page of another site can make a browser send it, not a header.
+        let token = bearer_token(req);
         let state = req.app_data::<web::Data<AppState>>().cloned();
         Box::pin(async move {
             let (Some(token), Some(state)) = (token, state) else {
