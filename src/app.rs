@@ -179,6 +179,10 @@ impl Application {
             limiter,
             pending: Default::default(),
         });
+        let connections = crate::ratelimit::Connections::new(
+            state.config.rate_limits.connections,
+            state.config.trusted_proxies.clone(),
+        );
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -188,6 +192,12 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(http::headers::security_headers))
                 .wrap(tracing_actix())
                 .configure(http::configure)
+        })
+        .on_connect(move |io, data| {
+            // Counted per client address as accepted; the slot goes with the connection's data when it closes.
+            if let Some(peer) = io.downcast_ref::<actix_web::rt::net::TcpStream>().and_then(|s| s.peer_addr().ok()) {
+                data.insert(connections.accept(peer.ip()));
+            }
         })
         .workers(2)
         .shutdown_timeout(10)

@@ -24,11 +24,13 @@ pub struct RateLimits {
     pub token: u32,
     /// Other requests per client address.
     pub address: u32,
+    /// Connections open at once per client address (not per minute); trusted proxies are not capped.
+    pub connections: u32,
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        Self { login: 30, account: 10, register: 30, console_login: 10, token: 6_000, address: 1_200 }
+        Self { login: 30, account: 10, register: 30, console_login: 10, token: 6_000, address: 1_200, connections: 256 }
     }
 }
 
@@ -48,9 +50,10 @@ impl FromStr for RateLimits {
                 "console_login" => &mut l.console_login,
                 "token" => &mut l.token,
                 "address" => &mut l.address,
+                "connections" => &mut l.connections,
                 other => {
                     return Err(format!(
-                        "unknown class `{other}` (login, account, register, console_login, token, address)"
+                        "unknown class `{other}` (login, account, register, console_login, token, address, connections)"
                     ))
                 }
             };
@@ -178,6 +181,23 @@ mod tests {
     }
 
     #[test]
+    fn connections_are_counted_per_address_and_released() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let table = Connections::new(2, "10.0.0.1".parse().unwrap());
+        let a = table.accept(ip("192.0.2.1"));
+        let b = table.accept(ip("192.0.2.1"));
+        let c = table.accept(ip("192.0.2.1"));
+        assert!(!a.over && !b.over && c.over);
+        assert!(!table.accept(ip("192.0.2.2")).over, "per address");
+        let proxied: Vec<_> = (0..10).map(|_| table.accept(ip("10.0.0.1"))).collect();
+        assert!(proxied.iter().all(|s| !s.over), "trusted proxies are not capped");
+        drop((b, c));
+        assert!(!table.accept(ip("192.0.2.1")).over, "released on close");
+        drop(a);
+        assert!(table.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn limits_parse_by_class_and_a_bucket_refuses_past_its_burst() {
         let l: RateLimits = "login=5, token=100".parse().unwrap();
         assert_eq!((l.login, l.token, l.account), (5, 100, RateLimits::default().account));
@@ -188,5 +208,59 @@ mod tests {
         let wait = b.check(&1).unwrap_err();
         assert!((1..=21).contains(&wait), "{wait}");
         assert!(b.check(&2).is_ok(), "buckets are per key");
+    }
+}
+
+/// Connections open per client address, counted as they are accepted and released as they close.
+#[derive(Debug)]
+pub struct Connections {
+    /// Open connections per address; an address leaves the map with its last connection.
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
+    /// At most this many per address.
+    max: u32,
+    /// Proxies carry many clients' connections: not capped.
+    trusted: TrustedProxies,
+}
+
+/// One accepted connection, kept in the connection's data: released when the connection closes.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    addr: Option<IpAddr>,
+    /// The address had `max` connections open already: every request on this one is refused.
+    pub over: bool,
+    table: std::sync::Arc<Connections>,
+}
+
+impl Connections {
+    pub fn new(max: u32, trusted: TrustedProxies) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { open: Default::default(), max, trusted })
+    }
+
+    /// Counts a connection accepted from `peer`.
+    pub fn accept(self: &std::sync::Arc<Self>, peer: IpAddr) -> ConnectionSlot {
+        let peer = canonical(peer);
+        if self.trusted.contains(peer) {
+            return ConnectionSlot { addr: None, over: false, table: self.clone() };
+        }
+        let Ok(mut open) = self.open.lock() else {
+            return ConnectionSlot { addr: None, over: false, table: self.clone() };
+        };
+        let n = open.entry(peer).or_default();
+        *n += 1;
+        ConnectionSlot { addr: Some(peer), over: *n > self.max, table: self.clone() }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let Some(addr) = self.addr else { return };
+        if let Ok(mut open) = self.table.open.lock() {
+            if let Some(n) = open.get_mut(&addr) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&addr);
+                }
+            }
+        }
     }
 }

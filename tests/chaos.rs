@@ -1563,6 +1563,12 @@ async fn chaos_many_subscriptions_faults_and_sigkills_converge_without_loss() {
         ("MARKETFLOW_TIME_SCALE", settings.scale.to_string()),
         // A service hour is a few seconds here: the 免登 link must survive a busy machine's scheduling delays.
         ("MARKETFLOW_SSO_WINDOW", "1h".into()),
+        // Every customer of the run is one client address (loopback): the per-address limits are not under test.
+        (
+            "MARKETFLOW_RATE_LIMITS",
+            "login=1000000,account=1000000,register=1000000,token=100000000,address=100000000,connections=100000"
+                .into(),
+        ),
         ("RUST_LOG", "warn".into()),
         ("RUST_BACKTRACE", "1".into()),
     ]

@@ -218,7 +218,7 @@ async fn a_hundred_concurrent_logins_keep_memory_bounded() {
     let url = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
     let mut child = service(dir.path(), port)
-        .env("MARKETFLOW_RATE_LIMITS", "login=100000,account=100000,register=100000")
+        .env("MARKETFLOW_RATE_LIMITS", "login=100000,account=100000,register=100000,connections=1000")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -388,5 +388,48 @@ async fn the_json_api_takes_bearer_tokens_only() {
     assert_eq!(page.status(), 404);
     let anonymous = client.get(format!("{}/bind/i-unknown/status", app.url)).send().await.unwrap();
     assert_eq!(anonymous.status(), 303, "without a session: to the login page");
+    app.handle.stop(true).await;
+}
+
+/// A client address has a bounded number of open connections: past the cap, every request on a further
+/// connection is refused (`429 too_many_connections`) and the connection closed; closing one frees a place.
+#[actix_rt::test]
+async fn open_connections_are_capped_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn(dir.path(), |c| c.rate_limits = "connections=5".parse().unwrap()).await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let statuses = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let ask = |s: &mut std::net::TcpStream| -> String {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut buf = vec![0u8; 2048];
+            let n = s.read(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).split_whitespace().nth(1).unwrap_or("none").to_string()
+        };
+        let connect = || {
+            let s = std::net::TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        };
+        let mut open: Vec<_> = (0..5).map(|_| connect()).collect();
+        let mut seen: Vec<String> = open.iter_mut().map(ask).collect();
+        let mut extra = connect();
+        seen.push(ask(&mut extra));
+        // The refused connection is closed by the service.
+        let mut rest = Vec::new();
+        let closed = extra.read_to_end(&mut rest).map(|_| "closed").unwrap_or("open");
+        drop(open.remove(0));
+        std::thread::sleep(Duration::from_millis(200));
+        let mut again = connect();
+        seen.push(ask(&mut again));
+        (seen, closed)
+    })
+    .await
+    .unwrap();
+    let (seen, closed) = statuses;
+    assert_eq!(seen[..5], ["200", "200", "200", "200", "200"], "{seen:?}");
+    assert_eq!(seen[5], "429", "{seen:?}");
+    assert_eq!(closed, "closed");
+    assert_eq!(seen[6], "200", "a closed connection frees its place: {seen:?}");
     app.handle.stop(true).await;
 }

@@ -124,6 +124,19 @@ pub async fn limit(
         let class = Class::of(req.method().as_str(), req.path(), bearer.is_some());
         state.limiter.check(class, state.limiter.client(req.request()), bearer)
     });
+    // The SPI is bounded by overload answers, like its rate (the marketplace calls from few addresses).
+    let spi = req.path() == "/aliyun/spi";
+    if !spi && req.conn_data::<crate::ratelimit::ConnectionSlot>().is_some_and(|c| c.over) {
+        let (req, _) = req.into_parts();
+        let mut res = ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "too many connections are open from this address; close some and retry",
+        )
+        .error_response();
+        res.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+        return Ok(ServiceResponse::new(req, res).map_into_right_body());
+    }
     if let Some(Err(seconds)) = verdict {
         let (req, _) = req.into_parts();
         let res = rate_limited(seconds).error_response();
