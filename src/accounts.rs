@@ -104,6 +104,18 @@ pub struct Accounts {
 /// Log-ins and registrations that may wait for a hashing slot, per core.
 const HASH_QUEUE_PER_CORE: usize = 16;
 
+/// What of the accounts' records ends, and when: swept by the engine ([`crate::engine::sweep`]).
+pub fn sweep_rules() -> Vec<crate::engine::sweep::Rule> {
+    use crate::engine::sweep::Rule;
+    vec![
+        Rule { kind: "session", prefix: "session/", field: "expires_at", grace: TimeDelta::zero() },
+        Rule { kind: "pending_grant", prefix: "pending-grant/", field: "expires_at", grace: TimeDelta::zero() },
+        Rule { kind: "used_link", prefix: "sso-link-used/", field: "keep_until", grace: TimeDelta::zero() },
+        // Written by the first builds with the time of use only: kept a day, far past any link's window.
+        Rule { kind: "used_link", prefix: "sso-used/", field: "at", grace: TimeDelta::days(1) },
+    ]
+}
+
 fn user_key(id: &UserId) -> Vec<u8> {
     format!("user/{id}").into_bytes()
 }

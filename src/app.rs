@@ -171,12 +171,15 @@ impl Application {
             time_scale = config.time_scale, dev = config.dev, "marketflow serving");
         let accounts = crate::accounts::Accounts::new(engine.clone(), config.rate_limits.account);
         let limiter = http::limits::Limiter::new(config.rate_limits, config.trusted_proxies.clone());
+        let rules = [crate::accounts::sweep_rules(), http::console::sweep_rules()].concat();
+        let swept = crate::engine::sweep::start(&engine, rules, config.sweep_interval);
         let state = web::Data::new(AppState {
             engine: engine.clone(),
             config,
             accounts,
             catalog,
             limiter,
+            swept,
             pending: Default::default(),
         });
         let connections = crate::ratelimit::Connections::new(

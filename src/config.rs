@@ -175,6 +175,8 @@ pub struct Config {
     pub trusted_proxies: crate::ratelimit::TrustedProxies,
     /// A request's body must have arrived within this long (`MARKETFLOW_BODY_TIMEOUT`); then `408`.
     pub body_timeout: Duration,
+    /// How often ended sessions, grants and used-link records are swept (real time; tests shorten it).
+    pub sweep_interval: Duration,
 }
 
 impl Default for Config {
@@ -206,6 +208,7 @@ impl Default for Config {
             rate_limits: Default::default(),
             trusted_proxies: Default::default(),
             body_timeout: crate::http::limits::BODY_TIMEOUT,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }

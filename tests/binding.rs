@@ -290,3 +290,57 @@ async fn a_used_link_cannot_be_replayed_in_another_spelling() {
         .await;
     assert_eq!(s, 404);
 }
+
+/// The number of records of `kind` the sweeper has deleted, from `/metrics`.
+async fn swept(w: &World, kind: &str) -> u64 {
+    let page = reqwest::get(format!("{}/metrics", w.service)).await.unwrap().text().await.unwrap();
+    let series = format!("marketflow_swept_records_total{{kind=\"{kind}\"}} ");
+    page.lines().find_map(|l| l.strip_prefix(series.as_str())).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Waits until the sweeper has deleted `n` records of `kind` (it passes every 50 ms in the test world).
+async fn swept_reaches(w: &World, kind: &str, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while swept(w, kind).await < n {
+        assert!(std::time::Instant::now() < deadline, "{kind}: {} swept, {n} expected", swept(w, kind).await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Sessions, pending 免登 grants and used-link records are deleted by the sweeper once they have ended, off
+/// every request path; a used-link record is kept until its link's timeStamp + window has passed, so a link
+/// can never be replayed after its record is gone.
+#[actix_rt::test]
+async fn ended_sessions_grants_and_used_links_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let alice = w.user("alice").await;
+    let s1 = w.active_subscription(ALICE_UID).await;
+    let v = w.sim(Method::GET, &format!("/sim/instances/{s1}/sso-url"), None).await;
+    let url = v["url"].as_str().unwrap().to_string();
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // Without a session: a pending grant for the browser, and the link is used.
+    let first = browser.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 302);
+    for kind in ["session", "pending_grant", "used_link"] {
+        assert_eq!(swept(&w, kind).await, 0, "{kind}");
+    }
+    // Five minutes on, within the link's window: its record stays, and the link is still refused.
+    w.clock.advance(std::time::Duration::from_secs(5 * 60));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(swept(&w, "used_link").await, 0, "kept while the link is within its window");
+    let again = browser.get(&url).send().await.unwrap();
+    assert!(again.text().await.unwrap().contains("data-code=\"link_used\""));
+    // Two hours on: the window and the pending grant (1 h) have ended; the link is refused as expired.
+    w.clock.advance(std::time::Duration::from_secs(2 * 3600));
+    swept_reaches(&w, "used_link", 1).await;
+    swept_reaches(&w, "pending_grant", 1).await;
+    let late = browser.get(&url).send().await.unwrap();
+    assert!(late.text().await.unwrap().contains("data-code=\"link_expired\""));
+    assert_eq!(swept(&w, "session").await, 0, "sessions last 12 h");
+    assert_eq!(w.api(Method::GET, "/api/v1/orgs", Some(&alice.token), None).await.0, 200);
+    // Past the session's 12 hours: swept; the token no longer opens anything.
+    w.clock.advance(std::time::Duration::from_secs(11 * 3600));
+    swept_reaches(&w, "session", 1).await;
+    assert_eq!(w.api(Method::GET, "/api/v1/orgs", Some(&alice.token), None).await.0, 401);
+}

@@ -13,6 +13,7 @@ pub mod model;
 pub mod registry;
 pub mod services;
 pub mod step;
+pub mod sweep;
 pub mod workflow;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -221,6 +222,11 @@ impl Engine {
 
     pub fn stats(&self) -> &EngineStats {
         &self.inner.stats
+    }
+
+    /// Whether shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
     }
 
     /// Whether the engine accepts work (the store has not failed, shutdown has not begun).

@@ -323,6 +323,16 @@ fn fields(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
 // ---------------------------------------------------------------------------------------------------------
 // Sessions and form tokens
 
+/// What of the console's records ends: its sessions, swept by the engine once expired.
+pub fn sweep_rules() -> Vec<crate::engine::sweep::Rule> {
+    vec![crate::engine::sweep::Rule {
+        kind: "console_session",
+        prefix: "console-session/",
+        field: "expires_at",
+        grace: chrono::TimeDelta::zero(),
+    }]
+}
+
 /// A console session as stored (under `console-session/<sha256 of the token>`).
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSession {

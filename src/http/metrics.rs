@@ -433,6 +433,14 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         }
         None => tracing::warn!("counting pending timers, messages and calls failed"),
     }
+    header(&mut out, "marketflow_swept_records_total", "Ended records deleted by the sweeper, by kind.", "counter");
+    let mut swept: BTreeMap<&str, u64> = BTreeMap::new();
+    for (kind, n) in state.swept.counts() {
+        *swept.entry(kind).or_default() += n;
+    }
+    for (kind, n) in swept {
+        let _ = writeln!(out, "marketflow_swept_records_total{{kind=\"{kind}\"}} {n}");
+    }
     let _ = writeln!(out, "# HELP marketflow_http_requests_total HTTP requests by route and status.\n# TYPE marketflow_http_requests_total counter");
     if let Ok(m) = http().counts.lock() {
         for ((method, route, status), n) in m.iter() {

@@ -33,6 +33,8 @@ pub struct AppState {
     pub accounts: std::sync::Arc<crate::accounts::Accounts>,
     /// The price catalog (CU types, units per CU-hour, metering items).
     pub catalog: std::sync::Arc<crate::domain::pricing::Catalog>,
+    /// Records deleted by the sweeper of ended records, for `/metrics`.
+    pub swept: std::sync::Arc<crate::engine::sweep::SweepStats>,
     /// The rate limits' buckets (per route class and client).
     pub limiter: limits::Limiter,
     /// The last count of the store's work tables for `/metrics` (see `metrics::pending`), and when it was taken.

@@ -88,6 +88,8 @@ impl World {
             operator_token: Some(Secret::new(self.operator_token.clone())),
             operator_tokens: self.operator_tokens.as_deref().map(NamedTokens::parse),
             service_token: Some(Secret::new(SVC)),
+            // Ended records go within a moment of the manual clock passing their time.
+            sweep_interval: Duration::from_millis(50),
             ..Config::default()
         };
         let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
