@@ -145,24 +145,6 @@ pub async fn limit(
     next.call(req).await.map(ServiceResponse::map_into_left_body)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classes_follow_the_route() {
-        assert_eq!(Class::of("POST", "/aliyun/spi", false), Class::Spi);
-        assert_eq!(Class::of("GET", "/aliyun/spi", true), Class::Spi);
-        assert_eq!(Class::of("POST", "/api/v1/sessions", false), Class::Login);
-        assert_eq!(Class::of("POST", "/login", false), Class::Login);
-        assert_eq!(Class::of("GET", "/login", false), Class::Address);
-        assert_eq!(Class::of("POST", "/register", false), Class::Register);
-        assert_eq!(Class::of("POST", "/console/login", false), Class::ConsoleLogin);
-        assert_eq!(Class::of("GET", "/api/v1/orgs", true), Class::Bearer);
-        assert_eq!(Class::of("GET", "/healthz", false), Class::Address);
-    }
-}
-
 /// A request body must have arrived this long after the request began, unless `MARKETFLOW_BODY_TIMEOUT` says
 /// otherwise: a client that trickles a body byte by byte holds a connection and a worker's buffer.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -216,4 +198,22 @@ pub async fn body_deadline(
     let stream: Body = Box::pin(Deadline { inner, sleep });
     let payload = actix_web::dev::Payload::Stream { payload: stream };
     next.call(ServiceRequest::from_parts(head, payload)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_follow_the_route() {
+        assert_eq!(Class::of("POST", "/aliyun/spi", false), Class::Spi);
+        assert_eq!(Class::of("GET", "/aliyun/spi", true), Class::Spi);
+        assert_eq!(Class::of("POST", "/api/v1/sessions", false), Class::Login);
+        assert_eq!(Class::of("POST", "/login", false), Class::Login);
+        assert_eq!(Class::of("GET", "/login", false), Class::Address);
+        assert_eq!(Class::of("POST", "/register", false), Class::Register);
+        assert_eq!(Class::of("POST", "/console/login", false), Class::ConsoleLogin);
+        assert_eq!(Class::of("GET", "/api/v1/orgs", true), Class::Bearer);
+        assert_eq!(Class::of("GET", "/healthz", false), Class::Address);
+    }
 }
