@@ -633,4 +633,57 @@ mod tests {
         let bytes = serde_json::to_vec(&record).unwrap().len();
         assert!(bytes < crate::store::sled_store::MAX_VALUE_BYTES, "{bytes} bytes");
     }
+
+    /// An organization written under the first, looser rules (invitations to addresses full of control
+    /// characters, which JSON spells six bytes each) still loads, and its next transition sheds pending
+    /// invitations, expired ones first, until the data fits: members stay, each withdrawal is journaled and its
+    /// index row removed.
+    #[test]
+    fn a_record_of_the_old_rules_loads_and_is_brought_within_budget() {
+        let now = Utc::now();
+        let mut invitations = serde_json::Map::new();
+        for i in 0..60 {
+            let email = format!("{i:03}{}@x.com", "\u{1}".repeat(200));
+            let expires = if i < 5 { now - TimeDelta::hours(1) } else { now + TimeDelta::hours(i) };
+            invitations.insert(
+                format!("inv_{i:032}"),
+                serde_json::json!({"email": email, "role": "member", "invited_by": uid(0), "expires_at": expires}),
+            );
+        }
+        let stored = serde_json::json!({
+            "name": "old",
+            "created_at": now,
+            "members": {uid(0).as_str(): {"role": "owner", "email": "owner@example.com", "joined_at": now}},
+            "invitations": invitations,
+            "channel": null, "released_channel": null, "frozen_reason": null, "frozen_at": null,
+            "switch_deadline": null, "history": [],
+        });
+        let mut d: Organization = serde_json::from_value(stored).expect("an old record loads");
+        assert!(data_len(&d) > DATA_BUDGET);
+        let definition = crate::engine::Definition::parse(
+            "workflows/organization.toml",
+            include_str!("../../workflows/organization.toml"),
+            &OrganizationWorkflow.catalog(),
+        )
+        .unwrap();
+        let key = EntityKey::new(KIND, "org_x").unwrap();
+        let mut fx = crate::engine::Effects::default();
+        let mut cx = Cx {
+            key: &key,
+            now,
+            state: "unbound",
+            target: "frozen",
+            data: &mut d,
+            fx: &mut fx,
+            definition: &definition,
+        };
+        fit(&mut cx);
+        assert!(data_len(&d) <= DATA_BUDGET, "{}", data_len(&d));
+        assert_eq!(d.members.len(), 1, "members stay");
+        let shed = 60 - d.invitations.len();
+        assert!(shed >= 5 && d.invitations.len() > 10, "{shed} shed");
+        assert!(d.invitations.values().all(|i| i.expires_at > now), "the expired ones went first");
+        assert_eq!(fx.index.len(), shed);
+        assert_eq!(fx.notes.len(), shed);
+    }
 }
