@@ -6,6 +6,9 @@ use marketflow::app::Application;
 use marketflow::config::{Config, Secret};
 use serde_json::Value;
 
+#[path = "api/security.rs"]
+mod security;
+
 struct TestApp {
     url: String,
     http: reqwest::Client,

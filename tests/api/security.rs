@@ -1,4 +1,4 @@
-//! Abuse, bounded, black-box: rate limits per route class (log-ins per address and per account, bearer tokens
+//! Security and abuse, bounded, black-box: rate limits per route class (log-ins per address and per account, bearer tokens
 //! per token, `X-Forwarded-For` believed only from trusted proxies, the SPI not limited by address), Argon2
 //! behind a bounded number of slots (100 concurrent log-ins keep a real process under 300 MiB), and start-up
 //! refusing weak, empty or development secrets by name.
@@ -9,36 +9,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use marketflow::aliyun::token::spi_token;
-use marketflow::app::Application;
-use marketflow::config::{Config, Secret};
+use marketflow::config::Config;
 use serde_json::{json, Value};
 
-const ISV: &str = "security-isv-key";
+/// The SPI key of the in-process app.
+const ISV: &str = "isv";
+/// The SPI key of the service processes these tests start.
+const PROCESS_ISV: &str = "security-isv-key";
 
-struct App {
-    url: String,
-    http: reqwest::Client,
-    handle: actix_web::dev::ServerHandle,
-}
+/// The in-process app of `super::spawn_with`: SPI key `isv`, tokens `op-token` and `svc-token`.
+use super::TestApp as App;
 
 async fn spawn(dir: &Path, tune: impl FnOnce(&mut Config)) -> App {
-    let mut config = Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.join("data"),
-        operator_token: Some(Secret::new("security-operator-token")),
-        service_token: Some(Secret::new("security-service-token")),
-        isv_key: Some(Secret::new(ISV)),
-        access_key_id: Some("ak".into()),
-        access_key_secret: Some(Secret::new("ak-secret")),
-        aliyun_endpoint: "http://127.0.0.1:9".into(),
-        ..Config::default()
-    };
-    tune(&mut config);
-    let app = Application::build(config).await.expect("the app builds");
-    let url = format!("http://127.0.0.1:{}", app.port());
-    let handle = app.handle();
-    actix_rt::spawn(app.run_until_stopped());
-    App { url, http: reqwest::Client::new(), handle }
+    super::spawn_with(dir, tune).await
 }
 
 impl App {
@@ -145,11 +128,11 @@ async fn bearer_tokens_are_limited_per_token() {
     };
     let mut statuses = Vec::new();
     for _ in 0..25 {
-        statuses.push(get("security-operator-token").await);
+        statuses.push(get("op-token").await);
     }
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
-    assert_eq!(get("security-service-token").await, 403, "another token is not limited by the first");
+    assert_eq!(get("svc-token").await, 403, "another token is not limited by the first");
     app.handle.stop(true).await;
 }
 
@@ -199,7 +182,7 @@ fn service(dir: &Path, port: u16) -> Command {
         .env_clear()
         .env("MARKETFLOW_LISTEN", format!("127.0.0.1:{port}"))
         .env("MARKETFLOW_DATA_DIR", dir.join("data"))
-        .env("MARKETFLOW_ALIYUN_ISV_KEY", ISV)
+        .env("MARKETFLOW_ALIYUN_ISV_KEY", PROCESS_ISV)
         .env("MARKETFLOW_ALIYUN_ENDPOINT", "http://127.0.0.1:9")
         .env("MARKETFLOW_ALIYUN_ACCESS_KEY_ID", "ak-id")
         .env("MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET", "ak-secret")
