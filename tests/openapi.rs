@@ -187,3 +187,18 @@ async fn an_oversized_json_body_is_refused_as_described() {
     assert_eq!(resp.status().as_u16(), 201);
     app.handle.stop(true).await;
 }
+
+/// Every operation but the SPI's may answer `429 rate_limited` (the route classes of `http::limits`), and says so.
+#[test]
+fn every_operation_but_the_spi_documents_429() {
+    let doc = serde_json::to_value(marketflow::http::openapi::document()).unwrap();
+    let mut seen = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let has = op["responses"].get("429").is_some();
+            assert_eq!(has, path != "/aliyun/spi", "{method} {path}");
+            seen += 1;
+        }
+    }
+    assert!(seen > 30, "{seen} operations");
+}

@@ -36,7 +36,7 @@ use super::error::ErrorBody;
     ),
     paths(openapi_json, api_docs),
     components(schemas(ErrorBody), responses(Unauthorized, Unavailable, PayloadTooLarge, RateLimited)),
-    modifiers(&SecuritySchemes, &RateLimitedEverywhere),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "probes", description = "Liveness, readiness and metrics"),
         (name = "marketplace", description = "Alibaba Cloud Marketplace: the SPI and the 免登 hand-off"),
@@ -76,6 +76,8 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
         for part in parts {
             doc.merge(part);
         }
+        // After the merge: it applies to every module's operations.
+        RateLimitedEverywhere.modify(&mut doc);
         doc.info.version = env!("CARGO_PKG_VERSION").to_string();
         doc
     })
