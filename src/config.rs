@@ -177,6 +177,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// How often ended sessions, grants and used-link records are swept (real time; tests shorten it).
     pub sweep_interval: Duration,
+    /// What `--dev` made up (variable, value): printed to standard output at start-up, never logged.
+    pub dev_made_up: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for Config {
@@ -209,6 +211,7 @@ impl Default for Config {
             trusted_proxies: Default::default(),
             body_timeout: crate::http::limits::BODY_TIMEOUT,
             sweep_interval: Duration::from_secs(60),
+            dev_made_up: vec![],
         }
     }
 }
@@ -576,18 +579,22 @@ impl Config {
                     self.listen
                 )));
             }
-            let dev = |s: &mut Option<Secret>, v: &str| {
+            let mut made_up = Vec::new();
+            let mut dev = |s: &mut Option<Secret>, name: &'static str, v: &'static str| {
                 if s.is_none() {
                     *s = Some(Secret::new(v));
+                    made_up.push((name, v));
                 }
             };
-            dev(&mut self.isv_key, "dev-isv-key");
-            dev(&mut self.access_key_secret, "dev-access-key-secret");
-            dev(&mut self.operator_token, "dev-operator-token");
-            dev(&mut self.service_token, "dev-service-token");
+            dev(&mut self.isv_key, "MARKETFLOW_ALIYUN_ISV_KEY", "dev-isv-key");
+            dev(&mut self.access_key_secret, "MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET", "dev-access-key-secret");
+            dev(&mut self.operator_token, "MARKETFLOW_OPERATOR_TOKEN", "dev-operator-token");
+            dev(&mut self.service_token, "MARKETFLOW_SERVICE_TOKEN", "dev-service-token");
             if self.access_key_id.is_none() {
                 self.access_key_id = Some("dev-access-key-id".into());
+                made_up.push(("MARKETFLOW_ALIYUN_ACCESS_KEY_ID", "dev-access-key-id"));
             }
+            self.dev_made_up = made_up;
             return Ok(());
         }
         let mut missing = Vec::new();

@@ -23,6 +23,22 @@ enum Command {
     Demo(marketflow::demo::DemoArgs),
 }
 
+/// What a newcomer needs from `serve --dev`, on standard output (the log never carries a token): where the
+/// service and its console are, and the development secrets it made up.
+fn print_dev_banner(public_url: &str, port: u16, made_up: &[(&str, &str)]) {
+    use std::io::Write;
+    let base = public_url.trim_end_matches('/');
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "marketflow --dev: serving on port {port}");
+    let _ = writeln!(out, "  service   {base}/");
+    let _ = writeln!(out, "  console   {base}/console  (log in with the operator token)");
+    let _ = writeln!(out, "  API docs  {base}/api/docs");
+    for (name, value) in made_up {
+        let _ = writeln!(out, "  {name}={value}");
+    }
+    let _ = out.flush();
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -35,8 +51,12 @@ fn main() -> std::process::ExitCode {
                 }
             };
             init_tracing(config.log_format);
+            let dev = config.dev.then(|| (config.public_url.clone(), config.dev_made_up.clone()));
             let result = actix_web::rt::System::new().block_on(async move {
                 let app = Application::build(config).await.map_err(|e| e.to_string())?;
+                if let Some((url, made_up)) = dev {
+                    print_dev_banner(&url, app.port(), &made_up);
+                }
                 app.run_until_stopped().await.map_err(|e| e.to_string())
             });
             match result {

@@ -416,3 +416,41 @@ async fn open_connections_are_capped_per_address() {
     assert_eq!(seen[6], "200", "a closed connection frees its place: {seen:?}");
     app.handle.stop(true).await;
 }
+
+/// `serve --dev` prints where the service and its console are and the secrets it made up to standard output,
+/// and never to the log.
+#[actix_rt::test]
+async fn dev_mode_prints_its_made_up_secrets_to_stdout_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, sim) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marketflow"))
+        .args(["serve", "--dev"])
+        .env_clear()
+        .env("MARKETFLOW_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MARKETFLOW_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("MARKETFLOW_SIMULATOR_LISTEN", format!("127.0.0.1:{sim}"))
+        .env("MARKETFLOW_DATA_DIR", dir.path().join("data"))
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stdout = loop {
+        let text = std::fs::read_to_string(dir.path().join("stdout")).unwrap_or_default();
+        if text.contains("MARKETFLOW_SERVICE_TOKEN=") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no banner: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(stdout.contains(&format!("http://127.0.0.1:{port}/console")), "{stdout}");
+    assert!(stdout.contains("MARKETFLOW_OPERATOR_TOKEN=dev-operator-token"), "{stdout}");
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    for secret in ["dev-operator-token", "dev-service-token", "dev-isv-key", "dev-access-key-secret"] {
+        assert!(!log.contains(secret), "`{secret}` in the log");
+    }
+}
