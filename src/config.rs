@@ -111,6 +111,20 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub const DEV_VALUES: &[&str] =
     &["dev-isv-key", "dev-access-key-id", "dev-access-key-secret", "dev-operator-token", "dev-service-token"];
 
+/// Flags and variables parse into a secret directly, so that no copy of one sits in a printable `String`.
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
@@ -178,7 +192,7 @@ pub struct Config {
     /// How often ended sessions, grants and used-link records are swept (real time; tests shorten it).
     pub sweep_interval: Duration,
     /// What `--dev` made up (variable, value): printed to standard output at start-up, never logged.
-    pub dev_made_up: Vec<(&'static str, &'static str)>,
+    pub dev_made_up: Vec<(&'static str, Secret)>,
 }
 
 impl Default for Config {
@@ -273,23 +287,23 @@ pub struct ServeArgs {
     #[arg(long, env = "MARKETFLOW_PUBLIC_URL")]
     pub public_url: Option<String>,
     #[arg(long, env = "MARKETFLOW_ALIYUN_ISV_KEY", hide_env_values = true)]
-    pub isv_key: Option<String>,
+    pub isv_key: Option<Secret>,
     #[arg(long, env = "MARKETFLOW_ALIYUN_ENDPOINT")]
     pub aliyun_endpoint: Option<String>,
     #[arg(long, env = "MARKETFLOW_ALIYUN_ACCESS_KEY_ID")]
     pub access_key_id: Option<String>,
     #[arg(long, env = "MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET", hide_env_values = true)]
-    pub access_key_secret: Option<String>,
+    pub access_key_secret: Option<Secret>,
     #[arg(long, env = "MARKETFLOW_ALIYUN_PRODUCT_CODE")]
     pub product_code: Option<String>,
     #[arg(long, env = "MARKETFLOW_OPERATOR_TOKEN", hide_env_values = true)]
-    pub operator_token: Option<String>,
+    pub operator_token: Option<Secret>,
     /// Named operator tokens, `name:token,name2:token2`: a request with one of them is its owner's, whatever
     /// `X-Operator` or the console login form say.
     #[arg(long, env = "MARKETFLOW_OPERATOR_TOKENS", hide_env_values = true)]
-    pub operator_tokens: Option<String>,
+    pub operator_tokens: Option<Secret>,
     #[arg(long, env = "MARKETFLOW_SERVICE_TOKEN", hide_env_values = true)]
-    pub service_token: Option<String>,
+    pub service_token: Option<Secret>,
     /// Service seconds per real second (60: an hour passes in a minute).
     #[arg(long, env = "MARKETFLOW_TIME_SCALE")]
     pub time_scale: Option<f64>,
@@ -364,7 +378,7 @@ impl Config {
         if let Some(path) = &args.config {
             c.apply_file(path)?;
         }
-        let secret = |s: &Option<String>| s.as_ref().map(Secret::new);
+        let secret = |s: &Option<Secret>| s.clone();
         if let Some(v) = &args.listen {
             c.listen = v.clone();
         }
@@ -385,7 +399,7 @@ impl Config {
         }
         c.operator_token = secret(&args.operator_token).or(c.operator_token);
         if let Some(v) = &args.operator_tokens {
-            c.operator_tokens = Some(NamedTokens::parse(v));
+            c.operator_tokens = Some(NamedTokens::parse(v.expose()));
         }
         c.service_token = secret(&args.service_token).or(c.service_token);
         if let Some(v) = args.time_scale {
@@ -583,7 +597,7 @@ impl Config {
             let mut dev = |s: &mut Option<Secret>, name: &'static str, v: &'static str| {
                 if s.is_none() {
                     *s = Some(Secret::new(v));
-                    made_up.push((name, v));
+                    made_up.push((name, Secret::new(v)));
                 }
             };
             dev(&mut self.isv_key, "MARKETFLOW_ALIYUN_ISV_KEY", "dev-isv-key");
@@ -592,7 +606,7 @@ impl Config {
             dev(&mut self.service_token, "MARKETFLOW_SERVICE_TOKEN", "dev-service-token");
             if self.access_key_id.is_none() {
                 self.access_key_id = Some("dev-access-key-id".into());
-                made_up.push(("MARKETFLOW_ALIYUN_ACCESS_KEY_ID", "dev-access-key-id"));
+                made_up.push(("MARKETFLOW_ALIYUN_ACCESS_KEY_ID", Secret::new("dev-access-key-id")));
             }
             self.dev_made_up = made_up;
             return Ok(());
@@ -724,6 +738,8 @@ mod tests {
     #[test]
     fn weak_empty_and_development_secrets_refuse_start_up_by_name() {
         assert!(Config::resolve(&production("operator-token-16+")).is_ok(), "short marketplace credentials are theirs");
+        let args = format!("{:?}", production("operator-token-16+"));
+        assert!(!args.contains("operator-token-16+") && !args.contains("service-token-of-16+"), "{args}");
         for (bad, why) in [
             ("short-token", "MARKETFLOW_OPERATOR_TOKEN is shorter than 16"),
             ("dev-operator-token", "MARKETFLOW_OPERATOR_TOKEN is a development value"),

@@ -25,7 +25,7 @@ enum Command {
 
 /// What a newcomer needs from `serve --dev`, on standard output (the log never carries a token): where the
 /// service and its console are, and the development secrets it made up.
-fn print_dev_banner(public_url: &str, port: u16, made_up: &[(&str, &str)]) {
+fn print_dev_banner(public_url: &str, port: u16, made_up: &[(&str, marketflow::config::Secret)]) {
     use std::io::Write;
     let base = public_url.trim_end_matches('/');
     let mut out = std::io::stdout().lock();
@@ -34,7 +34,7 @@ fn print_dev_banner(public_url: &str, port: u16, made_up: &[(&str, &str)]) {
     let _ = writeln!(out, "  console   {base}/console  (log in with the operator token)");
     let _ = writeln!(out, "  API docs  {base}/api/docs");
     for (name, value) in made_up {
-        let _ = writeln!(out, "  {name}={value}");
+        let _ = writeln!(out, "  {name}={}", value.expose());
     }
     let _ = out.flush();
 }
