@@ -682,6 +682,18 @@ impl Config {
                 _ => {}
             }
         }
+        // A value that is both a service and an operator token would let Zilliz Cloud's services act as an
+        // operator (and the role it is taken for would depend on the order of checks).
+        if let Some(service) = &self.service_token {
+            let operator_values = self
+                .operator_token
+                .iter()
+                .flat_map(|t| t.values())
+                .chain(self.operator_tokens.iter().flat_map(|n| n.iter().map(|t| t.token.expose())));
+            if operator_values.into_iter().any(|o| service.admits(o)) {
+                refused.push("MARKETFLOW_SERVICE_TOKEN has a value that is also an operator token".into());
+            }
+        }
         if !refused.is_empty() {
             return Err(Error::Refused(refused.join("; ")));
         }
@@ -752,6 +764,9 @@ mod tests {
         let empty_ak = ServeArgs { access_key_secret: Some(" ".into()), ..production("operator-token-16+") };
         let e = Config::resolve(&empty_ak).unwrap_err().to_string();
         assert!(e.contains("MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET is empty"), "{e}");
+        let shared = ServeArgs { service_token: Some("operator-token-16+".into()), ..production("operator-token-16+") };
+        let e = Config::resolve(&shared).unwrap_err().to_string();
+        assert!(e.contains("MARKETFLOW_SERVICE_TOKEN has a value that is also an operator token"), "{e}");
         let dev_key = ServeArgs { isv_key: Some("dev-isv-key".into()), ..production("operator-token-16+") };
         let e = Config::resolve(&dev_key).unwrap_err().to_string();
         assert!(e.contains("MARKETFLOW_ALIYUN_ISV_KEY is a development value"), "{e}");
