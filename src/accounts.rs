@@ -97,8 +97,9 @@ pub struct Accounts {
     /// Argon2 runs at most this many at once (one per core): each takes 19 MiB and a core for tens of
     /// milliseconds, so unbounded concurrent log-ins would exhaust memory and starve everything else.
     hashing: Arc<tokio::sync::Semaphore>,
-    /// Callers waiting for a hashing slot; past [`MAX_HASH_QUEUE`] they are told to come back (`Busy`).
-    queued: std::sync::atomic::AtomicUsize,
+    /// Places for callers waiting for a hashing slot ([`HASH_QUEUE_PER_CORE`] per core); without one a caller
+    /// is told to come back (`Busy`).
+    queue: Arc<tokio::sync::Semaphore>,
 }
 
 /// Log-ins and registrations that may wait for a hashing slot, per core.
@@ -106,13 +107,14 @@ const HASH_QUEUE_PER_CORE: usize = 16;
 
 /// What of the accounts' records ends, and when: swept by the engine ([`crate::engine::sweep`]).
 pub fn sweep_rules() -> Vec<crate::engine::sweep::Rule> {
-    use crate::engine::sweep::Rule;
+    use crate::engine::sweep::{Rule, RuleClock::Service};
+    let rule = |kind, prefix, field, grace| Rule { kind, prefix, field, grace, clock: Service };
     vec![
-        Rule { kind: "session", prefix: "session/", field: "expires_at", grace: TimeDelta::zero() },
-        Rule { kind: "pending_grant", prefix: "pending-grant/", field: "expires_at", grace: TimeDelta::zero() },
-        Rule { kind: "used_link", prefix: "sso-link-used/", field: "keep_until", grace: TimeDelta::zero() },
+        rule("session", "session/", "expires_at", TimeDelta::zero()),
+        rule("pending_grant", "pending-grant/", "expires_at", TimeDelta::zero()),
+        rule("used_link", "sso-link-used/", "keep_until", TimeDelta::zero()),
         // Written by the first builds with the time of use only: kept a day, far past any link's window.
-        Rule { kind: "used_link", prefix: "sso-used/", field: "at", grace: TimeDelta::days(1) },
+        rule("used_link", "sso-used/", "at", TimeDelta::days(1)),
     ]
 }
 
@@ -144,21 +146,16 @@ impl Accounts {
             register_lock: tokio::sync::Mutex::new(()),
             attempts: crate::ratelimit::Bucket::new(logins_per_minute),
             hashing: Arc::new(tokio::sync::Semaphore::new(cores)),
-            queued: std::sync::atomic::AtomicUsize::new(0),
+            queue: Arc::new(tokio::sync::Semaphore::new(cores * HASH_QUEUE_PER_CORE)),
         })
     }
 
-    /// Runs Argon2 (`work`) in a hashing slot, waiting in a bounded queue for one.
+    /// Runs Argon2 (`work`) in a hashing slot, waiting in a bounded queue for one. The place in the queue is a
+    /// permit too, so a caller that goes away while waiting gives it back (a counter would leak it).
     async fn hash_slot<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-        use std::sync::atomic::Ordering;
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        if self.queued.fetch_add(1, Ordering::SeqCst) >= cores * HASH_QUEUE_PER_CORE {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::Busy);
-        }
-        let permit = self.hashing.clone().acquire_owned().await;
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-        let permit = permit.map_err(storage)?;
+        let Ok(place) = self.queue.clone().try_acquire_owned() else { return Err(Error::Busy) };
+        let permit = self.hashing.clone().acquire_owned().await.map_err(storage)?;
+        drop(place);
         tokio::task::spawn_blocking(move || {
             let out = work();
             drop(permit);
@@ -239,8 +236,8 @@ impl Accounts {
         let user = match self.user_by_email(email)? {
             Some(u) => u,
             None => {
-                // Same work as a real check, so timing does not tell which e-mails exist.
-                let _ = self.hash_slot(move || verify_password(password, dummy_hash())).await;
+                // Same work as a real check, so timing does not tell which e-mails exist; and the same `Busy`.
+                self.hash_slot(move || verify_password(password, dummy_hash())).await?;
                 return Err(Error::InvalidCredentials);
             }
         };

@@ -532,6 +532,14 @@ impl Config {
     /// Who presents `token` as an operator: the owner of a named token it is, or [`OperatorIdentity::Shared`] for
     /// a value of `MARKETFLOW_OPERATOR_TOKEN`, or nobody. A named token wins over the shared one. Every configured
     /// value is compared, by digest and in constant time, with no early exit (see [`Config::identify_operator`]).
+    /// Whether `token` is one the configuration knows: an operator's (shared or named) or the service's. Such
+    /// a token has a rate-limit bucket of its own; any other counts against its client's address too.
+    pub fn is_role_token(&self, token: &str) -> bool {
+        let service = self.service_token.as_ref().is_some_and(|s| s.admits(token));
+        let operator = self.operator_for(token).is_some();
+        service | operator
+    }
+
     pub fn operator_for(&self, token: &str) -> Option<OperatorIdentity> {
         if token.is_empty() {
             return None;

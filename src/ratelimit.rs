@@ -74,12 +74,17 @@ impl FromStr for TrustedProxies {
         let mut nets = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (ip, len) = part.split_once('/').map_or((part, None), |(a, l)| (a, Some(l)));
-            let ip: IpAddr = ip.parse().map_err(|_| format!("`{part}` is not an address or a network"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let len = match len {
+            let given: IpAddr = ip.parse().map_err(|_| format!("`{part}` is not an address or a network"))?;
+            let max = if given.is_ipv4() { 32 } else { 128 };
+            let mut len = match len {
                 None => max,
                 Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| format!("`{part}`: bad prefix"))?,
             };
+            // An IPv4-mapped network is matched as the IPv4 network it maps.
+            let ip = canonical(given);
+            if given.is_ipv6() && ip.is_ipv4() {
+                len = len.checked_sub(96).ok_or_else(|| format!("`{part}`: an IPv4-mapped prefix is at least 96"))?;
+            }
             nets.push((ip, len));
         }
         Ok(Self(nets))
@@ -93,19 +98,24 @@ impl TrustedProxies {
     }
 
     /// The client of a request that came from `peer` with these `X-Forwarded-For` values: the peer, unless it is
-    /// trusted; then the nearest untrusted address of the header (right to left), or its first if all are.
+    /// trusted; then the nearest untrusted address of the header (right to left), or the last trusted one.
     pub fn client(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
         if !self.contains(peer) {
             return canonical(peer);
         }
         let Some(header) = forwarded_for else { return canonical(peer) };
-        let hops: Vec<IpAddr> = header.split(',').filter_map(|h| h.trim().parse().ok()).collect();
-        hops.iter()
-            .rev()
-            .copied()
-            .find(|h| !self.contains(*h))
-            .or(hops.first().copied())
-            .map_or(canonical(peer), canonical)
+        // Right to left: the hops our proxies added come last. The first hop that is not a trusted proxy is the
+        // client; one that does not parse ends the walk at the last trusted hop (never a value further left,
+        // which the client wrote).
+        let mut last = canonical(peer);
+        for hop in header.split(',').map(str::trim).rev() {
+            let Ok(ip) = hop.parse::<IpAddr>() else { return last };
+            if !self.contains(ip) {
+                return canonical(ip);
+            }
+            last = canonical(ip);
+        }
+        last
     }
 }
 
@@ -113,6 +123,15 @@ impl TrustedProxies {
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The key of a client address in the buckets and the connection count: an IPv6 client is its /64 (one host
+/// gets a whole /64 to pick addresses from), an IPv4 client its address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         v4 => v4,
     }
 }
@@ -126,7 +145,7 @@ fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     if len == 0 {
         return true;
     }
-    let shift = bits - u32::from(len);
+    let Some(shift) = bits.checked_sub(u32::from(len)) else { return false };
     (a >> shift) == (b >> shift)
 }
 
@@ -176,6 +195,14 @@ mod tests {
         assert_eq!(t.client(ip("10.1.2.3"), Some("garbage")), ip("10.1.2.3"));
         assert_eq!(t.client(ip("10.1.2.3"), None), ip("10.1.2.3"));
         assert_eq!(t.client(ip("::ffff:10.1.2.3"), Some("198.51.100.1")), ip("198.51.100.1"));
+        // A hop that does not parse ends the walk: what the client wrote to its left is not believed.
+        assert_eq!(t.client(ip("10.1.2.3"), Some("198.51.100.1, 203.0.113.7:443")), ip("10.1.2.3"));
+        assert_eq!(t.client(ip("10.1.2.3"), Some("198.51.100.1, 10.9.9.9, junk, 10.8.8.8")), ip("10.8.8.8"));
+        let mapped: TrustedProxies = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains(ip("10.1.2.3")) && !mapped.contains(ip("11.1.2.3")));
+        assert!("::ffff:10.0.0.0/95".parse::<TrustedProxies>().is_err());
+        assert_eq!(client_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("192.0.2.9")), ip("192.0.2.9"));
         assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
         assert!("nope".parse::<TrustedProxies>().is_err());
     }
@@ -238,16 +265,16 @@ impl Connections {
 
     /// Counts a connection accepted from `peer`.
     pub fn accept(self: &std::sync::Arc<Self>, peer: IpAddr) -> ConnectionSlot {
-        let peer = canonical(peer);
         if self.trusted.contains(peer) {
             return ConnectionSlot { addr: None, over: false, table: self.clone() };
         }
         let Ok(mut open) = self.open.lock() else {
             return ConnectionSlot { addr: None, over: false, table: self.clone() };
         };
-        let n = open.entry(peer).or_default();
+        let key = client_key(peer);
+        let n = open.entry(key).or_default();
         *n += 1;
-        ConnectionSlot { addr: Some(peer), over: *n > self.max, table: self.clone() }
+        ConnectionSlot { addr: Some(key), over: *n > self.max, table: self.clone() }
     }
 }
 

@@ -793,7 +793,12 @@ proptest! {
             && trimmed.chars().count() <= 100
             && !trimmed.chars().any(|c| c.is_control() || bidi(c) || (c.is_whitespace() && c != ' ' && c != '\u{3000}'))
             // Invisible formatting characters (zero-width space, joiners, BOM...) are refused too.
-            && !trimmed.chars().any(|c| matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{206a}'..='\u{206f}' | '\u{feff}' | '\u{061c}' | '\u{180e}' | '\u{fff9}'..='\u{fffb}'));
+            && !trimmed.chars().any(|c| {
+                matches!(c, '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+                    | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{206f}' | '\u{3164}'
+                    | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}'
+                    | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
+            });
         match Name::parse(name.clone()) {
             Ok(n) => {
                 prop_assert!(name_ok);

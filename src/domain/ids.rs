@@ -113,10 +113,13 @@ const MAX_LABEL: usize = 63;
 pub const MAX_NAME: usize = 100;
 
 /// Characters that change how text around them is displayed without being seen: bidi embeddings,
-/// overrides and isolates, marks, zero-width joiners and spaces, the word joiner, the BOM.
+/// overrides and isolates, marks, zero-width joiners and spaces, the word joiner, the BOM, the soft hyphen,
+/// variation selectors, Hangul fillers, tag characters.
 fn invisible_format(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Printable and plain: no control, white-space or invisible formatting character.

@@ -11,8 +11,8 @@ use super::error::ApiError;
 use super::AppState;
 use crate::config::{OperatorIdentity, OPERATOR_NAME_MAX};
 
-fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers().get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+fn bearer(req: &HttpRequest) -> Option<String> {
+    super::session::bearer_token(req)
 }
 
 fn matches(given: &str, expected: Option<&crate::config::Secret>) -> bool {
@@ -35,6 +35,7 @@ impl FromRequest for Operator {
             return ready(Err(ApiError::unauthorized()));
         };
         let Some(t) = bearer(req) else { return ready(Err(ApiError::unauthorized())) };
+        let t = t.as_str();
         ready(match state.config.operator_for(t) {
             // The token says who it is: a header cannot make it someone else.
             Some(OperatorIdentity::Named(name)) => Ok(Operator { name }),
@@ -67,7 +68,7 @@ impl FromRequest for Service {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
             return ready(Err(ApiError::unauthorized()));
         };
-        ready(match bearer(req) {
+        ready(match bearer(req).as_deref() {
             None => Err(ApiError::unauthorized()),
             Some(t) if matches(t, state.config.service_token.as_ref()) => Ok(Service),
             Some(t) if state.config.operator_for(t).is_some() => {

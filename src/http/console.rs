@@ -330,6 +330,8 @@ pub fn sweep_rules() -> Vec<crate::engine::sweep::Rule> {
         prefix: "console-session/",
         field: "expires_at",
         grace: chrono::TimeDelta::zero(),
+        // Console sessions last real hours, whatever the service clock's scale.
+        clock: crate::engine::sweep::RuleClock::Wall,
     }]
 }
 

@@ -77,22 +77,30 @@ impl Limiter {
         }
     }
 
-    /// The client address of a request.
+    /// The client address of a request (every `X-Forwarded-For` line, in order, as one list).
     pub fn client(&self, req: &actix_web::HttpRequest) -> Option<IpAddr> {
         let peer = req.peer_addr()?.ip();
-        let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        Some(self.trusted.client(peer, xff))
+        let lines: Vec<&str> = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).collect();
+        let xff = (!lines.is_empty()).then(|| lines.join(","));
+        Some(self.trusted.client(peer, xff.as_deref()))
     }
 
-    /// Counts a request of `class`; `Err(seconds)` when over its limit.
-    fn check(&self, class: Class, client: Option<IpAddr>, bearer: Option<&str>) -> Result<(), u32> {
-        let by_address = |b: &Bucket<IpAddr>| client.map_or(Ok(()), |ip| b.check(&ip));
+    /// Counts a request of `class`; `Err(seconds)` when over its limit. A bearer token the configuration knows
+    /// (operator, service) has a bucket of its own; any other (a session, or a made-up one) counts against its
+    /// client address too, so that a fresh random token per request does not escape the address's limit.
+    fn check(&self, class: Class, client: Option<IpAddr>, bearer: Option<&str>, known: bool) -> Result<(), u32> {
+        let by_address = |b: &Bucket<IpAddr>| client.map_or(Ok(()), |ip| b.check(&crate::ratelimit::client_key(ip)));
         match class {
             Class::Spi => Ok(()),
             Class::Login => by_address(&self.login),
             Class::Register => by_address(&self.register),
             Class::ConsoleLogin => by_address(&self.console_login),
-            Class::Bearer => self.token.check(&Sha256::digest(bearer.unwrap_or("").as_bytes()).into()),
+            Class::Bearer => {
+                if !known {
+                    by_address(&self.address)?;
+                }
+                self.token.check(&Sha256::digest(bearer.unwrap_or("").as_bytes()).into())
+            }
             Class::Address => by_address(&self.address),
         }
     }
@@ -115,18 +123,13 @@ pub async fn limit(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let verdict = req.app_data::<web::Data<AppState>>().map(|state| {
-        let bearer = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let class = Class::of(req.method().as_str(), req.path(), bearer.is_some());
-        state.limiter.check(class, state.limiter.client(req.request()), bearer)
+        let bearer = super::session::bearer_token(req.request());
+        // The path as the router matches it (percent-decoded), so `/api/v1/%73essions` is a log-in too.
+        let class = Class::of(req.method().as_str(), req.match_info().as_str(), bearer.is_some());
+        let known = bearer.as_deref().is_some_and(|t| state.config.is_role_token(t));
+        state.limiter.check(class, state.limiter.client(req.request()), bearer.as_deref(), known)
     });
-    // The SPI is bounded by overload answers, like its rate (the marketplace calls from few addresses).
-    let spi = req.path() == "/aliyun/spi";
-    if !spi && req.conn_data::<crate::ratelimit::ConnectionSlot>().is_some_and(|c| c.over) {
+    if req.conn_data::<crate::ratelimit::ConnectionSlot>().is_some_and(|c| c.over) {
         let (req, _) = req.into_parts();
         let mut res = ApiError::new(
             actix_web::http::StatusCode::TOO_MANY_REQUESTS,
@@ -153,6 +156,8 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 struct Deadline {
     inner: actix_web::dev::Payload,
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Set once the deadline cut the body off: the answer then closes the connection.
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl futures_util::Stream for Deadline {
@@ -165,6 +170,7 @@ impl futures_util::Stream for Deadline {
         use std::future::Future;
         let this = self.get_mut();
         if this.sleep.as_mut().poll(cx).is_ready() {
+            this.fired.store(true, std::sync::atomic::Ordering::Relaxed);
             let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "the request body did not arrive in time");
             return std::task::Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(e))));
         }
@@ -195,9 +201,15 @@ pub async fn body_deadline(
     type Body = std::pin::Pin<
         Box<dyn futures_util::Stream<Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>>>,
     >;
-    let stream: Body = Box::pin(Deadline { inner, sleep });
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream: Body = Box::pin(Deadline { inner, sleep, fired: fired.clone() });
     let payload = actix_web::dev::Payload::Stream { payload: stream };
-    next.call(ServiceRequest::from_parts(head, payload)).await
+    let mut res = next.call(ServiceRequest::from_parts(head, payload)).await?;
+    if fired.load(std::sync::atomic::Ordering::Relaxed) {
+        // The rest of the body would still be read and discarded, at the sender's pace: close instead.
+        res.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    Ok(res)
 }
 
 #[cfg(test)]

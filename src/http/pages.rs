@@ -847,7 +847,7 @@ async fn login_post(
         auth_page(&ctx, &req, "login.html", status, next.as_deref(), err, values.clone())
     };
     let (Ok(email), Ok(password)) =
-        (Email::parse(raw_email.clone()), Password::parse(param(&fields, "password").unwrap_or("").to_string()))
+        (Email::try_from(raw_email.clone()), Password::parse(param(&fields, "password").unwrap_or("").to_string()))
     else {
         return fail(StatusCode::UNAUTHORIZED, "invalid_credentials");
     };

@@ -454,3 +454,24 @@ async fn dev_mode_prints_its_made_up_secrets_to_stdout_only() {
         assert!(!log.contains(secret), "`{secret}` in the log");
     }
 }
+
+/// A made-up bearer token per request does not escape the address's limit (only the tokens the configuration
+/// knows have buckets of their own), and a percent-encoded path is classed as the route it reaches.
+#[actix_rt::test]
+async fn made_up_tokens_and_encoded_paths_do_not_escape_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn(dir.path(), |c| c.rate_limits = "address=10,login=3,account=1000".parse().unwrap()).await;
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        let r = app.http.get(format!("{}/api/v1/orgs", app.url)).bearer_auth(format!("made-up-{i}")).send().await;
+        statuses.push(r.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 10, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "{statuses:?}");
+    let mut logins = Vec::new();
+    for path in ["/api/v1/%73essions", "/api/v1/sessions", "/api/v1/%73ession%73", "/api/v1/sessions"] {
+        logins.push(app.post(path, login("enc@example.com", "wrong-password"), &[]).await.0);
+    }
+    assert_eq!(logins, [401, 401, 401, 429], "the encoded spellings count as log-ins");
+    app.handle.stop(true).await;
+}
