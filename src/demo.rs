@@ -11,9 +11,9 @@ use chrono::{TimeDelta, Utc};
 use serde_json::{json, Value};
 
 use crate::aliyun::simulator::{self, SimulatorConfig};
-use crate::app::{Application, Overrides};
 use crate::clock::{Clock, ScaledClock};
 use crate::config::{Config, Secret};
+use crate::startup::{Application, Overrides};
 
 /// The flags of `marketflow demo`.
 #[derive(Debug, Clone, clap::Args)]

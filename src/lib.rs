@@ -18,8 +18,9 @@
 //! - [`http`]: routes (one table of every route and who it admits: `http::routes`), bearer-token roles, JSON
 //!   errors with stable codes, the OpenAPI document built from the handlers' annotations (`http::openapi`), the
 //!   buyer's pages and the operator console.
-//! - [`app`]: builds the application the same way for `main` and the tests; the persisted clock anchor.
 //!
+//! - [`startup`]: builds and wires the `Application` the same way for `main` and the tests (zero2prod's name, so
+//!   that `app/` can mean the use cases); the persisted clock anchor, the sweeper's rules, the middlewares.
 //! - [`ratelimit`]: rate-limit settings (per route class, per account) and bounded token buckets.
 //! - [`usage`]: usage records of Zilliz Cloud's services, stored once by record id, read per window.
 //!
@@ -44,7 +45,6 @@ pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"th
 
 pub mod accounts;
 pub mod aliyun;
-pub mod app;
 pub mod calls;
 pub mod clock;
 pub mod config;
@@ -55,5 +55,6 @@ pub mod engine;
 pub mod failpoint;
 pub mod http;
 pub mod ratelimit;
+pub mod startup;
 pub mod store;
 pub mod usage;

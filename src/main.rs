@@ -1,8 +1,8 @@
 //! The `marketflow` binary: `serve`, `simulate`, `ctl`, `demo`.
 
 use clap::{Parser, Subcommand};
-use marketflow::app::{init_tracing, Application};
 use marketflow::config::{Config, ServeArgs};
+use marketflow::startup::{init_tracing, Application};
 
 #[derive(Parser)]
 #[command(name = "marketflow", version, about = "Alibaba Cloud Marketplace subscription orchestrator")]

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use marketflow::app::Application;
 use marketflow::config::{Config, Secret};
+use marketflow::startup::Application;
 use serde_json::Value;
 
 #[path = "api/security.rs"]

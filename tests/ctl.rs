@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use clap::Parser;
 use marketflow::aliyun::token::spi_token;
-use marketflow::app::Application;
 use marketflow::clock::{Clock, ManualClock};
 use marketflow::config::{Config, Secret};
 use marketflow::ctl::{self, CtlArgs};
+use marketflow::startup::Application;
 use serde_json::Value;
 
 const ISV: &str = "ctl-isv-key";

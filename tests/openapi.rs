@@ -6,9 +6,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use marketflow::app::Application;
 use marketflow::config::{Config, Secret};
 use marketflow::http::routes::ROUTES;
+use marketflow::startup::Application;
 use serde_json::Value;
 
 struct TestApp {

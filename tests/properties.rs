@@ -17,13 +17,13 @@ use marketflow::aliyun::spi::{
     InstanceId, SpiRequest, MAX_ID_LEN, TIME_FORMAT,
 };
 use marketflow::aliyun::token::{spi_token, verify_spi_token, TokenError};
-use marketflow::app::{Application, Overrides, BUILTIN_WORKFLOWS};
 use marketflow::clock::{Clock, ManualClock};
 use marketflow::config::{Config, Secret};
 use marketflow::domain::ids::{Email, InvitationId, Name, OrgId, Password, Role, UserId};
 use marketflow::domain::pricing::{Catalog as Prices, MilliCu};
 use marketflow::engine::definition::{Catalog, Definition};
 use marketflow::engine::EntityKey;
+use marketflow::startup::{Application, Overrides, BUILTIN_WORKFLOWS};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{TestCaseError, TestRunner};

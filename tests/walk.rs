@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use marketflow::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
-use marketflow::app::{Application, Overrides};
 use marketflow::clock::{Clock, ScaledClock};
 use marketflow::config::{Config, Secret};
+use marketflow::startup::{Application, Overrides};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use marketflow::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
 use marketflow::aliyun::token::spi_token;
-use marketflow::app::{Application, Overrides};
 use marketflow::clock::{Clock, ManualClock};
 use marketflow::config::{Config, NamedTokens, Secret};
+use marketflow::startup::{Application, Overrides};
 use serde_json::{json, Value};
 
 pub const ISV: &str = "lifecycle-isv-key";

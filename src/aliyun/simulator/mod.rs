@@ -295,7 +295,7 @@ fn validate_config(config: &SimulatorConfig) -> Result<(Duration, Duration), Err
 }
 
 /// Binds the simulator and starts serving, its SPI caller and its activation loop. Call it inside
-/// a tokio runtime (an actix system, like [`crate::app::Application::build`], or
+/// a tokio runtime (an actix system, like [`crate::startup::Application::build`], or
 /// `#[actix_rt::test]`). It does not handle signals: [`run`] does, and in-process users stop it
 /// through [`RunningSimulator::stop`] or a [`SimulatorHandle`].
 pub async fn start(config: SimulatorConfig) -> Result<RunningSimulator, Error> {
