@@ -155,12 +155,6 @@ async fn failing_subscription(w: &World, ali_uid: &str) -> (String, String) {
     (id, call)
 }
 
-async fn audit(w: &World) -> Vec<Value> {
-    let (s, v) = w.api(Method::GET, "/api/v1/ops/audit", Some(OP), None).await;
-    assert_eq!(s, 200, "{v}");
-    v["items"].as_array().cloned().unwrap_or_default()
-}
-
 #[actix_rt::test]
 async fn login_sessions_and_the_redirect_without_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -380,11 +374,7 @@ async fn a_named_token_logs_in_as_its_owner_whatever_the_form_says() {
     let r = shared.post(&format!("{org}/actions/freeze"), &[("reason", "again"), ("csrf", &csrf)], None).await;
     assert_eq!(r.status, 200, "{}", r.body);
 
-    let trail: Vec<(String, String)> = audit(&w)
-        .await
-        .iter()
-        .map(|e| (e["operator"].as_str().unwrap_or("").into(), e["action"].as_str().unwrap_or("").into()))
-        .collect();
+    let trail = w.audit_trail().await;
     let row = |o: &str, a: &str| (o.to_string(), a.to_string());
     assert_eq!(trail, [row("Dana Ops", "freeze"), row("bob", "unfreeze"), row("alice", "freeze")]);
     let path = format!("/api/v1/ops/entities/organization/{}/journal?limit=1000", owner.org_id);
@@ -550,7 +540,7 @@ async fn the_entity_page_and_actions_audited_with_the_operator_name() {
     assert_eq!((r.status, r.code_of("action-result").as_deref()), (400, Some("reason_required")), "{}", r.body);
     let r = b.post(&action("reboot"), &[("reason", "x"), ("csrf", &csrf)], None).await;
     assert_eq!((r.status, r.code_of("action-result").as_deref()), (400, Some("unknown_action")));
-    assert!(audit(&w).await.is_empty(), "refused actions are not audited");
+    assert!(w.audit().await.is_empty(), "refused actions are not audited");
     assert_eq!(w.entity(&id).await.1["paused"], false);
 
     // Retry the failed call (the marketplace answers again): done, audited as Dana Ops.
@@ -583,7 +573,8 @@ async fn the_entity_page_and_actions_audited_with_the_operator_name() {
     assert_eq!((r.status, r.code_of("action-result").as_deref()), (409, Some("not_applicable")));
 
     // The audit trail (API and console page), newest first, with who and why.
-    let trail: Vec<(String, String, String)> = audit(&w)
+    let trail: Vec<(String, String, String)> = w
+        .audit()
         .await
         .iter()
         .map(|e| {

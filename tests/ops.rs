@@ -86,12 +86,6 @@ async fn failed_poll(w: &World) -> (String, String) {
     (id, call["id"].as_str().expect("a call id").to_string())
 }
 
-async fn audit(w: &World) -> Vec<Value> {
-    let (s, v) = w.api(Method::GET, "/api/v1/ops/audit", Some(OP), None).await;
-    assert_eq!(s, 200, "{v}");
-    v["items"].as_array().cloned().unwrap_or_default()
-}
-
 #[actix_rt::test]
 async fn retry_and_cancel_a_failed_call_with_the_audit_trail() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,7 +131,7 @@ async fn retry_and_cancel_a_failed_call_with_the_audit_trail() {
     }
     let err = ctl(&w, "alice", &["action", &entity, "retry", "--call", &call]).await.unwrap_err();
     assert!(err.to_string().contains("reason_required"), "{err}");
-    assert!(audit(&w).await.is_empty(), "refused actions are not audited");
+    assert!(w.audit().await.is_empty(), "refused actions are not audited");
     assert_eq!(show(&w, &entity).await["needs_attention"], true);
 
     // Retry once the marketplace answers again: the poll succeeds, nothing needs attention any more.
@@ -167,7 +161,7 @@ async fn retry_and_cancel_a_failed_call_with_the_audit_trail() {
     assert_eq!(v["state"], "opening", "the workflow goes on waiting for its next poll: {v}");
 
     // The audit trail, newest first, says who did what and why — through the API and `ctl audit`.
-    let trail = audit(&w).await;
+    let trail = w.audit().await;
     let rows: Vec<(&str, &str, &str, &str)> = trail
         .iter()
         .map(|e| {
@@ -227,7 +221,7 @@ async fn pause_holds_timers_until_resume() {
         v["data"]["polls"].as_u64().unwrap_or(0) > polls
     })
     .await;
-    let actions: Vec<String> = audit(&w).await.iter().map(|e| e["action"].as_str().unwrap_or("").into()).collect();
+    let actions: Vec<String> = w.audit().await.iter().map(|e| e["action"].as_str().unwrap_or("").into()).collect();
     assert_eq!(actions, ["resume", "pause"]);
     // Both are in the entity's journal with the operator and the reason as their cause.
     let (_, j) = w.api(Method::GET, &format!("/api/v1/ops/entities/{entity}/journal?limit=1000"), Some(OP), None).await;
@@ -280,7 +274,8 @@ async fn freeze_and_unfreeze_an_organization() {
     assert_eq!(billing["status"], "active", "{billing}");
     assert!(billing["switch_deadline"].is_string(), "an hour to bind a subscription: {billing}");
 
-    let trail: Vec<(String, String)> = audit(&w)
+    let trail: Vec<(String, String)> = w
+        .audit()
         .await
         .iter()
         .map(|e| (e["action"].as_str().unwrap_or("").into(), e["operator"].as_str().unwrap_or("").into()))
@@ -310,11 +305,7 @@ async fn a_named_token_is_its_owner_whatever_x_operator_says() {
     let (s, v) = act(&w, Some(OP), &entity, "freeze", json!({ "reason": "again" })).await;
     assert_eq!(s, 200, "{v}");
 
-    let trail: Vec<(String, String)> = audit(&w)
-        .await
-        .iter()
-        .map(|e| (e["operator"].as_str().unwrap_or("").into(), e["action"].as_str().unwrap_or("").into()))
-        .collect();
+    let trail = w.audit_trail().await;
     let row = |o: &str, a: &str| (o.to_string(), a.to_string());
     assert_eq!(trail, [row("carol", "freeze"), row("alice", "unfreeze"), row("alice", "freeze")]);
     let (_, j) =

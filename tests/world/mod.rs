@@ -368,6 +368,19 @@ impl World {
 }
 
 impl World {
+    /// The operators' audit trail, newest first.
+    pub async fn audit(&self) -> Vec<Value> {
+        let (s, v) = self.api(reqwest::Method::GET, "/api/v1/ops/audit", Some(OP), None).await;
+        assert_eq!(s, 200, "{v}");
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The audit trail as (operator, action), newest first.
+    pub async fn audit_trail(&self) -> Vec<(String, String)> {
+        let field = |e: &Value, k: &str| e[k].as_str().unwrap_or("").to_string();
+        self.audit().await.iter().map(|e| (field(e, "operator"), field(e, "action"))).collect()
+    }
+
     /// An organization's workflow state, from the ops API.
     pub async fn org_state(&self, org: &str) -> String {
         let (_, v) =
