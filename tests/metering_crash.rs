@@ -183,26 +183,59 @@ async fn a_push_interrupted_by_a_crash_is_not_pushed_again() {
         (v["binding"]["status"] == "bound").then_some(v)
     })
     .await;
-    // Ten minutes of 2 CU, reported now: the window that holds them closes at the next hour (+ 5 min settle).
-    let (_, h) = call(&http, reqwest::Method::GET, format!("{service}/healthz"), None, None).await;
-    let now: DateTime<Utc> = h["now"].as_str().unwrap().parse().unwrap();
+    // Ten minutes of 2 CU from the start of billing, reported once they have passed on the service's clock (at
+    // 600× a few milliseconds are seconds of service time: usage ending "now" may overlap billing by less than a
+    // unit, which is carried, not pushed).
+    let m = until("billing to start", 20, || async {
+        let (_, m) =
+            call(&http, reqwest::Method::GET, format!("{service}/api/v1/ops/entities/metering/{id}"), Some(OP), None)
+                .await;
+        (m["state"] == "billing").then_some(m)
+    })
+    .await;
+    let from: DateTime<Utc> = serde_json::from_value(m["data"]["next_start"].clone()).unwrap();
+    let to = from + TimeDelta::minutes(10);
+    until("ten minutes of billing", 20, || async {
+        let (_, h) = call(&http, reqwest::Method::GET, format!("{service}/healthz"), None, None).await;
+        let now: Option<DateTime<Utc>> = h["now"].as_str().and_then(|n| n.parse().ok());
+        now.filter(|n| *n >= to).map(|_| Value::Null)
+    })
+    .await;
     let (s, v) = call(
         &http,
         reqwest::Method::POST,
         format!("{service}/api/v1/usage"),
         Some(SVC),
         Some(json!({"record_id": "u1", "org_id": org, "resource_id": "c1", "cu_type": "performance", "cu": 2.0,
-                    "start": now - TimeDelta::minutes(10), "end": now})),
+                    "start": from, "end": to})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
 
     // The push reaches the marketplace, then the service aborts before committing its result.
-    let status = until("the crash at the failpoint", 30, || {
-        let exited = svc.child.try_wait().ok().flatten();
-        async move { exited.map(|s| json!(format!("{s:?}"))) }
-    })
-    .await;
+    // The window holding the usage may close two service hours from now (a bind in the last five minutes of an
+    // hour joins the next one: 12.5 s), and a push may take its 20 s timeout before the failpoint.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = svc.child.try_wait().ok().flatten() {
+            break format!("{s:?}");
+        }
+        if Instant::now() > deadline {
+            let (_, m) = call(
+                &http,
+                reqwest::Method::GET,
+                format!("{service}/api/v1/ops/entities/metering/{id}"),
+                Some(OP),
+                None,
+            )
+            .await;
+            let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+            let tail: String =
+                log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            panic!("timed out waiting for the crash at the failpoint\nmetering: {m:#}\nserve.log:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let received = || async {
         let (_, m) =
             call(&http, reqwest::Method::GET, format!("{sim_url}/sim/metering?instance_id={id}"), None, None).await;
