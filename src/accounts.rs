@@ -34,6 +34,46 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// The organization created with the account (the user is its Owner).
     pub home_org: OrgId,
+    /// When the user opened the link mailed to `email`; `None` until then. Accounts of the builds before
+    /// verification load as unverified: an address nobody proved is not trusted because it is old.
+    #[serde(default)]
+    pub email_verified_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    /// Whether the user proved that `email` is theirs.
+    pub fn verified(&self) -> bool {
+        self.email_verified_at.is_some()
+    }
+}
+
+/// How long a verification link works (service clock).
+pub const VERIFICATION_TTL: TimeDelta = TimeDelta::hours(24);
+
+/// A mailed verification link, stored under its token's digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Verification {
+    user_id: UserId,
+    /// The address the link went to: a link verifies that address only.
+    email: Email,
+    expires_at: DateTime<Utc>,
+}
+
+/// An organization an operator created for a user whose address is not verified yet: made when it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingOrg {
+    name: Name,
+    /// The operator who asked.
+    by: String,
+    at: DateTime<Utc>,
+}
+
+/// What became of an operator's organization creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgCreation {
+    Created,
+    /// The owner's address is not verified: the organization is made once it is.
+    WaitingForVerification,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +97,18 @@ pub enum Error {
     /// Every password hashing slot is taken and the queue is full; nothing was done.
     #[error("the service is busy hashing passwords; try again shortly")]
     Busy,
+    /// The caller's e-mail address is not verified; nothing was done.
+    #[error("verify your e-mail address first: open the link mailed to you (or ask for a new one)")]
+    EmailUnverified,
+    /// The address is verified already; no mail was sent.
+    #[error("this e-mail address is verified already")]
+    AlreadyVerified,
+    /// The link is unknown, used, expired, or for an address the account no longer has.
+    #[error("this verification link is not valid (used, expired, or never sent); ask for a new one")]
+    InvalidVerification,
+    /// No SMTP server is configured: a verification mail cannot be sent.
+    #[error("mail cannot be sent: no SMTP server is configured")]
+    MailUnavailable,
     #[error("engine: {0}")]
     Engine(#[from] crate::engine::Error),
     #[error("storage: {0}")]
@@ -71,6 +123,10 @@ impl Error {
             Error::Unauthenticated => "unauthenticated",
             Error::RateLimited { .. } => "rate_limited",
             Error::Busy => "busy",
+            Error::EmailUnverified => "email_unverified",
+            Error::AlreadyVerified => "already_verified",
+            Error::InvalidVerification => "invalid_verification_link",
+            Error::MailUnavailable => "mail_unavailable",
             Error::Engine(e) => e.code(),
             Error::Storage(_) => "storage_unavailable",
         }
@@ -100,7 +156,17 @@ pub struct Accounts {
     /// Places for callers waiting for a hashing slot ([`HASH_QUEUE_PER_CORE`] per core); without one a caller
     /// is told to come back (`Busy`).
     queue: Arc<tokio::sync::Semaphore>,
+    /// Sends verification links; the same mailer for the whole process.
+    mailer: Arc<crate::mail::Mailer>,
+    /// The base of the links in mail (`MARKETFLOW_PUBLIC_URL`, no trailing slash).
+    public_url: String,
+    /// Verification mails asked for again, per user: each goes to an address the user may not own, so they are
+    /// few (a stranger registering someone's address cannot flood its mailbox).
+    resends: crate::ratelimit::Bucket<UserId>,
 }
+
+/// Verification mails a user may ask for again, per minute.
+const RESENDS_PER_MINUTE: u32 = 2;
 
 /// Log-ins and registrations that may wait for a hashing slot, per core.
 const HASH_QUEUE_PER_CORE: usize = 16;
@@ -111,6 +177,7 @@ pub fn sweep_rules() -> Vec<crate::engine::sweep::Rule> {
     let rule = |kind, prefix, field, grace| Rule { kind, prefix, field, grace, clock: Service };
     vec![
         rule("session", "session/", "expires_at", TimeDelta::zero()),
+        rule("email_verification", "email-verify/", "expires_at", TimeDelta::zero()),
         rule("pending_grant", "pending-grant/", "expires_at", TimeDelta::zero()),
         rule("used_link", "sso-link-used/", "keep_until", TimeDelta::zero()),
         // Written by the first builds with the time of use only: kept a day, far past any link's window.
@@ -136,10 +203,22 @@ fn pending_grant_key(nonce: &str) -> Vec<u8> {
 fn sso_used_key(link: &SsoLink) -> Vec<u8> {
     format!("sso-link-used/{}", link.digest()).into_bytes()
 }
+fn verification_key(token: &str) -> Vec<u8> {
+    format!("email-verify/{}", sha256_hex(token)).into_bytes()
+}
+fn pending_orgs_prefix(user: &UserId) -> Vec<u8> {
+    format!("pending-org/{user}/").into_bytes()
+}
 
 impl Accounts {
     /// `logins_per_minute`: log-ins per account (`RateLimits::account`).
-    pub fn new(engine: Engine, logins_per_minute: u32) -> Arc<Self> {
+    /// `public_url`: the base of links in mail.
+    pub fn new(
+        engine: Engine,
+        logins_per_minute: u32,
+        mailer: Arc<crate::mail::Mailer>,
+        public_url: &str,
+    ) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Self {
             engine,
@@ -147,6 +226,9 @@ impl Accounts {
             attempts: crate::ratelimit::Bucket::new(logins_per_minute),
             hashing: Arc::new(tokio::sync::Semaphore::new(cores)),
             queue: Arc::new(tokio::sync::Semaphore::new(cores * HASH_QUEUE_PER_CORE)),
+            mailer,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            resends: crate::ratelimit::Bucket::new(RESENDS_PER_MINUTE),
         })
     }
 
@@ -195,6 +277,7 @@ impl Accounts {
                 password_hash: hash,
                 created_at: self.now(),
                 home_org: OrgId::generate(),
+                email_verified_at: None,
             };
             let mut b = Batch::new();
             b.put(Table::Records, user_key(&user.id), serde_json::to_vec(&user).map_err(storage)?);
@@ -203,7 +286,119 @@ impl Accounts {
             user
         };
         self.ensure_home_org(&user).await?;
+        match self.send_verification(&user).await {
+            Ok(()) | Err(Error::MailUnavailable) => {}
+            // The account exists; the user can ask for the mail again.
+            Err(e) => tracing::warn!(user = %user.id, error = %e, "no verification link for a new account"),
+        }
         Ok(user)
+    }
+
+    /// Stores a fresh verification link for the user's address and mails it (in the background: an SMTP server
+    /// that is slow or down must not hold up registration; a lost mail is asked for again).
+    async fn send_verification(&self, user: &User) -> Result<(), Error> {
+        if !self.mailer.can_send() {
+            return Err(Error::MailUnavailable);
+        }
+        let token = random_token();
+        let v = Verification {
+            user_id: user.id.clone(),
+            email: user.email.clone(),
+            expires_at: self.now() + VERIFICATION_TTL,
+        };
+        let mut b = Batch::new();
+        b.put(Table::Records, verification_key(&token), serde_json::to_vec(&v).map_err(storage)?);
+        self.commit(b).await?;
+        let link = format!("{}/verify-email?token={token}", self.public_url);
+        let (mailer, to, name, id) = (self.mailer.clone(), user.email.clone(), user.name.clone(), user.id.clone());
+        actix_rt::spawn(async move {
+            match mailer.send_verification(&to, &name, &link).await {
+                Ok(()) => tracing::info!(user = %id, "verification link mailed"),
+                Err(e) => tracing::warn!(user = %id, error = %e, "the verification link could not be mailed"),
+            }
+        });
+        Ok(())
+    }
+
+    /// Mails a new verification link to a user who is not verified yet (a few per minute per user).
+    pub async fn resend_verification(&self, user: &User) -> Result<(), Error> {
+        if user.verified() {
+            return Err(Error::AlreadyVerified);
+        }
+        if !self.mailer.can_send() {
+            return Err(Error::MailUnavailable);
+        }
+        self.resends.check(&user.id).map_err(|retry_after| Error::RateLimited { retry_after })?;
+        self.send_verification(user).await
+    }
+
+    /// Verifies the address a link was mailed to. Opening a link twice is fine while it lasts; an unknown,
+    /// expired or stale link (the account's address is another now) is `InvalidVerification`.
+    pub async fn verify_email(&self, token: &str) -> Result<User, Error> {
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidVerification);
+        }
+        let key = verification_key(&token.to_ascii_lowercase());
+        let v: Verification = self.get(Table::Records, &key)?.ok_or(Error::InvalidVerification)?;
+        if v.expires_at <= self.now() {
+            return Err(Error::InvalidVerification);
+        }
+        let mut user = self.user(&v.user_id)?.ok_or(Error::InvalidVerification)?;
+        if user.email != v.email {
+            return Err(Error::InvalidVerification);
+        }
+        if !user.verified() {
+            user.email_verified_at = Some(self.now());
+            let mut b = Batch::new();
+            b.put(Table::Records, user_key(&user.id), serde_json::to_vec(&user).map_err(storage)?);
+            self.commit(b).await?;
+            tracing::info!(user = %user.id, "e-mail address verified");
+        }
+        self.create_pending_orgs(&user).await?;
+        Ok(user)
+    }
+
+    /// Creates an organization an operator asked for, owned by `owner`; while the owner's address is not
+    /// verified it waits, and is made when the owner verifies (or logs in verified, after a crash between).
+    pub async fn create_org_for(
+        &self,
+        org: &OrgId,
+        name: Name,
+        owner: &User,
+        operator: &str,
+    ) -> Result<OrgCreation, Error> {
+        if owner.verified() {
+            self.create_org(org, name, owner, &format!("create-by:{operator}")).await?;
+            return Ok(OrgCreation::Created);
+        }
+        let p = PendingOrg { name, by: operator.to_string(), at: self.now() };
+        let mut key = pending_orgs_prefix(&owner.id);
+        key.extend_from_slice(org.as_str().as_bytes());
+        let mut b = Batch::new();
+        b.put(Table::Records, key, serde_json::to_vec(&p).map_err(storage)?);
+        self.commit(b).await?;
+        Ok(OrgCreation::WaitingForVerification)
+    }
+
+    /// Makes the organizations that waited for `user`'s verification (idempotent: each creation is an input with
+    /// a stable id, and its record goes only after it).
+    async fn create_pending_orgs(&self, user: &User) -> Result<(), Error> {
+        let prefix = pending_orgs_prefix(&user.id);
+        let rows = self
+            .engine
+            .store()
+            .scan(Table::Records, Bound::Included(prefix.clone()), prefix_end(&prefix), 1000, false)
+            .map_err(storage)?;
+        for (k, v) in rows {
+            let Ok(org) = OrgId::parse(String::from_utf8_lossy(&k[prefix.len()..]).to_string()) else { continue };
+            let p: PendingOrg = serde_json::from_slice(&v).map_err(storage)?;
+            self.create_org(&org, p.name, user, &format!("create-by:{}", p.by)).await?;
+            tracing::info!(org = %org, operator = %p.by, "organization created once its owner verified");
+            let mut b = Batch::new();
+            b.delete(Table::Records, k);
+            self.commit(b).await?;
+        }
+        Ok(())
     }
 
     /// Creates the user's own organization if it does not exist yet (idempotent: the registration may have
@@ -247,6 +442,9 @@ impl Accounts {
         }
         let (token, expires_at) = self.open_session(&user.id).await?;
         self.ensure_home_org(&user).await?;
+        if user.verified() {
+            self.create_pending_orgs(&user).await?;
+        }
         Ok((token, expires_at, user))
     }
 

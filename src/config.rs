@@ -193,6 +193,10 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// What `--dev` made up (variable, value): printed to standard output at start-up, never logged.
     pub dev_made_up: Vec<(&'static str, Secret)>,
+    /// Where verification mail goes (`MARKETFLOW_SMTP_URL`); a secret, since the URL may carry a password.
+    pub smtp_url: Option<Secret>,
+    /// The sender of the service's mail (`MARKETFLOW_MAIL_FROM`).
+    pub mail_from: String,
 }
 
 impl Default for Config {
@@ -226,6 +230,8 @@ impl Default for Config {
             body_timeout: crate::http::limits::BODY_TIMEOUT,
             sweep_interval: Duration::from_secs(60),
             dev_made_up: vec![],
+            smtp_url: None,
+            mail_from: "marketflow <no-reply@localhost>".into(),
         }
     }
 }
@@ -342,6 +348,13 @@ pub struct ServeArgs {
     /// Let `--dev` listen on an address other hosts can reach (its development tokens are public).
     #[arg(long, env = "MARKETFLOW_DEV_ALLOW_REMOTE")]
     pub dev_allow_remote: bool,
+    /// Where verification mail goes: `smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS),
+    /// `smtps://user:password@host` (TLS).
+    #[arg(long, env = "MARKETFLOW_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<Secret>,
+    /// The sender of the service's mail, e.g. `marketflow <no-reply@example.com>`.
+    #[arg(long, env = "MARKETFLOW_MAIL_FROM")]
+    pub mail_from: Option<String>,
 }
 
 /// Configuration that cannot be used, in words an operator can act on.
@@ -402,6 +415,10 @@ impl Config {
             c.operator_tokens = Some(NamedTokens::parse(v.expose()));
         }
         c.service_token = secret(&args.service_token).or(c.service_token);
+        c.smtp_url = secret(&args.smtp_url).or(c.smtp_url);
+        if let Some(v) = &args.mail_from {
+            c.mail_from = v.clone();
+        }
         if let Some(v) = args.time_scale {
             c.time_scale = v;
         }

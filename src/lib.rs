@@ -7,7 +7,7 @@
 //! - [`engine`]: definitions as data (`workflows/*.toml`), the pure step of an entity, entity actors and their
 //!   directory, durable timers, the outbox between entities, external calls with retry policies, inspection.
 //!
-//! - [`accounts`]: users, sessions (Argon2id passwords, hashed session tokens), 免登 grants.
+//! - [`accounts`]: users, sessions (Argon2id passwords, hashed session tokens), verified addresses, 免登 grants.
 //! - [`aliyun`]: the marketplace's protocol, pure: SPI tokens and parameters, Market OpenAPI signatures (V3
 //!   `ACS3-HMAC-SHA256` and legacy RPC HMAC-SHA1) and request/response types.
 //! - [`calls`]: the external calls workflows name, performed by the Market OpenAPI client.
@@ -21,6 +21,7 @@
 //!
 //! - [`startup`]: builds and wires the `Application` the same way for `main` and the tests (zero2prod's name, so
 //!   that `app/` can mean the use cases); the persisted clock anchor, the sweeper's rules, the middlewares.
+//! - [`mail`]: the verification links, over SMTP (`lettre`), or to standard output in `--dev`.
 //! - [`ratelimit`]: rate-limit settings (per route class, per account) and bounded token buckets.
 //! - [`usage`]: usage records of Zilliz Cloud's services, stored once by record id, read per window.
 //!
@@ -54,6 +55,7 @@ pub mod domain;
 pub mod engine;
 pub mod failpoint;
 pub mod http;
+pub mod mail;
 pub mod ratelimit;
 pub mod startup;
 pub mod store;

@@ -35,6 +35,8 @@ pub enum Error {
     Simulator(String),
     #[error("{0}")]
     Catalog(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
 }
 
 /// The built-in workflow definitions (the `workflows/` directory at build time).
@@ -169,7 +171,15 @@ impl Application {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         tracing::info!(listen = %config.listen, port, data_dir = %config.data_dir.display(),
             time_scale = config.time_scale, dev = config.dev, "marketflow serving");
-        let accounts = crate::accounts::Accounts::new(engine.clone(), config.rate_limits.account);
+        let mailer = Arc::new(crate::mail::Mailer::new(config.smtp_url.as_ref(), &config.mail_from, config.dev)?);
+        if !mailer.can_send() {
+            tracing::warn!(
+                "no SMTP server (MARKETFLOW_SMTP_URL): e-mail addresses cannot be verified, so invitations cannot \
+                 be accepted and operators' organizations wait for their owners"
+            );
+        }
+        let accounts =
+            crate::accounts::Accounts::new(engine.clone(), config.rate_limits.account, mailer, &config.public_url);
         let limiter = http::limits::Limiter::new(config.rate_limits, config.trusted_proxies.clone());
         let rules = [crate::accounts::sweep_rules(), http::console::sweep_rules()].concat();
         let swept = crate::engine::sweep::start(&engine, rules, config.sweep_interval);

@@ -35,6 +35,8 @@ struct Fixture {
     invitation: String,
     /// The `mf_console` cookie of an operator logged in to the console.
     console: String,
+    /// The query of a mailed verification link (of Carol, who has not opened it).
+    verification: String,
     /// Texts of Alice's that no refusal to Mallory may contain.
     secrets: Vec<String>,
 }
@@ -221,7 +223,8 @@ impl Answer {
 async fn call(w: &World, http: &reqwest::Client, route: &Route, f: &Fixture, who: Who) -> Answer {
     let (path, _) = fill(route, f);
     let method = Method::from_bytes(route.method.as_bytes()).unwrap();
-    let mut r = http.request(method, format!("{}{path}", w.service));
+    let query = if route.path == "/verify-email" { format!("?{}", f.verification) } else { String::new() };
+    let mut r = http.request(method, format!("{}{path}{query}", w.service));
     let mut cookies = vec![format!("mf_csrf={CSRF}")];
     let session = match who {
         Who::Nobody => None,
@@ -308,6 +311,9 @@ async fn fixture(w: &World) -> Fixture {
     let (_, orgs) = w.api(Method::GET, "/api/v1/orgs", Some(&alice.token), None).await;
     let org_name = orgs["orgs"][0]["name"].as_str().unwrap().to_string();
     let console = console_login(w).await;
+    let carol = w.unverified_user("carol").await;
+    let link = w.mail.mail_to(&carol.email).await.verification_link();
+    let verification = link.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
     let secrets = vec![
         alice.email.clone(),
         alice.user_id.clone(),
@@ -318,7 +324,7 @@ async fn fixture(w: &World) -> Fixture {
         invitation.clone(),
         bob.email.clone(),
     ];
-    Fixture { alice, mallory, instance, invitation, console, secrets }
+    Fixture { alice, mallory, instance, invitation, console, verification, secrets }
 }
 
 /// Logs an operator in to the console with the operator token; answers the session cookie's value.
@@ -494,5 +500,117 @@ async fn the_spi_refuses_forged_tokens_and_the_sso_stale_links() {
     let (status, location, _) = follow(link(window - second, ISV), alice.token.clone()).await;
     assert_eq!((status, location), (302, format!("/bind/{instance}")));
     assert_eq!(w.api(Method::GET, &path, Some(&alice.token), None).await.0, 200);
+    w.shutdown().await;
+}
+
+/// An address is trusted only once the link mailed to it was opened: until then the user cannot take an
+/// invitation to it, and an organization an operator creates for it waits. The link comes from a real SMTP
+/// conversation with the test's server.
+#[actix_rt::test]
+async fn invitations_and_operator_organizations_wait_for_a_verified_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let owner = w.user("olga").await;
+    let dan = w.unverified_user("dan").await;
+    let (_, me) = w.api(Method::GET, "/api/v1/me", Some(&dan.token), None).await;
+    assert_eq!(me["email_verified"], false, "{me}");
+    let mail = w.mail.mail_to(&dan.email).await;
+    assert!(mail.data.contains("Subject:"), "{}", mail.data);
+    let link = mail.verification_link();
+    assert!(link.starts_with(&format!("{}/verify-email?token=", w.service)), "{link}");
+
+    // Unverified: the invitation to his address is refused with a code, and nothing changes.
+    let (s, inv) = w
+        .api(
+            Method::POST,
+            &format!("/api/v1/orgs/{}/invitations", owner.org_id),
+            Some(&owner.token),
+            Some(json!({"email": dan.email, "role": "member"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{inv}");
+    let inv = inv["invitation_id"].as_str().unwrap().to_string();
+    let accept = format!("/api/v1/invitations/{inv}/accept");
+    let (s, refused) = w.api(Method::POST, &accept, Some(&dan.token), None).await;
+    assert_eq!((s, refused["code"].as_str()), (403, Some("email_unverified")), "{refused}");
+    let (_, orgs) = w.api(Method::GET, "/api/v1/orgs", Some(&dan.token), None).await;
+    assert_eq!(orgs["orgs"].as_array().unwrap().len(), 1, "only his own organization: {orgs}");
+
+    // An operator's organization for him waits.
+    let (s, waiting) = w
+        .api(Method::POST, "/api/v1/ops/orgs", Some(OP), Some(json!({"name": "Dan's team", "owner_email": dan.email})))
+        .await;
+    assert_eq!((s, waiting["status"].as_str()), (202, Some("waiting_for_verification")), "{waiting}");
+    let team = waiting["org_id"].as_str().unwrap().to_string();
+    let (s, _) = w.api(Method::GET, &format!("/api/v1/ops/entities/organization/{team}"), Some(OP), None).await;
+    assert_eq!(s, 404, "not made before the owner verifies");
+
+    // A made-up or mangled link verifies nothing.
+    for bad in ["0".repeat(64), "zz".repeat(32), String::new(), "ab".to_string()] {
+        let r = w.http.get(format!("{}/verify-email?token={bad}", w.service)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        assert!(r.text().await.unwrap().contains("invalid_verification_link"));
+    }
+    let (_, me) = w.api(Method::GET, "/api/v1/me", Some(&dan.token), None).await;
+    assert_eq!(me["email_verified"], false, "{me}");
+
+    // He asks for the mail again (a second mail arrives), and opens the first link: both work while they last.
+    let (s, sent) = w.api(Method::POST, "/api/v1/me/email-verification", Some(&dan.token), None).await;
+    assert_eq!((s, sent["status"].as_str()), (202, Some("sent")), "{sent}");
+    let second = w.mail.nth_mail_to(&dan.email, 2).await.verification_link();
+    assert_ne!(second, link);
+    let r = w.http.get(&link).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, me) = w.api(Method::GET, "/api/v1/me", Some(&dan.token), None).await;
+    assert_eq!(me["email_verified"], true, "{me}");
+
+    // Verified: the operator's organization is made with him as its Owner, and the invitation is his to take.
+    let (s, e) = w.api(Method::GET, &format!("/api/v1/ops/entities/organization/{team}"), Some(OP), None).await;
+    assert_eq!(s, 200, "{e}");
+    let (s, acc) = w.api(Method::POST, &accept, Some(&dan.token), None).await;
+    assert_eq!(s, 200, "{acc}");
+    let (_, orgs) = w.api(Method::GET, "/api/v1/orgs", Some(&dan.token), None).await;
+    let mut mine: Vec<(String, String)> = orgs["orgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["org_id"].as_str().unwrap().to_string(), o["role"].as_str().unwrap().to_string()))
+        .collect();
+    mine.sort();
+    let mut want = vec![
+        (dan.org_id.clone(), "owner".to_string()),
+        (team.clone(), "owner".to_string()),
+        (owner.org_id.clone(), "member".to_string()),
+    ];
+    want.sort();
+    assert_eq!(mine, want);
+    // Opening a link again changes nothing; asking for another mail is refused now.
+    assert_eq!(w.http.get(&second).send().await.unwrap().status().as_u16(), 200);
+    let (s, again) = w.api(Method::POST, "/api/v1/me/email-verification", Some(&dan.token), None).await;
+    assert_eq!((s, again["code"].as_str()), (409, Some("already_verified")), "{again}");
+    assert_eq!(w.mail.mails_to(&dan.email).len(), 2, "no mail after the refusal");
+    w.shutdown().await;
+}
+
+/// Asking for the verification mail again is bounded per user, so that someone who registered a stranger's
+/// address cannot flood that mailbox.
+#[actix_rt::test]
+async fn verification_mail_cannot_flood_a_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let eve = w.unverified_user("eve").await;
+    let mut statuses = vec![];
+    for _ in 0..6 {
+        let (s, v) = w.api(Method::POST, "/api/v1/me/email-verification", Some(&eve.token), None).await;
+        if s == 429 {
+            assert_eq!(v["code"], "rate_limited", "{v}");
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 4, "{statuses:?}");
+    // The registration's mail and the two asked for; the refused ones sent nothing.
+    w.mail.nth_mail_to(&eve.email, 3).await;
+    assert_eq!(w.mail.mails_to(&eve.email).len(), 3);
     w.shutdown().await;
 }

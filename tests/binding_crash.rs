@@ -35,6 +35,9 @@
 //! MARKETFLOW_BINDING_CRASH_ITERATIONS=100 cargo test --release --test binding_crash -- --nocapture
 //! ```
 
+#[path = "world/smtp.rs"]
+mod smtp;
+
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::fs::File;
@@ -193,6 +196,8 @@ struct Cluster {
     /// Logs of every service run, oldest first.
     service_logs: Mutex<Vec<PathBuf>>,
     http: reqwest::Client,
+    /// The SMTP server the service mails verification links to.
+    mail: smtp::Sink,
 }
 
 impl Cluster {
@@ -218,6 +223,7 @@ impl Cluster {
             sim: None,
             service_logs: Mutex::new(vec![]),
             http,
+            mail: smtp::Sink::start(),
         };
         c.start_service().await;
         // The simulator reads the service's clock at start-up, so it starts second.
@@ -258,6 +264,7 @@ impl Cluster {
     fn service_env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("MARKETFLOW_LISTEN", format!("127.0.0.1:{}", self.service_port)),
+            ("MARKETFLOW_SMTP_URL", self.mail.url()),
             ("MARKETFLOW_DATA_DIR", self.root.join("data").display().to_string()),
             ("MARKETFLOW_PUBLIC_URL", self.service_url()),
             ("MARKETFLOW_ALIYUN_ISV_KEY", ISV.to_string()),
@@ -383,6 +390,15 @@ impl Cluster {
         let reg = self.expect(201, Method::POST, "/api/v1/accounts", None, Some(body)).await;
         let Some(org) = reg["org_id"].as_str() else { self.fail(format!("register {name}: {reg}")) };
         let token = self.login(&email).await;
+        // The address is verified from the mail (an operator's organization for it waits until then).
+        let link = self.mail.mail_to(&email).await.verification_link();
+        let r = match self.http.get(&link).send().await {
+            Ok(r) => r,
+            Err(e) => self.fail(format!("verifying {email}: no answer: {e}")),
+        };
+        if r.status() != 200 {
+            self.fail(format!("verifying {email}: {}", r.status()));
+        }
         User { email, token, org: org.to_string() }
     }
 

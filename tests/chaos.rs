@@ -51,6 +51,8 @@
 //! ```
 
 mod serve;
+#[path = "world/smtp.rs"]
+mod smtp;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -309,6 +311,8 @@ struct Run {
     attention_seen: Mutex<HashMap<String, Instant>>,
     /// One operator pass at a time (the operator task and the calm-down loop both run them).
     operating: tokio::sync::Mutex<()>,
+    /// The SMTP server the service mails verification links to.
+    mail: smtp::Sink,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -535,7 +539,38 @@ impl Run {
             409 if r.retried_lost => {}
             s => return Err(format!("register {}: {s} {}", a.email, r.body)),
         }
-        self.login(user).await.map(|_| ())
+        self.login(user).await?;
+        self.verify(user).await
+    }
+
+    /// Opens the verification link of the latest mail to the user. Asks for the mail again while none came: a
+    /// kill can stop the service between storing the link and sending it.
+    async fn verify(&self, user: usize) -> R<()> {
+        let email = self.users[user].email.clone();
+        let deadline = Instant::now() + CALL_LIMIT;
+        let mut asked = Instant::now();
+        loop {
+            if let Some(m) = self.mail.mails_to(&email).last() {
+                let r = self.call("verify", Method::GET, &m.verification_link(), None, None).await?;
+                return match r.status {
+                    200 => Ok(()),
+                    s => Err(format!("verifying {email}: {s}")),
+                };
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no verification mail to {email} within {CALL_LIMIT:?}"));
+            }
+            if asked.elapsed() > Duration::from_secs(2) {
+                let r = self.as_user(user, Method::POST, "/api/v1/me/email-verification", None).await?;
+                match r.status {
+                    202 | 429 => {}
+                    409 => return Ok(()),
+                    s => return Err(format!("asking for the verification mail of {email}: {s} {}", r.body)),
+                }
+                asked = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A request with the user's session; logs in again when the session has expired (12 service hours).
@@ -1550,7 +1585,9 @@ async fn chaos_many_subscriptions_faults_and_sigkills_converge_without_loss() {
     let (port, sim_port) = (free_port(), free_port());
     let service = format!("http://127.0.0.1:{port}");
     let sim_url = format!("http://127.0.0.1:{sim_port}");
+    let mail = smtp::Sink::start();
     let env: Vec<(String, String)> = [
+        ("MARKETFLOW_SMTP_URL", mail.url()),
         ("MARKETFLOW_LISTEN", format!("127.0.0.1:{port}")),
         ("MARKETFLOW_DATA_DIR", root.join("data").display().to_string()),
         ("MARKETFLOW_PUBLIC_URL", service.clone()),
@@ -1612,6 +1649,7 @@ async fn chaos_many_subscriptions_faults_and_sigkills_converge_without_loss() {
         seq: AtomicU64::new(0),
         attention_seen: Mutex::default(),
         operating: tokio::sync::Mutex::new(()),
+        mail,
     });
     let fail = |what: String, tmp: &mut Option<tempfile::TempDir>| -> ! { run.fail(&what, tmp) };
 

@@ -99,6 +99,8 @@ async fn from_sso_through_registration_to_binding_with_reasons_refusals_and_bill
         user_id: String::new(),
         org_id: String::new(),
     };
+    // The page registered her; the mail the service sent verifies her address, which the invitation needs.
+    w.verify("erin@example.com").await;
     w.join(&frank, &frank.org_id, &erin, "member").await;
     let (_, _, page) = get(&b, &bind_url).await;
     assert!(page.contains("权限不足") && page.contains("组织成员"), "{page}");

@@ -19,6 +19,8 @@
 //! The limit is 512 KiB of log; the whole test takes a few seconds.
 
 mod serve;
+#[path = "world/smtp.rs"]
+mod smtp;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -116,9 +118,10 @@ impl Client {
     }
 }
 
-fn env(root: &Path) -> Vec<(String, String)> {
+fn env(root: &Path, smtp: &str) -> Vec<(String, String)> {
     let port = free_port();
     [
+        ("MARKETFLOW_SMTP_URL", smtp.to_string()),
         ("MARKETFLOW_DATA_DIR", root.join("data").display().to_string()),
         ("MARKETFLOW_PUBLIC_URL", "http://127.0.0.1".to_string()),
         ("MARKETFLOW_ALIYUN_ISV_KEY", "storage-isv-key".to_string()),
@@ -181,7 +184,8 @@ async fn a_failing_write_is_refused_and_loses_no_acknowledged_commit() {
     let tmp = tempfile::Builder::new().prefix("storage-faults-").tempdir().expect("a temp dir");
     let root = tmp.path().to_path_buf();
     let port = free_port();
-    let mut env = env(&root);
+    let mail = smtp::Sink::start();
+    let mut env = env(&root, &mail.url());
     env.push(("MARKETFLOW_LISTEN".into(), format!("127.0.0.1:{port}")));
     let mut serve = Serve::new(&root, port, env);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("an HTTP client");
@@ -202,6 +206,12 @@ async fn a_failing_write_is_refused_and_loses_no_acknowledged_commit() {
     assert_eq!(s, 201, "register: {reg}");
     let (s, login) = c.login(&owner_email).await;
     assert_eq!(s, 201, "login: {login}");
+    // The owner verifies the address (operators' organizations for it are made only then). The link names the
+    // public URL, which has no port here: the same path and query on the service's address.
+    let link = mail.mail_to(&owner_email).await.verification_link();
+    let query = link.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let verified = http.get(format!("{}/verify-email?{query}", serve.url())).send().await.expect("the link opens");
+    assert_eq!(verified.status(), 200);
     let owner =
         (owner_email, login["token"].as_str().unwrap().to_string(), reg["org_id"].as_str().unwrap().to_string());
     let now = c.now().await;

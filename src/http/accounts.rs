@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorBody};
 use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::session::{bearer_token, CurrentUser, SESSION_COOKIE, SSO_COOKIE};
 use super::AppState;
-use crate::accounts::User;
+use crate::accounts::{OrgCreation, User};
 use crate::domain::ids::{Email, InvitationId, Name, OrgId, Password, Role, UserId};
 use crate::domain::organization::{self, FrozenReason, HistoryEntry, Organization, OrganizationEvent};
 use crate::engine::{Cause, EntityKey, Input, Status};
@@ -23,7 +23,19 @@ pub const ALIYUN_BILL_URL: &str = "https://usercenter2.aliyun.com/finance/expens
 
 /// The accounts' part of the API description (and the operators' organization creation).
 #[derive(OpenApi)]
-#[openapi(paths(register, login, logout, me, orgs, invite, billing, leave, accept, ops_create_org))]
+#[openapi(paths(
+    register,
+    login,
+    logout,
+    me,
+    resend_verification,
+    orgs,
+    invite,
+    billing,
+    leave,
+    accept,
+    ops_create_org
+))]
 pub struct AccountsApi;
 
 /// A new account.
@@ -53,6 +65,8 @@ pub struct LoginBody {
 pub struct Registered {
     pub user_id: UserId,
     pub org_id: OrgId,
+    /// Always `false`: a link to verify the address was mailed to it.
+    pub email_verified: bool,
     /// The subscription of a pending 免登 grant (the `mf_sso` cookie) now given to this user.
     pub granted_instance: Option<String>,
 }
@@ -73,6 +87,16 @@ pub struct Me {
     pub user_id: UserId,
     pub email: Email,
     pub name: Name,
+    /// Whether the address was verified (the link mailed to it was opened); invitations need it.
+    pub email_verified: bool,
+}
+
+/// A verification mail on its way.
+#[derive(Serialize, ToSchema)]
+pub struct VerificationSent {
+    /// Always `sent`: the link goes to the account's address and works for 24 hours.
+    #[schema(example = "sent")]
+    pub status: &'static str,
 }
 
 /// The caller's organizations.
@@ -118,6 +142,10 @@ pub struct OrgCreated {
     pub org_id: OrgId,
     /// The Owner.
     pub owner: UserId,
+    /// `created`, or `waiting_for_verification`: the owner's address is not verified yet, and the organization
+    /// is made when it is.
+    #[schema(example = "created")]
+    pub status: &'static str,
 }
 
 /// A workflow's reply read through the type that describes it, so that the answer cannot drift from the
@@ -196,6 +224,7 @@ async fn register(
     Ok(HttpResponse::Created().cookie(cleared(SSO_COOKIE)).json(Registered {
         user_id: user.id,
         org_id: user.home_org,
+        email_verified: user.email_verified_at.is_some(),
         granted_instance: instance,
     }))
 }
@@ -254,7 +283,25 @@ async fn logout(state: web::Data<AppState>, req: HttpRequest, _u: CurrentUser) -
         (status = 503, response = Unavailable),
     ))]
 async fn me(CurrentUser(user): CurrentUser) -> HttpResponse {
-    HttpResponse::Ok().json(Me { user_id: user.id, email: user.email, name: user.name })
+    let email_verified = user.verified();
+    HttpResponse::Ok().json(Me { user_id: user.id, email: user.email, name: user.name, email_verified })
+}
+
+/// Mails a new link that verifies the caller's address (a few per minute; earlier links keep working).
+#[utoipa::path(post, path = "/api/v1/me/email-verification", tag = "accounts",
+    security(("session_token" = [])),
+    responses(
+        (status = 202, body = VerificationSent),
+        (status = 401, response = Unauthorized),
+        (status = 409, body = ErrorBody, description = "`already_verified`"),
+        (status = 503, body = ErrorBody, description = "`mail_unavailable`: no SMTP server is configured; or the store could not answer"),
+    ))]
+async fn resend_verification(
+    state: web::Data<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> Result<HttpResponse, ApiError> {
+    state.accounts.resend_verification(&user).await?;
+    Ok(HttpResponse::Accepted().json(VerificationSent { status: "sent" }))
 }
 
 /// The caller's organizations with their role and billing status.
@@ -382,7 +429,7 @@ async fn invite(
         (status = 200, body = InvitationAccepted),
         (status = 400, body = ErrorBody, description = "`invalid_id`"),
         (status = 401, response = Unauthorized),
-        (status = 403, body = ErrorBody, description = "`invitation_for_another_user`"),
+        (status = 403, body = ErrorBody, description = "`invitation_for_another_user`, or `email_unverified`: the caller's address is not verified"),
         (status = 404, body = ErrorBody, description = "`invitation_not_found`"),
         (status = 409, body = ErrorBody, description = "`already_member`, `invitation_expired`, `too_many_members` or `paused`"),
         (status = 422, body = ErrorBody, description = "the organization refused (`rejected`, `invalid_input`)"),
@@ -394,6 +441,10 @@ async fn accept(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let invitation = InvitationId::parse(path.into_inner())?;
+    // An invitation names an address; only someone who proved the address is theirs may take it.
+    if !user.verified() {
+        return Err(crate::accounts::Error::EmailUnverified.into());
+    }
     let key = crate::domain::organization::invitation_index_key(&invitation);
     let org = state
         .engine
@@ -567,11 +618,13 @@ pub struct OpsOrgBody {
     owner_email: String,
 }
 
-/// Creates an organization for a registered user (support's answer to "I belong to no organization").
+/// Creates an organization for a registered user (support's answer to "I belong to no organization"). While the
+/// user's address is not verified the organization waits (`202`) and is made when it is.
 #[utoipa::path(post, path = "/api/v1/ops/orgs", tag = "operators", request_body = OpsOrgBody,
     security(("operator" = [])),
     responses(
         (status = 201, body = OrgCreated),
+        (status = 202, body = OrgCreated, description = "`waiting_for_verification`: made once the owner verifies the address"),
         (status = 400, body = ErrorBody, description = "`invalid_json`, `invalid_name` or `invalid_email`"),
         (status = 401, response = Unauthorized),
         (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
@@ -592,9 +645,20 @@ pub async fn ops_create_org(
         .user_by_email(&email)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no user with this e-mail"))?;
     let org = OrgId::generate();
-    state.accounts.create_org(&org, name, &owner, &format!("create-by:{}", op.name)).await?;
-    tracing::info!(org = %org, operator = %op.name, "organization created by an operator");
-    Ok(HttpResponse::Created().json(OrgCreated { org_id: org, owner: owner.id }))
+    match state.accounts.create_org_for(&org, name, &owner, &op.name).await? {
+        OrgCreation::Created => {
+            tracing::info!(org = %org, operator = %op.name, "organization created by an operator");
+            Ok(HttpResponse::Created().json(OrgCreated { org_id: org, owner: owner.id, status: "created" }))
+        }
+        OrgCreation::WaitingForVerification => {
+            tracing::info!(org = %org, operator = %op.name, "organization waits for its owner's verification");
+            Ok(HttpResponse::Accepted().json(OrgCreated {
+                org_id: org,
+                owner: owner.id,
+                status: "waiting_for_verification",
+            }))
+        }
+    }
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -602,6 +666,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/sessions", web::post().to(login))
         .route("/sessions/current", web::delete().to(logout))
         .route("/me", web::get().to(me))
+        .route("/me/email-verification", web::post().to(resend_verification))
         .route("/orgs", web::get().to(orgs))
         .route("/orgs/{org_id}/invitations", web::post().to(invite))
         .route("/orgs/{org_id}/billing", web::get().to(billing))

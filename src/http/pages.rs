@@ -307,6 +307,17 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("err_invalid_id", "组织 ID 不正确。", "Not a valid organization id."),
     ("err_generic", "操作未完成，请稍后重试。", "That did not work; please try again."),
     ("err_payload_too_large", "提交的内容过大。", "The form is too large."),
+    ("email_verified_title", "邮箱已验证", "E-mail address verified"),
+    (
+        "email_verified_text",
+        "您的邮箱地址已验证，现在可以接受组织的邀请。",
+        "Your e-mail address is verified: you can now accept invitations to organizations.",
+    ),
+    (
+        "err_invalid_verification_link",
+        "该验证链接无效（已过期或从未发送）。请登录后重新获取验证邮件。",
+        "This verification link is not valid (expired, or never sent). Log in and ask for a new mail.",
+    ),
 ];
 
 fn tr(lang: Lang, key: &str) -> &'static str {
@@ -356,6 +367,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
         login_post,
         register_get,
         register_post,
+        verify_email,
         logout_post,
         bind_get,
         bind_post,
@@ -878,6 +890,30 @@ async fn register_get(state: web::Data<AppState>, req: HttpRequest) -> HttpRespo
     auth_page(&ctx, &req, "register.html", StatusCode::OK, next.as_deref(), None, json!({ "email": "", "name": "" }))
 }
 
+/// The link mailed to a new address: opening it verifies the address (opening it again changes nothing). A GET,
+/// because that is what a mail link is; the 256-bit token is the credential, and only the mailbox has it.
+#[utoipa::path(get, path = "/verify-email", tag = "pages",
+    params(("token" = String, Query, description = "the token of the mailed link (64 hex digits)"), ("lang" = Option<String>, Query, description = "`zh` or `en`")),
+    responses(
+        (status = 200, description = "The address is verified", content_type = "text/html"),
+        (status = 400, description = "`invalid_verification_link`: unknown, expired, or for an address the account no longer has", content_type = "text/html"),
+        (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html"),
+    ))]
+async fn verify_email(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    #[derive(serde::Deserialize)]
+    struct Query {
+        token: Option<String>,
+    }
+    let ctx = Ctx::new(&state, &req);
+    let token = web::Query::<Query>::from_query(req.query_string()).ok().and_then(|q| q.0.token).unwrap_or_default();
+    match state.accounts.verify_email(&token).await {
+        Ok(_) => {
+            ctx.message(None, StatusCode::OK, "email_verified_title", "email_verified_text", Some(("/", ctx.t("home"))))
+        }
+        Err(e) => ctx.api_error(None, &e.into()),
+    }
+}
+
 /// Registers from the form and logs the new user in.
 #[utoipa::path(post, path = "/register", tag = "pages",
     request_body(content = PageRegisterForm, content_type = "application/x-www-form-urlencoded"),
@@ -1322,6 +1358,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(register_get))
                 .route(web::post().to(register_post)),
         )
+        .route("/verify-email", web::get().to(verify_email))
         .service(web::resource("/logout").app_data(limit()).route(web::post().to(logout_post)))
         .service(
             web::resource("/bind/{instance_id}")

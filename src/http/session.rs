@@ -63,6 +63,10 @@ impl From<crate::accounts::Error> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
             }
             E::RateLimited { retry_after } => super::limits::rate_limited(retry_after),
+            E::EmailUnverified => ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()),
+            E::AlreadyVerified => ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string()),
+            E::InvalidVerification => ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
+            E::MailUnavailable => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
             E::Busy => {
                 let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string());
                 err.retry_after = Some(1);

@@ -418,7 +418,8 @@ async fn open_connections_are_capped_per_address() {
 }
 
 /// `serve --dev` prints where the service and its console are and the secrets it made up to standard output,
-/// and never to the log.
+/// and never to the log; without an SMTP server it prints a new account's verification link there too, and the
+/// link works.
 #[actix_rt::test]
 async fn dev_mode_prints_its_made_up_secrets_to_stdout_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -445,12 +446,27 @@ async fn dev_mode_prints_its_made_up_secrets_to_stdout_only() {
         assert!(Instant::now() < deadline, "no banner: {text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"email": "dev@example.com", "password": "correct horse battery", "name": "Dev"});
+    let r = http.post(format!("http://127.0.0.1:{port}/api/v1/accounts")).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let link = loop {
+        let text = std::fs::read_to_string(dir.path().join("stdout")).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with("mail to dev@example.com")) {
+            break line.rsplit(' ').next().unwrap_or_default().to_string();
+        }
+        assert!(Instant::now() < deadline, "no verification link on stdout: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(link.starts_with(&format!("http://127.0.0.1:{port}/verify-email?token=")), "{link}");
+    assert_eq!(http.get(&link).send().await.unwrap().status().as_u16(), 200);
+    let token = link.rsplit('=').next().unwrap_or_default().to_string();
     let _ = child.kill();
     let _ = child.wait();
     assert!(stdout.contains(&format!("http://127.0.0.1:{port}/console")), "{stdout}");
     assert!(stdout.contains("MARKETFLOW_OPERATOR_TOKEN=dev-operator-token"), "{stdout}");
     let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
-    for secret in ["dev-operator-token", "dev-service-token", "dev-isv-key", "dev-access-key-secret"] {
+    for secret in ["dev-operator-token", "dev-service-token", "dev-isv-key", "dev-access-key-secret", &token] {
         assert!(!log.contains(secret), "`{secret}` in the log");
     }
 }

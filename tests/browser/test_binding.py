@@ -26,7 +26,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from email import message_from_bytes, policy
+
 import pytest
+from aiosmtpd.controller import Controller
 from playwright.sync_api import expect, sync_playwright
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -70,10 +73,44 @@ def call(method, url, body=None, token=None, timeout=10):
         return status, None
 
 
+class Mailbox:
+    """A real SMTP server (aiosmtpd) on a free port: the service mails its verification links here."""
+
+    def __init__(self):
+        self.messages = []
+        self.controller = Controller(self, hostname="127.0.0.1", port=free_port())
+        self.controller.start()
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(([r.lower() for r in envelope.rcpt_tos], envelope.original_content or envelope.content))
+        return "250 OK"
+
+    @property
+    def url(self):
+        return f"smtp://127.0.0.1:{self.controller.port}"
+
+    def verification_link(self, to, timeout=10):
+        """The link in the latest mail to `to`, waiting for the mail to arrive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for rcpts, raw in reversed(self.messages):
+                if to.lower() in rcpts:
+                    body = message_from_bytes(raw, policy=policy.default).get_body(("plain",)).get_content()
+                    m = re.search(r"https?://\S+/verify-email\?token=[0-9a-f]{64}", body)
+                    assert m, body
+                    return m.group(0)
+            assert time.monotonic() < deadline, f"no mail to {to} in {timeout} s"
+            time.sleep(0.02)
+
+    def stop(self):
+        self.controller.stop()
+
+
 class Service:
     """`marketflow serve --dev` as a child process: the service and the simulator on free ports."""
 
     def __init__(self, workdir):
+        self.mailbox = Mailbox()
         binary = os.environ.get("MARKETFLOW_BIN") or os.path.join(REPO, "target", "release", "marketflow")
         if not os.path.isabs(binary):
             binary = os.path.join(REPO, binary)
@@ -92,6 +129,7 @@ class Service:
                 "MARKETFLOW_TIME_SCALE": TIME_SCALE,
                 # 10 service minutes are one real second at this scale: give the browser time to follow the link.
                 "MARKETFLOW_SSO_WINDOW": "24h",
+                "MARKETFLOW_SMTP_URL": self.mailbox.url,
                 "RUST_LOG": env.get("RUST_LOG", "info"),
             }
         )
@@ -131,6 +169,7 @@ class Service:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.log.close()
+        self.mailbox.stop()
 
     def api(self, method, path, body=None, token=None):
         return call(method, f"{self.url}{path}", body, token)
@@ -241,7 +280,15 @@ def test_register_from_sso_bind_and_see_the_billing_overview(service, browser, s
         "POST", f"/api/v1/orgs/{other['org_id']}/invitations", {"email": email, "role": "member"}, token=other_token
     )
     assert status == 201, inv
+    # The invitation is for a verified address only: the buyer opens the link the service mailed, in a new tab.
     buyer_token = service.login(email)
+    status, refused = service.api("POST", f"/api/v1/invitations/{inv['invitation_id']}/accept", token=buyer_token)
+    assert (status, refused["code"]) == (403, "email_unverified"), refused
+    tab = ctx.new_page()
+    tab.goto(service.mailbox.verification_link(email))
+    expect(tab.locator("h1")).to_have_text("邮箱已验证")
+    tab.screenshot(path=os.path.join(shots, "2a-email-verified.png"), full_page=True)
+    tab.close()
     status, acc = service.api("POST", f"/api/v1/invitations/{inv['invitation_id']}/accept", token=buyer_token)
     assert status == 200, acc
 

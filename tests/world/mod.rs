@@ -15,6 +15,8 @@ use marketflow::config::{Config, NamedTokens, Secret};
 use marketflow::startup::{Application, Overrides};
 use serde_json::{json, Value};
 
+pub mod smtp;
+
 pub const ISV: &str = "lifecycle-isv-key";
 pub const OP: &str = "lifecycle-operator";
 pub const SVC: &str = "lifecycle-service";
@@ -34,6 +36,8 @@ pub struct World {
     pub operator_token: String,
     /// `MARKETFLOW_OPERATOR_TOKENS` of the next start (none unless a test sets them).
     pub operator_tokens: Option<String>,
+    /// The SMTP server the service mails verification links to.
+    pub mail: smtp::Sink,
 }
 
 impl World {
@@ -71,6 +75,7 @@ impl World {
             http: reqwest::Client::new(),
             operator_token: OP.to_string(),
             operator_tokens: named.map(String::from),
+            mail: smtp::Sink::start(),
         };
         w.start_service(Some(listener)).await;
         w
@@ -88,6 +93,7 @@ impl World {
             operator_token: Some(Secret::new(self.operator_token.clone())),
             operator_tokens: self.operator_tokens.as_deref().map(NamedTokens::parse),
             service_token: Some(Secret::new(SVC)),
+            smtp_url: Some(Secret::new(self.mail.url())),
             // Ended records go within a moment of the manual clock passing their time.
             sweep_interval: Duration::from_millis(50),
             ..Config::default()
@@ -281,8 +287,26 @@ impl World {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// Registers and logs in a user; they own a new organization.
+    /// Registers and logs in a user, who verifies their address from the mail; they own a new organization.
     pub async fn user(&self, name: &str) -> TestUser {
+        let u = self.unverified_user(name).await;
+        self.verify(&u.email).await;
+        u
+    }
+
+    /// Opens the verification link of the latest mail to `email`, as its recipient would.
+    pub async fn verify(&self, email: &str) {
+        let n = self.mail.mails_to(email).len().max(1);
+        let link = self.mail.nth_mail_to(email, n).await.verification_link();
+        assert!(link.starts_with(&self.service), "{link}");
+        let resp = self.http.get(&link).send().await.expect("the verification page answers");
+        let status = resp.status().as_u16();
+        let page = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "verify {email}: {page}");
+    }
+
+    /// Registers and logs in a user who has not opened the mailed link yet.
+    pub async fn unverified_user(&self, name: &str) -> TestUser {
         let email = format!("{name}@example.com");
         let (s, reg) = self
             .api(
