@@ -62,8 +62,8 @@ fn engine_run(dir: &std::path::Path, entities: usize, concurrency: usize, total:
             }
             created += n;
         }
-        let groups_before = engine.committer().stats.groups.load(std::sync::atomic::Ordering::Relaxed);
-        let commits_before = engine.committer().stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+        let groups_before = engine.commit_stats().groups.load(std::sync::atomic::Ordering::Relaxed);
+        let commits_before = engine.commit_stats().commits.load(std::sync::atomic::Ordering::Relaxed);
         let start = Instant::now();
         let mut sent = 0usize;
         let mut next = 0usize;
@@ -85,8 +85,8 @@ fn engine_run(dir: &std::path::Path, entities: usize, concurrency: usize, total:
             sent += n;
         }
         let secs = start.elapsed().as_secs_f64();
-        let groups = engine.committer().stats.groups.load(std::sync::atomic::Ordering::Relaxed) - groups_before;
-        let commits = engine.committer().stats.commits.load(std::sync::atomic::Ordering::Relaxed) - commits_before;
+        let groups = engine.commit_stats().groups.load(std::sync::atomic::Ordering::Relaxed) - groups_before;
+        let commits = engine.commit_stats().commits.load(std::sync::atomic::Ordering::Relaxed) - commits_before;
         engine.shutdown();
         (total as f64 / secs, commits as f64 / groups.max(1) as f64)
     })

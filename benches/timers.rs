@@ -150,7 +150,7 @@ fn child_fire(p: &Params) {
         let fired = || engine.stats().timers_fired.load(Ordering::Relaxed) as usize;
         let per_slice = p.entities / SLICES;
         let limit = Duration::from_secs(900);
-        let cs = &engine.committer().stats;
+        let cs = engine.commit_stats();
         let group_counters = || {
             (
                 cs.groups.load(Ordering::Relaxed),

@@ -51,7 +51,7 @@ fn engine_round(dir: &std::path::Path, entities: usize, per_entity: usize, windo
             e.send(keys[i].clone(), common::ev("open", json!({"type": "open", "amount": 100})))
         })
         .await;
-        let stats = &engine.committer().stats;
+        let stats = engine.commit_stats();
         let (g0, c0, us0) = (
             stats.groups.load(Ordering::Relaxed),
             stats.commits.load(Ordering::Relaxed),

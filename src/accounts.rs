@@ -4,21 +4,19 @@
 //! Passwords are hashed with Argon2id (memory-hard) off the async threads. Session tokens are random 256-bit
 //! values; only their SHA-256 is stored, so a copy of the store does not log anyone in.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::aliyun::token::SsoLink;
 use crate::domain::ids::{Email, Name, OrgId, Password, Role, UserId};
 use crate::domain::organization::{self, OrganizationEvent};
+use crate::engine::records::{RecordTable, Writes};
 use crate::engine::{Cause, Engine, EntityKey, Input, Status};
-use crate::store::{prefix_end, Batch, Table};
 
 /// How long a session lasts.
 pub const SESSION_TTL: TimeDelta = TimeDelta::hours(12);
@@ -81,6 +79,45 @@ struct Session {
     user_id: UserId,
     expires_at: DateTime<Utc>,
 }
+
+/// A subscription a user may see (they came through its 免登 link).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Grant {
+    at: DateTime<Utc>,
+}
+
+/// A 免登 grant waiting for the browser's user to log in or register.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingGrant {
+    instance: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// A used 免登 link; kept until its window has passed on the clock the check reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UsedLink {
+    at: DateTime<Utc>,
+    keep_until: DateTime<Utc>,
+}
+
+/// `user/{user}`.
+const USERS: RecordTable<User> = RecordTable::records("user/");
+/// `email/{address}`: the user of an address (one account per address).
+const EMAILS: RecordTable<UserId> = RecordTable::index("email/");
+/// `session/{sha256 of the token}`.
+const SESSIONS: RecordTable<Session> = RecordTable::records("session/");
+/// `grant/{user}/{instance}`.
+const GRANTS: RecordTable<Grant> = RecordTable::records("grant/");
+/// `pending-grant/{sha256 of the cookie's nonce}`.
+const PENDING_GRANTS: RecordTable<PendingGrant> = RecordTable::records("pending-grant/");
+/// `sso-link-used/{digest of the signed tuple}`.
+const USED_LINKS: RecordTable<UsedLink> = RecordTable::records("sso-link-used/");
+/// `sso-used/{token}`: used links as the first builds recorded them (the lower-cased token alone).
+const LEGACY_USED_LINKS: RecordTable<serde_json::Value> = RecordTable::records("sso-used/");
+/// `email-verify/{sha256 of the link's token}`.
+const VERIFICATIONS: RecordTable<Verification> = RecordTable::records("email-verify/");
+/// `pending-org/{user}/{org}`: operators' organizations waiting for their owner's verification.
+const PENDING_ORGS: RecordTable<PendingOrg> = RecordTable::records("pending-org/");
 
 /// Why an account operation failed. `code()` is what clients see.
 #[derive(Debug, thiserror::Error)]
@@ -173,41 +210,15 @@ const HASH_QUEUE_PER_CORE: usize = 16;
 
 /// What of the accounts' records ends, and when: swept by the engine ([`crate::engine::sweep`]).
 pub fn sweep_rules() -> Vec<crate::engine::sweep::Rule> {
-    use crate::engine::sweep::{Rule, RuleClock::Service};
-    let rule = |kind, prefix, field, grace| Rule { kind, prefix, field, grace, clock: Service };
+    use crate::engine::sweep::RuleClock::Service;
     vec![
-        rule("session", "session/", "expires_at", TimeDelta::zero()),
-        rule("email_verification", "email-verify/", "expires_at", TimeDelta::zero()),
-        rule("pending_grant", "pending-grant/", "expires_at", TimeDelta::zero()),
-        rule("used_link", "sso-link-used/", "keep_until", TimeDelta::zero()),
+        SESSIONS.sweep("session", "expires_at", TimeDelta::zero(), Service),
+        VERIFICATIONS.sweep("email_verification", "expires_at", TimeDelta::zero(), Service),
+        PENDING_GRANTS.sweep("pending_grant", "expires_at", TimeDelta::zero(), Service),
+        USED_LINKS.sweep("used_link", "keep_until", TimeDelta::zero(), Service),
         // Written by the first builds with the time of use only: kept a day, far past any link's window.
-        rule("used_link", "sso-used/", "at", TimeDelta::days(1)),
+        LEGACY_USED_LINKS.sweep("used_link", "at", TimeDelta::days(1), Service),
     ]
-}
-
-fn user_key(id: &UserId) -> Vec<u8> {
-    format!("user/{id}").into_bytes()
-}
-fn email_key(email: &Email) -> Vec<u8> {
-    format!("email/{email}").into_bytes()
-}
-fn session_key(token: &str) -> Vec<u8> {
-    format!("session/{}", sha256_hex(token)).into_bytes()
-}
-fn grant_key(user: &UserId, instance: &str) -> Vec<u8> {
-    format!("grant/{user}/{instance}").into_bytes()
-}
-fn pending_grant_key(nonce: &str) -> Vec<u8> {
-    format!("pending-grant/{}", sha256_hex(nonce)).into_bytes()
-}
-fn sso_used_key(link: &SsoLink) -> Vec<u8> {
-    format!("sso-link-used/{}", link.digest()).into_bytes()
-}
-fn verification_key(token: &str) -> Vec<u8> {
-    format!("email-verify/{}", sha256_hex(token)).into_bytes()
-}
-fn pending_orgs_prefix(user: &UserId) -> Vec<u8> {
-    format!("pending-org/{user}/").into_bytes()
 }
 
 impl Accounts {
@@ -251,15 +262,8 @@ impl Accounts {
         self.engine.clock().now()
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, Error> {
-        match self.engine.store().get(table, key).map_err(storage)? {
-            Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(storage)?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn commit(&self, batch: Batch) -> Result<(), Error> {
-        self.engine.committer().commit(batch).await.map_err(|e| Error::Engine(e.into()))
+    async fn commit(&self, w: Writes) -> Result<(), Error> {
+        self.engine.write(w).await.map_err(Error::Engine)
     }
 
     /// Creates a user and their organization (they become its Owner).
@@ -267,7 +271,7 @@ impl Accounts {
         let hash = self.hash_slot(move || hash_password(password)).await??;
         let user = {
             let _guard = self.register_lock.lock().await;
-            if self.get::<UserId>(Table::Index, &email_key(&email))?.is_some() {
+            if EMAILS.exists(&self.engine, &[email.as_str()])? {
                 return Err(Error::EmailTaken);
             }
             let user = User {
@@ -279,10 +283,10 @@ impl Accounts {
                 home_org: OrgId::generate(),
                 email_verified_at: None,
             };
-            let mut b = Batch::new();
-            b.put(Table::Records, user_key(&user.id), serde_json::to_vec(&user).map_err(storage)?);
-            b.put(Table::Index, email_key(&email), serde_json::to_vec(&user.id).map_err(storage)?);
-            self.commit(b).await?;
+            let mut w = Writes::new();
+            USERS.put(&mut w, &[user.id.as_str()], &user)?;
+            EMAILS.put(&mut w, &[email.as_str()], &user.id)?;
+            self.commit(w).await?;
             user
         };
         self.ensure_home_org(&user).await?;
@@ -306,9 +310,9 @@ impl Accounts {
             email: user.email.clone(),
             expires_at: self.now() + VERIFICATION_TTL,
         };
-        let mut b = Batch::new();
-        b.put(Table::Records, verification_key(&token), serde_json::to_vec(&v).map_err(storage)?);
-        self.commit(b).await?;
+        let mut w = Writes::new();
+        VERIFICATIONS.put(&mut w, &[&sha256_hex(&token)], &v)?;
+        self.commit(w).await?;
         let link = format!("{}/verify-email?token={token}", self.public_url);
         let (mailer, to, name, id) = (self.mailer.clone(), user.email.clone(), user.name.clone(), user.id.clone());
         actix_rt::spawn(async move {
@@ -338,8 +342,8 @@ impl Accounts {
         if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::InvalidVerification);
         }
-        let key = verification_key(&token.to_ascii_lowercase());
-        let v: Verification = self.get(Table::Records, &key)?.ok_or(Error::InvalidVerification)?;
+        let key = sha256_hex(&token.to_ascii_lowercase());
+        let v = VERIFICATIONS.get(&self.engine, &[&key])?.ok_or(Error::InvalidVerification)?;
         if v.expires_at <= self.now() {
             return Err(Error::InvalidVerification);
         }
@@ -349,9 +353,9 @@ impl Accounts {
         }
         if !user.verified() {
             user.email_verified_at = Some(self.now());
-            let mut b = Batch::new();
-            b.put(Table::Records, user_key(&user.id), serde_json::to_vec(&user).map_err(storage)?);
-            self.commit(b).await?;
+            let mut w = Writes::new();
+            USERS.put(&mut w, &[user.id.as_str()], &user)?;
+            self.commit(w).await?;
             tracing::info!(user = %user.id, "e-mail address verified");
         }
         self.create_pending_orgs(&user).await?;
@@ -372,31 +376,22 @@ impl Accounts {
             return Ok(OrgCreation::Created);
         }
         let p = PendingOrg { name, by: operator.to_string(), at: self.now() };
-        let mut key = pending_orgs_prefix(&owner.id);
-        key.extend_from_slice(org.as_str().as_bytes());
-        let mut b = Batch::new();
-        b.put(Table::Records, key, serde_json::to_vec(&p).map_err(storage)?);
-        self.commit(b).await?;
+        let mut w = Writes::new();
+        PENDING_ORGS.put(&mut w, &[owner.id.as_str(), org.as_str()], &p)?;
+        self.commit(w).await?;
         Ok(OrgCreation::WaitingForVerification)
     }
 
     /// Makes the organizations that waited for `user`'s verification (idempotent: each creation is an input with
     /// a stable id, and its record goes only after it).
     async fn create_pending_orgs(&self, user: &User) -> Result<(), Error> {
-        let prefix = pending_orgs_prefix(&user.id);
-        let rows = self
-            .engine
-            .store()
-            .scan(Table::Records, Bound::Included(prefix.clone()), prefix_end(&prefix), 1000, false)
-            .map_err(storage)?;
-        for (k, v) in rows {
-            let Ok(org) = OrgId::parse(String::from_utf8_lossy(&k[prefix.len()..]).to_string()) else { continue };
-            let p: PendingOrg = serde_json::from_slice(&v).map_err(storage)?;
+        for (org, p) in PENDING_ORGS.list(&self.engine, &[user.id.as_str()], 1000, false)? {
+            let Ok(org) = OrgId::parse(org) else { continue };
             self.create_org(&org, p.name, user, &format!("create-by:{}", p.by)).await?;
             tracing::info!(org = %org, operator = %p.by, "organization created once its owner verified");
-            let mut b = Batch::new();
-            b.delete(Table::Records, k);
-            self.commit(b).await?;
+            let mut w = Writes::new();
+            PENDING_ORGS.delete(&mut w, &[user.id.as_str(), org.as_str()])?;
+            self.commit(w).await?;
         }
         Ok(())
     }
@@ -451,10 +446,9 @@ impl Accounts {
     async fn open_session(&self, user: &UserId) -> Result<(String, DateTime<Utc>), Error> {
         let token = random_token();
         let expires_at = self.now() + SESSION_TTL;
-        let mut b = Batch::new();
-        let s = Session { user_id: user.clone(), expires_at };
-        b.put(Table::Records, session_key(&token), serde_json::to_vec(&s).map_err(storage)?);
-        self.commit(b).await?;
+        let mut w = Writes::new();
+        SESSIONS.put(&mut w, &[&sha256_hex(&token)], &Session { user_id: user.clone(), expires_at })?;
+        self.commit(w).await?;
         Ok((token, expires_at))
     }
 
@@ -463,7 +457,7 @@ impl Accounts {
         if token.is_empty() || token.len() > 128 {
             return Err(Error::Unauthenticated);
         }
-        let s: Session = self.get(Table::Records, &session_key(token))?.ok_or(Error::Unauthenticated)?;
+        let s = SESSIONS.get(&self.engine, &[&sha256_hex(token)])?.ok_or(Error::Unauthenticated)?;
         if s.expires_at <= self.now() {
             return Err(Error::Unauthenticated);
         }
@@ -471,17 +465,17 @@ impl Accounts {
     }
 
     pub async fn logout(&self, token: &str) -> Result<(), Error> {
-        let mut b = Batch::new();
-        b.delete(Table::Records, session_key(token));
-        self.commit(b).await
+        let mut w = Writes::new();
+        SESSIONS.delete(&mut w, &[&sha256_hex(token)])?;
+        self.commit(w).await
     }
 
     pub fn user(&self, id: &UserId) -> Result<Option<User>, Error> {
-        self.get(Table::Records, &user_key(id))
+        Ok(USERS.get(&self.engine, &[id.as_str()])?)
     }
 
     pub fn user_by_email(&self, email: &Email) -> Result<Option<User>, Error> {
-        match self.get::<UserId>(Table::Index, &email_key(email))? {
+        match EMAILS.get(&self.engine, &[email.as_str()])? {
             Some(id) => self.user(&id),
             None => Ok(None),
         }
@@ -489,82 +483,57 @@ impl Accounts {
 
     /// The organizations a user belongs to, with their role (from the organization workflow's index).
     pub fn orgs_of(&self, user: &UserId) -> Result<Vec<(OrgId, Role)>, Error> {
-        let prefix = format!("member/{user}/").into_bytes();
-        let rows = self
-            .engine
-            .store()
-            .scan(Table::Index, Bound::Included(prefix.clone()), prefix_end(&prefix), 1000, false)
-            .map_err(storage)?;
-        let mut out = Vec::new();
-        for (k, v) in rows {
-            let org = String::from_utf8_lossy(&k[prefix.len()..]).to_string();
-            let role: serde_json::Value = serde_json::from_slice(&v).map_err(storage)?;
-            let role = role.get("role").and_then(|r| r.as_str()).and_then(|r| Role::parse(r).ok());
-            if let (Ok(org), Some(role)) = (OrgId::parse(org), role) {
-                out.push((org, role));
-            }
-        }
-        Ok(out)
+        let rows = organization::MEMBERS.list(&self.engine, &[user.as_str()], 1000, false)?;
+        Ok(rows.into_iter().filter_map(|(org, row)| OrgId::parse(org).ok().map(|org| (org, row.role))).collect())
     }
 
     /// Records that `user` may see subscription `instance` (they came through its 免登 link).
     pub async fn grant(&self, user: &UserId, instance: &str) -> Result<(), Error> {
-        let mut b = Batch::new();
-        b.put(
-            Table::Records,
-            grant_key(user, instance),
-            serde_json::to_vec(&json!({ "at": self.now() })).map_err(storage)?,
-        );
-        self.commit(b).await
+        let mut w = Writes::new();
+        GRANTS.put(&mut w, &[user.as_str(), instance], &Grant { at: self.now() })?;
+        self.commit(w).await
     }
 
     pub fn has_grant(&self, user: &UserId, instance: &str) -> Result<bool, Error> {
-        Ok(self.engine.store().get(Table::Records, &grant_key(user, instance)).map_err(storage)?.is_some())
+        Ok(GRANTS.exists(&self.engine, &[user.as_str(), instance])?)
     }
 
     /// The subscriptions a user came to through 免登.
     pub fn granted(&self, user: &UserId) -> Result<Vec<String>, Error> {
-        let prefix = format!("grant/{user}/").into_bytes();
-        let rows = self
-            .engine
-            .store()
-            .scan(Table::Records, Bound::Included(prefix.clone()), prefix_end(&prefix), 1000, false)
-            .map_err(storage)?;
-        Ok(rows.iter().map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).to_string()).collect())
+        Ok(GRANTS
+            .list(&self.engine, &[user.as_str()], 1000, false)?
+            .into_iter()
+            .map(|(instance, _)| instance)
+            .collect())
     }
 
     /// A grant for a browser that has no session yet: a nonce for its cookie, redeemed at login or registration.
     pub async fn pending_grant(&self, instance: &str) -> Result<String, Error> {
         let nonce = random_token();
-        let mut b = Batch::new();
-        let v = json!({ "instance": instance, "expires_at": self.now() + TimeDelta::hours(1) });
-        b.put(Table::Records, pending_grant_key(&nonce), serde_json::to_vec(&v).map_err(storage)?);
-        self.commit(b).await?;
+        let mut w = Writes::new();
+        let p = PendingGrant { instance: instance.to_string(), expires_at: self.now() + TimeDelta::hours(1) };
+        PENDING_GRANTS.put(&mut w, &[&sha256_hex(&nonce)], &p)?;
+        self.commit(w).await?;
         Ok(nonce)
     }
 
     /// Turns a browser's pending grant into the user's grant; returns the instance.
     pub async fn redeem_pending_grant(&self, nonce: &str, user: &UserId) -> Result<Option<String>, Error> {
-        let Some(v) = self.get::<serde_json::Value>(Table::Records, &pending_grant_key(nonce))? else {
+        if nonce.is_empty() {
             return Ok(None);
-        };
-        let expires = v.get("expires_at").and_then(|e| serde_json::from_value::<DateTime<Utc>>(e.clone()).ok());
-        let Some(instance) = v.get("instance").and_then(|i| i.as_str()).map(String::from) else {
-            return Ok(None);
-        };
-        let mut b = Batch::new();
-        b.delete(Table::Records, pending_grant_key(nonce));
-        if expires.is_some_and(|e| e > self.now()) {
-            b.put(
-                Table::Records,
-                grant_key(user, &instance),
-                serde_json::to_vec(&json!({ "at": self.now() })).map_err(storage)?,
-            );
-            self.commit(b).await?;
-            return Ok(Some(instance));
         }
-        self.commit(b).await?;
-        Ok(None)
+        let key = sha256_hex(nonce);
+        let Some(p) = PENDING_GRANTS.get(&self.engine, &[&key])? else {
+            return Ok(None);
+        };
+        let mut w = Writes::new();
+        PENDING_GRANTS.delete(&mut w, &[&key])?;
+        let live = p.expires_at > self.now();
+        if live {
+            GRANTS.put(&mut w, &[user.as_str(), &p.instance], &Grant { at: self.now() })?;
+        }
+        self.commit(w).await?;
+        Ok(live.then_some(p.instance))
     }
 
     /// Marks a 免登 link as used; `false` if it was used before (a replayed link). The record says until when it
@@ -572,19 +541,17 @@ impl Accounts {
     /// refuses the link anyway, so a record swept then cannot let it be replayed.
     pub async fn use_sso_link(&self, link: &SsoLink, keep_until: DateTime<Utc>) -> Result<bool, Error> {
         let _guard = self.register_lock.lock().await;
-        let key = sso_used_key(link);
+        let digest = link.digest();
         // The build before keyed the record on the lower-cased token alone: a link used just before an upgrade
         // is still within its window after it.
-        let legacy = format!("sso-used/{}", link.token.as_str()).into_bytes();
-        for k in [&key, &legacy] {
-            if self.engine.store().get(Table::Records, k).map_err(storage)?.is_some() {
-                return Ok(false);
-            }
+        if USED_LINKS.exists(&self.engine, &[&digest])?
+            || LEGACY_USED_LINKS.exists(&self.engine, &[link.token.as_str()])?
+        {
+            return Ok(false);
         }
-        let mut b = Batch::new();
-        let record = json!({ "at": self.now(), "keep_until": keep_until });
-        b.put(Table::Records, key, serde_json::to_vec(&record).map_err(storage)?);
-        self.commit(b).await?;
+        let mut w = Writes::new();
+        USED_LINKS.put(&mut w, &[&digest], &UsedLink { at: self.now(), keep_until })?;
+        self.commit(w).await?;
         Ok(true)
     }
 }

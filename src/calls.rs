@@ -9,15 +9,15 @@ use crate::aliyun::client::{Error as ClientError, MarketClient};
 use crate::aliyun::market::{LongIdString, MeteringEntity, MeteringRecord};
 use crate::domain::ids::OrgId;
 use crate::domain::pricing::Catalog;
+use crate::engine::records::Records;
 use crate::engine::{CallError, CallHandler, Registry};
-use crate::store::Store;
 
 /// Performs the marketplace calls of the workflows.
 pub struct MarketCalls {
     /// Signs and sends Market OpenAPI requests; its endpoint is the marketplace or the simulator.
     client: Arc<MarketClient>,
     /// Where usage records are read when a window is metered (a read-only query, kept out of the decisions).
-    store: Arc<dyn Store>,
+    records: Records,
     /// Prices of CU types.
     catalog: Arc<Catalog>,
 }
@@ -38,8 +38,8 @@ fn call_error(e: ClientError) -> CallError {
 }
 
 impl MarketCalls {
-    pub fn new(client: MarketClient, store: Arc<dyn Store>, catalog: Arc<Catalog>) -> Self {
-        Self { client: Arc::new(client), store, catalog }
+    pub fn new(client: MarketClient, records: Records, catalog: Arc<Catalog>) -> Self {
+        Self { client: Arc::new(client), records, catalog }
     }
 
     /// Registers a handler for every call this type performs.
@@ -55,7 +55,7 @@ impl CallHandler for MarketCalls {
     fn call(&self, call: &str, request: Value) -> BoxFuture<'static, Result<Value, CallError>> {
         let client = self.client.clone();
         let call = call.to_string();
-        let store = self.store.clone();
+        let records = self.records.clone();
         let catalog = self.catalog.clone();
         Box::pin(async move {
             match call.as_str() {
@@ -81,7 +81,7 @@ impl CallHandler for MarketCalls {
                     let end: chrono::DateTime<chrono::Utc> =
                         serde_json::from_value(parse("end")?).map_err(|e| CallError::permanent(e.to_string()))?;
                     let records =
-                        tokio::task::spawn_blocking(move || crate::usage::overlapping(&*store, &org, start, end))
+                        tokio::task::spawn_blocking(move || crate::usage::overlapping(&records, &org, start, end))
                             .await
                             .map_err(|e| CallError::retryable(e.to_string()))?
                             .map_err(CallError::retryable)?;

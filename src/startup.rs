@@ -5,18 +5,16 @@ use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
-use chrono::{DateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::aliyun::client::MarketClient;
 use crate::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
 use crate::calls::MarketCalls;
-use crate::clock::{Clock, ScaledClock, SystemClock};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::pricing::Catalog;
 use crate::engine::{Engine, EngineConfig, Registry};
 use crate::http::{self, AppState};
-use crate::store::{Batch, SledStore, Store, Table};
+use crate::store::{SledStore, Store};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,48 +62,6 @@ pub struct Application {
     simulator: Option<RunningSimulator>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct ClockAnchor {
-    /// Wall-clock time at which service time was `service`.
-    real: DateTime<Utc>,
-    service: DateTime<Utc>,
-    scale: f64,
-}
-
-const CLOCK_ANCHOR: &[u8] = b"clock/anchor";
-
-/// The service clock: scaled time continues from the anchor stored with the data, so it never runs backwards
-/// across restarts and the downtime passes at the scale that was in force.
-pub fn service_clock(store: &dyn Store, scale: f64) -> Result<Arc<dyn Clock>, Error> {
-    let real_now = Utc::now();
-    let stored: Option<ClockAnchor> = store
-        .get(Table::Meta, CLOCK_ANCHOR)
-        .map_err(|e| Error::Clock(e.to_string()))?
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let service_now = match stored {
-        Some(a) => {
-            let elapsed = (real_now - a.real).max(TimeDelta::zero());
-            let scaled = TimeDelta::milliseconds((elapsed.num_milliseconds() as f64 * a.scale) as i64);
-            a.service + scaled
-        }
-        None => real_now,
-    };
-    if scale == 1.0 && service_now <= real_now + TimeDelta::seconds(1) {
-        // Real time: nothing to anchor; forget an old anchor that real time has caught up with.
-        if stored.is_some() {
-            let mut b = Batch::new();
-            b.delete(Table::Meta, CLOCK_ANCHOR.to_vec());
-            store.apply(&[b]).map_err(|e| Error::Clock(e.to_string()))?;
-        }
-        return Ok(Arc::new(SystemClock));
-    }
-    let anchor = ClockAnchor { real: real_now, service: service_now, scale };
-    let mut b = Batch::new();
-    b.put(Table::Meta, CLOCK_ANCHOR.to_vec(), serde_json::to_vec(&anchor).map_err(|e| Error::Clock(e.to_string()))?);
-    store.apply(&[b]).map_err(|e| Error::Clock(e.to_string()))?;
-    Ok(Arc::new(ScaledClock::new(service_now, scale)))
-}
-
 /// The registry of the service's workflows, from the built-in definitions or a directory.
 pub fn registry(config: &Config, store: Arc<dyn Store>, catalog: Arc<Catalog>) -> Result<Registry, Error> {
     let mut r = Registry::new();
@@ -127,7 +83,7 @@ pub fn registry(config: &Config, store: Arc<dyn Store>, catalog: Arc<Catalog>) -
     let id = config.access_key_id.as_deref().ok_or_else(|| Error::Market("no AccessKey ID".into()))?;
     let client = MarketClient::new(&config.aliyun_endpoint, id, secret, std::time::Duration::from_secs(10))
         .map_err(|e| Error::Market(e.to_string()))?;
-    MarketCalls::new(client, store, catalog).register(&mut r);
+    MarketCalls::new(client, crate::engine::records::Records::new(store), catalog).register(&mut r);
     Ok(r)
 }
 
@@ -151,7 +107,7 @@ impl Application {
         );
         let clock = match clock {
             Some(c) => c,
-            None => service_clock(&*store, config.time_scale)?,
+            None => crate::engine::anchor::service_clock(&*store, config.time_scale).map_err(Error::Clock)?,
         };
         let simulator =
             if config.dev_simulator { Some(start_dev_simulator(&mut config, clock.clone()).await?) } else { None };
@@ -183,15 +139,7 @@ impl Application {
         let limiter = http::limits::Limiter::new(config.rate_limits, config.trusted_proxies.clone());
         let rules = [crate::accounts::sweep_rules(), http::console::sweep_rules()].concat();
         let swept = crate::engine::sweep::start(&engine, rules, config.sweep_interval);
-        let state = web::Data::new(AppState {
-            engine: engine.clone(),
-            config,
-            accounts,
-            catalog,
-            limiter,
-            swept,
-            pending: Default::default(),
-        });
+        let state = web::Data::new(AppState { engine: engine.clone(), config, accounts, catalog, limiter, swept });
         let connections = crate::ratelimit::Connections::new(
             state.config.rate_limits.connections,
             state.config.trusted_proxies.clone(),

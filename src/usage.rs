@@ -1,14 +1,16 @@
 //! Usage records reported by Zilliz Cloud's services: validated, stored idempotently by record id, and read back
 //! per organization and window when a window is metered.
 
-use std::ops::Bound;
-
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ids::OrgId;
 use crate::domain::pricing::{numerator, Catalog, MilliCu};
-use crate::store::{keys, Batch, Committer, Store, Table};
+use crate::engine::records::{Records, TimedTable, Writes};
+use crate::engine::Engine;
+
+/// `usage/{org}/{start}{record_id}`, and `usage-id/{record_id}` to find a record by its id.
+const USAGE: TimedTable<UsageRecord> = TimedTable::new("usage/", "usage-id/");
 
 /// The longest interval one record may cover; windows look back this far for overlapping records.
 pub const MAX_RECORD: TimeDelta = TimeDelta::hours(24);
@@ -85,17 +87,6 @@ pub fn parse(
     Ok(UsageRecord { record_id, org_id, resource_id, cu_type, milli_cu, start, end, received_at: now })
 }
 
-fn record_key(r: &UsageRecord) -> Vec<u8> {
-    let mut k = format!("usage/{}/", r.org_id).into_bytes();
-    keys::push_u64(&mut k, keys::time_key(r.start));
-    k.extend_from_slice(r.record_id.as_bytes());
-    k
-}
-
-fn id_key(record_id: &str) -> Vec<u8> {
-    format!("usage-id/{record_id}").into_bytes()
-}
-
 /// Whether a record was new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -105,25 +96,14 @@ pub enum Stored {
 }
 
 /// Stores a record once; a different record under a known id is a conflict.
-pub async fn store(store: &dyn Store, committer: &Committer, r: &UsageRecord) -> Result<Stored, StoreError> {
-    if let Some(existing) =
-        store.get(Table::Index, &id_key(&r.record_id)).map_err(|e| StoreError::Storage(e.to_string()))?
-    {
-        let key: Vec<u8> = existing;
-        let old: Option<UsageRecord> = store
-            .get(Table::Records, &key)
-            .map_err(|e| StoreError::Storage(e.to_string()))?
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        return match old {
-            Some(o) if same(&o, r) => Ok(Stored::Repeated),
-            _ => Err(StoreError::Conflict),
-        };
+pub async fn store(engine: &Engine, r: &UsageRecord) -> Result<Stored, StoreError> {
+    let storage = |e: crate::engine::Error| StoreError::Storage(e.to_string());
+    if let Some(old) = USAGE.find(engine, &r.record_id).map_err(storage)? {
+        return if same(&old, r) { Ok(Stored::Repeated) } else { Err(StoreError::Conflict) };
     }
-    let mut b = Batch::new();
-    let key = record_key(r);
-    b.put(Table::Records, key.clone(), serde_json::to_vec(r).map_err(|e| StoreError::Storage(e.to_string()))?);
-    b.put(Table::Index, id_key(&r.record_id), key);
-    committer.commit(b).await.map_err(|e| StoreError::Storage(e.to_string()))?;
+    let mut w = Writes::new();
+    USAGE.put(&mut w, r.org_id.as_str(), r.start, &r.record_id, r).map_err(storage)?;
+    engine.write(w).await.map_err(storage)?;
     Ok(Stored::New)
 }
 
@@ -146,33 +126,14 @@ pub enum StoreError {
 
 /// The records of `org` that overlap `[ws, we)`.
 pub fn overlapping(
-    store: &dyn Store,
+    records: &impl AsRef<Records>,
     org: &OrgId,
     ws: DateTime<Utc>,
     we: DateTime<Utc>,
 ) -> Result<Vec<UsageRecord>, String> {
-    let prefix = format!("usage/{org}/").into_bytes();
-    let mut from = prefix.clone();
-    keys::push_u64(&mut from, keys::time_key(ws - MAX_RECORD));
-    let mut to = prefix;
-    keys::push_u64(&mut to, keys::time_key(we));
-    let mut out = Vec::new();
-    let mut start = Bound::Included(from);
-    loop {
-        let page =
-            store.scan(Table::Records, start, Bound::Excluded(to.clone()), 1000, false).map_err(|e| e.to_string())?;
-        for (_, v) in &page {
-            if let Ok(r) = serde_json::from_slice::<UsageRecord>(v) {
-                if r.end > ws && r.start < we {
-                    out.push(r);
-                }
-            }
-        }
-        match page.last() {
-            Some((k, _)) if page.len() == 1000 => start = Bound::Excluded(k.clone()),
-            _ => return Ok(out),
-        }
-    }
+    // Keyed by start: a record that overlaps the window started at most MAX_RECORD before it.
+    let rows = USAGE.between(records, org.as_str(), ws - MAX_RECORD, we).map_err(|e| e.to_string())?;
+    Ok(rows.into_iter().filter(|r| r.end > ws && r.start < we).collect())
 }
 
 /// The exact numerators of a window per metering item (`key|assit`).

@@ -45,8 +45,9 @@ use common::harness::*;
 use common::*;
 use futures_util::future::{join_all, BoxFuture};
 use marketflow::clock::{Clock, ManualClock};
+use marketflow::engine::records::{RecordTable, Writes};
 use marketflow::engine::*;
-use marketflow::store::{Batch, Store, Table};
+use marketflow::store::{Store, Table};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -251,9 +252,13 @@ fn child(role: &str) {
 
 /// Moves the clock to `to`, durably first: a restart never starts earlier than any time an entity has seen.
 async fn advance(engine: &Engine, clock: &ManualClock, to: DateTime<Utc>) {
-    let mut b = Batch::new();
-    b.put(Table::Meta, CLOCK_KEY.to_vec(), to.timestamp_millis().to_string().into_bytes());
-    if let Err(err) = engine.committer().commit(b).await {
+    // The same bytes the reader parses: a JSON integer is its decimal digits.
+    const CLOCK: RecordTable<i64> = RecordTable::meta("crash-test/clock");
+    let mut w = Writes::new();
+    if let Err(err) = CLOCK.put(&mut w, &[], &to.timestamp_millis()) {
+        die(&format!("storing the clock: {err}"));
+    }
+    if let Err(err) = engine.write(w).await {
         die(&format!("storing the clock: {err}"));
     }
     clock.set(to);

@@ -7,11 +7,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::ids::{BindingId, Email, InvitationId, Name, Role, UserId};
+use super::ids::{BindingId, Email, InvitationId, Name, OrgId, Role, UserId};
 
 use super::subscription;
 use crate::aliyun::spi::AliUid;
 use crate::engine::definition::Catalog;
+use crate::engine::records::RecordTable;
 use crate::engine::{Cx, EntityKey, Reject, Signal, Workflow};
 
 /// The entity kind.
@@ -227,7 +228,7 @@ fn fit(cx: &mut Cx<'_, Organization>) {
             break;
         }
         if let Some(inv) = cx.data.invitations.remove(&id) {
-            cx.index_delete(invitation_index_key(&id));
+            let _ = INVITATIONS.index_delete(cx, &[id.as_str()]);
             cx.note(format!(
                 "invitation {id} for {} withdrawn: the organization's record was over its size budget",
                 inv.email
@@ -248,14 +249,22 @@ fn entry(at: DateTime<Utc>, kind: &str, detail: impl Into<String>) -> HistoryEnt
     }
 }
 
-/// The index key listing a user's organizations.
-pub fn member_index_key(user: &UserId, org: &str) -> String {
-    format!("member/{user}/{org}")
+/// A user's organizations: `member/{user}/{org}`, with the role (kept by this workflow, read by the accounts).
+pub const MEMBERS: RecordTable<MemberRow> = RecordTable::index("member/");
+
+/// Where an invitation is: `invitation/{invitation}`, the organization that sent it.
+pub const INVITATIONS: RecordTable<InvitationRow> = RecordTable::index("invitation/");
+
+/// A row of [`MEMBERS`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub role: Role,
 }
 
-/// The index key resolving an invitation to its organization.
-pub fn invitation_index_key(invitation: &InvitationId) -> String {
-    format!("invitation/{invitation}")
+/// A row of [`INVITATIONS`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvitationRow {
+    pub org_id: OrgId,
 }
 
 impl Workflow for OrganizationWorkflow {
@@ -345,7 +354,7 @@ impl Workflow for OrganizationWorkflow {
                 cx.data
                     .members
                     .insert(owner.clone(), Member { role: Role::Owner, email: owner_email.clone(), joined_at: now });
-                cx.index_put(member_index_key(owner, &org_id), json!({ "role": Role::Owner }));
+                MEMBERS.index_put(cx, &[owner.as_str(), &org_id], &MemberRow { role: Role::Owner })?;
                 cx.note(format!("organization `{name}` created; {owner} is Owner"));
             }
             ("invite", Signal::Event(E::Invite { invitation_id, email, role, by })) => {
@@ -368,7 +377,10 @@ impl Workflow for OrganizationWorkflow {
                         expires_at: now + INVITATION_TTL,
                     },
                 );
-                cx.index_put(invitation_index_key(invitation_id), json!({ "org_id": org_id }));
+                let row = InvitationRow {
+                    org_id: OrgId::parse(org_id.clone()).map_err(|e| Reject::new("invalid_input", e.to_string()))?,
+                };
+                INVITATIONS.index_put(cx, &[invitation_id.as_str()], &row)?;
                 cx.reply(json!({ "invitation_id": invitation_id, "expires_at": now + INVITATION_TTL }));
                 cx.note(format!("{by} invited {email} as {}", role.as_str()));
             }
@@ -386,8 +398,8 @@ impl Workflow for OrganizationWorkflow {
                 cx.data
                     .members
                     .insert(user_id.clone(), Member { role: inv.role, email: email.clone(), joined_at: now });
-                cx.index_put(member_index_key(user_id, &org_id), json!({ "role": inv.role }));
-                cx.index_delete(invitation_index_key(invitation_id));
+                MEMBERS.index_put(cx, &[user_id.as_str(), &org_id], &MemberRow { role: inv.role })?;
+                INVITATIONS.index_delete(cx, &[invitation_id.as_str()])?;
                 cx.reply(json!({ "org_id": org_id, "role": inv.role }));
                 cx.note(format!("{email} joined as {}", inv.role.as_str()));
             }
@@ -400,7 +412,7 @@ impl Workflow for OrganizationWorkflow {
                     return Err(Reject::new("last_owner", "the last Owner cannot leave while other members remain"));
                 }
                 cx.data.members.remove(user_id);
-                cx.index_delete(member_index_key(user_id, &org_id));
+                MEMBERS.index_delete(cx, &[user_id.as_str(), &org_id])?;
                 cx.reply(json!({ "left": org_id }));
                 cx.note(format!("{user_id} left the organization"));
             }

@@ -7,13 +7,16 @@
 //! come back as inputs. Timers are rows indexed by due time; a firing is consumed by the commit it causes.
 
 pub mod actor;
+pub mod anchor;
 pub mod definition;
 pub mod inspect;
 pub mod model;
+pub mod records;
 pub mod registry;
 pub mod services;
 pub mod step;
 pub mod sweep;
+pub mod telemetry;
 pub mod workflow;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,6 +154,8 @@ pub(crate) struct Inner {
     pub store: Arc<dyn Store>,
     /// The only write path: group commit with fsync.
     pub committer: Committer,
+    /// Read access to the record tables ([`records`]), over `store`.
+    pub records: records::Records,
     /// Service time; every due date is on it.
     pub clock: Arc<dyn Clock>,
     pub registry: Registry,
@@ -164,6 +169,8 @@ pub(crate) struct Inner {
     pub stopping: AtomicBool,
     pub stats: EngineStats,
     pub services: services::Services,
+    /// Histograms, entities by state and pending work, observed on the committer (installed at start).
+    pub telemetry: Arc<telemetry::Telemetry>,
 }
 
 /// The handle to the engine; cheap to clone, shared by HTTP handlers, actors and background services.
@@ -187,6 +194,7 @@ impl Engine {
         clock.subscribe(timer_wake.clone());
         let engine = Engine {
             inner: Arc::new(Inner {
+                records: records::Records::new(store.clone()),
                 store,
                 committer,
                 clock,
@@ -198,8 +206,10 @@ impl Engine {
                 stopping: AtomicBool::new(false),
                 stats: EngineStats::default(),
                 services: services::Services::default(),
+                telemetry: Arc::new(telemetry::Telemetry::new()),
             }),
         };
+        telemetry::install(&engine);
         services::start(&engine);
         Ok(engine)
     }
@@ -208,11 +218,14 @@ impl Engine {
         &self.inner.clock
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The store, for the engine's own modules: everything else reads through [`records`] and the inspection
+    /// API, and writes through [`Engine::write`] or inputs.
+    pub(in crate::engine) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 
-    pub fn committer(&self) -> &Committer {
+    /// The committer, for the engine's own modules (see [`Engine::store`]).
+    pub(in crate::engine) fn committer(&self) -> &Committer {
         &self.inner.committer
     }
 

@@ -16,7 +16,6 @@ use crate::accounts::{OrgCreation, User};
 use crate::domain::ids::{Email, InvitationId, Name, OrgId, Password, Role, UserId};
 use crate::domain::organization::{self, FrozenReason, HistoryEntry, Organization, OrganizationEvent};
 use crate::engine::{Cause, EntityKey, Input, Status};
-use crate::store::Table;
 
 /// The Aliyun bill (费用账单) the billing overview links to.
 pub const ALIYUN_BILL_URL: &str = "https://usercenter2.aliyun.com/finance/expense-report/expense-detail";
@@ -445,16 +444,10 @@ async fn accept(
     if !user.verified() {
         return Err(crate::accounts::Error::EmailUnverified.into());
     }
-    let key = crate::domain::organization::invitation_index_key(&invitation);
-    let org = state
-        .engine
-        .store()
-        .get(Table::Index, key.as_bytes())
-        .map_err(crate::engine::Error::from)?
-        .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
-        .and_then(|v| v.get("org_id").and_then(|o| o.as_str()).map(String::from))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "invitation_not_found", "no such invitation"))?;
-    let org = OrgId::parse(org)?;
+    let org = organization::INVITATIONS
+        .get(&state.engine, &[invitation.as_str()])?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "invitation_not_found", "no such invitation"))?
+        .org_id;
     let body = serde_json::to_value(OrganizationEvent::AcceptInvitation {
         invitation_id: invitation.clone(),
         user_id: user.id.clone(),

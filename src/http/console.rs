@@ -46,8 +46,8 @@ use super::AppState;
 use crate::aliyun::encoding::{encode_query, parse_form, percent_encode};
 use crate::config::OperatorIdentity;
 use crate::engine::inspect::EntityFilter;
+use crate::engine::records::{RecordTable, Writes};
 use crate::engine::{services, EntityKey, Error as EngineError};
-use crate::store::{Batch, Table};
 
 /// The session cookie of the console.
 pub const SESSION_COOKIE: &str = "mf_console";
@@ -145,10 +145,6 @@ impl From<EngineError> for Error {
     fn from(e: EngineError) -> Self {
         Error::Api(e.into())
     }
-}
-
-fn storage(e: impl std::fmt::Display) -> Error {
-    Error::Storage(e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -325,14 +321,13 @@ fn fields(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
 
 /// What of the console's records ends: its sessions, swept by the engine once expired.
 pub fn sweep_rules() -> Vec<crate::engine::sweep::Rule> {
-    vec![crate::engine::sweep::Rule {
-        kind: "console_session",
-        prefix: "console-session/",
-        field: "expires_at",
-        grace: chrono::TimeDelta::zero(),
-        // Console sessions last real hours, whatever the service clock's scale.
-        clock: crate::engine::sweep::RuleClock::Wall,
-    }]
+    // Console sessions last real hours, whatever the service clock's scale.
+    vec![SESSIONS.sweep(
+        "console_session",
+        "expires_at",
+        chrono::TimeDelta::zero(),
+        crate::engine::sweep::RuleClock::Wall,
+    )]
 }
 
 /// A console session as stored (under `console-session/<sha256 of the token>`).
@@ -365,8 +360,11 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
     hex::encode(h.finalize())
 }
 
-fn session_key(token: &str) -> Vec<u8> {
-    format!("console-session/{}", sha256_hex(&[token.as_bytes()])).into_bytes()
+/// `console-session/{sha256 of the cookie's token}`.
+const SESSIONS: RecordTable<StoredSession> = RecordTable::records("console-session/");
+
+fn session_key(token: &str) -> String {
+    sha256_hex(&[token.as_bytes()])
 }
 
 /// What a session keeps of the operator token it was opened with: a digest, domain-separated from every other
@@ -400,11 +398,7 @@ fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Operator>, Erro
     let Some(token) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_string()).filter(|t| is_token(t)) else {
         return Ok(None);
     };
-    let Some(bytes) = state.engine.store().get(Table::Records, &session_key(&token)).map_err(storage)? else {
-        return Ok(None);
-    };
-    let Ok(s) = serde_json::from_slice::<StoredSession>(&bytes) else {
-        tracing::warn!("a console session record does not decode; treating it as logged out");
+    let Some(s) = SESSIONS.get(&state.engine, &[&session_key(&token)])? else {
         return Ok(None);
     };
     if s.expires_at <= Utc::now() {
@@ -603,13 +597,12 @@ async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
         expires_at: now + SESSION_TTL,
         token_digest: operator_token_digest(&form.token),
     };
-    let mut b = Batch::new();
-    match serde_json::to_vec(&session) {
-        Ok(v) => b.put(Table::Records, session_key(&token), v),
-        Err(e) => return message(&state, None, &storage(e), "/console/login"),
+    let mut w = Writes::new();
+    if let Err(e) = SESSIONS.put(&mut w, &[&session_key(&token)], &session) {
+        return message(&state, None, &Error::from(e), "/console/login");
     }
-    if let Err(e) = state.engine.committer().commit(b).await {
-        return message(&state, None, &Error::from(EngineError::from(e)), "/console/login");
+    if let Err(e) = state.engine.write(w).await {
+        return message(&state, None, &Error::from(e), "/console/login");
     }
     tracing::info!(operator = ?name, "operator logged in to the console");
     let mut r = see_other(&console_next(next).unwrap_or_else(|| "/console".into()));
@@ -648,10 +641,12 @@ async fn logout_post(state: web::Data<AppState>, req: HttpRequest, body: web::By
         return message(&state, Some(&op), &e, "/console");
     }
     if let Some(token) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_string()) {
-        let mut b = Batch::new();
-        b.delete(Table::Records, session_key(&token));
-        if let Err(e) = state.engine.committer().commit(b).await {
-            return message(&state, Some(&op), &Error::from(EngineError::from(e)), "/console");
+        let mut w = Writes::new();
+        if let Err(e) = SESSIONS.delete(&mut w, &[&session_key(&token)]) {
+            return message(&state, Some(&op), &Error::from(e), "/console");
+        }
+        if let Err(e) = state.engine.write(w).await {
+            return message(&state, Some(&op), &Error::from(e), "/console");
         }
     }
     tracing::info!(operator = ?op.name, "operator logged out of the console");

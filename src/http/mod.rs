@@ -37,8 +37,6 @@ pub struct AppState {
     pub swept: std::sync::Arc<crate::engine::sweep::SweepStats>,
     /// The rate limits' buckets (per route class and client).
     pub limiter: limits::Limiter,
-    /// The last count of the store's work tables for `/metrics` (see `metrics::pending`), and when it was taken.
-    pub pending: metrics::PendingCache,
 }
 
 /// The probes' part of the API description.

@@ -11,6 +11,7 @@ use super::error::ErrorBody;
 use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::{ApiError, AppState};
 use crate::engine::inspect::{EntityFilter, EntityView, Page, TimerView};
+use crate::engine::records::{RecordTable, Writes};
 use crate::engine::{services, EntityKey, JournalEntry, Status};
 
 /// The operators' part of the API description.
@@ -446,17 +447,21 @@ pub(crate) async fn perform(
     Ok(ActionDone { entity: key.to_string(), action, result })
 }
 
+/// `operator-audit/{time}-{sequence}-{random}`: the operators' actions, service-wide, in time order.
+const AUDIT: RecordTable<AuditEntry> = RecordTable::records("operator-audit/");
+/// `audit/{bytes}`: the trail as the first builds wrote it (the same numbers as big-endian bytes, whose first byte
+/// sorts after every digit): read after the new rows, which are all newer.
+const LEGACY_AUDIT: RecordTable<AuditEntry> = RecordTable::records("audit/");
+
 /// Appends to the service-wide audit trail (the entity's journal has the same fact with its cause).
 async fn audit(state: &AppState, operator: &str, entity: &str, action: &str, reason: &str, result: &serde_json::Value) {
     let now = state.engine.clock().now();
-    let mut key = Vec::new();
-    // Time, then a process-wide sequence (actions at one instant keep their order), then randomness.
+    // Time, then a process-wide sequence (actions at one instant keep their order), then randomness; zero-padded
+    // decimals, so that the keys sort by time.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    crate::store::keys::push_u64(&mut key, crate::store::keys::time_key(now));
-    crate::store::keys::push_u64(&mut key, SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    key.extend_from_slice(&uuid::Uuid::new_v4().as_bytes()[..4]);
-    let mut full = b"audit/".to_vec();
-    full.extend_from_slice(&key);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let random = u32::from_be_bytes(uuid::Uuid::new_v4().as_bytes()[..4].try_into().unwrap_or_default());
+    let key = format!("{:020}-{seq:020}-{random:08x}", now.timestamp_micros().max(0));
     let entry = AuditEntry {
         at: now,
         operator: operator.to_string(),
@@ -465,9 +470,12 @@ async fn audit(state: &AppState, operator: &str, entity: &str, action: &str, rea
         reason: reason.to_string(),
         result: result.clone(),
     };
-    let mut b = crate::store::Batch::new();
-    b.put(crate::store::Table::Records, full, serde_json::to_vec(&entry).unwrap_or_default());
-    if let Err(e) = state.engine.committer().commit(b).await {
+    let mut w = Writes::new();
+    let written = match AUDIT.put(&mut w, &[&key], &entry) {
+        Ok(()) => state.engine.write(w).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
         tracing::error!(error = %e, "could not write the audit trail");
     }
     tracing::info!(operator, entity, action, "operator action");
@@ -521,17 +529,10 @@ async fn audit_trail(
 
 /// The newest `limit` entries of the audit trail (the API above and the console's audit page).
 pub(crate) fn audit_entries(state: &AppState, limit: usize) -> Result<Vec<AuditEntry>, ApiError> {
-    let prefix = b"audit/".to_vec();
-    let rows = state
-        .engine
-        .store()
-        .scan(
-            crate::store::Table::Records,
-            std::ops::Bound::Included(prefix.clone()),
-            crate::store::prefix_end(&prefix),
-            limit,
-            true,
-        )
-        .map_err(crate::engine::Error::from)?;
-    Ok(rows.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect())
+    let mut items: Vec<AuditEntry> = AUDIT.list(&state.engine, &[], limit, true)?.into_iter().map(|(_, e)| e).collect();
+    if items.len() < limit {
+        let older = LEGACY_AUDIT.list(&state.engine, &[], limit - items.len(), true)?;
+        items.extend(older.into_iter().map(|(_, e)| e));
+    }
+    Ok(items)
 }

@@ -86,18 +86,15 @@ async fn post_usage(
     let Some(org_record) = org_record else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "org_not_found", "no such organization"));
     };
-    let stored =
-        usage::store(&**state.engine.store(), state.engine.committer(), &record).await.map_err(|e| match e {
-            StoreError::Conflict => ApiError::new(
-                StatusCode::CONFLICT,
-                "record_conflict",
-                "a different record was stored under this record_id",
-            ),
-            StoreError::Storage(detail) => {
-                tracing::error!(error = %detail, "storing usage failed");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "try again shortly")
-            }
-        })?;
+    let stored = usage::store(&state.engine, &record).await.map_err(|e| match e {
+        StoreError::Conflict => {
+            ApiError::new(StatusCode::CONFLICT, "record_conflict", "a different record was stored under this record_id")
+        }
+        StoreError::Storage(detail) => {
+            tracing::error!(error = %detail, "storing usage failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "try again shortly")
+        }
+    })?;
     // Billed only while the organization pays through an active subscription; otherwise recorded, unbilled.
     let billable = org_record.state == "bound";
     let status = if stored == Stored::New { StatusCode::CREATED } else { StatusCode::OK };
@@ -208,7 +205,7 @@ async fn org_metering(
     // Usage not covered by any window of this organization: recorded, not billed (no bound, active
     // subscription at the time), over the records the service still keeps (the last 7 days).
     let now = state.engine.clock().now();
-    let records = usage::overlapping(&**state.engine.store(), &org, now - usage::MAX_AGE, now + usage::MAX_SKEW)
+    let records = usage::overlapping(&state.engine, &org, now - usage::MAX_AGE, now + usage::MAX_SKEW)
         .map_err(|e| ApiError::from(crate::engine::Error::Storage(e)))?;
     let mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)> = windows.iter().map(|w| (w.start, w.end)).collect();
     intervals.sort();

@@ -1,0 +1,51 @@
+//! The service clock's anchor: scaled time (demos, tests) continues across restarts from the anchor stored with
+//! the data, so that service time never runs backwards and the downtime passes at the scale that was in force.
+//! Read before the engine starts (the engine runs on the clock), so it writes to the store directly.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Clock, ScaledClock, SystemClock};
+use crate::store::{Batch, Store, Table};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct ClockAnchor {
+    /// Wall-clock time at which service time was `service`.
+    real: DateTime<Utc>,
+    service: DateTime<Utc>,
+    scale: f64,
+}
+
+const CLOCK_ANCHOR: &[u8] = b"clock/anchor";
+
+/// The service clock: scaled time continues from the anchor stored with the data, so it never runs backwards
+/// across restarts and the downtime passes at the scale that was in force.
+pub fn service_clock(store: &dyn Store, scale: f64) -> Result<Arc<dyn Clock>, String> {
+    let real_now = Utc::now();
+    let stored: Option<ClockAnchor> =
+        store.get(Table::Meta, CLOCK_ANCHOR).map_err(|e| e.to_string())?.and_then(|b| serde_json::from_slice(&b).ok());
+    let service_now = match stored {
+        Some(a) => {
+            let elapsed = (real_now - a.real).max(TimeDelta::zero());
+            let scaled = TimeDelta::milliseconds((elapsed.num_milliseconds() as f64 * a.scale) as i64);
+            a.service + scaled
+        }
+        None => real_now,
+    };
+    if scale == 1.0 && service_now <= real_now + TimeDelta::seconds(1) {
+        // Real time: nothing to anchor; forget an old anchor that real time has caught up with.
+        if stored.is_some() {
+            let mut b = Batch::new();
+            b.delete(Table::Meta, CLOCK_ANCHOR.to_vec());
+            store.apply(&[b]).map_err(|e| e.to_string())?;
+        }
+        return Ok(Arc::new(SystemClock));
+    }
+    let anchor = ClockAnchor { real: real_now, service: service_now, scale };
+    let mut b = Batch::new();
+    b.put(Table::Meta, CLOCK_ANCHOR.to_vec(), serde_json::to_vec(&anchor).map_err(|e| e.to_string())?);
+    store.apply(&[b]).map_err(|e| e.to_string())?;
+    Ok(Arc::new(ScaledClock::new(service_now, scale)))
+}
