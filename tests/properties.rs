@@ -417,7 +417,9 @@ proptest! {
 // ---------------------------------------------------------------------------------------------------------------
 // The workflow definition loader, on mutated copies of the real definitions.
 
-/// The real definitions with the catalog of the workflow that implements each.
+/// The real definitions with the catalog of the workflow that implements each, without its states: these
+/// properties are about the graph (a dropped or renamed state is found where the graph names it); that a
+/// definition declares exactly the implementation's states is the loader's unit test.
 fn real_definitions() -> Vec<(&'static str, &'static str, Catalog)> {
     let workflows = marketflow::domain::workflows();
     BUILTIN_WORKFLOWS
@@ -426,7 +428,7 @@ fn real_definitions() -> Vec<(&'static str, &'static str, Catalog)> {
             let head: toml::Value = toml::from_str(source).expect("a built-in definition is TOML");
             let name = head["name"].as_str().expect("a name");
             let wf = workflows.iter().find(|w| w.kind() == name).expect("a workflow for each definition");
-            (*file, *source, wf.catalog())
+            (*file, *source, Catalog { states: vec![], ..wf.catalog() })
         })
         .collect()
 }

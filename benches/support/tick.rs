@@ -79,7 +79,13 @@ impl Workflow for Tick {
     }
 
     fn catalog(&self) -> Catalog {
-        Catalog { events: vec!["arm"], guards: vec![], actions: vec!["arm", "observe"], calls: vec!["observe"] }
+        Catalog {
+            states: vec![],
+            events: vec!["arm"],
+            guards: vec![],
+            actions: vec!["arm", "observe"],
+            calls: vec!["observe"],
+        }
     }
 
     fn event_name(&self, _e: &TickEvent) -> String {

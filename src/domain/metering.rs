@@ -14,6 +14,15 @@ use crate::engine::{Cx, Reject, Signal, Workflow};
 
 /// The entity kind (one per subscription, same id).
 pub const KIND: &str = "metering";
+
+states! {
+    /// Metering's states (`workflows/metering.toml`).
+    pub enum State {
+        New = "new",
+        Billing = "billing",
+        Stopped = "stopped",
+    }
+}
 /// The marketplace refuses windows of 5 minutes or less for hourly products.
 pub const MIN_WINDOW: TimeDelta = TimeDelta::minutes(5);
 /// Windows kept in the record (older ones only in the journal and the totals).
@@ -106,6 +115,7 @@ impl Workflow for MeteringWorkflow {
 
     fn catalog(&self) -> Catalog {
         Catalog {
+            states: State::NAMES.to_vec(),
             events: vec!["start", "stop"],
             guards: vec![],
             actions: vec![

@@ -17,6 +17,34 @@ use crate::engine::{Cx, EntityKey, Reject, Signal, Workflow};
 
 /// The entity kind.
 pub const KIND: &str = "organization";
+
+states! {
+    /// An organization's states (`workflows/organization.toml`): its billing status.
+    pub enum State {
+        New = "new",
+        Unbound = "unbound",
+        Bound = "bound",
+        /// The bound subscription was released; the organization runs until the switch window closes.
+        Window = "window",
+        Frozen = "frozen",
+    }
+}
+
+impl State {
+    /// Billable means bound: usage is billed through the marketplace only while a subscription pays for it.
+    pub fn billable(self) -> bool {
+        self == State::Bound
+    }
+
+    /// Billing status as users read it: frozen, or active.
+    pub fn billing_status(self) -> &'static str {
+        if self == State::Frozen {
+            "frozen"
+        } else {
+            "active"
+        }
+    }
+}
 /// At most this many members (the product's limit).
 pub const MAX_MEMBERS: usize = 100;
 /// Invitations expire after this long.
@@ -277,6 +305,7 @@ impl Workflow for OrganizationWorkflow {
 
     fn catalog(&self) -> Catalog {
         Catalog {
+            states: State::NAMES.to_vec(),
             events: vec![
                 "create",
                 "invite",

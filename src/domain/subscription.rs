@@ -17,6 +17,27 @@ use crate::engine::{Cx, Reject, Signal, Workflow};
 /// The entity kind.
 pub const KIND: &str = "subscription";
 
+states! {
+    /// A subscription's states (`workflows/subscription.toml`).
+    pub enum State {
+        New = "new",
+        /// createInstance answered; waiting for the marketplace to report it opened.
+        Opening = "opening",
+        ActivationFailed = "activation_failed",
+        Active = "active",
+        Expired = "expired",
+        Released = "released",
+    }
+}
+
+impl State {
+    /// Listed means active: the purchased list and the binding page show active subscriptions only, as the
+    /// marketplace console does, and only an active one can be bound.
+    pub fn listed(self) -> bool {
+        self == State::Active
+    }
+}
+
 /// What the marketplace told us (and when), kept as the subscription's data.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Subscription {
@@ -162,6 +183,7 @@ impl Workflow for SubscriptionWorkflow {
 
     fn catalog(&self) -> Catalog {
         Catalog {
+            states: State::NAMES.to_vec(),
             events: vec![
                 "create",
                 "order_paid",

@@ -25,6 +25,9 @@ pub struct Error {
 /// The names a workflow implementation provides, to check a definition against.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
+    /// The states the implementation knows (its `State` enum); a definition must declare exactly these. Empty:
+    /// not checked (the engine's own test workflows).
+    pub states: Vec<&'static str>,
     pub events: Vec<&'static str>,
     pub guards: Vec<&'static str>,
     pub actions: Vec<&'static str>,
@@ -251,6 +254,23 @@ impl Definition {
                 description: rs.description.clone(),
             });
         }
+        if !catalog.states.is_empty() {
+            for s in &raw.states {
+                let name = s.get_ref().name.get_ref();
+                if !catalog.states.contains(&name.as_str()) {
+                    return cx.err(
+                        s.get_ref().name.span(),
+                        format!(
+                            "state `{name}` is not a state of the implementation (known: {})",
+                            catalog.states.join(", ")
+                        ),
+                    );
+                }
+            }
+            if let Some(missing) = catalog.states.iter().find(|k| !names.contains(**k)) {
+                return cx.err(0..0, format!("the implementation's state `{missing}` is not declared"));
+            }
+        }
         let known_state = |s: &Spanned<String>, what: &str| -> Result<String, Error> {
             if names.contains(s.get_ref()) {
                 Ok(s.get_ref().clone())
@@ -424,7 +444,13 @@ mod tests {
     use super::*;
 
     fn catalog() -> Catalog {
-        Catalog { events: vec!["go", "stop"], guards: vec!["ready"], actions: vec!["note"], calls: vec!["ping"] }
+        Catalog {
+            states: vec![],
+            events: vec!["go", "stop"],
+            guards: vec!["ready"],
+            actions: vec!["note"],
+            calls: vec!["ping"],
+        }
     }
 
     const GOOD: &str = r#"
@@ -488,6 +514,37 @@ to = "done"
         let c = Definition::parse("c", &GOOD.replace("\"15m\"", "\"16m\""), &catalog()).unwrap();
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_ne!(a.fingerprint, c.fingerprint);
+    }
+
+    /// A definition declares exactly the implementation's states: one too many or one missing refuses it, so a
+    /// renamed state cannot compile into pages that compare the old name.
+    #[test]
+    fn the_states_are_the_implementations() {
+        let with = |states: Vec<&'static str>| Catalog { states, ..catalog() };
+        assert!(Definition::parse("ok", GOOD, &with(vec!["idle", "running", "done"])).is_ok());
+        let extra = Definition::parse("x", GOOD, &with(vec!["idle", "done"])).unwrap_err();
+        assert!(extra.message.contains("state `running` is not a state of the implementation"), "{extra}");
+        let missing = Definition::parse("x", GOOD, &with(vec!["idle", "running", "done", "paused"])).unwrap_err();
+        assert!(missing.message.contains("the implementation's state `paused` is not declared"), "{missing}");
+    }
+
+    /// The built-in definitions declare exactly their workflows' `State` enums.
+    #[test]
+    fn the_built_in_definitions_match_the_state_enums() {
+        let mut r = crate::engine::Registry::new();
+        for wf in crate::domain::workflows() {
+            r.add_workflow(wf);
+        }
+        for (file, source) in crate::startup::BUILTIN_WORKFLOWS {
+            r.add_definition(file, source).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        let renamed = crate::startup::BUILTIN_WORKFLOWS[1].1.replace("name = \"frozen\"", "name = \"suspended\"");
+        let mut r = crate::engine::Registry::new();
+        for wf in crate::domain::workflows() {
+            r.add_workflow(wf);
+        }
+        let e = r.add_definition("organization.toml", &renamed).unwrap_err().to_string();
+        assert!(e.contains("state `suspended` is not a state of the implementation"), "{e}");
     }
 
     fn error_of(src: &str) -> Error {

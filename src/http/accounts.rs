@@ -159,20 +159,13 @@ pub fn org_key(org: &OrgId) -> Result<EntityKey, ApiError> {
 }
 
 /// An organization's state and data, if it exists.
-pub fn load_org(state: &AppState, org: &OrgId) -> Result<Option<(String, Organization)>, ApiError> {
+pub fn load_org(state: &AppState, org: &OrgId) -> Result<Option<(organization::State, Organization)>, ApiError> {
     let Some(r) = state.engine.record(&org_key(org)?)? else { return Ok(None) };
-    let data: Organization = serde_json::from_value(r.data)
-        .map_err(|e| ApiError::from(crate::engine::Error::Internal(format!("organization data: {e}"))))?;
-    Ok(Some((r.state, data)))
-}
-
-/// Billing status as users read it: frozen or active.
-pub fn billing_status(state: &str) -> &'static str {
-    if state == "frozen" {
-        "frozen"
-    } else {
-        "active"
-    }
+    let internal = |m: String| ApiError::from(crate::engine::Error::Internal(m));
+    let data: Organization = serde_json::from_value(r.data).map_err(|e| internal(format!("organization data: {e}")))?;
+    let st =
+        organization::State::parse(&r.state).ok_or_else(|| internal(format!("organization state `{}`", r.state)))?;
+    Ok(Some((st, data)))
 }
 
 /// Gives the browser's pending 免登 grant (cookie) to the user who just logged in or registered.
@@ -304,7 +297,10 @@ async fn resend_verification(
 }
 
 /// The caller's organizations with their role and billing status.
-pub fn my_orgs(state: &AppState, user: &User) -> Result<Vec<(OrgId, Role, String, Organization)>, ApiError> {
+pub fn my_orgs(
+    state: &AppState,
+    user: &User,
+) -> Result<Vec<(OrgId, Role, organization::State, Organization)>, ApiError> {
     let mut out = Vec::new();
     for (org, role) in state.accounts.orgs_of(&user.id)? {
         if let Some((st, data)) = load_org(state, &org)? {
@@ -329,7 +325,7 @@ async fn orgs(state: web::Data<AppState>, CurrentUser(user): CurrentUser) -> Res
             org_id,
             name: data.name,
             role,
-            status: billing_status(&st),
+            status: st.billing_status(),
             frozen_reason: data.frozen_reason,
         })
         .collect();
@@ -347,7 +343,7 @@ pub struct InviteBody {
 }
 
 /// The caller's role in `org`; not a member reads as "no such organization", so ids do not leak.
-fn role_in(state: &AppState, user: &User, org: &OrgId) -> Result<(Role, String, Organization), ApiError> {
+fn role_in(state: &AppState, user: &User, org: &OrgId) -> Result<(Role, organization::State, Organization), ApiError> {
     let (st, data) = load_org(state, org)?.ok_or_else(|| ApiError::not_found("no such organization"))?;
     let role = data.role_of(&user.id).ok_or_else(|| ApiError::not_found("no such organization"))?;
     Ok((role, st, data))
@@ -534,7 +530,7 @@ pub struct PaymentChannel {
 }
 
 /// The billing overview of an organization (JSON); the page renders the same.
-pub fn billing_view(org: &OrgId, st: &str, data: &Organization) -> BillingView {
+pub fn billing_view(org: &OrgId, st: organization::State, data: &Organization) -> BillingView {
     let channel = data.channel.as_ref().filter(|c| !c.suspended).map(|c| PaymentChannel {
         kind: "aliyun_marketplace",
         label: "云市场扣费渠道",
@@ -561,7 +557,7 @@ pub fn billing_view(org: &OrgId, st: &str, data: &Organization) -> BillingView {
     BillingView {
         org_id: org.clone(),
         name: data.name.clone(),
-        status: billing_status(st),
+        status: st.billing_status(),
         frozen_reason: data.frozen_reason,
         payment_channel: channel,
         switch_deadline: data.switch_deadline,
@@ -596,7 +592,7 @@ async fn billing(
             "only an Owner or a Billing Admin sees billing (权限不足)",
         ));
     }
-    Ok(HttpResponse::Ok().json(billing_view(&org, &st, &data)))
+    Ok(HttpResponse::Ok().json(billing_view(&org, st, &data)))
 }
 
 /// An organization to create for a user.

@@ -971,11 +971,13 @@ fn entity_context(
         ),
     };
     let is_org = view.kind == crate::domain::organization::KIND;
+    // Which states take a freeze is the definition's to say (its transitions), the same rule the workflow runs.
+    let takes = |event: &str| definition.as_ref().is_some_and(|d| d.candidates(current, event).next().is_some());
     let actions = json!({
         "pause": !view.paused && !view.terminal,
         "resume": view.paused,
-        "freeze": is_org && matches!(current, "unbound" | "bound" | "window"),
-        "unfreeze": is_org && current == "frozen",
+        "freeze": is_org && takes("freeze"),
+        "unfreeze": is_org && takes("unfreeze"),
     });
     let (result, error) = match done {
         None => (Value::Null, Value::Null),
@@ -1501,6 +1503,7 @@ mod diagram {
         fn subscription() -> Definition {
             let src = include_str!("../../workflows/subscription.toml");
             let catalog = Catalog {
+                states: vec![],
                 events: vec![
                     "create",
                     "order_paid",

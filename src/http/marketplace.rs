@@ -16,6 +16,7 @@ use super::AppState;
 use crate::accounts::User;
 use crate::aliyun::spi::{AliUid, SkuId};
 use crate::domain::ids::{BindingId, Name, OrgId, Role};
+use crate::domain::organization;
 use crate::domain::subscription::{self, Binding, Subscription, SubscriptionEvent};
 use crate::engine::{Cause, EntityKey, Input, Status};
 
@@ -89,28 +90,30 @@ fn sub_key(instance: &str) -> Result<EntityKey, ApiError> {
 
 /// The subscription, if the user may see it: they came through its 免登 link, or it pays for one of their
 /// organizations. Anything else reads as "not found", so instance ids cannot be probed.
-pub fn visible(state: &AppState, user: &User, instance: &str) -> Result<(String, Subscription), ApiError> {
+pub fn visible(state: &AppState, user: &User, instance: &str) -> Result<(subscription::State, Subscription), ApiError> {
     let not_found = || ApiError::not_found("no such subscription");
     let r = state.engine.record(&sub_key(instance)?)?.ok_or_else(not_found)?;
-    let data: Subscription = serde_json::from_value(r.data)
-        .map_err(|e| ApiError::from(crate::engine::Error::Internal(format!("subscription data: {e}"))))?;
+    let internal = |m: String| ApiError::from(crate::engine::Error::Internal(m));
+    let data: Subscription = serde_json::from_value(r.data).map_err(|e| internal(format!("subscription data: {e}")))?;
+    let st =
+        subscription::State::parse(&r.state).ok_or_else(|| internal(format!("subscription state `{}`", r.state)))?;
     let granted = state.accounts.has_grant(&user.id, instance)?;
     let member_of_bound = match &data.org {
         Some(org) => state.accounts.orgs_of(&user.id)?.iter().any(|(o, _)| o == org),
         None => false,
     };
     if granted || member_of_bound {
-        Ok((r.state, data))
+        Ok((st, data))
     } else {
         Err(not_found())
     }
 }
 
-pub fn view(instance: &str, st: &str, d: &Subscription) -> SubscriptionView {
+pub fn view(instance: &str, st: subscription::State, d: &Subscription) -> SubscriptionView {
     SubscriptionView {
         instance_id: instance.to_string(),
-        status: st.to_string(),
-        listed: st == "active",
+        status: st.as_str().to_string(),
+        listed: st.listed(),
         aliyun_account_id: d.ali_uid.clone(),
         sku_id: d.sku_id.clone(),
         created_at: d.created_at,
@@ -133,8 +136,8 @@ async fn list(state: web::Data<AppState>, CurrentUser(user): CurrentUser) -> Res
     for instance in state.accounts.granted(&user.id)? {
         if let Ok((st, d)) = visible(&state, &user, &instance) {
             // The purchased list shows active subscriptions only, as the marketplace console does.
-            if st == "active" {
-                items.push(view(&instance, &st, &d));
+            if st.listed() {
+                items.push(view(&instance, st, &d));
             }
         }
     }
@@ -159,14 +162,14 @@ async fn show(
 ) -> Result<HttpResponse, ApiError> {
     let instance = path.into_inner();
     let (st, d) = visible(&state, &user, &instance)?;
-    Ok(HttpResponse::Ok().json(view(&instance, &st, &d)))
+    Ok(HttpResponse::Ok().json(view(&instance, st, &d)))
 }
 
 /// Why an organization cannot take the subscription, or `None` if it can.
-fn reason(role: crate::domain::ids::Role, org_state: &str) -> Option<&'static str> {
+fn reason(role: crate::domain::ids::Role, org_state: organization::State) -> Option<&'static str> {
     if !role.may_manage_billing() {
         Some("insufficient_permission")
-    } else if org_state == "bound" {
+    } else if org_state == organization::State::Bound {
         Some("org_already_bound")
     } else {
         None
@@ -184,13 +187,13 @@ fn binding_options_of(state: &AppState, user: &User, instance: &str) -> Result<B
     let orgs: Vec<BindingOption> = my_orgs(state, user)?
         .into_iter()
         .map(|(org_id, role, org_state, data)| {
-            let why = reason(role, &org_state);
+            let why = reason(role, org_state);
             BindingOption { org_id, name: data.name, role, bindable: why.is_none(), reason: why }
         })
         .collect();
     let sub_reason = if d.org.is_some() {
         Some("subscription_already_bound")
-    } else if st != "active" {
+    } else if !st.listed() {
         Some("subscription_not_active")
     } else if orgs.is_empty() {
         Some("no_organizations")
@@ -200,7 +203,7 @@ fn binding_options_of(state: &AppState, user: &User, instance: &str) -> Result<B
     let any = orgs.iter().any(|o| o.bindable);
     Ok(BindingOptions {
         instance_id: instance.to_string(),
-        subscription_status: st,
+        subscription_status: st.to_string(),
         can_confirm: sub_reason.is_none() && any,
         orgs,
         reason: sub_reason,
@@ -243,7 +246,7 @@ pub async fn bind(state: &AppState, user: &User, instance: &str, org: &str) -> R
     visible(state, user, instance)?;
     let (org_state, data) = load_org(state, &org)?.ok_or_else(|| ApiError::not_found("no such organization"))?;
     let role = data.role_of(&user.id).ok_or_else(|| ApiError::not_found("no such organization"))?;
-    match reason(role, &org_state) {
+    match reason(role, org_state) {
         Some("insufficient_permission") => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -1041,7 +1041,7 @@ async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         .into_iter()
         .map(|(org, role, st, data)| {
             json!({
-                "org_id": org, "name": data.name, "role": role, "status": super::accounts::billing_status(&st),
+                "org_id": org, "name": data.name, "role": role, "status": st.billing_status(),
                 "billing_url": role.may_manage_billing().then(|| format!("/orgs/{}/billing", enc(org.as_str()))),
             })
         })
@@ -1053,7 +1053,7 @@ async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let subs: Vec<Value> = granted
         .iter()
         .filter_map(|i| marketplace::visible(&state, &user, i).ok().map(|(st, d)| (i, st, d)))
-        .filter(|(_, st, _)| st == "active")
+        .filter(|(_, st, _)| st.listed())
         .map(|(i, st, d)| {
             json!({
                 "instance_id": i, "status": st, "aliyun_account_id": d.ali_uid, "org_id": d.org,
@@ -1267,7 +1267,7 @@ async fn binding_status(state: web::Data<AppState>, req: HttpRequest, path: web:
     };
     let instance = path.into_inner();
     match marketplace::visible(&state, &user, &instance) {
-        Ok((st, d)) => HttpResponse::Ok().json(marketplace::view(&instance, &st, &d)),
+        Ok((st, d)) => HttpResponse::Ok().json(marketplace::view(&instance, st, &d)),
         Err(e) => actix_web::ResponseError::error_response(&e),
     }
 }
@@ -1308,7 +1308,7 @@ async fn billing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<S
             Some(("/", ctx.t("home"))),
         );
     }
-    let view = billing_view(&org, &st, &data);
+    let view = billing_view(&org, st, &data);
     ctx.render(
         Some(&user),
         "billing.html",
@@ -1470,7 +1470,7 @@ mod tests {
             ..Default::default()
         };
         let Ok(org_id) = OrgId::parse("org_x") else { panic!("org id") };
-        let view = billing_view(&org_id, "frozen", &org);
+        let view = billing_view(&org_id, crate::domain::organization::State::Frozen, &org);
         for lang in [Lang::Zh, Lang::En] {
             let html =
                 render("billing.html", lang, json!({ "billing": view, "role": "owner", "market_url": "https://m" }));

@@ -263,7 +263,7 @@ async fn handle(state: &AppState, request: SpiRequest) -> HttpResponse {
     let input = Input::domain(input_id, body, Cause::Spi { action: action.to_string() });
     match state.engine.send(key.clone(), input).await {
         Ok(outcome) => {
-            if outcome.status == Status::Ignored && outcome.state == "new" {
+            if outcome.status == Status::Ignored && outcome.state == crate::domain::subscription::State::New.as_str() {
                 tracing::info!(action, instance = %instance, "SPI call for an unknown instance: nothing to do");
             }
             if action == "createInstance" {

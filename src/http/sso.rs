@@ -121,7 +121,7 @@ pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
             "This subscription is not known yet. Activation takes 1–5 minutes; click 免登 again shortly.",
         );
     };
-    if record.state == "released" {
+    if subscription::State::parse(&record.state) == Some(subscription::State::Released) {
         return refusal(
             StatusCode::GONE,
             "subscription_released",

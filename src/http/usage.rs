@@ -96,7 +96,7 @@ async fn post_usage(
         }
     })?;
     // Billed only while the organization pays through an active subscription; otherwise recorded, unbilled.
-    let billable = org_record.state == "bound";
+    let billable = organization::State::parse(&org_record.state).is_some_and(organization::State::billable);
     let status = if stored == Stored::New { StatusCode::CREATED } else { StatusCode::OK };
     Ok(HttpResponse::build(status).json(UsageStored {
         record_id: record.record_id.to_string(),

@@ -48,6 +48,7 @@ impl Workflow for Ledger {
 
     fn catalog(&self) -> Catalog {
         Catalog {
+            states: vec![],
             events: vec!["open", "deposit", "credit", "transfer", "ping", "boom", "close"],
             guards: vec!["has_funds"],
             actions: vec![
