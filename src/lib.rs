@@ -5,7 +5,9 @@
 //! - [`store`]: the storage trait (ordered tables, atomic durable batches), sled and in-memory backends, and
 //!   the group committer that shares one fsync among many entities' commits. No sled type leaves it.
 //! - [`engine`]: definitions as data (`workflows/*.toml`), the pure step of an entity, entity actors and their
-//!   directory, durable timers, the outbox between entities, external calls with retry policies, inspection.
+//!   directory, durable timers, the outbox between entities, external calls with retry policies, inspection;
+//!   typed record tables (`engine::records`: every key and value shape of the records beside the workflows),
+//!   the sweeper of ended records, its own telemetry, the clock anchor. Only the engine reaches the store.
 //!
 //! - [`accounts`]: users, sessions (Argon2id passwords, hashed session tokens), verified addresses, 免登 grants.
 //! - [`aliyun`]: the marketplace's protocol, pure: SPI tokens and parameters, Market OpenAPI signatures (V3
@@ -14,7 +16,9 @@
 //! - [`ctl`]: the operator CLI (`marketflow ctl`) over the HTTP ops API, tables or JSON.
 //! - [`config`]: defaults < file < environment < flags; secrets that never print.
 //! - [`demo`]: `marketflow demo`, the whole lifecycle walked in one process on a scaled clock.
-//! - [`domain`]: the product's workflows (subscription, ...): guards and actions named by `workflows/*.toml`.
+//! - [`domain`]: the product's workflows (subscription, ...): a `State` enum each, checked against its
+//!   definition, and the guards and actions `workflows/*.toml` names; the rules the adapters ask (listed,
+//!   billable).
 //! - [`http`]: routes (one table of every route and who it admits: `http::routes`), bearer-token roles, JSON
 //!   errors with stable codes, the OpenAPI document built from the handlers' annotations (`http::openapi`), the
 //!   buyer's pages and the operator console.

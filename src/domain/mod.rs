@@ -48,6 +48,7 @@ macro_rules! states {
     };
 }
 
+pub mod binding;
 pub mod ids;
 pub mod metering;
 pub mod organization;

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::ids::{BindingId, Email, InvitationId, Name, OrgId, Role, UserId};
 
-use super::subscription;
+use super::{binding, subscription};
 use crate::aliyun::spi::AliUid;
 use crate::engine::definition::Catalog;
 use crate::engine::records::RecordTable;
@@ -359,7 +359,7 @@ impl Workflow for OrganizationWorkflow {
         let d = &*cx.data;
         match (name, s) {
             ("may_bind", Signal::Event(OrganizationEvent::BindRequest { user_id, .. })) => {
-                d.role_of(user_id).is_some_and(Role::may_manage_billing)
+                State::parse(cx.state).is_some_and(|st| binding::organization_takes(d.role_of(user_id), st).is_ok())
             }
             ("is_channel", _) => {
                 instance_of(s).is_some() && d.channel.as_ref().map(|c| c.instance_id.as_str()) == instance_of(s)
@@ -492,10 +492,12 @@ impl Workflow for OrganizationWorkflow {
                 );
             }
             ("refuse_binding", Signal::Event(E::BindRequest { binding_id, instance_id, user_id, .. })) => {
-                let code = if cx.data.role_of(user_id).is_some_and(Role::may_manage_billing) {
-                    "org_already_bound"
-                } else {
-                    "insufficient_permission"
+                let refusal =
+                    State::parse(cx.state).map(|st| binding::organization_takes(cx.data.role_of(user_id), st));
+                let code = match refusal {
+                    Some(Err(r)) => r.code(),
+                    // The guard took every binding this rule allows; what reaches here is refused.
+                    _ => binding::Refusal::OrgAlreadyBound.code(),
                 };
                 cx.note(format!("binding of {instance_id} refused: {code}"));
                 cx.send(

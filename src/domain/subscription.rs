@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::binding::Refusal;
 use super::ids::{BindingId, OrgId, UserId};
 use crate::aliyun::spi::{AliUid, OrderBizId, OrderId, ProductCode, RequestId, SkuId};
 use crate::engine::definition::Catalog;
@@ -72,6 +73,13 @@ pub struct Subscription {
     pub org: Option<OrgId>,
     /// The last binding attempt and where it stands.
     pub binding: Option<Binding>,
+}
+
+impl Subscription {
+    /// Bound to an organization, or a binding of it is being decided: nobody else may bind it now.
+    pub fn taken(&self) -> bool {
+        self.org.is_some() || self.binding.as_ref().is_some_and(|b| b.status == "pending")
+    }
 }
 
 /// A binding attempt, as the buyer follows it ("processing your authorization").
@@ -248,7 +256,10 @@ impl Workflow for SubscriptionWorkflow {
         use SubscriptionEvent as E;
         let pending = cx.data.binding.as_ref().filter(|b| b.status == "pending");
         match (name, signal) {
-            ("bindable", Signal::Event(E::Bind { .. })) => return cx.data.org.is_none() && pending.is_none(),
+            ("bindable", Signal::Event(E::Bind { .. })) => {
+                let Some(state) = State::parse(cx.state) else { return false };
+                return super::binding::subscription_can_be_bound(state, cx.data.taken()).is_ok();
+            }
             (
                 "is_pending_binding",
                 Signal::Event(E::BindingConfirmed { binding_id, .. } | E::BindingRefused { binding_id, .. }),
@@ -373,13 +384,13 @@ impl Workflow for SubscriptionWorkflow {
             }
             ("refuse_already_bound", _) => {
                 return Err(Reject::new(
-                    "subscription_already_bound",
+                    Refusal::SubscriptionAlreadyBound.code(),
                     "this subscription is bound to an organization already (or a binding is in progress)",
                 ));
             }
             ("refuse_not_active", _) => {
                 return Err(Reject::new(
-                    "subscription_not_active",
+                    Refusal::SubscriptionNotActive.code(),
                     "only an active subscription can be bound; wait for its activation",
                 ));
             }

@@ -16,8 +16,8 @@ use super::AppState;
 use crate::accounts::User;
 use crate::aliyun::spi::{AliUid, SkuId};
 use crate::domain::ids::{BindingId, Name, OrgId, Role};
-use crate::domain::organization;
 use crate::domain::subscription::{self, Binding, Subscription, SubscriptionEvent};
+use crate::domain::{binding, organization};
 use crate::engine::{Cause, EntityKey, Input, Status};
 
 /// The buyer's subscriptions' part of the API description.
@@ -167,13 +167,7 @@ async fn show(
 
 /// Why an organization cannot take the subscription, or `None` if it can.
 fn reason(role: crate::domain::ids::Role, org_state: organization::State) -> Option<&'static str> {
-    if !role.may_manage_billing() {
-        Some("insufficient_permission")
-    } else if org_state == organization::State::Bound {
-        Some("org_already_bound")
-    } else {
-        None
-    }
+    binding::organization_takes(Some(role), org_state).err().map(binding::Refusal::code)
 }
 
 /// The binding options as the binding page shows them.
@@ -191,14 +185,10 @@ fn binding_options_of(state: &AppState, user: &User, instance: &str) -> Result<B
             BindingOption { org_id, name: data.name, role, bindable: why.is_none(), reason: why }
         })
         .collect();
-    let sub_reason = if d.org.is_some() {
-        Some("subscription_already_bound")
-    } else if !st.listed() {
-        Some("subscription_not_active")
-    } else if orgs.is_empty() {
-        Some("no_organizations")
-    } else {
-        None
+    let sub_reason = match binding::subscription_can_be_bound(st, d.taken()) {
+        Err(r) => Some(r.code()),
+        Ok(()) if orgs.is_empty() => Some("no_organizations"),
+        Ok(()) => None,
     };
     let any = orgs.iter().any(|o| o.bindable);
     Ok(BindingOptions {
