@@ -11,7 +11,7 @@
 //! sides of `MARKETFLOW_SSO_WINDOW` (a replayed link is refused in tests/binding.rs) and grants nothing for them.
 //! That secrets never reach the logs is tests/logs.rs.
 
-mod world;
+use crate::world;
 
 use marketflow::aliyun::spi::format_time;
 use marketflow::aliyun::token::spi_token;

@@ -2,7 +2,7 @@
 //! and error code for an Owner, a Billing Admin, a Member and a user without organizations, and under
 //! concurrency.
 
-mod world;
+use crate::world;
 
 use reqwest::Method;
 use serde_json::{json, Value};

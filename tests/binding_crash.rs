@@ -32,11 +32,10 @@
 //! `MARKETFLOW_BINDING_CRASH_SEED`, and `MARKETFLOW_BIN` (default: the binary Cargo built for this test) tune it:
 //!
 //! ```text
-//! MARKETFLOW_BINDING_CRASH_ITERATIONS=100 cargo test --release --test binding_crash -- --nocapture
+//! MARKETFLOW_BINDING_CRASH_ITERATIONS=100 cargo test --release --test it binding_crash:: -- --nocapture
 //! ```
 
-#[path = "world/smtp.rs"]
-mod smtp;
+use crate::world::smtp;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;

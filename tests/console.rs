@@ -4,7 +4,7 @@
 //! journal, actions audited with the operator's name, refusals of forged forms; and `/metrics` (entities by state,
 //! histograms) in a valid Prometheus exposition.
 
-mod world;
+use crate::world;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

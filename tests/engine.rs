@@ -1,6 +1,6 @@
 //! The engine against a real store, on the manual clock: timers, idempotency, guards, messages, calls.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! sharing one manual clock, so the activation wait of minutes passes in milliseconds. Each scenario also runs
 //! across a restart of the service while a timer is pending.
 
-mod world;
+use crate::world;
 
 use serde_json::Value;
 use world::*;

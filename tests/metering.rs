@@ -1,7 +1,7 @@
 //! Usage billing through the marketplace (issue 6), on the manual clock shared by the service and the local
 //! marketplace: what the marketplace receives, window by window.
 
-mod world;
+use crate::world;
 
 use std::time::Duration;
 

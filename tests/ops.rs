@@ -3,7 +3,7 @@
 //! cancel, pause, resume, freeze, unfreeze) with its effect on the workflow, its journal entry and the audit trail,
 //! and the refusals (no token, the service's token, no reason, an unknown action).
 
-mod world;
+use crate::world;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! defence, safe `next`, escaping, the reasons and refusals on the binding page, the billing page's access rules,
 //! the login redirect, the language switch and the embedded assets. The browser test is tests/browser.
 
-mod world;
+use crate::world;
 
 use reqwest::{header, Method, StatusCode};
 use serde_json::json;

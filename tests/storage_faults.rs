@@ -18,9 +18,8 @@
 //!
 //! The limit is 512 KiB of log; the whole test takes a few seconds.
 
-mod serve;
-#[path = "world/smtp.rs"]
-mod smtp;
+use crate::serve;
+use crate::world::smtp;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The account switch within one hour, freezing for arrears, resubscribing and unfreezing (issue 5), on the
 //! manual clock shared by the service and the local marketplace; each also across a restart of the service.
 
-mod world;
+use crate::world;
 
 use std::time::Duration;
 

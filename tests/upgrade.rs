@@ -7,15 +7,14 @@
 //!
 //! ```text
 //! MARKETFLOW_BIN=/path/to/old/marketflow MARKETFLOW_FIXTURE_OUT=tests/fixtures/upgrade-88443ce.tar.gz \
-//!     cargo test --test upgrade -- --ignored --exact make_fixture
+//!     cargo test --test it -- --ignored --exact upgrade::make_fixture
 //! ```
 //!
 //! The old build ran on real time (scale 1) and was killed with SIGKILL at the end, so the directory is what a
 //! crash leaves, not a clean shutdown; this build runs it on real time too, so whatever has come due since the
 //! fixture was made fires at start-up, as after any long downtime.
 
-#[path = "world/smtp.rs"]
-mod smtp;
+use crate::world::smtp;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -261,6 +261,11 @@ impl Role {
     pub fn may_manage_billing(self) -> bool {
         matches!(self, Role::Owner | Role::BillingAdmin)
     }
+
+    /// Only Owners invite members (the API answers before the workflow, which decides).
+    pub fn may_invite(self) -> bool {
+        self == Role::Owner
+    }
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         match s {
             "owner" => Ok(Role::Owner),

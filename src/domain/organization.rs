@@ -387,7 +387,7 @@ impl Workflow for OrganizationWorkflow {
                 cx.note(format!("organization `{name}` created; {owner} is Owner"));
             }
             ("invite", Signal::Event(E::Invite { invitation_id, email, role, by })) => {
-                if cx.data.role_of(by) != Some(Role::Owner) {
+                if !cx.data.role_of(by).is_some_and(Role::may_invite) {
                     return Err(Reject::new("insufficient_permission", "only an Owner invites members"));
                 }
                 if cx.data.members.values().any(|m| &m.email == email) {

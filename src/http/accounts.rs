@@ -388,7 +388,7 @@ async fn invite(
     let email = Email::parse(b.email)?;
     let role = Role::parse(&b.role)?;
     let (my_role, _, _) = role_in(&state, &user, &org)?;
-    if my_role != Role::Owner {
+    if !my_role.may_invite() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "insufficient_permission",

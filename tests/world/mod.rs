@@ -99,25 +99,32 @@ impl World {
             ..Config::default()
         };
         let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
-        let listener = match listener {
-            Some(l) => l,
-            None => {
-                // A restart binds the same port again; the old server has released it.
-                let deadline = Instant::now() + Duration::from_secs(5);
-                loop {
-                    match TcpListener::bind(("127.0.0.1", self.service_port)) {
-                        Ok(l) => break l,
-                        Err(e) if Instant::now() < deadline => {
-                            let _ = e;
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        Err(e) => panic!("cannot bind the service's port again: {e}"),
+        let mut listener = listener;
+        // A restart binds the same port again and opens the same store: the old server has released the port,
+        // and sled releases its lock once its background flusher has let go, a moment after the close.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let app = loop {
+            let l = match listener.take() {
+                Some(l) => l,
+                None => match TcpListener::bind(("127.0.0.1", self.service_port)) {
+                    Ok(l) => l,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
                     }
+                    Err(e) => panic!("cannot bind the service's port again: {e}"),
+                },
+            };
+            let overrides = Overrides { clock: Some(clock.clone()), listener: Some(l) };
+            match Application::build_with(config.clone(), overrides).await {
+                Ok(app) => break app,
+                Err(e) if e.to_string().contains("could not acquire lock") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                Err(e) => panic!("the service starts: {e}"),
             }
         };
-        let overrides = Overrides { clock: Some(clock), listener: Some(listener) };
-        let app = Application::build_with(config, overrides).await.expect("the service starts");
         self.app = Some(app.handle());
         self.serving = Some(actix_rt::spawn(app.run_until_stopped()));
     }

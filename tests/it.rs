@@ -1,0 +1,54 @@
+//! The integration tests, one binary: a module per area (linking one binary instead of one per file is most of
+//! what a CI run saved). The crash and restart tests re-execute their own binary by test name, so they stay
+//! binaries of their own (`tests/crash.rs`, `tests/restart.rs`).
+//!
+//! One area: `cargo test --test it access::`; one test: `cargo test --test it -- --exact access::<name>`.
+
+mod common;
+mod serve;
+mod world;
+
+#[path = "access.rs"]
+mod access;
+#[path = "api.rs"]
+mod api;
+#[path = "binding.rs"]
+mod binding;
+#[path = "binding_crash.rs"]
+mod binding_crash;
+#[path = "chaos.rs"]
+mod chaos;
+#[path = "console.rs"]
+mod console;
+#[path = "ctl.rs"]
+mod ctl;
+#[path = "demo.rs"]
+mod demo;
+#[path = "engine.rs"]
+mod engine;
+#[path = "lifecycle.rs"]
+mod lifecycle;
+#[path = "logs.rs"]
+mod logs;
+#[path = "metering.rs"]
+mod metering;
+#[path = "metering_crash.rs"]
+mod metering_crash;
+#[path = "openapi.rs"]
+mod openapi;
+#[path = "ops.rs"]
+mod ops;
+#[path = "pages.rs"]
+mod pages;
+#[path = "properties.rs"]
+mod properties;
+#[path = "simulator.rs"]
+mod simulator;
+#[path = "storage_faults.rs"]
+mod storage_faults;
+#[path = "switch.rs"]
+mod switch;
+#[path = "upgrade.rs"]
+mod upgrade;
+#[path = "walk.rs"]
+mod walk;
