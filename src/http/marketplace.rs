@@ -170,13 +170,8 @@ fn reason(role: crate::domain::ids::Role, org_state: organization::State) -> Opt
     binding::organization_takes(Some(role), org_state).err().map(binding::Refusal::code)
 }
 
-/// The binding options as the binding page shows them.
-pub fn options(state: &AppState, user: &User, instance: &str) -> Result<Value, ApiError> {
-    let typed = binding_options_of(state, user, instance)?;
-    serde_json::to_value(typed).map_err(|e| ApiError::from(crate::engine::Error::Internal(e.to_string())))
-}
-
-fn binding_options_of(state: &AppState, user: &User, instance: &str) -> Result<BindingOptions, ApiError> {
+/// The binding options: what the API answers and the binding page shows.
+pub fn binding_options_of(state: &AppState, user: &User, instance: &str) -> Result<BindingOptions, ApiError> {
     let (st, d) = visible(state, user, instance)?;
     let orgs: Vec<BindingOption> = my_orgs(state, user)?
         .into_iter()

@@ -1087,14 +1087,11 @@ fn bind_page(
         }
         Err(e) => return ctx.api_error(Some(user), &e),
     };
-    let opts = match marketplace::options(state, user, instance) {
+    let opts = match marketplace::binding_options_of(state, user, instance) {
         Ok(o) => o,
         Err(e) => return ctx.api_error(Some(user), &e),
     };
-    let bindable: Vec<&str> = opts["orgs"]
-        .as_array()
-        .map(|a| a.iter().filter(|o| o["bindable"] == true).filter_map(|o| o["org_id"].as_str()).collect())
-        .unwrap_or_default();
+    let bindable: Vec<&str> = opts.orgs.iter().filter(|o| o.bindable).map(|o| o.org_id.as_str()).collect();
     // One choice is preselected; with several, the buyer picks.
     let selected = selected.filter(|s| bindable.contains(s)).or(if bindable.len() == 1 {
         bindable.first().copied()

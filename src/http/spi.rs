@@ -272,8 +272,14 @@ async fn handle(state: &AppState, request: SpiRequest) -> HttpResponse {
                 }
                 let reply = if outcome.reply.is_null() {
                     // Known already under another input (cannot happen with one input id per instance).
-                    match state.engine.record(&key) {
-                        Ok(Some(r)) => r.data.get("create_reply").cloned().unwrap_or_default(),
+                    let data = state
+                        .engine
+                        .record(&key)
+                        .ok()
+                        .flatten()
+                        .map(|r| serde_json::from_value::<crate::domain::subscription::Subscription>(r.data));
+                    match data {
+                        Some(Ok(sub)) => sub.create_reply.unwrap_or_default(),
                         _ => return failure(StatusCode::SERVICE_UNAVAILABLE, "retry", "try again"),
                     }
                 } else {
