@@ -9,11 +9,12 @@ use serde_json::json;
 
 use super::ids::OrgId;
 use super::pricing::{settle, DENOMINATOR};
+pub use super::protocol::MeteringEvent;
 use crate::engine::definition::Catalog;
 use crate::engine::{Cx, Reject, Signal, Workflow};
 
 /// The entity kind (one per subscription, same id).
-pub const KIND: &str = "metering";
+pub const KIND: &str = super::protocol::METERING;
 
 states! {
     /// Metering's states (`workflows/metering.toml`).
@@ -82,16 +83,6 @@ pub struct Metering {
     pub windows: Vec<Window>,
     #[serde(default)]
     pub totals: Totals,
-}
-
-/// What happens to metering.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum MeteringEvent {
-    /// The subscription is bound and active (again) from `at`.
-    Start { org: OrgId, at: DateTime<Utc> },
-    /// The subscription stopped paying at `at` (release, expiry).
-    Stop { at: DateTime<Utc> },
 }
 
 /// Runs `workflows/metering.toml`.

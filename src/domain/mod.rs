@@ -53,6 +53,7 @@ pub mod ids;
 pub mod metering;
 pub mod organization;
 pub mod pricing;
+pub mod protocol;
 pub mod subscription;
 
 use std::sync::Arc;

@@ -7,16 +7,18 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::ids::{BindingId, Email, InvitationId, Name, OrgId, Role, UserId};
+use super::ids::{Email, InvitationId, Name, OrgId, Role, UserId};
 
-use super::{binding, subscription};
+use super::binding;
+pub use super::protocol::OrganizationEvent;
+use super::protocol::SubscriptionEvent;
 use crate::aliyun::spi::AliUid;
 use crate::engine::definition::Catalog;
 use crate::engine::records::RecordTable;
 use crate::engine::{Cx, EntityKey, Reject, Signal, Workflow};
 
 /// The entity kind.
-pub const KIND: &str = "organization";
+pub const KIND: &str = super::protocol::ORGANIZATION;
 
 states! {
     /// An organization's states (`workflows/organization.toml`): its billing status.
@@ -145,58 +147,6 @@ impl Organization {
     }
 }
 
-/// What happens to an organization.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum OrganizationEvent {
-    /// At registration (the user becomes Owner) or by an operator (support).
-    Create {
-        name: Name,
-        owner: UserId,
-        owner_email: Email,
-    },
-    Invite {
-        invitation_id: InvitationId,
-        email: Email,
-        role: Role,
-        by: UserId,
-    },
-    AcceptInvitation {
-        invitation_id: InvitationId,
-        user_id: UserId,
-        email: Email,
-    },
-    /// A member leaves the organization.
-    Leave {
-        user_id: UserId,
-    },
-    /// From a subscription: bind me, on behalf of this user.
-    BindRequest {
-        binding_id: BindingId,
-        instance_id: String,
-        ali_uid: AliUid,
-        user_id: UserId,
-    },
-    /// From the bound subscription: the buyer closed it (or the marketplace released it).
-    ChannelReleased {
-        instance_id: String,
-    },
-    /// From the bound subscription: closed for arrears.
-    ChannelSuspended {
-        instance_id: String,
-    },
-    /// From the suspended subscription: arrears cleared.
-    ChannelResumed {
-        instance_id: String,
-    },
-    Freeze {
-        reason: String,
-    },
-    Unfreeze {
-        reason: String,
-    },
-}
-
 /// Runs `workflows/organization.toml`.
 pub struct OrganizationWorkflow;
 
@@ -214,7 +164,8 @@ fn instance_of(s: &Signal<OrganizationEvent>) -> Option<&str> {
 }
 
 fn subscription_key(instance_id: &str) -> Result<EntityKey, Reject> {
-    EntityKey::new(subscription::KIND, instance_id).map_err(|e| Reject::new("invalid_instance", e.to_string()))
+    EntityKey::new(super::protocol::SUBSCRIPTION, instance_id)
+        .map_err(|e| Reject::new("invalid_instance", e.to_string()))
 }
 
 fn push_history(d: &mut Organization, e: HistoryEntry) {
@@ -263,6 +214,11 @@ fn fit(cx: &mut Cx<'_, Organization>) {
             ));
         }
     }
+}
+
+/// This organization's id (its entity id), as the messages to subscriptions carry it.
+fn own_id(id: &str) -> Result<OrgId, Reject> {
+    OrgId::parse(id.to_string()).map_err(|e| Reject::new("invalid_input", e.to_string()))
 }
 
 fn entry(at: DateTime<Utc>, kind: &str, detail: impl Into<String>) -> HistoryEntry {
@@ -467,10 +423,8 @@ impl Workflow for OrganizationWorkflow {
                         h.detail = "a new subscription was bound: the organization is unfrozen".into();
                         if let Some(old) = &previous {
                             // A suspended subscription stays linked until a new one replaces it.
-                            cx.send(
-                                subscription_key(&old.instance_id)?,
-                                json!({ "type": "unlinked", "org_id": org_id }),
-                            );
+                            let event = SubscriptionEvent::Unlinked { org_id: own_id(&org_id)? };
+                            cx.tell(subscription_key(&old.instance_id)?, &event)?;
                         }
                     }
                     _ => {}
@@ -486,10 +440,9 @@ impl Workflow for OrganizationWorkflow {
                 cx.data.switch_deadline = None;
                 cx.note(h.detail.clone());
                 push_history(cx.data, h);
-                cx.send(
-                    subscription_key(instance_id)?,
-                    json!({ "type": "binding_confirmed", "binding_id": binding_id, "org_id": org_id }),
-                );
+                let event =
+                    SubscriptionEvent::BindingConfirmed { binding_id: binding_id.clone(), org_id: own_id(&org_id)? };
+                cx.tell(subscription_key(instance_id)?, &event)?;
             }
             ("refuse_binding", Signal::Event(E::BindRequest { binding_id, instance_id, user_id, .. })) => {
                 let refusal =
@@ -500,10 +453,12 @@ impl Workflow for OrganizationWorkflow {
                     _ => binding::Refusal::OrgAlreadyBound.code(),
                 };
                 cx.note(format!("binding of {instance_id} refused: {code}"));
-                cx.send(
-                    subscription_key(instance_id)?,
-                    json!({ "type": "binding_refused", "binding_id": binding_id, "org_id": org_id, "code": code }),
-                );
+                let event = SubscriptionEvent::BindingRefused {
+                    binding_id: binding_id.clone(),
+                    org_id: own_id(&org_id)?,
+                    code: code.to_string(),
+                };
+                cx.tell(subscription_key(instance_id)?, &event)?;
             }
             ("open_window", Signal::Event(E::ChannelReleased { instance_id })) => {
                 let old = cx.data.channel.take();

@@ -10,13 +10,15 @@ use serde_json::json;
 
 use super::binding::Refusal;
 use super::ids::{BindingId, OrgId, UserId};
+pub use super::protocol::SubscriptionEvent;
+use super::protocol::{MeteringEvent, OrganizationEvent};
 use crate::aliyun::spi::{AliUid, OrderBizId, OrderId, ProductCode, RequestId, SkuId};
 use crate::engine::definition::Catalog;
 use crate::engine::EntityKey;
 use crate::engine::{Cx, Reject, Signal, Workflow};
 
 /// The entity kind.
-pub const KIND: &str = "subscription";
+pub const KIND: &str = super::protocol::SUBSCRIPTION;
 
 states! {
     /// A subscription's states (`workflows/subscription.toml`).
@@ -96,63 +98,18 @@ pub struct Binding {
     pub decided_at: Option<DateTime<Utc>>,
 }
 
-/// What happens to a subscription.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SubscriptionEvent {
-    /// createInstance. `auth_url` and `front_end_url` come from configuration (the public URL).
-    Create {
-        ali_uid: AliUid,
-        order_biz_id: OrderBizId,
-        order_id: OrderId,
-        product_code: ProductCode,
-        sku_id: SkuId,
-        trial: bool,
-        expired_on: Option<DateTime<Utc>>,
-        #[serde(default)]
-        extra: BTreeMap<String, String>,
-        auth_url: String,
-        front_end_url: String,
-    },
-    /// orderPay (支付成功): the marketplace says the order is paid, hence opened.
-    OrderPaid { request_id: RequestId, order_id: OrderId },
-    /// expiredInstance: closed for arrears.
-    Expire,
-    /// resumeInstance: arrears cleared.
-    Resume { sku_id: SkuId },
-    /// releaseInstance: closed by the buyer or released by the marketplace.
-    Release { is_refund: bool, order_id: Option<OrderId> },
-    /// renewInstance: a new expiry, no change of state.
-    Renew { order_id: OrderId, expired_on: DateTime<Utc> },
-    /// A user asks to bind this subscription to an organization.
-    Bind { binding_id: BindingId, org_id: OrgId, user_id: UserId },
-    /// From the organization: bound.
-    BindingConfirmed { binding_id: BindingId, org_id: OrgId },
-    /// From the organization: refused, with the reason's code.
-    BindingRefused { binding_id: BindingId, org_id: OrgId, code: String },
-    /// From the organization: a new subscription replaced this (suspended) one.
-    Unlinked { org_id: OrgId },
-    /// upgradeInstance: a new SKU, no change of state.
-    Upgrade {
-        sku_id: SkuId,
-        order_id: Option<OrderId>,
-        #[serde(default)]
-        extra: BTreeMap<String, String>,
-    },
-}
-
 fn org_key(org: &OrgId) -> Result<EntityKey, Reject> {
-    EntityKey::new(super::organization::KIND, org.as_str()).map_err(|e| Reject::new("invalid_org", e.to_string()))
+    EntityKey::new(super::protocol::ORGANIZATION, org.as_str()).map_err(|e| Reject::new("invalid_org", e.to_string()))
 }
 
 /// Tells the organization this subscription pays for (or is being bound to) about a change of the channel.
 /// A pending binding counts: its bind request went out first and messages arrive in order, so the organization
 /// learns of the release after it bound, never before.
-fn notify_org(cx: &mut Cx<'_, Subscription>, kind: &str) -> Result<(), Reject> {
+fn notify_org(cx: &mut Cx<'_, Subscription>, event: fn(String) -> OrganizationEvent) -> Result<(), Reject> {
     let pending = cx.data.binding.as_ref().filter(|b| b.status == "pending").map(|b| b.org_id.clone());
     if let Some(org) = cx.data.org.clone().or(pending) {
         let instance_id = cx.key.id.clone();
-        cx.send(org_key(&org)?, json!({ "type": kind, "instance_id": instance_id }));
+        cx.tell(org_key(&org)?, &event(instance_id))?;
     }
     Ok(())
 }
@@ -160,15 +117,10 @@ fn notify_org(cx: &mut Cx<'_, Subscription>, kind: &str) -> Result<(), Reject> {
 /// Starts or stops the usage billing of this subscription (its metering entity, same id).
 fn metering(cx: &mut Cx<'_, Subscription>, start: bool) -> Result<(), Reject> {
     let Some(org) = cx.data.org.clone() else { return Ok(()) };
-    let key = EntityKey::new(super::metering::KIND, &cx.key.id)
+    let key = EntityKey::new(super::protocol::METERING, &cx.key.id)
         .map_err(|e| Reject::new("invalid_instance", e.to_string()))?;
-    let body = if start {
-        json!({ "type": "start", "org": org, "at": cx.now })
-    } else {
-        json!({ "type": "stop", "at": cx.now })
-    };
-    cx.send(key, body);
-    Ok(())
+    let event = if start { MeteringEvent::Start { org, at: cx.now } } else { MeteringEvent::Stop { at: cx.now } };
+    cx.tell(key, &event)
 }
 
 /// Runs `workflows/subscription.toml`.
@@ -353,7 +305,7 @@ impl Workflow for SubscriptionWorkflow {
             }
             ("expire", signal) => {
                 cx.data.expired_at = Some(now);
-                notify_org(cx, "channel_suspended")?;
+                notify_org(cx, |instance_id| OrganizationEvent::ChannelSuspended { instance_id })?;
                 metering(cx, false)?;
                 if matches!(signal, Signal::Event(_)) {
                     cx.note("expiredInstance: closed by the marketplace for arrears");
@@ -374,11 +326,13 @@ impl Workflow for SubscriptionWorkflow {
                     decided_at: None,
                 });
                 let instance_id = cx.key.id.clone();
-                cx.send(
-                    org_key(org_id)?,
-                    json!({ "type": "bind_request", "binding_id": binding_id, "instance_id": instance_id,
-                            "ali_uid": ali_uid, "user_id": user_id }),
-                );
+                let request = OrganizationEvent::BindRequest {
+                    binding_id: binding_id.clone(),
+                    instance_id,
+                    ali_uid,
+                    user_id: user_id.clone(),
+                };
+                cx.tell(org_key(org_id)?, &request)?;
                 cx.reply(json!({ "binding_id": binding_id, "status": "pending" }));
                 cx.note(format!("{user_id} asks to bind this subscription to {org_id}"));
             }
@@ -407,7 +361,7 @@ impl Workflow for SubscriptionWorkflow {
                 if cx.state == "expired" {
                     // Expired while the organization was deciding: it must learn that its new channel is suspended.
                     let instance_id = cx.key.id.clone();
-                    cx.send(org_key(org_id)?, json!({ "type": "channel_suspended", "instance_id": instance_id }));
+                    cx.tell(org_key(org_id)?, &OrganizationEvent::ChannelSuspended { instance_id })?;
                 }
             }
             ("record_refusal", Signal::Event(E::BindingRefused { code, org_id, .. })) => {
@@ -426,20 +380,20 @@ impl Workflow for SubscriptionWorkflow {
             }
             ("reconciled_resume", _) => {
                 cx.data.resumed_at = Some(now);
-                notify_org(cx, "channel_resumed")?;
+                notify_org(cx, |instance_id| OrganizationEvent::ChannelResumed { instance_id })?;
                 metering(cx, true)?;
                 cx.note("the marketplace reports OPENED: a resumeInstance was missed or overtaken");
             }
             ("resume", Signal::Event(E::Resume { sku_id })) => {
                 cx.data.resumed_at = Some(now);
-                notify_org(cx, "channel_resumed")?;
+                notify_org(cx, |instance_id| OrganizationEvent::ChannelResumed { instance_id })?;
                 metering(cx, true)?;
                 cx.data.sku_id = Some(sku_id.clone());
                 cx.note("resumeInstance: arrears cleared");
             }
             ("release", signal) => {
                 cx.data.released_at = Some(now);
-                notify_org(cx, "channel_released")?;
+                notify_org(cx, |instance_id| OrganizationEvent::ChannelReleased { instance_id })?;
                 metering(cx, false)?;
                 if let Signal::Event(E::Release { is_refund, .. }) = signal {
                     cx.data.is_refund = Some(*is_refund);

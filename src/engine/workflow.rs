@@ -86,6 +86,12 @@ impl<D> Cx<'_, D> {
     pub fn send(&mut self, to: EntityKey, body: Value) {
         self.fx.messages.push((to, body));
     }
+    /// Sends `event`, of the receiver's event type, to another entity (delivered after the commit).
+    pub fn tell<E: Serialize>(&mut self, to: EntityKey, event: &E) -> Result<(), Reject> {
+        let body = serde_json::to_value(event).map_err(|e| Reject::new("internal_error", e.to_string()))?;
+        self.fx.messages.push((to, body));
+        Ok(())
+    }
     pub fn call(&mut self, name: &str, request: Value) {
         self.fx.calls.push((name.to_string(), request));
     }
