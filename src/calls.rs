@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::aliyun::client::{Error as ClientError, MarketClient};
 use crate::aliyun::market::{LongIdString, MeteringEntity, MeteringRecord};
-use crate::domain::ids::OrgId;
 use crate::domain::pricing::Catalog;
+use crate::domain::protocol::{
+    DescribeInstance, InstanceDescribed, MeterWindow, MeteredItem, MeteringPushed, PushMetering, WindowMetered,
+};
 use crate::engine::records::Records;
 use crate::engine::{CallError, CallHandler, Registry};
 
@@ -51,6 +53,12 @@ impl MarketCalls {
     }
 }
 
+/// A call's request as the workflow built it; one that does not decode is a permanent failure (retrying cannot
+/// mend it), and the operator sees why.
+fn typed<T: serde::de::DeserializeOwned>(request: Value) -> Result<T, CallError> {
+    serde_json::from_value(request).map_err(|e| CallError::permanent(format!("the request does not decode: {e}")))
+}
+
 impl CallHandler for MarketCalls {
     fn call(&self, call: &str, request: Value) -> BoxFuture<'static, Result<Value, CallError>> {
         let client = self.client.clone();
@@ -58,75 +66,46 @@ impl CallHandler for MarketCalls {
         let records = self.records.clone();
         let catalog = self.catalog.clone();
         Box::pin(async move {
+            let answer = |v: Result<Value, serde_json::Error>| v.map_err(|e| CallError::permanent(e.to_string()));
             match call.as_str() {
                 "describe_instance" => {
-                    let id = request
-                        .get("instance_id")
-                        .and_then(|v| v.as_str())
-                        .ok_or_else(|| CallError::permanent("describe_instance needs instance_id"))?;
-                    let r = client.describe_instance(id).await.map_err(call_error)?;
-                    Ok(json!({
-                        "status": r.status.map(String::from),
-                        "request_id": r.request_id,
+                    let req: DescribeInstance = typed(request)?;
+                    let r = client.describe_instance(&req.instance_id).await.map_err(call_error)?;
+                    answer(serde_json::to_value(InstanceDescribed {
+                        status: r.status.map(String::from),
+                        request_id: r.request_id,
                     }))
                 }
                 "meter_window" => {
-                    let parse = |k: &str| {
-                        request.get(k).cloned().ok_or_else(|| CallError::permanent(format!("meter_window needs {k}")))
-                    };
-                    let org: OrgId =
-                        serde_json::from_value(parse("org_id")?).map_err(|e| CallError::permanent(e.to_string()))?;
-                    let start: chrono::DateTime<chrono::Utc> =
-                        serde_json::from_value(parse("start")?).map_err(|e| CallError::permanent(e.to_string()))?;
-                    let end: chrono::DateTime<chrono::Utc> =
-                        serde_json::from_value(parse("end")?).map_err(|e| CallError::permanent(e.to_string()))?;
+                    let MeterWindow { org_id: org, start, end } = typed(request)?;
                     let records =
                         tokio::task::spawn_blocking(move || crate::usage::overlapping(&records, &org, start, end))
                             .await
                             .map_err(|e| CallError::retryable(e.to_string()))?
                             .map_err(CallError::retryable)?;
-                    let items: Vec<Value> = crate::usage::window_numerators(&catalog, &records, start, end)
+                    let items = crate::usage::window_numerators(&catalog, &records, start, end)
                         .into_iter()
-                        .map(|((key, assit), n)| json!({ "key": key, "assit": assit, "numerator": n.to_string() }))
+                        .map(|((key, assit), n)| MeteredItem { key, assit, numerator: n.to_string() })
                         .collect();
-                    Ok(json!({ "start": start, "end": end, "items": items, "records": records.len() }))
+                    answer(serde_json::to_value(WindowMetered { start, end, items, records: records.len() as u64 }))
                 }
                 "push_metering_data" => {
-                    let get_i64 = |k: &str| {
-                        request
-                            .get(k)
-                            .and_then(|v| v.as_i64())
-                            .ok_or_else(|| CallError::permanent(format!("push needs {k}")))
-                    };
-                    let instance = request
-                        .get("instance_id")
-                        .and_then(|v| v.as_str())
-                        .ok_or_else(|| CallError::permanent("push needs instance_id"))?
-                        .to_string();
-                    let entities = request
-                        .get("entities")
-                        .and_then(|v| v.as_array())
-                        .map(|list| {
-                            list.iter()
-                                .map(|e| MeteringEntity {
-                                    key: e.get("key").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
-                                    value: e.get("value").and_then(|v| v.as_u64()).unwrap_or(0),
-                                    metering_assist: e.get("assit").and_then(|v| v.as_str()).map(String::from),
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                        .unwrap_or_default();
+                    let push: PushMetering = typed(request)?;
                     let record = MeteringRecord {
-                        instance_id: LongIdString(instance),
-                        start_time: get_i64("start")?,
-                        end_time: get_i64("end")?,
-                        entities,
+                        instance_id: LongIdString(push.instance_id),
+                        start_time: push.start,
+                        end_time: push.end,
+                        entities: push
+                            .entities
+                            .into_iter()
+                            .map(|e| MeteringEntity { key: e.key, value: e.value, metering_assist: Some(e.assit) })
+                            .collect(),
                         serial_no: None,
                     };
                     let r = client.push_metering_data(&[record]).await.map_err(call_error)?;
-                    Ok(json!({
-                        "request_id": r.request_id,
-                        "window_start": request.get("window_start").cloned().unwrap_or(Value::Null),
+                    answer(serde_json::to_value(MeteringPushed {
+                        request_id: Some(r.request_id),
+                        window_start: Some(push.window_start),
                     }))
                 }
                 other => Err(CallError::permanent(format!("no such call `{other}`"))),

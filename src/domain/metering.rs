@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::ids::OrgId;
 use super::pricing::{settle, DENOMINATOR};
 pub use super::protocol::MeteringEvent;
+use super::protocol::{MeterWindow, MeteringPushed, PushMetering, PushedItem, WindowMetered};
 use crate::engine::definition::Catalog;
 use crate::engine::{Cx, Reject, Signal, Workflow};
 
@@ -165,33 +165,28 @@ impl Workflow for MeteringWorkflow {
             }
             ("close_windows", _) => close_windows(cx)?,
             ("price_window", Signal::CallOk { response, .. }) => {
-                let start: Option<DateTime<Utc>> =
-                    response.get("start").and_then(|v| serde_json::from_value(v.clone()).ok());
-                let Some(i) = start.and_then(|s| window_index(cx.data, s)) else {
+                let metered = serde_json::from_value::<WindowMetered>(response.clone()).ok();
+                let Some((i, metered)) = metered.and_then(|m| window_index(cx.data, m.start).map(|i| (i, m))) else {
                     cx.note("a metered window that is not known: ignored");
                     return Ok(());
                 };
                 let mut items = Vec::new();
                 let mut total = 0u64;
-                let mut records = 0u64;
-                if let Some(list) = response.get("items").and_then(|v| v.as_array()) {
-                    for it in list {
-                        let key = it.get("key").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                        let assit = it.get("assit").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                        let num: u128 =
-                            it.get("numerator").and_then(|v| v.as_str()).and_then(|v| v.parse().ok()).unwrap_or(0);
-                        let carry_key = format!("{key}|{assit}");
-                        let carry: u128 = cx.data.carry.get(&carry_key).and_then(|c| c.parse().ok()).unwrap_or(0);
-                        let (units, rest) = settle(num, carry);
-                        debug_assert!(rest < DENOMINATOR);
-                        cx.data.carry.insert(carry_key, rest.to_string());
-                        total += units;
-                        if units > 0 {
-                            items.push(Item { key, assit, units });
-                        }
+                for it in metered.items {
+                    let num: u128 = it.numerator.parse().map_err(|_| {
+                        Reject::new("invalid_input", format!("a numerator that is not a number: {}", it.numerator))
+                    })?;
+                    let carry_key = format!("{}|{}", it.key, it.assit);
+                    let carry: u128 = cx.data.carry.get(&carry_key).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    let (units, rest) = settle(num, carry);
+                    debug_assert!(rest < DENOMINATOR);
+                    cx.data.carry.insert(carry_key, rest.to_string());
+                    total += units;
+                    if units > 0 {
+                        items.push(Item { key: it.key, assit: it.assit, units });
                     }
                 }
-                records += response.get("records").and_then(|v| v.as_u64()).unwrap_or(0);
+                let records = metered.records;
                 let instance = cx.key.id.clone();
                 let w = &mut cx.data.windows[i];
                 w.items = items.clone();
@@ -204,24 +199,28 @@ impl Workflow for MeteringWorkflow {
                 } else {
                     w.status = "pushing".into();
                     let (s, e) = (w.start, w.end);
-                    cx.call(
-                        "push_metering_data",
-                        json!({
-                            "instance_id": instance, "start": s.timestamp(), "end": e.timestamp(),
-                            "window_start": s,
-                            "entities": items.iter().map(|it| json!({"key": it.key, "value": it.units, "assit": it.assit})).collect::<Vec<_>>(),
-                        }),
-                    );
+                    let push = PushMetering {
+                        instance_id: instance,
+                        start: s.timestamp(),
+                        end: e.timestamp(),
+                        window_start: s,
+                        entities: items
+                            .iter()
+                            .map(|it| PushedItem { key: it.key.clone(), value: it.units, assit: it.assit.clone() })
+                            .collect(),
+                    };
+                    cx.request("push_metering_data", &push)?;
                     cx.note(format!("window {s} – {e}: {total} units to push"));
                 }
             }
             ("window_pushed", Signal::CallOk { response, .. }) => {
-                let start = response.get("window_start").and_then(|v| serde_json::from_value(v.clone()).ok());
+                let pushed = serde_json::from_value::<MeteringPushed>(response.clone()).ok();
+                let start = pushed.as_ref().and_then(|p| p.window_start);
                 if let Some(i) = start.and_then(|s| window_index(cx.data, s)) {
                     let w = &mut cx.data.windows[i];
                     w.status = "pushed".into();
                     w.pushed_at = Some(now);
-                    w.request_id = response.get("request_id").and_then(|v| v.as_str()).map(String::from);
+                    w.request_id = pushed.and_then(|p| p.request_id);
                     w.error = None;
                     let units = w.units;
                     let rid = w.request_id.clone().unwrap_or_default();
@@ -309,5 +308,7 @@ fn push_window(cx: &mut Cx<'_, Metering>, org: &OrgId, start: DateTime<Utc>, end
         cx.note(format!("window {start} – {end} is 5 minutes or less: the marketplace cannot take it"));
         return;
     }
-    cx.call("meter_window", json!({ "org_id": org, "start": start, "end": end }));
+    if let Err(e) = cx.request("meter_window", &MeterWindow { org_id: org.clone(), start, end }) {
+        cx.note(format!("window {start} – {end} could not be metered: {}", e.message));
+    }
 }

@@ -124,3 +124,117 @@ pub enum MeteringEvent {
     /// The subscription stopped paying at `at` (release, expiry).
     Stop { at: DateTime<Utc> },
 }
+
+// The external calls the workflows name: the request a workflow builds and the answer it reads, the same types
+// the call handlers (`crate::calls`) decode and encode.
+
+/// `describe_instance`: where the marketplace says an instance stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DescribeInstance {
+    pub instance_id: String,
+}
+
+/// The answer of `describe_instance`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceDescribed {
+    /// OPENING, OPENED, EXPIRED, CLOSED (as the marketplace spells it); `None` if it said nothing.
+    pub status: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// `meter_window`: the usage of an organization in a window, priced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeterWindow {
+    pub org_id: OrgId,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// One metering item's exact units in a window, as a fraction over the catalog's denominator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeteredItem {
+    pub key: String,
+    pub assit: String,
+    /// The numerator, as text: JSON numbers are not wide enough.
+    pub numerator: String,
+}
+
+/// The answer of `meter_window`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowMetered {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    #[serde(default)]
+    pub items: Vec<MeteredItem>,
+    /// Usage records that overlapped the window.
+    #[serde(default)]
+    pub records: u64,
+}
+
+/// One item of a push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushedItem {
+    pub key: String,
+    pub value: u64,
+    pub assit: String,
+}
+
+/// `push_metering_data`: one window of one instance, pushed once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushMetering {
+    pub instance_id: String,
+    /// The window in epoch seconds, as the marketplace takes it.
+    pub start: i64,
+    pub end: i64,
+    /// The window's start, to find the window again when the answer comes back.
+    pub window_start: DateTime<Utc>,
+    pub entities: Vec<PushedItem>,
+}
+
+/// The answer of `push_metering_data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeteringPushed {
+    pub request_id: Option<String>,
+    pub window_start: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Pending calls and outbox rows written by the builds before these types (hand-written JSON) decode, and the
+    /// types write the same JSON back.
+    #[test]
+    fn the_rows_of_the_untyped_builds_decode() {
+        let push = json!({"instance_id": "500000000001", "start": 1764840000, "end": 1764843600,
+                          "window_start": "2026-12-04T09:20:00Z",
+                          "entities": [{"key": "Frequency", "value": 833, "assit": "cmgj00063418-Frequency-1"}]});
+        let p: PushMetering = serde_json::from_value(push.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&p).unwrap(), push);
+        let window = json!({"org_id": "org_0123456789abcdef0123456789abcdef", "start": "2026-12-04T09:00:00Z",
+                            "end": "2026-12-04T10:00:00Z"});
+        let w: MeterWindow = serde_json::from_value(window.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&w).unwrap(), window);
+        let d: DescribeInstance = serde_json::from_value(json!({"instance_id": "500000000001"})).unwrap();
+        assert_eq!(d.instance_id, "500000000001");
+        for (row, kind) in [
+            (
+                json!({"type": "binding_refused", "binding_id": "bnd_0123456789abcdef0123456789abcdef",
+                    "org_id": "org_0123456789abcdef0123456789abcdef", "code": "org_already_bound"}),
+                "refused",
+            ),
+            (json!({"type": "unlinked", "org_id": "org_0123456789abcdef0123456789abcdef"}), "unlinked"),
+        ] {
+            let e: SubscriptionEvent = serde_json::from_value(row.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(serde_json::to_value(&e).unwrap(), row, "{kind}");
+        }
+        let suspended = json!({"type": "channel_suspended", "instance_id": "500000000001"});
+        let e: OrganizationEvent = serde_json::from_value(suspended.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&e).unwrap(), suspended);
+        let start =
+            json!({"type": "start", "org": "org_0123456789abcdef0123456789abcdef", "at": "2026-12-04T09:00:00Z"});
+        let e: MeteringEvent = serde_json::from_value(start.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&e).unwrap(), start);
+    }
+}

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::binding::Refusal;
 use super::ids::{BindingId, OrgId, UserId};
 pub use super::protocol::SubscriptionEvent;
-use super::protocol::{MeteringEvent, OrganizationEvent};
+use super::protocol::{DescribeInstance, InstanceDescribed, MeteringEvent, OrganizationEvent};
 use crate::aliyun::spi::{AliUid, OrderBizId, OrderId, ProductCode, RequestId, SkuId};
 use crate::engine::definition::Catalog;
 use crate::engine::EntityKey;
@@ -126,9 +126,11 @@ fn metering(cx: &mut Cx<'_, Subscription>, start: bool) -> Result<(), Reject> {
 /// Runs `workflows/subscription.toml`.
 pub struct SubscriptionWorkflow;
 
-fn reported(signal: &Signal<SubscriptionEvent>) -> Option<&str> {
+fn reported(signal: &Signal<SubscriptionEvent>) -> Option<String> {
     match signal {
-        Signal::CallOk { response, .. } => response.get("status").and_then(|s| s.as_str()),
+        Signal::CallOk { response, .. } => {
+            serde_json::from_value::<InstanceDescribed>(response.clone()).ok().and_then(|d| d.status)
+        }
         _ => None,
     }
 }
@@ -219,9 +221,9 @@ impl Workflow for SubscriptionWorkflow {
             _ => {}
         }
         match name {
-            "reported_opened" => reported(signal) == Some("OPENED"),
-            "reported_closed" => reported(signal) == Some("CLOSED"),
-            "reported_expired" => reported(signal) == Some("EXPIRED"),
+            "reported_opened" => reported(signal).as_deref() == Some("OPENED"),
+            "reported_closed" => reported(signal).as_deref() == Some("CLOSED"),
+            "reported_expired" => reported(signal).as_deref() == Some("EXPIRED"),
             _ => false,
         }
     }
@@ -272,12 +274,12 @@ impl Workflow for SubscriptionWorkflow {
             ("poll", _) => {
                 cx.data.polls += 1;
                 let id = cx.key.id.clone();
-                cx.call("describe_instance", json!({ "instance_id": id }));
+                cx.request("describe_instance", &DescribeInstance { instance_id: id })?;
             }
             ("rearm_poll", _) => cx.set_timer("activation-poll"),
             ("rearm_late_poll", _) => cx.set_timer("late-poll"),
             ("record_status", _) => {
-                let status = reported(signal).unwrap_or("UNKNOWN").to_string();
+                let status = reported(signal).unwrap_or_else(|| "UNKNOWN".into());
                 if cx.data.marketplace_status.as_deref() != Some(status.as_str()) {
                     cx.note(format!("the marketplace reports {status}"));
                 }

@@ -95,6 +95,13 @@ impl<D> Cx<'_, D> {
     pub fn call(&mut self, name: &str, request: Value) {
         self.fx.calls.push((name.to_string(), request));
     }
+    /// Starts the external call `name` with a typed request (run after the commit; its answer comes back as an
+    /// input).
+    pub fn request<R: Serialize>(&mut self, name: &str, request: &R) -> Result<(), Reject> {
+        let body = serde_json::to_value(request).map_err(|e| Reject::new("internal_error", e.to_string()))?;
+        self.fx.calls.push((name.to_string(), body));
+        Ok(())
+    }
     pub fn index_put(&mut self, key: String, value: Value) {
         self.fx.index.push((key, Some(value)));
     }
