@@ -176,19 +176,7 @@ async fn redeem_sso_cookie(state: &AppState, req: &HttpRequest, user: &User) -> 
 
 /// The session cookie, `Secure` when the service is reached over https (as the pages set theirs).
 fn session_cookie(state: &AppState, token: &str) -> Cookie<'static> {
-    let secure = state.config.public_url.starts_with("https://");
-    Cookie::build(SESSION_COOKIE, token.to_string())
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(secure)
-        .finish()
-}
-
-fn cleared(name: &'static str) -> Cookie<'static> {
-    let mut c = Cookie::build(name, "").path("/").finish();
-    c.make_removal();
-    c
+    super::web::cookie(state, SESSION_COOKIE, token.to_string(), "/", SameSite::Lax)
 }
 
 /// Registers an account; an organization is made with it, owned by the new user. A pending 免登 grant of the
@@ -213,7 +201,7 @@ async fn register(
     let user = state.accounts.register(email.clone(), password, name).await?;
     tracing::info!(user = %user.id, "account registered");
     let instance = redeem_sso_cookie(&state, &req, &user).await;
-    Ok(HttpResponse::Created().cookie(cleared(SSO_COOKIE)).json(Registered {
+    Ok(HttpResponse::Created().cookie(super::web::cleared(SSO_COOKIE, "/")).json(Registered {
         user_id: user.id,
         org_id: user.home_org,
         email_verified: user.email_verified_at.is_some(),
@@ -247,7 +235,7 @@ async fn login(
     let instance = redeem_sso_cookie(&state, &req, &user).await;
     Ok(HttpResponse::Created()
         .cookie(session_cookie(&state, &token))
-        .cookie(cleared(SSO_COOKIE))
+        .cookie(super::web::cleared(SSO_COOKIE, "/"))
         .json(SessionCreated { token, expires_at, user_id: user.id, granted_instance: instance }))
 }
 
@@ -263,7 +251,7 @@ async fn logout(state: web::Data<AppState>, req: HttpRequest, _u: CurrentUser) -
     if let Some(t) = bearer_token(&req) {
         state.accounts.logout(&t).await?;
     }
-    Ok(HttpResponse::NoContent().cookie(cleared(SESSION_COOKIE)).finish())
+    Ok(HttpResponse::NoContent().cookie(super::web::cleared(SESSION_COOKIE, "/")).finish())
 }
 
 /// The logged-in user.

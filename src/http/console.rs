@@ -32,7 +32,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, TimeDelta, Utc};
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -168,16 +168,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
 
 fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        for (name, source) in TEMPLATES {
-            if let Err(e) = env.add_template(name, source) {
-                tracing::error!(template = name, error = %e, "a console template does not compile");
-            }
-        }
-        env
-    })
+    ENV.get_or_init(|| super::web::templates("console", TEMPLATES))
 }
 
 /// A time for a `data-due`/`datetime` attribute: RFC 3339 with milliseconds, which every browser parses.
@@ -306,10 +297,6 @@ fn to_login(req: &HttpRequest) -> HttpResponse {
     see_other(&format!("/console/login?{}", encode_query([("next", here)])))
 }
 
-fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
 /// The fields of a form body (`application/x-www-form-urlencoded`).
 fn fields(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
     let text = std::str::from_utf8(body).map_err(|_| Error::BadForm)?;
@@ -378,13 +365,6 @@ fn session_csrf(token: &str) -> String {
     sha256_hex(&[b"marketflow console form\0", token.as_bytes()])
 }
 
-fn random_hex() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
 fn is_token(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -439,34 +419,9 @@ fn cookie(state: &AppState, name: &'static str, value: String, max_age: Option<T
     c
 }
 
-/// Does the request come from this service's own pages? A present `Origin` (or, without it, `Referer`) must be
-/// the public URL's origin or the one the request was addressed to.
-fn same_origin(state: &AppState, req: &HttpRequest) -> bool {
-    let origin_of = |url: &str| -> Option<String> {
-        let (scheme, rest) = url.split_once("://")?;
-        let host = rest.split(['/', '?', '#']).next()?;
-        (!host.is_empty()).then(|| format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
-    };
-    let claimed = match req.headers().get(header::ORIGIN) {
-        Some(o) => match o.to_str() {
-            Ok(o) if o != "null" => origin_of(o),
-            _ => return false,
-        },
-        None => match req.headers().get(header::REFERER).and_then(|r| r.to_str().ok()) {
-            Some(r) => origin_of(r),
-            // Neither header: the token and SameSite=Strict still hold.
-            None => return true,
-        },
-    };
-    let Some(claimed) = claimed else { return false };
-    let info = req.connection_info();
-    let addressed = format!("{}://{}", info.scheme(), info.host()).to_ascii_lowercase();
-    Some(claimed.as_str()) == origin_of(&state.config.public_url).as_deref() || claimed == addressed
-}
-
 /// Checks a session form's token and origin.
 fn check_form(state: &AppState, req: &HttpRequest, op: &Operator, given: &str) -> Result<(), Error> {
-    if equal(given, &op.csrf) && same_origin(state, req) {
+    if equal(given, &op.csrf) && super::web::same_origin(state, req) {
         Ok(())
     } else {
         tracing::warn!(operator = ?op.name, path = req.path(), "console form refused: token or origin");
@@ -493,12 +448,12 @@ pub struct LoginForm {
 
 impl LoginForm {
     fn parse(f: &[(String, String)]) -> Self {
-        let get = |k| param(f, k).unwrap_or_default().to_string();
+        let get = |k| super::web::param(f, k).unwrap_or_default().to_string();
         Self {
             token: get("token"),
             operator: get("operator"),
             csrf: get("csrf"),
-            next: param(f, "next").map(String::from),
+            next: super::web::param(f, "next").map(String::from),
         }
     }
 }
@@ -508,7 +463,7 @@ fn login_csrf(state: &AppState, req: &HttpRequest) -> (String, Option<Cookie<'st
     match req.cookie(CSRF_COOKIE).map(|c| c.value().to_string()).filter(|v| is_token(v)) {
         Some(v) => (v, None),
         None => {
-            let v = random_hex();
+            let v = super::web::random_hex();
             (v.clone(), Some(cookie(state, CSRF_COOKIE, v, None)))
         }
     }
@@ -542,7 +497,7 @@ fn login_page(
     ))]
 async fn login_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let query = parse_form(req.query_string()).unwrap_or_default();
-    let next = param(&query, "next").filter(|n| console_next(n).is_some()).unwrap_or("");
+    let next = super::web::param(&query, "next").filter(|n| console_next(n).is_some()).unwrap_or("");
     match current(&state, &req) {
         Ok(Some(_)) => see_other(&console_next(next).unwrap_or_else(|| "/console".into())),
         Ok(None) => login_page(&state, &req, StatusCode::OK, next, "", None),
@@ -569,7 +524,7 @@ async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
     };
     let next = form.next.as_deref().filter(|n| console_next(n).is_some()).unwrap_or("");
     let csrf_cookie = req.cookie(CSRF_COOKIE).map(|c| c.value().to_string()).unwrap_or_default();
-    if !(equal(&form.csrf, &csrf_cookie) && same_origin(&state, &req)) {
+    if !(equal(&form.csrf, &csrf_cookie) && super::web::same_origin(&state, &req)) {
         return login_page(&state, &req, StatusCode::FORBIDDEN, next, &form.operator, Some(&Error::Csrf));
     }
     let given = form.operator.trim();
@@ -589,7 +544,7 @@ async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
             return login_page(&state, &req, e.status, next, given, Some(&Error::Api(e)));
         }
     };
-    let token = random_hex();
+    let token = super::web::random_hex();
     let now = Utc::now();
     let session = StoredSession {
         operator: name.clone(),
@@ -634,7 +589,7 @@ async fn logout_post(state: web::Data<AppState>, req: HttpRequest, body: web::By
         Err(r) => return *r,
     };
     let form = match fields(&body) {
-        Ok(f) => LogoutForm { csrf: param(&f, "csrf").unwrap_or_default().to_string() },
+        Ok(f) => LogoutForm { csrf: super::web::param(&f, "csrf").unwrap_or_default().to_string() },
         Err(e) => return message(&state, Some(&op), &e, "/console"),
     };
     if let Err(e) = check_form(&state, &req, &op, &form.csrf) {
@@ -682,7 +637,7 @@ pub struct ListQuery {
 
 impl ListQuery {
     fn parse(q: &[(String, String)]) -> Self {
-        let get = |k| param(q, k).map(str::trim).filter(|v| !v.is_empty()).map(String::from);
+        let get = |k| super::web::param(q, k).map(str::trim).filter(|v| !v.is_empty()).map(String::from);
         Self {
             kind: get("kind"),
             state: get("state"),
@@ -868,7 +823,7 @@ async fn entity(state: web::Data<AppState>, req: HttpRequest, path: web::Path<(S
     };
     let (kind, id) = path.into_inner();
     let query = parse_form(req.query_string()).unwrap_or_default();
-    let before = param(&query, "before").and_then(|b| b.parse::<u64>().ok());
+    let before = super::web::param(&query, "before").and_then(|b| b.parse::<u64>().ok());
     entity_page(&state, &op, &kind, &id, before, StatusCode::OK, None)
 }
 
@@ -1077,9 +1032,9 @@ async fn action_post(
     let back = entity_href(&kind, &id);
     let form = match fields(&body) {
         Ok(f) => ActionForm {
-            reason: param(&f, "reason").unwrap_or_default().to_string(),
-            call_id: param(&f, "call_id").filter(|c| !c.is_empty()).map(String::from),
-            csrf: param(&f, "csrf").unwrap_or_default().to_string(),
+            reason: super::web::param(&f, "reason").unwrap_or_default().to_string(),
+            call_id: super::web::param(&f, "call_id").filter(|c| !c.is_empty()).map(String::from),
+            csrf: super::web::param(&f, "csrf").unwrap_or_default().to_string(),
         },
         Err(e) => return message(&state, Some(&op), &e, &back),
     };
@@ -1634,7 +1589,7 @@ mod tests {
 
     #[test]
     fn form_tokens_belong_to_their_session() {
-        let (a, b) = (random_hex(), random_hex());
+        let (a, b) = (crate::http::web::random_hex(), crate::http::web::random_hex());
         assert!(is_token(&a) && a != b);
         assert_eq!(session_csrf(&a), session_csrf(&a));
         assert_ne!(session_csrf(&a), session_csrf(&b));

@@ -16,8 +16,11 @@ pub mod session;
 pub mod spi;
 pub mod sso;
 pub mod usage;
+pub mod web;
 
-use actix_web::{web, HttpResponse};
+use actix_web::HttpResponse;
+// `web` here is this module's shared web concerns; actix's is spelled out.
+use actix_web::web as aweb;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
@@ -67,7 +70,7 @@ pub struct Ready {
 
 /// Liveness: the process answers, and says what time it thinks it is.
 #[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, body = Health)))]
-async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+async fn healthz(state: aweb::Data<AppState>) -> HttpResponse {
     let clock = state.engine.clock();
     HttpResponse::Ok().json(Health { status: "ok", now: clock.now().to_rfc3339(), time_scale: clock.scale() })
 }
@@ -78,7 +81,7 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     (status = 503, description = "`not_ready`: the store refused a write (restart needed) or the service is stopping",
         body = ErrorBody, headers(("Retry-After" = u32, description = "seconds"))),
 ))]
-async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn readyz(state: aweb::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.engine.ready() {
         Ok(HttpResponse::Ok().json(Ready { status: "ready" }))
     } else {
@@ -117,31 +120,33 @@ fn json_error(e: actix_web::error::JsonPayloadError) -> ApiError {
 }
 
 /// Registers every route of the service.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(|e, _| json_error(e).into()))
+pub fn configure(cfg: &mut aweb::ServiceConfig) {
+    cfg.app_data(aweb::JsonConfig::default().limit(64 * 1024).error_handler(|e, _| json_error(e).into()))
         .app_data(
-            web::QueryConfig::default()
+            aweb::QueryConfig::default()
                 .error_handler(|e, _| ApiError::bad_request("invalid_query", e.to_string()).into()),
         )
         .app_data(
-            web::PathConfig::default()
+            aweb::PathConfig::default()
                 .error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into()),
         )
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/openapi.json", web::get().to(openapi::openapi_json))
-        .route("/api/docs", web::get().to(openapi::api_docs))
-        .service(web::resource("/aliyun/spi").route(web::get().to(spi::spi_get)).route(web::post().to(spi::spi_post)))
-        .route("/aliyun/sso", web::get().to(sso::sso))
-        .service(web::scope("/api/v1/ops").configure(ops::configure).configure(usage::configure_ops))
+        .route("/healthz", aweb::get().to(healthz))
+        .route("/readyz", aweb::get().to(readyz))
+        .route("/metrics", aweb::get().to(metrics::metrics))
+        .route("/openapi.json", aweb::get().to(openapi::openapi_json))
+        .route("/api/docs", aweb::get().to(openapi::api_docs))
         .service(
-            web::scope("/api/v1")
+            aweb::resource("/aliyun/spi").route(aweb::get().to(spi::spi_get)).route(aweb::post().to(spi::spi_post)),
+        )
+        .route("/aliyun/sso", aweb::get().to(sso::sso))
+        .service(aweb::scope("/api/v1/ops").configure(ops::configure).configure(usage::configure_ops))
+        .service(
+            aweb::scope("/api/v1")
                 .configure(accounts::configure)
                 .configure(marketplace::configure)
                 .configure(usage::configure),
         )
         .configure(pages::configure)
         .configure(console::configure)
-        .default_service(web::to(no_such_route));
+        .default_service(aweb::to(no_such_route));
 }

@@ -20,7 +20,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, FixedOffset, Utc};
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::Environment;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::{json, Map, Value};
 
@@ -435,14 +435,8 @@ fn datetime(value: String) -> String {
 fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        let mut env = super::web::templates("page", TEMPLATES);
         env.add_filter("datetime", datetime);
-        for (name, source) in TEMPLATES {
-            if let Err(e) = env.add_template(name, source) {
-                tracing::error!(template = name, error = %e, "a page template does not compile");
-            }
-        }
         env
     })
 }
@@ -460,25 +454,8 @@ struct Ctx {
     path: String,
 }
 
-fn random_hex() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
 fn cookie(name: &'static str, value: String, secure: bool) -> Cookie<'static> {
     Cookie::build(name, value).path("/").http_only(true).same_site(SameSite::Lax).secure(secure).finish()
-}
-
-fn cleared(name: &'static str) -> Cookie<'static> {
-    let mut c = Cookie::build(name, "").path("/").finish();
-    c.make_removal();
-    c
-}
-
-fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn accept_language(req: &HttpRequest) -> Option<Lang> {
@@ -499,7 +476,7 @@ impl Ctx {
     fn new(state: &AppState, req: &HttpRequest) -> Ctx {
         let secure = state.config.public_url.starts_with("https://");
         let query = parse_form(req.query_string()).unwrap_or_default();
-        let asked = param(&query, "lang").and_then(Lang::parse);
+        let asked = super::web::param(&query, "lang").and_then(Lang::parse);
         let remembered = req.cookie(LANG_COOKIE).and_then(|c| Lang::parse(c.value()));
         let lang = asked.or(remembered).or_else(|| accept_language(req)).unwrap_or(Lang::Zh);
         let set_lang = asked.filter(|a| Some(*a) != remembered).map(|a| {
@@ -514,7 +491,7 @@ impl Ctx {
         let (csrf, set_csrf) = match existing {
             Some(v) => (v, None),
             None => {
-                let v = random_hex();
+                let v = super::web::random_hex();
                 (v.clone(), Some(cookie(CSRF_COOKIE, v, secure)))
             }
         };
@@ -674,30 +651,6 @@ fn require_user(state: &AppState, req: &HttpRequest, ctx: &Ctx) -> Result<User, 
     }
 }
 
-/// Does the request come from one of this service's own pages? A present `Origin` (or, without it, `Referer`)
-/// must be the public URL's origin or the origin the request was addressed to.
-fn same_origin(state: &AppState, req: &HttpRequest) -> bool {
-    let origin_of = |url: &str| -> Option<String> {
-        let (scheme, rest) = url.split_once("://")?;
-        let host = rest.split(['/', '?', '#']).next()?;
-        (!host.is_empty()).then(|| format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
-    };
-    let claimed = match req.headers().get(header::ORIGIN) {
-        Some(o) => match o.to_str() {
-            Ok(o) if o != "null" => origin_of(o),
-            _ => return false,
-        },
-        None => match req.headers().get(header::REFERER).and_then(|r| r.to_str().ok()) {
-            Some(r) => origin_of(r),
-            None => return true, // Neither header (old clients): the token and SameSite still hold.
-        },
-    };
-    let Some(claimed) = claimed else { return false };
-    let info = req.connection_info();
-    let addressed = format!("{}://{}", info.scheme(), info.host()).to_ascii_lowercase();
-    Some(claimed.as_str()) == origin_of(&state.config.public_url).as_deref() || claimed == addressed
-}
-
 /// The form's bytes, or the page refusing them with a code (over [`FORM_LIMIT`]: 413 `payload_too_large`);
 /// actix's own refusal is plain text without one.
 fn form_bytes(ctx: &Ctx, body: Result<web::Bytes, actix_web::Error>) -> Result<web::Bytes, Box<HttpResponse>> {
@@ -711,10 +664,10 @@ fn form_bytes(ctx: &Ctx, body: Result<web::Bytes, actix_web::Error>) -> Result<w
 /// A submitted form: its fields, once the CSRF checks passed.
 fn form(state: &AppState, req: &HttpRequest, body: &[u8]) -> Option<Vec<(String, String)>> {
     let fields = std::str::from_utf8(body).ok().and_then(|b| parse_form(b).ok())?;
-    let given = param(&fields, "csrf").unwrap_or("");
+    let given = super::web::param(&fields, "csrf").unwrap_or("");
     let cookie = req.cookie(CSRF_COOKIE).map(|c| c.value().to_string()).unwrap_or_default();
     let token_ok = !cookie.is_empty() && crate::config::same_secret(given, &cookie);
-    (token_ok && same_origin(state, req)).then_some(fields)
+    (token_ok && super::web::same_origin(state, req)).then_some(fields)
 }
 
 /// Gives the browser's pending 免登 grant (cookie) to the user; returns the instance.
@@ -753,15 +706,15 @@ async fn logged_in(
     let mut r = ctx.redirect(&after_login(next, instance.as_deref()));
     let _ = r.add_cookie(&cookie(SESSION_COOKIE, token.to_string(), ctx.secure));
     if req.cookie(SSO_COOKIE).is_some() {
-        let _ = r.add_cookie(&cleared(SSO_COOKIE));
+        let _ = r.add_cookie(&super::web::cleared(SSO_COOKIE, "/"));
     }
     r
 }
 
 fn next_of(ctx: &Ctx, fields: Option<&[(String, String)]>) -> Option<String> {
     fields
-        .and_then(|f| param(f, "next"))
-        .or_else(|| param(&ctx.query, "next"))
+        .and_then(|f| super::web::param(f, "next"))
+        .or_else(|| super::web::param(&ctx.query, "next"))
         .filter(|n| safe_next(n).is_some())
         .map(String::from)
 }
@@ -807,7 +760,7 @@ async fn login_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse
             let instance = redeem(&state, &req, &user).await;
             let mut r = ctx.redirect(&after_login(next.as_deref(), instance.as_deref()));
             if req.cookie(SSO_COOKIE).is_some() {
-                let _ = r.add_cookie(&cleared(SSO_COOKIE));
+                let _ = r.add_cookie(&super::web::cleared(SSO_COOKIE, "/"));
             }
             r
         }
@@ -852,15 +805,16 @@ async fn login_post(
         );
     };
     let next = next_of(&ctx, Some(&fields));
-    let raw_email = param(&fields, "email").unwrap_or("").trim().to_string();
+    let raw_email = super::web::param(&fields, "email").unwrap_or("").trim().to_string();
     let values = json!({ "email": raw_email });
     let fail = |status: StatusCode, code: &str| {
         let err = Some(error_text(ctx.lang, code));
         auth_page(&ctx, &req, "login.html", status, next.as_deref(), err, values.clone())
     };
-    let (Ok(email), Ok(password)) =
-        (Email::try_from(raw_email.clone()), Password::parse(param(&fields, "password").unwrap_or("").to_string()))
-    else {
+    let (Ok(email), Ok(password)) = (
+        Email::try_from(raw_email.clone()),
+        Password::parse(super::web::param(&fields, "password").unwrap_or("").to_string()),
+    ) else {
         return fail(StatusCode::UNAUTHORIZED, "invalid_credentials");
     };
     match state.accounts.login(&email, password).await {
@@ -944,9 +898,9 @@ async fn register_post(
         return auth_page(&ctx, &req, "register.html", StatusCode::FORBIDDEN, next.as_deref(), err, values);
     };
     let next = next_of(&ctx, Some(&fields));
-    let raw_email = param(&fields, "email").unwrap_or("").trim().to_string();
-    let raw_name = param(&fields, "name").unwrap_or("").trim().to_string();
-    let raw_password = param(&fields, "password").unwrap_or("").to_string();
+    let raw_email = super::web::param(&fields, "email").unwrap_or("").trim().to_string();
+    let raw_name = super::web::param(&fields, "name").unwrap_or("").trim().to_string();
+    let raw_password = super::web::param(&fields, "password").unwrap_or("").to_string();
     let values = json!({ "email": raw_email, "name": raw_name });
     let fail = |status: StatusCode, code: &str| {
         let err = Some(error_text(ctx.lang, code));
@@ -1014,7 +968,7 @@ async fn logout_post(
         }
     }
     let mut r = ctx.redirect("/login");
-    let _ = r.add_cookie(&cleared(SESSION_COOKIE));
+    let _ = r.add_cookie(&super::web::cleared(SESSION_COOKIE, "/"));
     r
 }
 
@@ -1177,7 +1131,7 @@ async fn bind_post(
         let err = Some(ctx.t("err_csrf").to_string());
         return bind_page(&state, &ctx, &user, &instance, StatusCode::FORBIDDEN, err, None);
     };
-    let Some(org) = param(&fields, "org_id").filter(|o| !o.is_empty()) else {
+    let Some(org) = super::web::param(&fields, "org_id").filter(|o| !o.is_empty()) else {
         let err = Some(error_text(ctx.lang, "select_org"));
         return bind_page(&state, &ctx, &user, &instance, StatusCode::UNPROCESSABLE_ENTITY, err, None);
     };
