@@ -9,10 +9,11 @@
 //!   typed record tables (`engine::records`: every key and value shape of the records beside the workflows),
 //!   the sweeper of ended records, its own telemetry, the clock anchor. Only the engine reaches the store.
 //!
-//! - [`accounts`]: users, sessions (Argon2id passwords, hashed session tokens), verified addresses, 免登 grants.
+//! - [`app`]: the use cases the JSON API, the pages and the console call: accounts (users, sessions with
+//!   Argon2id passwords and hashed tokens, verified addresses, 免登 grants), usage records (stored once by record
+//!   id, read per window), and the external calls the workflows name (performed by the Market OpenAPI client).
 //! - [`aliyun`]: the marketplace's protocol, pure: SPI tokens and parameters, Market OpenAPI signatures (V3
 //!   `ACS3-HMAC-SHA256` and legacy RPC HMAC-SHA1) and request/response types.
-//! - [`calls`]: the external calls workflows name, performed by the Market OpenAPI client.
 //! - [`ctl`]: the operator CLI (`marketflow ctl`) over the HTTP ops API, tables or JSON.
 //! - [`config`]: defaults < file < environment < flags; secrets that never print.
 //! - [`demo`]: `marketflow demo`, the whole lifecycle walked in one process on a scaled clock.
@@ -21,13 +22,13 @@
 //!   billable).
 //! - [`http`]: routes (one table of every route and who it admits: `http::routes`), bearer-token roles, JSON
 //!   errors with stable codes, the OpenAPI document built from the handlers' annotations (`http::openapi`), the
-//!   buyer's pages and the operator console.
+//!   buyer's pages and the operator console, and the web concerns they share once (`http::web`). Adapters: they
+//!   parse, call `app`, and render.
 //!
 //! - [`startup`]: builds and wires the `Application` the same way for `main` and the tests (zero2prod's name, so
-//!   that `app/` can mean the use cases); the persisted clock anchor, the sweeper's rules, the middlewares.
+//!   that `app/` can mean the use cases); the mailer, the sweeper's rules, the middlewares.
 //! - [`mail`]: the verification links, over SMTP (`lettre`), or to standard output in `--dev`.
 //! - [`ratelimit`]: rate-limit settings (per route class, per account) and bounded token buckets.
-//! - [`usage`]: usage records of Zilliz Cloud's services, stored once by record id, read per window.
 //!
 //! Dependencies point one way: `engine` knows no organization or subscription, `store` knows no engine.
 /// jemalloc instead of glibc's malloc, for every binary, test and bench that links this crate (so the benches
@@ -48,9 +49,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"thp:always".as_ptr() });
 
-pub mod accounts;
 pub mod aliyun;
-pub mod calls;
+pub mod app;
 pub mod clock;
 pub mod config;
 pub mod ctl;
@@ -63,4 +63,3 @@ pub mod mail;
 pub mod ratelimit;
 pub mod startup;
 pub mod store;
-pub mod usage;

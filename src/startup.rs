@@ -8,7 +8,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::aliyun::client::MarketClient;
 use crate::aliyun::simulator::{self, RunningSimulator, SimulatorConfig};
-use crate::calls::MarketCalls;
+use crate::app::calls::MarketCalls;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::pricing::Catalog;
@@ -135,9 +135,9 @@ impl Application {
             );
         }
         let accounts =
-            crate::accounts::Accounts::new(engine.clone(), config.rate_limits.account, mailer, &config.public_url);
+            crate::app::accounts::Accounts::new(engine.clone(), config.rate_limits.account, mailer, &config.public_url);
         let limiter = http::limits::Limiter::new(config.rate_limits, config.trusted_proxies.clone());
-        let rules = [crate::accounts::sweep_rules(), http::console::sweep_rules()].concat();
+        let rules = [crate::app::accounts::sweep_rules(), http::console::sweep_rules()].concat();
         let swept = crate::engine::sweep::start(&engine, rules, config.sweep_interval);
         let state = web::Data::new(AppState { engine: engine.clone(), config, accounts, catalog, limiter, swept });
         let connections = crate::ratelimit::Connections::new(

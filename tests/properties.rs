@@ -843,7 +843,7 @@ proptest! {
         let org = OrgId::parse("org_properties").unwrap();
         let s = now + TimeDelta::seconds(start);
         let e = s + TimeDelta::seconds(length);
-        match marketflow::usage::parse(&prices, now, record_id.clone(), org, resource_id, cu_type.clone(), cu, s, e) {
+        match marketflow::app::usage::parse(&prices, now, record_id.clone(), org, resource_id, cu_type.clone(), cu, s, e) {
             Ok(r) => {
                 prop_assert_eq!(&r.record_id, &record_id);
                 prop_assert!(prices.price(&r.cu_type).is_some());

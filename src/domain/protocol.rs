@@ -126,7 +126,7 @@ pub enum MeteringEvent {
 }
 
 // The external calls the workflows name: the request a workflow builds and the answer it reads, the same types
-// the call handlers (`crate::calls`) decode and encode.
+// the call handlers (`crate::app::calls`) decode and encode.
 
 /// `describe_instance`: where the marketplace says an instance stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

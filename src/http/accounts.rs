@@ -12,7 +12,7 @@ use super::error::{ApiError, ErrorBody};
 use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::session::{bearer_token, CurrentUser, SESSION_COOKIE, SSO_COOKIE};
 use super::AppState;
-use crate::accounts::{OrgCreation, User};
+use crate::app::accounts::{OrgCreation, User};
 use crate::domain::ids::{Email, InvitationId, Name, OrgId, Password, Role, UserId};
 use crate::domain::organization::{self, FrozenReason, HistoryEntry, Organization, OrganizationEvent};
 use crate::engine::{Cause, EntityKey, Input, Status};
@@ -226,10 +226,10 @@ async fn login(
     let b = body.into_inner();
     // The stored rule, not the new-input rule: an account registered under the looser first rules still logs in.
     let Ok(email) = Email::try_from(b.email) else {
-        return Err(crate::accounts::Error::InvalidCredentials.into());
+        return Err(crate::app::accounts::Error::InvalidCredentials.into());
     };
     let Ok(password) = Password::parse(b.password) else {
-        return Err(crate::accounts::Error::InvalidCredentials.into());
+        return Err(crate::app::accounts::Error::InvalidCredentials.into());
     };
     let (token, expires_at, user) = state.accounts.login(&email, password).await?;
     let instance = redeem_sso_cookie(&state, &req, &user).await;
@@ -426,7 +426,7 @@ async fn accept(
     let invitation = InvitationId::parse(path.into_inner())?;
     // An invitation names an address; only someone who proved the address is theirs may take it.
     if !user.verified() {
-        return Err(crate::accounts::Error::EmailUnverified.into());
+        return Err(crate::app::accounts::Error::EmailUnverified.into());
     }
     let org = organization::INVITATIONS
         .get(&state.engine, &[invitation.as_str()])?

@@ -33,7 +33,7 @@ use error::ErrorBody;
 pub struct AppState {
     pub engine: Engine,
     pub config: Config,
-    pub accounts: std::sync::Arc<crate::accounts::Accounts>,
+    pub accounts: std::sync::Arc<crate::app::accounts::Accounts>,
     /// The price catalog (CU types, units per CU-hour, metering items).
     pub catalog: std::sync::Arc<crate::domain::pricing::Catalog>,
     /// Records deleted by the sweeper of ended records, for `/metrics`.

@@ -29,8 +29,8 @@ use super::error::ApiError;
 use super::marketplace;
 use super::session::{session_token, SESSION_COOKIE, SSO_COOKIE};
 use super::AppState;
-use crate::accounts::User;
 use crate::aliyun::encoding::{encode_query, parse_form, percent_encode};
+use crate::app::accounts::User;
 use crate::domain::ids::{Email, Name, OrgId, Password};
 
 /// The per-form token's cookie (double submit).
@@ -634,7 +634,7 @@ fn current_user(state: &AppState, req: &HttpRequest) -> Result<Option<User>, ()>
     let Some(token) = session_token(req) else { return Ok(None) };
     match state.accounts.authenticate(&token) {
         Ok(u) => Ok(Some(u)),
-        Err(crate::accounts::Error::Unauthenticated) => Ok(None),
+        Err(crate::app::accounts::Error::Unauthenticated) => Ok(None),
         Err(e) => {
             tracing::error!(error = %e, "session lookup failed");
             Err(())
@@ -822,7 +822,7 @@ async fn login_post(
             tracing::info!(user = %user.id, "logged in (page)");
             logged_in(&state, &req, &ctx, &user, &token, next.as_deref()).await
         }
-        Err(crate::accounts::Error::InvalidCredentials) => fail(StatusCode::UNAUTHORIZED, "invalid_credentials"),
+        Err(crate::app::accounts::Error::InvalidCredentials) => fail(StatusCode::UNAUTHORIZED, "invalid_credentials"),
         Err(e) => {
             let e = ApiError::from(e);
             if e.status.is_server_error() {
@@ -920,7 +920,7 @@ async fn register_post(
     };
     let user = match state.accounts.register(email.clone(), password, name).await {
         Ok(u) => u,
-        Err(crate::accounts::Error::EmailTaken) => return fail(StatusCode::CONFLICT, "email_taken"),
+        Err(crate::app::accounts::Error::EmailTaken) => return fail(StatusCode::CONFLICT, "email_taken"),
         Err(e) => {
             tracing::error!(error = %e, "registration failed (page)");
             return ctx.unavailable(None);

@@ -8,7 +8,7 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::accounts::User;
+use crate::app::accounts::User;
 
 /// The session cookie of the pages.
 pub const SESSION_COOKIE: &str = "mf_session";
@@ -46,16 +46,16 @@ impl FromRequest for CurrentUser {
             };
             match state.accounts.authenticate(&token) {
                 Ok(u) => Ok(CurrentUser(u)),
-                Err(crate::accounts::Error::Unauthenticated) => Err(ApiError::unauthorized()),
+                Err(crate::app::accounts::Error::Unauthenticated) => Err(ApiError::unauthorized()),
                 Err(e) => Err(e.into()),
             }
         })
     }
 }
 
-impl From<crate::accounts::Error> for ApiError {
-    fn from(e: crate::accounts::Error) -> Self {
-        use crate::accounts::Error as E;
+impl From<crate::app::accounts::Error> for ApiError {
+    fn from(e: crate::app::accounts::Error) -> Self {
+        use crate::app::accounts::Error as E;
         use actix_web::http::StatusCode;
         match e {
             E::EmailTaken => ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string()),

@@ -10,11 +10,11 @@ use super::auth::{Operator, Service};
 use super::error::{ApiError, ErrorBody};
 use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::AppState;
+use crate::app::usage::{self, StoreError, Stored};
 use crate::domain::ids::OrgId;
 use crate::domain::metering::{self, Metering};
 use crate::domain::organization;
 use crate::engine::EntityKey;
-use crate::usage::{self, StoreError, Stored};
 
 /// The usage part of the API description.
 #[derive(OpenApi)]

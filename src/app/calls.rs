@@ -79,11 +79,11 @@ impl CallHandler for MarketCalls {
                 "meter_window" => {
                     let MeterWindow { org_id: org, start, end } = typed(request)?;
                     let records =
-                        tokio::task::spawn_blocking(move || crate::usage::overlapping(&records, &org, start, end))
+                        tokio::task::spawn_blocking(move || crate::app::usage::overlapping(&records, &org, start, end))
                             .await
                             .map_err(|e| CallError::retryable(e.to_string()))?
                             .map_err(CallError::retryable)?;
-                    let items = crate::usage::window_numerators(&catalog, &records, start, end)
+                    let items = crate::app::usage::window_numerators(&catalog, &records, start, end)
                         .into_iter()
                         .map(|((key, assit), n)| MeteredItem { key, assit, numerator: n.to_string() })
                         .collect();
