@@ -7,7 +7,7 @@
 //! workflow that owns it; the page asks both.
 
 use super::ids::Role;
-use super::{organization, subscription};
+use super::protocol::{OrganizationState, SubscriptionState};
 
 /// Why a binding cannot be made. `code()` is what the API, the pages and the journal show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +35,8 @@ impl Refusal {
 
 /// The organization's side: may a caller with `role` (none: not a member) bind a subscription to an organization
 /// in `state`? Permission first, so that a Member learns about their role, not about the channel.
-pub fn organization_takes(role: Option<Role>, state: organization::State) -> Result<(), Refusal> {
-    use organization::State::*;
+pub fn organization_takes(role: Option<Role>, state: OrganizationState) -> Result<(), Refusal> {
+    use OrganizationState::*;
     if !role.is_some_and(Role::may_manage_billing) {
         return Err(Refusal::InsufficientPermission);
     }
@@ -48,7 +48,7 @@ pub fn organization_takes(role: Option<Role>, state: organization::State) -> Res
 
 /// The subscription's side: may a subscription in `state` be bound, given whether it is bound or has a binding
 /// being decided (`taken`)?
-pub fn subscription_can_be_bound(state: subscription::State, taken: bool) -> Result<(), Refusal> {
+pub fn subscription_can_be_bound(state: SubscriptionState, taken: bool) -> Result<(), Refusal> {
     if !state.listed() {
         return Err(Refusal::SubscriptionNotActive);
     }
@@ -65,6 +65,7 @@ mod tests {
     use crate::domain::ids::{BindingId, Email, OrgId, UserId};
     use crate::domain::organization::{Member, Organization, OrganizationEvent};
     use crate::domain::subscription::{Binding, Subscription, SubscriptionEvent};
+    use crate::domain::{organization, subscription};
     use crate::engine::definition::Definition;
     use crate::engine::workflow::{DecideInput, DecideOutput, DynWorkflow};
     use crate::engine::{EntityKey, Event};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::OrgId;
 use super::pricing::{settle, DENOMINATOR};
 pub use super::protocol::MeteringEvent;
+pub use super::protocol::MeteringState as State;
 use super::protocol::{MeterWindow, MeteringPushed, PushMetering, PushedItem, WindowMetered};
 use crate::engine::definition::Catalog;
 use crate::engine::{Cx, Reject, Signal, Workflow};
@@ -16,14 +17,6 @@ use crate::engine::{Cx, Reject, Signal, Workflow};
 /// The entity kind (one per subscription, same id).
 pub const KIND: &str = super::protocol::METERING;
 
-states! {
-    /// Metering's states (`workflows/metering.toml`).
-    pub enum State {
-        New = "new",
-        Billing = "billing",
-        Stopped = "stopped",
-    }
-}
 /// The marketplace refuses windows of 5 minutes or less for hourly products.
 pub const MIN_WINDOW: TimeDelta = TimeDelta::minutes(5);
 /// Windows kept in the record (older ones only in the journal and the totals).

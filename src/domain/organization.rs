@@ -11,6 +11,7 @@ use super::ids::{Email, InvitationId, Name, OrgId, Role, UserId};
 
 use super::binding;
 pub use super::protocol::OrganizationEvent;
+pub use super::protocol::OrganizationState as State;
 use super::protocol::SubscriptionEvent;
 use crate::aliyun::spi::AliUid;
 use crate::engine::definition::Catalog;
@@ -20,33 +21,6 @@ use crate::engine::{Cx, EntityKey, Reject, Signal, Workflow};
 /// The entity kind.
 pub const KIND: &str = super::protocol::ORGANIZATION;
 
-states! {
-    /// An organization's states (`workflows/organization.toml`): its billing status.
-    pub enum State {
-        New = "new",
-        Unbound = "unbound",
-        Bound = "bound",
-        /// The bound subscription was released; the organization runs until the switch window closes.
-        Window = "window",
-        Frozen = "frozen",
-    }
-}
-
-impl State {
-    /// Billable means bound: usage is billed through the marketplace only while a subscription pays for it.
-    pub fn billable(self) -> bool {
-        self == State::Bound
-    }
-
-    /// Billing status as users read it: frozen, or active.
-    pub fn billing_status(self) -> &'static str {
-        if self == State::Frozen {
-            "frozen"
-        } else {
-            "active"
-        }
-    }
-}
 /// At most this many members (the product's limit).
 pub const MAX_MEMBERS: usize = 100;
 /// Invitations expire after this long.

@@ -18,6 +18,65 @@ pub const ORGANIZATION: &str = "organization";
 /// The entity kind of a subscription's usage billing (one per subscription, same id).
 pub const METERING: &str = "metering";
 
+// The workflows' states: adapters and rules compare these, never state names.
+
+states! {
+    /// A subscription's states (`workflows/subscription.toml`).
+    pub enum SubscriptionState {
+        New = "new",
+        /// createInstance answered; waiting for the marketplace to report it opened.
+        Opening = "opening",
+        ActivationFailed = "activation_failed",
+        Active = "active",
+        Expired = "expired",
+        Released = "released",
+    }
+}
+
+impl SubscriptionState {
+    /// Listed means active: the purchased list and the binding page show active subscriptions only, as the
+    /// marketplace console does, and only an active one can be bound.
+    pub fn listed(self) -> bool {
+        self == SubscriptionState::Active
+    }
+}
+
+states! {
+    /// An organization's states (`workflows/organization.toml`): its billing status.
+    pub enum OrganizationState {
+        New = "new",
+        Unbound = "unbound",
+        Bound = "bound",
+        /// The bound subscription was released; the organization runs until the switch window closes.
+        Window = "window",
+        Frozen = "frozen",
+    }
+}
+
+impl OrganizationState {
+    /// Billable means bound: usage is billed through the marketplace only while a subscription pays for it.
+    pub fn billable(self) -> bool {
+        self == OrganizationState::Bound
+    }
+
+    /// Billing status as users read it: frozen, or active.
+    pub fn billing_status(self) -> &'static str {
+        if self == OrganizationState::Frozen {
+            "frozen"
+        } else {
+            "active"
+        }
+    }
+}
+states! {
+    /// Metering's states (`workflows/metering.toml`).
+    pub enum MeteringState {
+        New = "new",
+        Billing = "billing",
+        Stopped = "stopped",
+    }
+}
+
 /// What happens to a subscription.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

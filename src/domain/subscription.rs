@@ -11,6 +11,7 @@ use serde_json::json;
 use super::binding::Refusal;
 use super::ids::{BindingId, OrgId, UserId};
 pub use super::protocol::SubscriptionEvent;
+pub use super::protocol::SubscriptionState as State;
 use super::protocol::{DescribeInstance, InstanceDescribed, MeteringEvent, OrganizationEvent};
 use crate::aliyun::spi::{AliUid, OrderBizId, OrderId, ProductCode, RequestId, SkuId};
 use crate::engine::definition::Catalog;
@@ -19,27 +20,6 @@ use crate::engine::{Cx, Reject, Signal, Workflow};
 
 /// The entity kind.
 pub const KIND: &str = super::protocol::SUBSCRIPTION;
-
-states! {
-    /// A subscription's states (`workflows/subscription.toml`).
-    pub enum State {
-        New = "new",
-        /// createInstance answered; waiting for the marketplace to report it opened.
-        Opening = "opening",
-        ActivationFailed = "activation_failed",
-        Active = "active",
-        Expired = "expired",
-        Released = "released",
-    }
-}
-
-impl State {
-    /// Listed means active: the purchased list and the binding page show active subscriptions only, as the
-    /// marketplace console does, and only an active one can be bound.
-    pub fn listed(self) -> bool {
-        self == State::Active
-    }
-}
 
 /// What the marketplace told us (and when), kept as the subscription's data.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

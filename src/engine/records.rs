@@ -396,3 +396,78 @@ mod tests {
         assert!(offenders.is_empty(), "{offenders:#?}");
     }
 }
+
+#[cfg(test)]
+mod layering {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The modules of `src/<dir>/` and which of their siblings each uses (`super::x`, `crate::<dir>::x`), comments
+    /// left out.
+    fn graph(dir: &str) -> BTreeMap<String, BTreeSet<String>> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
+        let names: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.path().file_stem().map(|s| s.to_string_lossy().to_string()))
+            .filter(|n| n != "mod")
+            .collect();
+        let mut g = BTreeMap::new();
+        for name in &names {
+            let text = std::fs::read_to_string(root.join(format!("{name}.rs"))).unwrap_or_default();
+            // Unit tests may reach anywhere; the code they test may not.
+            let text = text.split("#[cfg(test)]").next().unwrap_or("");
+            let code: String = text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+            let uses = names
+                .iter()
+                .filter(|other| *other != name)
+                .filter(|other| {
+                    [format!("super::{other}"), format!("crate::{dir}::{other}")].iter().any(|p| {
+                        code.match_indices(p.as_str())
+                            .any(|(i, _)| !code[i + p.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+                    })
+                })
+                .cloned()
+                .collect();
+            g.insert(name.clone(), uses);
+        }
+        g
+    }
+
+    fn cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+        fn visit(
+            n: &str,
+            g: &BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+        ) -> Option<Vec<String>> {
+            if let Some(i) = path.iter().position(|p| p == n) {
+                return Some(path[i..].to_vec());
+            }
+            if done.contains(n) {
+                return None;
+            }
+            path.push(n.to_string());
+            for m in g.get(n).into_iter().flatten() {
+                if let Some(c) = visit(m, g, path, done) {
+                    return Some(c);
+                }
+            }
+            path.pop();
+            done.insert(n.to_string());
+            None
+        }
+        let mut done = BTreeSet::new();
+        g.keys().find_map(|n| visit(n, g, &mut vec![], &mut done))
+    }
+
+    /// Adapters and rules import one way: no module of `src/http/` or `src/domain/` reaches back to one that
+    /// uses it.
+    #[test]
+    fn no_module_cycles_in_http_or_domain() {
+        for dir in ["http", "domain"] {
+            let g = graph(dir);
+            assert!(g.len() > 3, "{dir}: {g:?}");
+            assert_eq!(cycle(&g), None, "a cycle among src/{dir}/ modules: {g:#?}");
+        }
+    }
+}

@@ -9,7 +9,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::auth::Operator;
 use super::error::{ApiError, ErrorBody};
-use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
+use super::error::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::session::{bearer_token, CurrentUser, SESSION_COOKIE, SSO_COOKIE};
 use super::AppState;
 use crate::app::accounts::{OrgCreation, User};

@@ -3,6 +3,9 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::ToResponse;
 
 /// An error answer: `{"code": "...", "message": "..."}` with a status.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -28,6 +31,17 @@ pub struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// The refusal: `429 rate_limited` with `Retry-After`. Nothing was done.
+    pub fn rate_limited(retry_after: u32) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; try again in {retry_after} s"),
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self { status, code: code.to_string(), message: message.into(), retry_after: None }
     }
@@ -84,5 +98,72 @@ impl From<crate::engine::Error> for ApiError {
             err.retry_after = Some(1);
         }
         err
+    }
+}
+
+// The refusals every handler may answer, as the API description names them (`response = Unauthorized`): here,
+// beside the errors they describe, so that handlers need not import the description to describe themselves.
+
+fn error_content() -> utoipa::openapi::Content {
+    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build()
+}
+
+/// 401 `unauthorized`, with `WWW-Authenticate: Bearer`.
+pub struct Unauthorized;
+
+impl<'s> ToResponse<'s> for Unauthorized {
+    fn response() -> (&'s str, RefOr<Response>) {
+        let r = ResponseBuilder::new()
+            .description("`unauthorized`: the credentials are missing or not valid")
+            .content("application/json", error_content())
+            .header("WWW-Authenticate", HeaderBuilder::new().description(Some("`Bearer`")).build())
+            .build();
+        ("Unauthorized", r.into())
+    }
+}
+
+/// 503 with `Retry-After`: nothing changed, try again.
+pub struct Unavailable;
+
+impl<'s> ToResponse<'s> for Unavailable {
+    fn response() -> (&'s str, RefOr<Response>) {
+        let r = ResponseBuilder::new()
+            .description(
+                "`overloaded`, `storage_unavailable` or `shutting_down`: nothing was changed; try again after \
+                 `Retry-After`",
+            )
+            .content("application/json", error_content())
+            .header("Retry-After", HeaderBuilder::new().description(Some("seconds")).build())
+            .build();
+        ("Unavailable", r.into())
+    }
+}
+
+/// 429 `rate_limited` with `Retry-After`: over the route class's limit; nothing was done.
+pub struct RateLimited;
+
+impl<'s> ToResponse<'s> for RateLimited {
+    fn response() -> (&'s str, RefOr<Response>) {
+        let r = ResponseBuilder::new()
+            .description(
+                "`rate_limited`: too many requests of this kind from this client; try again after `Retry-After`",
+            )
+            .content("application/json", error_content())
+            .header("Retry-After", HeaderBuilder::new().description(Some("seconds")).build())
+            .build();
+        ("RateLimited", r.into())
+    }
+}
+
+/// 413 `payload_too_large`: the JSON body is over the limit (64 KiB).
+pub struct PayloadTooLarge;
+
+impl<'s> ToResponse<'s> for PayloadTooLarge {
+    fn response() -> (&'s str, RefOr<Response>) {
+        let r = ResponseBuilder::new()
+            .description("`payload_too_large`: the body is over 64 KiB")
+            .content("application/json", error_content())
+            .build();
+        ("PayloadTooLarge", r.into())
     }
 }

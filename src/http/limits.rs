@@ -106,17 +106,6 @@ impl Limiter {
     }
 }
 
-/// The refusal: `429 rate_limited` with `Retry-After`. Nothing was done.
-pub fn rate_limited(retry_after: u32) -> ApiError {
-    let mut e = ApiError::new(
-        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!("too many requests; try again in {retry_after} s"),
-    );
-    e.retry_after = Some(retry_after);
-    e
-}
-
 /// Refuses a request over its class's limit before anything reads its body.
 pub async fn limit(
     req: ServiceRequest,
@@ -142,7 +131,7 @@ pub async fn limit(
     }
     if let Some(Err(seconds)) = verdict {
         let (req, _) = req.into_parts();
-        let res = rate_limited(seconds).error_response();
+        let res = ApiError::rate_limited(seconds).error_response();
         return Ok(ServiceResponse::new(req, res).map_into_right_body());
     }
     next.call(req).await.map(ServiceResponse::map_into_left_body)

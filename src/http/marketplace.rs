@@ -10,7 +10,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::accounts::{load_org, my_orgs, org_key};
 use super::error::{ApiError, ErrorBody};
-use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
+use super::error::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::session::CurrentUser;
 use super::AppState;
 use crate::aliyun::spi::{AliUid, SkuId};

@@ -15,12 +15,11 @@ use actix_web::HttpResponse;
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
-use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa::openapi::Ref;
+use utoipa::{Modify, OpenApi};
 
-use super::error::ErrorBody;
+use super::error::{ErrorBody, PayloadTooLarge, RateLimited, Unauthorized, Unavailable};
 
 /// The description's own routes, its info, tags and security schemes.
 #[derive(OpenApi)]
@@ -129,57 +128,6 @@ impl Modify for SecuritySchemes {
     }
 }
 
-fn error_content() -> utoipa::openapi::Content {
-    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build()
-}
-
-/// 401 `unauthorized`, with `WWW-Authenticate: Bearer`.
-pub struct Unauthorized;
-
-impl<'s> ToResponse<'s> for Unauthorized {
-    fn response() -> (&'s str, RefOr<Response>) {
-        let r = ResponseBuilder::new()
-            .description("`unauthorized`: the credentials are missing or not valid")
-            .content("application/json", error_content())
-            .header("WWW-Authenticate", HeaderBuilder::new().description(Some("`Bearer`")).build())
-            .build();
-        ("Unauthorized", r.into())
-    }
-}
-
-/// 503 with `Retry-After`: nothing changed, try again.
-pub struct Unavailable;
-
-impl<'s> ToResponse<'s> for Unavailable {
-    fn response() -> (&'s str, RefOr<Response>) {
-        let r = ResponseBuilder::new()
-            .description(
-                "`overloaded`, `storage_unavailable` or `shutting_down`: nothing was changed; try again after \
-                 `Retry-After`",
-            )
-            .content("application/json", error_content())
-            .header("Retry-After", HeaderBuilder::new().description(Some("seconds")).build())
-            .build();
-        ("Unavailable", r.into())
-    }
-}
-
-/// 429 `rate_limited` with `Retry-After`: over the route class's limit; nothing was done.
-pub struct RateLimited;
-
-impl<'s> ToResponse<'s> for RateLimited {
-    fn response() -> (&'s str, RefOr<Response>) {
-        let r = ResponseBuilder::new()
-            .description(
-                "`rate_limited`: too many requests of this kind from this client; try again after `Retry-After`",
-            )
-            .content("application/json", error_content())
-            .header("Retry-After", HeaderBuilder::new().description(Some("seconds")).build())
-            .build();
-        ("RateLimited", r.into())
-    }
-}
-
 /// Every route but the SPI is rate limited (`http::limits`), so every operation but the SPI's may answer 429.
 struct RateLimitedEverywhere;
 
@@ -205,19 +153,6 @@ impl Modify for RateLimitedEverywhere {
                     .or_insert_with(|| Ref::from_response_name("RateLimited").into());
             }
         }
-    }
-}
-
-/// 413 `payload_too_large`: the JSON body is over the limit (64 KiB).
-pub struct PayloadTooLarge;
-
-impl<'s> ToResponse<'s> for PayloadTooLarge {
-    fn response() -> (&'s str, RefOr<Response>) {
-        let r = ResponseBuilder::new()
-            .description("`payload_too_large`: the body is over 64 KiB")
-            .content("application/json", error_content())
-            .build();
-        ("PayloadTooLarge", r.into())
     }
 }
 

@@ -8,7 +8,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::auth::Operator;
 use super::error::ErrorBody;
-use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
+use super::error::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::{ApiError, AppState};
 use crate::engine::inspect::{EntityFilter, EntityView, Page, TimerView};
 use crate::engine::records::{RecordTable, Writes};

@@ -1208,7 +1208,7 @@ async fn processing(state: web::Data<AppState>, req: HttpRequest, path: web::Pat
         (status = 200, body = marketplace::SubscriptionView),
         (status = 303, description = "No session: to the login page", headers(("Location" = String))),
         (status = 404, description = "`not_found`: no such subscription, or not the user's to see", body = super::error::ErrorBody),
-        (status = 503, response = super::openapi::Unavailable),
+        (status = 503, response = super::error::Unavailable),
     ))]
 async fn binding_status(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);

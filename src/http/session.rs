@@ -62,7 +62,7 @@ impl From<crate::app::accounts::Error> for ApiError {
             E::InvalidCredentials | E::Unauthenticated => {
                 ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
             }
-            E::RateLimited { retry_after } => super::limits::rate_limited(retry_after),
+            E::RateLimited { retry_after } => ApiError::rate_limited(retry_after),
             E::EmailUnverified => ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()),
             E::AlreadyVerified => ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string()),
             E::InvalidVerification => ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),

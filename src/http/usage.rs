@@ -8,7 +8,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::auth::{Operator, Service};
 use super::error::{ApiError, ErrorBody};
-use super::openapi::{PayloadTooLarge, Unauthorized, Unavailable};
+use super::error::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::AppState;
 use crate::app::usage::{self, StoreError, Stored};
 use crate::domain::ids::OrgId;
