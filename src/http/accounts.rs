@@ -338,15 +338,7 @@ fn role_in(state: &AppState, user: &User, org: &OrgId) -> Result<(Role, organiza
 }
 
 fn rejected(o: &crate::engine::Outcome) -> ApiError {
-    let code = o.code.clone().unwrap_or_else(|| "rejected".into());
-    let status = match code.as_str() {
-        "insufficient_permission" => StatusCode::FORBIDDEN,
-        "invitation_not_found" => StatusCode::NOT_FOUND,
-        "already_member" | "invitation_expired" | "too_many_members" | "last_owner" => StatusCode::CONFLICT,
-        "invitation_for_another_user" => StatusCode::FORBIDDEN,
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
-    };
-    ApiError::new(status, &code, o.message.clone().unwrap_or_default())
+    ApiError::refused(o, "rejected")
 }
 
 /// Invites an e-mail address into the organization with a role (Owners only).

@@ -31,6 +31,24 @@ pub struct ErrorBody<'a> {
 }
 
 impl ApiError {
+    /// A workflow's refusal of an input, as the API answers it: one table of refusal codes to statuses for every
+    /// handler (`default` names an outcome that carries no code).
+    pub fn refused(outcome: &crate::engine::Outcome, default: &str) -> ApiError {
+        let code = outcome.code.clone().unwrap_or_else(|| default.to_string());
+        let status = match code.as_str() {
+            "insufficient_permission" | "invitation_for_another_user" | "email_unverified" => StatusCode::FORBIDDEN,
+            "invitation_not_found" => StatusCode::NOT_FOUND,
+            "already_member"
+            | "invitation_expired"
+            | "too_many_members"
+            | "last_owner"
+            | "subscription_already_bound"
+            | "org_already_bound" => StatusCode::CONFLICT,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, &code, outcome.message.clone().unwrap_or_default())
+    }
+
     /// The refusal: `429 rate_limited` with `Retry-After`. Nothing was done.
     pub fn rate_limited(retry_after: u32) -> ApiError {
         let mut e = ApiError::new(

@@ -265,15 +265,7 @@ pub async fn bind(state: &AppState, user: &User, instance: &str, org: &str) -> R
         .await?;
     match o.status {
         Status::Accepted => Ok((binding_id, o.reply)),
-        _ => {
-            let code = o.code.clone().unwrap_or_else(|| "subscription_not_active".into());
-            let status = if code == "subscription_already_bound" {
-                StatusCode::CONFLICT
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            Err(ApiError::new(status, &code, o.message.unwrap_or_default()))
-        }
+        _ => Err(ApiError::refused(&o, "subscription_not_active")),
     }
 }
 
