@@ -556,7 +556,8 @@ impl Accounts {
     }
 }
 
-fn random_token() -> String {
+/// A random 256-bit token, hex: sessions, links, nonces and form tokens (the pages and the console use it too).
+pub fn random_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);

@@ -463,7 +463,7 @@ fn login_csrf(state: &AppState, req: &HttpRequest) -> (String, Option<Cookie<'st
     match req.cookie(CSRF_COOKIE).map(|c| c.value().to_string()).filter(|v| is_token(v)) {
         Some(v) => (v, None),
         None => {
-            let v = super::web::random_hex();
+            let v = crate::app::accounts::random_token();
             (v.clone(), Some(cookie(state, CSRF_COOKIE, v, None)))
         }
     }
@@ -544,7 +544,7 @@ async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
             return login_page(&state, &req, e.status, next, given, Some(&Error::Api(e)));
         }
     };
-    let token = super::web::random_hex();
+    let token = crate::app::accounts::random_token();
     let now = Utc::now();
     let session = StoredSession {
         operator: name.clone(),
@@ -1589,7 +1589,7 @@ mod tests {
 
     #[test]
     fn form_tokens_belong_to_their_session() {
-        let (a, b) = (crate::http::web::random_hex(), crate::http::web::random_hex());
+        let (a, b) = (crate::app::accounts::random_token(), crate::app::accounts::random_token());
         assert!(is_token(&a) && a != b);
         assert_eq!(session_csrf(&a), session_csrf(&a));
         assert_ne!(session_csrf(&a), session_csrf(&b));

@@ -491,7 +491,7 @@ impl Ctx {
         let (csrf, set_csrf) = match existing {
             Some(v) => (v, None),
             None => {
-                let v = super::web::random_hex();
+                let v = crate::app::accounts::random_token();
                 (v.clone(), Some(cookie(CSRF_COOKIE, v, secure)))
             }
         };

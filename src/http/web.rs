@@ -1,6 +1,6 @@
 //! The web concerns the buyer's pages and the operator console share, each written once: whether a form comes from
-//! this service's own pages (`Origin`), the random tokens of sessions and forms, cookies, form fields, and template
-//! environments. The pages and the console keep only what differs (paths, SameSite, their texts).
+//! this service's own pages (`Origin`), cookies, form fields, and template environments. The pages and the console
+//! keep only what differs (paths, SameSite, their texts); their random tokens are the accounts' (`random_token`).
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header;
@@ -32,14 +32,6 @@ pub fn same_origin(state: &AppState, req: &HttpRequest) -> bool {
     let info = req.connection_info();
     let addressed = format!("{}://{}", info.scheme(), info.host()).to_ascii_lowercase();
     Some(claimed.as_str()) == origin_of(&state.config.public_url).as_deref() || claimed == addressed
-}
-
-/// A random 256-bit token, hex: sessions and form tokens.
-pub fn random_hex() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
 }
 
 /// Whether browsers reach the service over https (then every cookie is `Secure`).
