@@ -47,11 +47,12 @@
 //! the default takes about 25 s with a debug build on two cores. The long run of RELIABILITY.md (about 3 minutes):
 //!
 //! ```text
-//! MARKETFLOW_CHAOS_SUBSCRIPTIONS=3000 MARKETFLOW_CHAOS_KILLS=50 cargo test --release --test it chaos:: -- --nocapture
+//! MARKETFLOW_CHAOS_SUBSCRIPTIONS=3000 MARKETFLOW_CHAOS_KILLS=50 cargo test --release --test chaos -- --nocapture
 //! ```
 
-use crate::serve;
-use crate::world::smtp;
+mod serve;
+#[path = "world/smtp.rs"]
+mod smtp;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
