@@ -318,7 +318,9 @@ impl SpiRequest {
     /// Validates raw SPI pairs (GET query or POST form, already URL-decoded).
     pub fn parse(params: &[(String, String)]) -> Result<Self, Error> {
         if let Some(dup) = first_duplicate(params) {
-            return Err(Error::DuplicateParameter(sanitize(dup)));
+            // A repeated parameter without a name is still named, as `""`, so that every refusal names one.
+            let name = if dup.is_empty() { "\"\"".to_string() } else { sanitize(dup) };
+            return Err(Error::DuplicateParameter(name));
         }
         let p = Params { map: params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect() };
         let action = p.required("action")?;
@@ -689,6 +691,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(dup.code(), "duplicate_parameter");
         assert_eq!(dup.parameter(), "instanceId");
+        // Found by the SPI property test (1 run in ~7,000): a repeated nameless pair is named too.
+        let nameless = SpiRequest::parse(&p(&[("", ""), ("", "")])).unwrap_err();
+        assert_eq!((nameless.code(), nameless.parameter()), ("duplicate_parameter", "\"\""));
 
         for bad in ["a b", "中文", &"x".repeat(65), "tab\t"] {
             let err = SpiRequest::parse(&p(&[("action", "expiredInstance"), ("instanceId", bad)])).unwrap_err();
