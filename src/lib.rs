@@ -7,11 +7,15 @@
 //! - [`engine`]: definitions as data (`workflows/*.toml`), the pure step of an entity, entity actors and their
 //!   directory, durable timers, the outbox between entities, external calls with retry policies, inspection;
 //!   typed record tables (`engine::records`: every key and value shape of the records beside the workflows),
-//!   the sweeper of ended records, its own telemetry, the clock anchor. Only the engine reaches the store.
+//!   the operators' audit trail written in the commit of their action (`engine::audit`), entities by state as
+//!   counters kept with the commits (`engine::by_state`), the sweeper of ended records, its own telemetry, the
+//!   clock anchor. Only the engine reaches the store.
 //!
-//! - [`app`]: the use cases the JSON API, the pages and the console call: accounts (users, sessions with
-//!   Argon2id passwords and hashed tokens, verified addresses, 免登 grants), usage records (stored once by record
-//!   id, read per window), and the external calls the workflows name (performed by the Market OpenAPI client).
+//! - [`app`]: the use cases the JSON API, the pages and the console call, one function each on `app::App`
+//!   with typed inputs and results and one error (`app::AppError {kind, code}`): accounts (users, sessions with
+//!   Argon2id passwords and hashed tokens, verified addresses, 免登 grants), organizations (memberships,
+//!   invitations, the billing overview), subscriptions (visibility, binding options, binding), usage (records,
+//!   metering), operators' actions and the audit trail, and the external calls the workflows name.
 //! - [`aliyun`]: the marketplace's protocol, pure: SPI tokens and parameters, Market OpenAPI signatures (V3
 //!   `ACS3-HMAC-SHA256` and legacy RPC HMAC-SHA1) and request/response types.
 //! - [`ctl`]: the operator CLI (`marketflow ctl`) over the HTTP ops API, tables or JSON.
@@ -22,8 +26,9 @@
 //!   billable).
 //! - [`http`]: routes (one table of every route and who it admits: `http::routes`), bearer-token roles, JSON
 //!   errors with stable codes, the OpenAPI document built from the handlers' annotations (`http::openapi`), the
-//!   buyer's pages and the operator console, and the web concerns they share once (`http::web`). Adapters: they
-//!   parse, call `app`, and render.
+//!   buyer's pages and the operator console, and the web concerns they share once (`http::web`: csrf, cookies,
+//!   origin, forms, render, i18n, security headers). Adapters: they parse, call `app`, map `AppError` to a status
+//!   once (`http::error`), and render.
 //!
 //! - [`startup`]: builds and wires the `Application` the same way for `main` and the tests (zero2prod's name, so
 //!   that `app/` can mean the use cases); the mailer, the sweeper's rules, the middlewares.

@@ -23,6 +23,8 @@ pub enum Error {
     Store { dir: String, source: crate::store::Error },
     #[error(transparent)]
     Workflows(#[from] crate::engine::registry::Error),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::StartError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
     #[error("cannot persist the clock anchor: {0}")]
@@ -139,7 +141,12 @@ impl Application {
         let limiter = http::limits::Limiter::new(config.rate_limits, config.trusted_proxies.clone());
         let rules = [crate::app::accounts::sweep_rules(), http::console::sweep_rules()].concat();
         let swept = crate::engine::sweep::start(&engine, rules, config.sweep_interval);
-        let state = web::Data::new(AppState { engine: engine.clone(), config, accounts, catalog, limiter, swept });
+        let state = web::Data::new(AppState {
+            app: crate::app::App { engine: engine.clone(), accounts, catalog },
+            config,
+            limiter,
+            swept,
+        });
         let connections = crate::ratelimit::Connections::new(
             state.config.rate_limits.connections,
             state.config.trusted_proxies.clone(),
@@ -150,7 +157,7 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(http::limits::body_deadline))
                 .wrap(actix_web::middleware::from_fn(http::limits::limit))
                 .wrap(actix_web::middleware::from_fn(http::metrics::count))
-                .wrap(actix_web::middleware::from_fn(http::headers::security_headers))
+                .wrap(actix_web::middleware::from_fn(http::web::headers::security_headers))
                 .wrap(tracing_actix())
                 .configure(http::configure)
         })

@@ -238,7 +238,16 @@ fn child(role: &str) {
                 for (_, v) in calls {
                     let c: CallRow = serde_json::from_slice(&v).unwrap_or_else(|e| die(&format!("a call row: {e}")));
                     if c.status == CallStatus::NeedsAttention {
-                        engine.retry_call(&c.id).await.unwrap_or_else(|e| die(&format!("retrying {}: {e}", c.id)));
+                        let audit = marketflow::engine::audit::Audit {
+                            operator: "crash-test".into(),
+                            reason: "recovery after the crash".into(),
+                            action: "retry".into(),
+                            call: None,
+                        };
+                        engine
+                            .retry_call(&c.id, &audit)
+                            .await
+                            .unwrap_or_else(|e| die(&format!("retrying {}: {e}", c.id)));
                     }
                 }
                 await_recovery(&*store, later, Duration::from_secs(20)).await;

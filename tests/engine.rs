@@ -180,8 +180,23 @@ async fn external_calls_retry_with_backoff_then_need_an_operator() {
     let filter = marketflow::engine::inspect::EntityFilter { needs_attention: true, ..Default::default() };
     assert_eq!(engine.list_entities(&filter, None, 10).unwrap().items.len(), 1);
     let call_id = view.pending_calls[0].id.clone();
-    engine.cancel_call(&call_id, "marketplace down").await.unwrap();
+    assert!(engine.audit_trail(10).unwrap().is_empty());
+    let audit = marketflow::engine::audit::Audit {
+        operator: "ops".into(),
+        reason: "marketplace down".into(),
+        action: "cancel".into(),
+        call: None,
+    };
+    engine.cancel_call(&call_id, &audit).await.unwrap();
     eventually("failure delivered", || account(&engine, "m").unwrap().1.notify_failed == 1).await;
+    // The audit row came with the commit that delivered the cancellation, naming the call.
+    let trail = engine.audit_trail(10).unwrap();
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert_eq!((trail[0].operator.as_str(), trail[0].action.as_str()), ("ops", "cancel"));
+    assert_eq!(trail[0].entity, key("m").to_string());
+    assert_eq!(trail[0].result["calls"], json!([call_id]));
+    let journal = engine.journal(&key("m"), 0, 100).unwrap().items;
+    assert!(journal.iter().any(|j| j.event.ends_with(".failed")), "the cancellation is in the journal too");
 }
 
 #[actix_rt::test]
@@ -251,5 +266,67 @@ async fn a_definition_changed_under_a_running_instance_is_detected_not_applied()
     assert_eq!(engine.record(&key("pin")).unwrap().unwrap().version, 1);
     engine.send(key("fresh"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
     assert_eq!(engine.record(&key("fresh")).unwrap().unwrap().version, 2);
+    engine.shutdown();
+}
+
+fn by_state(counts: &std::collections::BTreeMap<(String, String), i64>) -> [i64; 3] {
+    ["new", "open", "closed"].map(|s| counts.get(&("ledger".to_string(), s.to_string())).copied().unwrap_or(-1))
+}
+
+#[actix_rt::test]
+async fn entities_by_state_are_kept_in_the_store_with_the_transitions_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _clock) = start(Arc::new(SledStore::open(dir.path()).unwrap()), Flaky::new(0));
+    assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 0, 0], "every state, zero-filled");
+    for id in ["a", "b", "c"] {
+        engine.send(key(id), ev(&format!("open-{id}"), json!({"type": "open", "amount": 10}))).await.unwrap();
+    }
+    // Staying in a state, a refused input and a repeated one move nothing; a change of state moves one entity.
+    engine.send(key("a"), ev("dep-a", json!({"type": "deposit", "amount": 1}))).await.unwrap();
+    engine.send(key("a"), ev("dep-a", json!({"type": "deposit", "amount": 1}))).await.unwrap();
+    engine.send(key("b"), ev("open-b2", json!({"type": "open", "amount": 10}))).await.unwrap();
+    let o = engine.send(key("c"), ev("close-c", json!({"type": "close"}))).await.unwrap();
+    assert_eq!(o.state, "closed");
+    assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 2, 1]);
+    engine.shutdown();
+
+    // The counts are in the store: a restart reads them as they were, and carries on from them.
+    let store = Arc::new(harness::open_store(dir.path()).unwrap());
+    let (engine, _clock) = start(store, Flaky::new(0));
+    assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 2, 1]);
+    engine.send(key("a"), ev("close-a", json!({"type": "close"}))).await.unwrap();
+    engine.send(key("d"), ev("open-d", json!({"type": "open", "amount": 1}))).await.unwrap();
+    assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 2, 2]);
+    engine.shutdown();
+}
+
+#[actix_rt::test]
+async fn a_store_of_an_earlier_build_has_its_entities_counted_by_state_when_the_engine_starts() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let (engine, _clock) = start(store.clone(), Flaky::new(0));
+    for i in 0..30 {
+        engine.send(key(&format!("e{i}")), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
+    }
+    for i in 0..10 {
+        engine.send(key(&format!("e{i}")), ev("c", json!({"type": "close"}))).await.unwrap();
+    }
+    engine.shutdown();
+    // What an earlier build left: the same entities, and no counters nor the mark that they were counted.
+    let meta = marketflow::store::scan_prefix(&*store, Table::Meta, b"entities-by-state", 1000).unwrap();
+    assert!(meta.len() >= 3, "{meta:?}");
+    let mut forget = marketflow::store::Batch::new();
+    for (k, _) in meta {
+        forget.delete(Table::Meta, k);
+    }
+    store.apply(&[forget]).unwrap();
+
+    let (engine, _clock) = start(store.clone(), Flaky::new(0));
+    assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 20, 10], "counted once, as it started");
+    engine.send(key("e20"), ev("c", json!({"type": "close"}))).await.unwrap();
+    assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 19, 11]);
+    engine.shutdown();
+    // Counted once: the next start keeps the counters as they are.
+    let (engine, _clock) = start(store, Flaky::new(0));
+    assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 19, 11]);
     engine.shutdown();
 }

@@ -180,6 +180,23 @@ async fn a_data_directory_of_an_earlier_build_opens_and_carries_on() {
         assert!(!journal["items"].as_array().unwrap().is_empty(), "{e}: the journal is there");
     }
 
+    // The old build kept no counts of entities by state: this one counted the directory's entities as it started,
+    // and `/metrics` shows every one of them, by kind.
+    let text = reqwest::get(format!("{}/metrics", svc.url)).await.unwrap().text().await.unwrap();
+    let mut by_kind = std::collections::BTreeMap::<String, f64>::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("marketflow_entities{kind=\"")) {
+        let (kind, rest) = line.split_once('"').unwrap();
+        *by_kind.entry(kind.to_string()).or_default() += rest.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+    }
+    let mut want_by_kind = std::collections::BTreeMap::<String, f64>::new();
+    for e in &want {
+        *want_by_kind.entry(e.split('/').next().unwrap().to_string()).or_default() += 1.0;
+    }
+    for (kind, n) in &want_by_kind {
+        assert_eq!(by_kind.get(kind), Some(n), "{kind}: {by_kind:?}\n{text}");
+    }
+    assert!(std::fs::read_to_string(&svc.log).unwrap().contains("counted the stored entities by state"));
+
     // The call that was waiting for its retry is still there, or has been retried since (its result is journaled).
     let opening = format!("subscription/{}", m["opening"].as_str().unwrap());
     let e = svc.expect(200, Method::GET, &format!("/api/v1/ops/entities/{opening}"), Some(OP), None).await;

@@ -4,10 +4,12 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::{AppError, Kind};
 use crate::domain::ids::OrgId;
+use crate::domain::metering::{self, Metering};
 use crate::domain::pricing::{numerator, Catalog, MilliCu};
 use crate::engine::records::{Records, TimedTable, Writes};
-use crate::engine::Engine;
+use crate::engine::{Engine, EntityKey};
 
 /// `usage/{org}/{start}{record_id}`, and `usage-id/{record_id}` to find a record by its id.
 const USAGE: TimedTable<UsageRecord> = TimedTable::new("usage/", "usage-id/");
@@ -151,4 +153,161 @@ pub fn window_numerators(
         }
     }
     out
+}
+
+/// A usage record as a service reports it, before it is checked.
+pub struct Report {
+    pub record_id: String,
+    pub org_id: OrgId,
+    pub resource_id: String,
+    pub cu_type: String,
+    pub cu: f64,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// A stored (or repeated) usage record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub record_id: String,
+    pub stored: Stored,
+    /// Whether the organization pays through a bound, active subscription now; otherwise recorded, unbilled.
+    pub billable: bool,
+}
+
+/// An organization's metering: every window of its subscriptions, totals by status, and unbilled usage.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OrgMetering {
+    pub org_id: OrgId,
+    pub windows: Vec<MeteringWindow>,
+    /// By window status (`pushed`, `failed`, ...).
+    pub totals: std::collections::BTreeMap<String, MeteringTotal>,
+    /// Usage of the last 7 days that no window of the organization covers.
+    pub unbilled: Unbilled,
+}
+
+/// One metering window (a whole hour, or merged) of a subscription.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MeteringWindow {
+    pub instance_id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// `metering`, `pushing`, `pushed`, `empty`, `failed` or `too_short`.
+    pub status: String,
+    /// Marketplace units.
+    pub units: u64,
+    /// Yuan, three decimals.
+    pub yuan: String,
+    /// The marketplace takes the window until then.
+    pub deadline: DateTime<Utc>,
+    pub request_id: Option<String>,
+    pub error: Option<String>,
+    /// Usage records that overlapped the window.
+    pub records: u64,
+}
+
+/// Windows and units of one status.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MeteringTotal {
+    pub windows: u64,
+    pub units: u64,
+    pub yuan: String,
+}
+
+/// Usage recorded but billed by no window.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Unbilled {
+    pub records: u64,
+    pub units: u64,
+    pub yuan: String,
+}
+
+impl super::App {
+    /// Records usage of Zilliz Cloud's services, idempotent by `record_id`; billed only while the organization
+    /// pays through an active subscription ([`organization::State::billable`]), otherwise recorded, unbilled.
+    pub async fn record_usage(&self, report: Report) -> Result<Recorded, AppError> {
+        let now = self.engine.clock().now();
+        let Report { record_id, org_id, resource_id, cu_type, cu, start, end } = report;
+        let record = parse(&self.catalog, now, record_id, org_id.clone(), resource_id, cu_type, cu, start, end)
+            .map_err(|e| AppError::new(Kind::Refused, e.code, e.message))?;
+        let (org_state, _) = self
+            .organization(&org_id)?
+            .ok_or_else(|| AppError::new(Kind::NotFound, "org_not_found", "no such organization"))?;
+        let stored = store(&self.engine, &record).await.map_err(|e| match e {
+            StoreError::Conflict => {
+                AppError::conflict("record_conflict", "a different record was stored under this record_id")
+            }
+            StoreError::Storage(detail) => AppError::storage(format!("storing usage: {detail}")),
+        })?;
+        Ok(Recorded { record_id: record.record_id, stored, billable: org_state.billable() })
+    }
+
+    /// An organization's metering windows (pending, pushed, failed, too short), totals, and the usage of the last
+    /// seven days no window covers.
+    pub fn org_metering(&self, org: &OrgId) -> Result<OrgMetering, AppError> {
+        let (_, data) = self.organization(org)?.ok_or_else(|| AppError::not_found("no such organization"))?;
+        let mut instances: Vec<String> = data.history.iter().filter_map(|h| h.instance_id.clone()).collect();
+        instances.sort();
+        instances.dedup();
+        let unit_yuan: f64 = self.catalog.unit_yuan.parse().unwrap_or(0.001);
+        let mut windows: Vec<MeteringWindow> = vec![];
+        let mut by_status: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for instance in instances {
+            let Ok(mk) = EntityKey::new(metering::KIND, &instance) else { continue };
+            let Some(m) = self.engine.record(&mk)? else { continue };
+            let m: Metering = serde_json::from_value(m.data).unwrap_or_default();
+            for w in m.windows.iter().filter(|w| &w.org == org) {
+                let e = by_status.entry(w.status.clone()).or_default();
+                e.0 += 1;
+                e.1 += w.units;
+                windows.push(MeteringWindow {
+                    instance_id: instance.clone(),
+                    start: w.start,
+                    end: w.end,
+                    status: w.status.clone(),
+                    units: w.units,
+                    yuan: format!("{:.3}", w.units as f64 * unit_yuan),
+                    deadline: w.deadline,
+                    request_id: w.request_id.clone(),
+                    error: w.error.clone(),
+                    records: w.records,
+                });
+            }
+        }
+        // Usage not covered by any window of this organization: recorded, not billed (no bound, active
+        // subscription at the time), over the records the service still keeps (the last 7 days).
+        let now = self.engine.clock().now();
+        let records = overlapping(&self.engine, org, now - MAX_AGE, now + MAX_SKEW).map_err(AppError::storage)?;
+        let mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)> = windows.iter().map(|w| (w.start, w.end)).collect();
+        intervals.sort();
+        let mut unbilled_numerator: u128 = 0;
+        let mut unbilled_records = 0u64;
+        for r in &records {
+            let Some(price) = self.catalog.price(&r.cu_type) else { continue };
+            let whole = numerator(price, r.milli_cu, r.start, r.end, r.start, r.end);
+            let covered: u128 =
+                intervals.iter().map(|(ws, we)| numerator(price, r.milli_cu, r.start, r.end, *ws, *we)).sum();
+            if whole > covered {
+                unbilled_numerator += whole - covered;
+                unbilled_records += 1;
+            }
+        }
+        let unbilled_units = (unbilled_numerator / crate::domain::pricing::DENOMINATOR) as u64;
+        let totals = by_status
+            .into_iter()
+            .map(|(s, (n, u))| {
+                (s, MeteringTotal { windows: n, units: u, yuan: format!("{:.3}", u as f64 * unit_yuan) })
+            })
+            .collect();
+        Ok(OrgMetering {
+            org_id: org.clone(),
+            windows,
+            totals,
+            unbilled: Unbilled {
+                records: unbilled_records,
+                units: unbilled_units,
+                yuan: format!("{:.3}", unbilled_units as f64 * unit_yuan),
+            },
+        })
+    }
 }

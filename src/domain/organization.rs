@@ -5,14 +5,13 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::ids::{Email, InvitationId, Name, OrgId, Role, UserId};
 
 use super::binding;
 pub use super::protocol::OrganizationEvent;
 pub use super::protocol::OrganizationState as State;
-use super::protocol::SubscriptionEvent;
+use super::protocol::{InvitationAccepted, InvitationCreated, OrgLeft, SubscriptionEvent};
 use crate::aliyun::spi::AliUid;
 use crate::engine::definition::Catalog;
 use crate::engine::records::RecordTable;
@@ -306,6 +305,8 @@ impl Workflow for OrganizationWorkflow {
         use OrganizationEvent as E;
         let now = cx.now;
         let org_id = cx.key.id.clone();
+        // The entity's id as the organization id the replies carry.
+        let this = || OrgId::parse(org_id.clone()).map_err(|e| Reject::new("invalid_input", e.to_string()));
         match (name, s) {
             ("create_org", Signal::Event(E::Create { name, owner, owner_email })) => {
                 cx.data.name = Some(name.clone());
@@ -340,7 +341,10 @@ impl Workflow for OrganizationWorkflow {
                     org_id: OrgId::parse(org_id.clone()).map_err(|e| Reject::new("invalid_input", e.to_string()))?,
                 };
                 INVITATIONS.index_put(cx, &[invitation_id.as_str()], &row)?;
-                cx.reply(json!({ "invitation_id": invitation_id, "expires_at": now + INVITATION_TTL }));
+                cx.answer(&InvitationCreated {
+                    invitation_id: invitation_id.clone(),
+                    expires_at: now + INVITATION_TTL,
+                });
                 cx.note(format!("{by} invited {email} as {}", role.as_str()));
             }
             ("accept_invitation", Signal::Event(E::AcceptInvitation { invitation_id, user_id, email })) => {
@@ -359,7 +363,7 @@ impl Workflow for OrganizationWorkflow {
                     .insert(user_id.clone(), Member { role: inv.role, email: email.clone(), joined_at: now });
                 MEMBERS.index_put(cx, &[user_id.as_str(), &org_id], &MemberRow { role: inv.role })?;
                 INVITATIONS.index_delete(cx, &[invitation_id.as_str()])?;
-                cx.reply(json!({ "org_id": org_id, "role": inv.role }));
+                cx.answer(&InvitationAccepted { org_id: this()?, role: inv.role });
                 cx.note(format!("{email} joined as {}", inv.role.as_str()));
             }
             ("leave", Signal::Event(E::Leave { user_id })) => {
@@ -372,7 +376,7 @@ impl Workflow for OrganizationWorkflow {
                 }
                 cx.data.members.remove(user_id);
                 MEMBERS.index_delete(cx, &[user_id.as_str(), &org_id])?;
-                cx.reply(json!({ "left": org_id }));
+                cx.answer(&OrgLeft { left: this()? });
                 cx.note(format!("{user_id} left the organization"));
             }
             ("link_channel", Signal::Event(E::BindRequest { binding_id, instance_id, ali_uid, user_id })) => {

@@ -174,6 +174,53 @@ pub enum OrganizationEvent {
     },
 }
 
+/// createInstance's answer: the instance id and where the buyer's 免登 link goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateInstanceReply {
+    #[serde(rename = "instanceId")]
+    pub instance_id: String,
+    #[serde(rename = "appInfo")]
+    pub app_info: AppInfo,
+}
+
+/// Where the marketplace sends the buyer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppInfo {
+    /// The 免登 address (`/aliyun/sso`).
+    #[serde(rename = "authUrl")]
+    pub auth_url: String,
+    #[serde(rename = "frontEndUrl")]
+    pub front_end_url: String,
+}
+
+/// The subscription's answer to a binding request: taken, and now for the organization to decide.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingPending {
+    pub binding_id: BindingId,
+    /// Always `pending`.
+    pub status: String,
+}
+
+/// The organization's answer to an invitation sent.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvitationCreated {
+    pub invitation_id: InvitationId,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The organization's answer to an accepted invitation: the organization joined, with the role.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvitationAccepted {
+    pub org_id: OrgId,
+    pub role: Role,
+}
+
+/// The organization's answer to a member who left.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrgLeft {
+    pub left: OrgId,
+}
+
 /// What happens to metering.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::binding::Refusal;
 use super::ids::{BindingId, OrgId, UserId};
 pub use super::protocol::SubscriptionEvent;
 pub use super::protocol::SubscriptionState as State;
-use super::protocol::{DescribeInstance, InstanceDescribed, MeteringEvent, OrganizationEvent};
+use super::protocol::{
+    AppInfo, BindingPending, CreateInstanceReply, DescribeInstance, InstanceDescribed, MeteringEvent, OrganizationEvent,
+};
 use crate::aliyun::spi::{AliUid, OrderBizId, OrderId, ProductCode, RequestId, SkuId};
 use crate::engine::definition::Catalog;
 use crate::engine::EntityKey;
@@ -50,7 +51,7 @@ pub struct Subscription {
     pub payments: Vec<RequestId>,
     pub renewals: u32,
     /// The createInstance answer, the same for every repetition.
-    pub create_reply: Option<serde_json::Value>,
+    pub create_reply: Option<CreateInstanceReply>,
     /// The organization this subscription pays for (set once the organization confirmed).
     pub org: Option<OrgId>,
     /// The last binding attempt and where it stands.
@@ -244,12 +245,12 @@ impl Workflow for SubscriptionWorkflow {
                 cx.note(format!("createInstance by Aliyun account {ali_uid} (order {order_id}, SKU {sku_id})"));
             }
             ("answer_create", Signal::Event(E::Create { order_biz_id, auth_url, front_end_url, .. })) => {
-                let reply = json!({
-                    "instanceId": order_biz_id.as_str(),
-                    "appInfo": { "authUrl": auth_url, "frontEndUrl": front_end_url },
-                });
-                cx.data.create_reply = Some(reply.clone());
-                cx.reply(reply);
+                let reply = CreateInstanceReply {
+                    instance_id: order_biz_id.as_str().to_string(),
+                    app_info: AppInfo { auth_url: auth_url.clone(), front_end_url: front_end_url.clone() },
+                };
+                cx.answer(&reply);
+                cx.data.create_reply = Some(reply);
             }
             ("poll", _) => {
                 cx.data.polls += 1;
@@ -315,7 +316,7 @@ impl Workflow for SubscriptionWorkflow {
                     user_id: user_id.clone(),
                 };
                 cx.tell(org_key(org_id)?, &request)?;
-                cx.reply(json!({ "binding_id": binding_id, "status": "pending" }));
+                cx.answer(&BindingPending { binding_id: binding_id.clone(), status: "pending".into() });
                 cx.note(format!("{user_id} asks to bind this subscription to {org_id}"));
             }
             ("refuse_already_bound", _) => {
@@ -416,6 +417,7 @@ mod tests {
     use crate::engine::workflow::DynWorkflow;
     use crate::engine::Definition;
     use chrono::TimeZone;
+    use serde_json::json;
 
     const DEF: &str = include_str!("../../workflows/subscription.toml");
 

@@ -18,8 +18,8 @@ use super::step::{self, Step};
 use super::{Engine, Error};
 use crate::store::{Op, Table};
 
-/// One input for an entity's actor.
-pub struct Deliver(pub Input);
+/// One input for an entity's actor, and the operator's action to audit with its commit if it is accepted.
+pub struct Deliver(pub Input, pub Option<super::audit::Audit>);
 
 impl Message for Deliver {
     type Result = Result<Outcome, Error>;
@@ -160,12 +160,18 @@ impl Handler<Deliver> for EntityActor {
         };
         let committer = self.engine.inner.committer.clone();
         let mut step = *step;
-        let batch = step.batch.take().unwrap_or_default();
+        let mut batch = step.batch.take().unwrap_or_default();
+        if let Some(audit) = &msg.1 {
+            if step.outcome.status == Status::Accepted {
+                let result = super::audit::ActionResult::of(&step.outcome);
+                audit.put(&mut batch, &self.key, self.engine.inner.clock.now(), &result);
+            }
+        }
         // Read the leaves the commit will write (journal, timers, outbox...) here, on this actor's thread, so that
         // the committer, the one serial stage, does not page them in: +10 % timers fired per second with
         // 1,000,000 entities (BENCHMARKS.md, round 4). The record and idempotency leaves were read just now.
         for op in &batch.ops {
-            let (Op::Put { table, key, .. } | Op::Delete { table, key }) = op;
+            let (Op::Put { table, key, .. } | Op::Delete { table, key } | Op::Add { table, key, .. }) = op;
             if !matches!(table, Table::Entities | Table::Idempotency) {
                 // Only a read ahead: an error here is the commit's to report.
                 let _ = self.engine.inner.store.get(*table, key);

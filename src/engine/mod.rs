@@ -8,6 +8,8 @@
 
 pub mod actor;
 pub mod anchor;
+pub mod audit;
+pub mod by_state;
 pub mod definition;
 pub mod inspect;
 pub mod model;
@@ -100,6 +102,16 @@ impl From<crate::store::Error> for Error {
     }
 }
 
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Workflows(#[from] registry::Error),
+    /// The store failed while the engine prepared it (counting a store of an earlier build by state).
+    #[error("the engine cannot prepare the store: {0}")]
+    Storage(crate::store::Error),
+}
+
 /// Tuning of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -169,7 +181,7 @@ pub(crate) struct Inner {
     pub stopping: AtomicBool,
     pub stats: EngineStats,
     pub services: services::Services,
-    /// Histograms, entities by state and pending work, observed on the committer (installed at start).
+    /// Histograms observed on the committer (installed at start), and the last count of pending work.
     pub telemetry: Arc<telemetry::Telemetry>,
 }
 
@@ -180,15 +192,18 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine: the committer, the actor threads, the timer loop, and the recovery of undelivered
-    /// messages and unfinished calls. Must run inside an actix system.
+    /// Starts the engine: the count of entities by state for a store of an earlier build ([`by_state`]), the
+    /// committer, the actor threads, the timer loop, and the recovery of undelivered messages and unfinished
+    /// calls. Must run inside an actix system.
     pub fn start(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         mut registry: Registry,
         config: EngineConfig,
-    ) -> Result<Self, registry::Error> {
+    ) -> Result<Self, StartError> {
         registry.finish()?;
+        // Before the committer: nothing writes while a store of an earlier build is counted.
+        by_state::baseline(&*store).map_err(StartError::Storage)?;
         let committer = Committer::start(store.clone(), config.commit);
         let timer_wake = Arc::new(Notify::new());
         clock.subscribe(timer_wake.clone());
@@ -255,24 +270,38 @@ impl Engine {
     /// Delivers a client's input (API, SPI, operator) and waits for its durable outcome.
     /// Refuses at once with [`Error::Overloaded`] when too many inputs are in flight.
     pub async fn send(&self, key: EntityKey, input: Input) -> Result<Outcome, Error> {
+        self.send_with(key, input, None).await
+    }
+
+    /// Delivers an operator's input; an accepted one commits its audit row with the transition.
+    pub async fn send_audited(&self, key: EntityKey, input: Input, audit: audit::Audit) -> Result<Outcome, Error> {
+        self.send_with(key, input, Some(audit)).await
+    }
+
+    async fn send_with(&self, key: EntityKey, input: Input, audit: Option<audit::Audit>) -> Result<Outcome, Error> {
         let permit = self.inner.inflight.clone().try_acquire_owned().map_err(|_| {
             self.inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             Error::Overloaded
         })?;
-        let r = self.deliver(key, input).await;
+        let r = self.deliver(key, input, audit).await;
         drop(permit);
         r
     }
 
     /// Delivers an internal input (timer, message, call result): waits for capacity instead of refusing.
-    pub(crate) async fn send_internal(&self, key: EntityKey, input: Input) -> Result<Outcome, Error> {
+    pub(crate) async fn send_internal(
+        &self,
+        key: EntityKey,
+        input: Input,
+        audit: Option<audit::Audit>,
+    ) -> Result<Outcome, Error> {
         let permit = self.inner.inflight.clone().acquire_owned().await.map_err(|_| Error::Stopped)?;
-        let r = self.deliver(key, input).await;
+        let r = self.deliver(key, input, audit).await;
         drop(permit);
         r
     }
 
-    async fn deliver(&self, key: EntityKey, input: Input) -> Result<Outcome, Error> {
+    async fn deliver(&self, key: EntityKey, input: Input, audit: Option<audit::Audit>) -> Result<Outcome, Error> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(Error::Stopped);
         }
@@ -283,7 +312,7 @@ impl Engine {
         // An actor may stop (idle, or died) between lookup and delivery; the next lookup re-creates it.
         for _ in 0..5 {
             let addr = self.inner.directory.get_or_start(&key, self);
-            match addr.send(actor::Deliver(input.clone())).await {
+            match addr.send(actor::Deliver(input.clone(), audit.clone())).await {
                 Ok(r) => return r,
                 Err(_) => self.inner.directory.forget(&key, &addr),
             }

@@ -413,10 +413,7 @@ mod layering {
             .collect();
         let mut g = BTreeMap::new();
         for name in &names {
-            let text = std::fs::read_to_string(root.join(format!("{name}.rs"))).unwrap_or_default();
-            // Unit tests may reach anywhere; the code they test may not.
-            let text = text.split("#[cfg(test)]").next().unwrap_or("");
-            let code: String = text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+            let code = code_of(&root, name);
             let uses = names
                 .iter()
                 .filter(|other| *other != name)
@@ -431,6 +428,40 @@ mod layering {
             g.insert(name.clone(), uses);
         }
         g
+    }
+
+    /// The code of module `name` of `root` (a file, or a directory's files), without comments and unit tests:
+    /// unit tests may reach anywhere; the code they test may not.
+    fn code_of(root: &std::path::Path, name: &str) -> String {
+        let file = root.join(format!("{name}.rs"));
+        let mut files = vec![];
+        if file.is_file() {
+            files.push(file);
+        } else if let Ok(dir) = std::fs::read_dir(root.join(name)) {
+            files.extend(dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "rs")));
+        }
+        let mut code = String::new();
+        for f in files {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            let text = text.split("#[cfg(test)]").next().unwrap_or("");
+            for l in text.lines() {
+                code.push_str(l.split("//").next().unwrap_or(""));
+                code.push('\n');
+            }
+        }
+        code
+    }
+
+    /// The workflows build every message, call and reply from a type (`domain::protocol`), never with `json!`,
+    /// so that a renamed field fails to compile instead of failing in the receiver.
+    #[test]
+    fn the_domain_builds_no_json_by_hand() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join("domain");
+        for e in std::fs::read_dir(&root).unwrap().flatten() {
+            let name = e.path().file_stem().unwrap().to_string_lossy().to_string();
+            let code = code_of(&root, &name);
+            assert!(!code.contains("json!"), "src/domain/{name}.rs builds JSON by hand");
+        }
     }
 
     fn cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
@@ -460,11 +491,11 @@ mod layering {
         g.keys().find_map(|n| visit(n, g, &mut vec![], &mut done))
     }
 
-    /// Adapters and rules import one way: no module of `src/http/` or `src/domain/` reaches back to one that
-    /// uses it.
+    /// Adapters, use cases and rules import one way: no module of `src/http/`, `src/domain/` or `src/app/`
+    /// reaches back to one that uses it.
     #[test]
-    fn no_module_cycles_in_http_or_domain() {
-        for dir in ["http", "domain"] {
+    fn no_module_cycles_in_http_domain_or_app() {
+        for dir in ["http", "domain", "app"] {
             let g = graph(dir);
             assert!(g.len() > 3, "{dir}: {g:?}");
             assert_eq!(cycle(&g), None, "a cycle among src/{dir}/ modules: {g:#?}");

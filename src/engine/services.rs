@@ -159,7 +159,7 @@ impl Engine {
                 event: Event::Domain { body: row.body.clone() },
                 cause: Cause::Message { from: row.from.to_string() },
             };
-            match self.send_internal(row.to.clone(), input).await {
+            match self.send_internal(row.to.clone(), input, None).await {
                 Ok(_) => {
                     self.inner.stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
                     let mut b = Batch::new();
@@ -292,11 +292,17 @@ impl Engine {
                 return;
             }
         };
-        self.deliver_call_result(&row, delivered).await;
+        self.deliver_call_result(&row, delivered, None).await;
         done(&row.id);
     }
 
-    async fn deliver_call_result(&self, row: &CallRow, result: Result<serde_json::Value, String>) {
+    /// Hands a call's result to its entity; `audit` is the operator's cancel, committed with the result.
+    async fn deliver_call_result(
+        &self,
+        row: &CallRow,
+        result: Result<serde_json::Value, String>,
+        audit: Option<super::audit::Audit>,
+    ) {
         let input = Input {
             id: format!("call:{}", row.id),
             event: Event::CallResult { call: row.call.clone(), call_id: row.id.clone(), result },
@@ -304,7 +310,7 @@ impl Engine {
         };
         let mut wait = Duration::from_millis(20);
         loop {
-            match self.send_internal(row.entity.clone(), input.clone()).await {
+            match self.send_internal(row.entity.clone(), input.clone(), audit.clone()).await {
                 Ok(_) => return,
                 Err(e) if e.is_transient() => {
                     tokio::time::sleep(wait).await;
@@ -319,7 +325,8 @@ impl Engine {
     }
 
     /// Runs a call again now (operator "retry"): for calls waiting on a retry or needing attention.
-    pub async fn retry_call(&self, call_id: &str) -> Result<CallRow, Error> {
+    /// `audit` is the operator who asked, committed with the call's new row.
+    pub async fn retry_call(&self, call_id: &str, audit: &super::audit::Audit) -> Result<CallRow, Error> {
         let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes())?.ok_or(Error::NotFound)?;
         let mut row: CallRow = serde_json::from_slice(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
         let mut b = Batch::new();
@@ -341,16 +348,20 @@ impl Engine {
             row.attempts = 0;
         }
         b.put(Table::Effects, row.key(), serde_json::to_vec(&row).map_err(|e| Error::Internal(e.to_string()))?);
+        let audit = super::audit::Audit { call: Some(row.id.clone()), ..audit.clone() };
+        audit.put(&mut b, &row.entity, self.inner.clock.now(), &Default::default());
         self.inner.committer.commit(b).await?;
         self.spawn_call(row.clone());
         Ok(row)
     }
 
     /// Gives up on a call (operator "cancel"): the workflow receives it as failed.
-    pub async fn cancel_call(&self, call_id: &str, why: &str) -> Result<(), Error> {
+    pub async fn cancel_call(&self, call_id: &str, audit: &super::audit::Audit) -> Result<(), Error> {
         let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes())?.ok_or(Error::NotFound)?;
         let row: CallRow = serde_json::from_slice(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
-        self.deliver_call_result(&row, Err(format!("cancelled: {why}"))).await;
+        let why = format!("cancelled: {}: {}", audit.operator, audit.reason);
+        let audit = super::audit::Audit { call: Some(row.id.clone()), ..audit.clone() };
+        self.deliver_call_result(&row, Err(why), Some(audit)).await;
         Ok(())
     }
 
@@ -365,7 +376,7 @@ impl Engine {
                     event: Event::Timer { name: row.name.clone(), set_seq: row.set_seq },
                     cause: Cause::Timer { name: row.name.clone() },
                 };
-                match self.send_internal(row.entity.clone(), input).await {
+                match self.send_internal(row.entity.clone(), input, None).await {
                     Ok(o) if o.code.as_deref() == Some("stale") => {
                         // Cancelled or consumed already; the row is a leftover.
                         let mut b = Batch::new();

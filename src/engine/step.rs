@@ -1,9 +1,11 @@
 //! One step of one entity, without I/O: from the stored record and an input to the outcome, the new record and
-//! the batch that makes it all durable (state, journal, timers, outbox, calls, idempotency) in one commit.
+//! the batch that makes it all durable (state, journal, timers, outbox, calls, idempotency, the count of
+//! entities by state) in one commit.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
+use super::by_state;
 use super::definition::Definition;
 use super::model::*;
 use super::workflow::{DecideInput, DecideOutput, DynWorkflow};
@@ -292,6 +294,7 @@ pub fn step(
     rec.seq = seq;
     rec.updated_at = now;
     batch.put(Table::Entities, key.prefix(), encode(&rec)?);
+    by_state::count(&mut batch, &key.kind, record.map(|r| r.state.as_str()), &rec.state);
     batch.put(Table::Journal, journal_key(key, seq), encode(&entry)?);
     if !input.event.consumed_by_record() {
         batch.put(Table::Idempotency, idempotency_key(key, &input.id), encode(&outcome)?);
@@ -360,7 +363,136 @@ fn control(
     };
     let mut batch = Batch::new();
     batch.put(Table::Entities, key.prefix(), encode(&rec)?);
+    // A pause or resume keeps the state, so this moves no counter; here so that every record written is counted.
+    by_state::count(&mut batch, &key.kind, Some(&record.state), &rec.state);
     batch.put(Table::Journal, journal_key(key, rec.seq), encode(&entry)?);
     batch.put(Table::Idempotency, idempotency_key(key, &input.id), encode(&outcome)?);
     Ok(Step { outcome, batch: Some(batch), record: Some(rec), messages: vec![], calls: vec![], stale: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::by_state;
+    use crate::engine::definition::Catalog;
+    use crate::engine::workflow::{Cx, Reject, Signal, Workflow};
+    use crate::store::{MemoryStore, Store};
+
+    /// A workflow that does nothing but move between the states of [`DEF`].
+    struct Mover;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Ev {
+        Go,
+        Poke,
+        Stop,
+    }
+
+    impl Workflow for Mover {
+        type Data = ();
+        type Event = Ev;
+        fn kind(&self) -> &'static str {
+            "mover"
+        }
+        fn catalog(&self) -> Catalog {
+            Catalog {
+                states: vec![],
+                events: vec!["go", "poke", "stop"],
+                guards: vec![],
+                actions: vec![],
+                calls: vec![],
+            }
+        }
+        fn event_name(&self, event: &Ev) -> String {
+            match event {
+                Ev::Go => "go",
+                Ev::Poke => "poke",
+                Ev::Stop => "stop",
+            }
+            .into()
+        }
+        fn guard(&self, _: &str, _: &Cx<'_, ()>, _: &Signal<Ev>) -> bool {
+            true
+        }
+        fn action(&self, _: &str, _: &mut Cx<'_, ()>, _: &Signal<Ev>) -> Result<(), Reject> {
+            Ok(())
+        }
+    }
+
+    const DEF: &str = r#"
+name = "mover"
+version = 1
+initial = "idle"
+terminal = ["done"]
+
+[[state]]
+name = "idle"
+
+[[state]]
+name = "running"
+
+[[state]]
+name = "done"
+
+[[transition]]
+from = ["idle"]
+on = "go"
+to = "running"
+
+[[transition]]
+from = ["running"]
+on = "poke"
+
+[[transition]]
+from = ["running"]
+on = "stop"
+to = "done"
+"#;
+
+    /// Runs `event` on the entity `id` as the actor does: from its stored record, committing the batch.
+    fn run(store: &dyn Store, def: &Definition, id: &str, event: &str, n: usize) -> Outcome {
+        let key = EntityKey::new("mover", id).unwrap();
+        let record: Option<EntityRecord> =
+            store.get(Table::Entities, &key.prefix()).unwrap().map(|b| serde_json::from_slice(&b).unwrap());
+        let input = match event {
+            "pause" => Input { id: format!("i{n}"), event: Event::Control { action: "pause".into() }, cause: sys() },
+            _ => Input::domain(format!("i{n}"), serde_json::json!({ "type": event }), sys()),
+        };
+        let s = step(&Mover, def, &key, record.as_ref(), &input, Utc::now()).unwrap();
+        if let Some(b) = s.batch {
+            store.apply(&[b]).unwrap();
+        }
+        s.outcome
+    }
+
+    fn sys() -> Cause {
+        Cause::System { detail: "test".into() }
+    }
+
+    fn count(store: &dyn Store, state: &str) -> i64 {
+        by_state::read(store).unwrap().get(&("mover".to_string(), state.to_string())).copied().unwrap_or(0)
+    }
+
+    #[test]
+    fn the_counters_move_in_the_batch_of_each_transition() {
+        let def = Definition::parse("mover.toml", DEF, &Workflow::catalog(&Mover)).unwrap();
+        let store = MemoryStore::new();
+        let counts = |store: &MemoryStore| ["idle", "running", "done"].map(|s| count(store, s));
+        // A new entity is counted in its first state.
+        assert_eq!(run(&store, &def, "a", "go", 1).status, Status::Accepted);
+        assert_eq!(run(&store, &def, "b", "go", 2).status, Status::Accepted);
+        assert_eq!(counts(&store), [0, 2, 0]);
+        // Staying in a state (a transition without `to`, an ignored input, a pause) moves nothing.
+        assert_eq!(run(&store, &def, "a", "poke", 3).status, Status::Accepted);
+        assert_eq!(run(&store, &def, "a", "go", 4).status, Status::Ignored);
+        assert_eq!(run(&store, &def, "a", "pause", 5).status, Status::Accepted);
+        assert_eq!(counts(&store), [0, 2, 0]);
+        // A change of state moves one entity from one counter to the other.
+        run(&store, &def, "a", "stop", 6);
+        assert_eq!(counts(&store), [0, 1, 1]);
+        // An input that creates nothing (ignored by an unknown entity) counts nothing.
+        assert_eq!(run(&store, &def, "c", "stop", 7).status, Status::Ignored);
+        assert_eq!(counts(&store), [0, 1, 1]);
+    }
 }

@@ -74,6 +74,13 @@ impl<D> Cx<'_, D> {
     pub fn reply(&mut self, v: Value) {
         self.fx.reply = Some(v);
     }
+    /// Replies with a typed answer, the type the caller reads it back through (so the two cannot drift apart).
+    pub fn answer<T: serde::Serialize>(&mut self, v: &T) {
+        match serde_json::to_value(v) {
+            Ok(v) => self.fx.reply = Some(v),
+            Err(e) => tracing::error!(error = %e, "a workflow's reply does not encode"),
+        }
+    }
     pub fn set_timer(&mut self, name: &str) {
         self.fx.set_timers.push((name.to_string(), None));
     }

@@ -4,7 +4,7 @@ use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use super::auth::Operator;
@@ -14,11 +14,9 @@ use super::session::{bearer_token, CurrentUser, SESSION_COOKIE, SSO_COOKIE};
 use super::AppState;
 use crate::app::accounts::{OrgCreation, User};
 use crate::domain::ids::{Email, InvitationId, Name, OrgId, Password, Role, UserId};
-use crate::domain::organization::{self, FrozenReason, HistoryEntry, Organization, OrganizationEvent};
-use crate::engine::{Cause, EntityKey, Input, Status};
+use crate::domain::organization::FrozenReason;
 
-/// The Aliyun bill (费用账单) the billing overview links to.
-pub const ALIYUN_BILL_URL: &str = "https://usercenter2.aliyun.com/finance/expense-report/expense-detail";
+pub use crate::app::orgs::{BillingView, InvitationAccepted, InvitationCreated, OrgLeft, PaymentChannel};
 
 /// The accounts' part of the API description (and the operators' organization creation).
 #[derive(OpenApi)]
@@ -115,26 +113,6 @@ pub struct OrgSummary {
     pub frozen_reason: Option<FrozenReason>,
 }
 
-/// A sent invitation.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct InvitationCreated {
-    pub invitation_id: InvitationId,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// An accepted invitation: the organization joined, with the role.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct InvitationAccepted {
-    pub org_id: OrgId,
-    pub role: Role,
-}
-
-/// The organization left.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct OrgLeft {
-    pub left: OrgId,
-}
-
 /// An organization an operator created.
 #[derive(Serialize, ToSchema)]
 pub struct OrgCreated {
@@ -145,27 +123,6 @@ pub struct OrgCreated {
     /// is made when it is.
     #[schema(example = "created")]
     pub status: &'static str,
-}
-
-/// A workflow's reply read through the type that describes it, so that the answer cannot drift from the
-/// description unnoticed (a mismatch is an internal error, logged).
-fn typed_reply<T: DeserializeOwned>(reply: serde_json::Value) -> Result<T, ApiError> {
-    serde_json::from_value(reply)
-        .map_err(|e| ApiError::from(crate::engine::Error::Internal(format!("the workflow's reply: {e}"))))
-}
-
-pub fn org_key(org: &OrgId) -> Result<EntityKey, ApiError> {
-    EntityKey::new(organization::KIND, org.as_str()).map_err(|e| ApiError::bad_request("invalid_org_id", e.to_string()))
-}
-
-/// An organization's state and data, if it exists.
-pub fn load_org(state: &AppState, org: &OrgId) -> Result<Option<(organization::State, Organization)>, ApiError> {
-    let Some(r) = state.engine.record(&org_key(org)?)? else { return Ok(None) };
-    let internal = |m: String| ApiError::from(crate::engine::Error::Internal(m));
-    let data: Organization = serde_json::from_value(r.data).map_err(|e| internal(format!("organization data: {e}")))?;
-    let st =
-        organization::State::parse(&r.state).ok_or_else(|| internal(format!("organization state `{}`", r.state)))?;
-    Ok(Some((st, data)))
 }
 
 /// Gives the browser's pending 免登 grant (cookie) to the user who just logged in or registered.
@@ -285,20 +242,6 @@ async fn resend_verification(
 }
 
 /// The caller's organizations with their role and billing status.
-pub fn my_orgs(
-    state: &AppState,
-    user: &User,
-) -> Result<Vec<(OrgId, Role, organization::State, Organization)>, ApiError> {
-    let mut out = Vec::new();
-    for (org, role) in state.accounts.orgs_of(&user.id)? {
-        if let Some((st, data)) = load_org(state, &org)? {
-            out.push((org, role, st, data));
-        }
-    }
-    Ok(out)
-}
-
-/// The caller's organizations with their role and billing status.
 #[utoipa::path(get, path = "/api/v1/orgs", tag = "accounts",
     security(("session_token" = [])),
     responses(
@@ -307,14 +250,15 @@ pub fn my_orgs(
         (status = 503, response = Unavailable),
     ))]
 async fn orgs(state: web::Data<AppState>, CurrentUser(user): CurrentUser) -> Result<HttpResponse, ApiError> {
-    let orgs = my_orgs(&state, &user)?
+    let orgs = state
+        .memberships(&user)?
         .into_iter()
-        .map(|(org_id, role, st, data)| OrgSummary {
-            org_id,
-            name: data.name,
-            role,
-            status: st.billing_status(),
-            frozen_reason: data.frozen_reason,
+        .map(|m| OrgSummary {
+            org_id: m.org_id,
+            name: m.org.name,
+            role: m.role,
+            status: m.state.billing_status(),
+            frozen_reason: m.org.frozen_reason,
         })
         .collect();
     Ok(HttpResponse::Ok().json(OrgList { orgs }))
@@ -328,17 +272,6 @@ pub struct InviteBody {
     email: String,
     /// `owner`, `billing_admin` or `member`.
     role: String,
-}
-
-/// The caller's role in `org`; not a member reads as "no such organization", so ids do not leak.
-fn role_in(state: &AppState, user: &User, org: &OrgId) -> Result<(Role, organization::State, Organization), ApiError> {
-    let (st, data) = load_org(state, org)?.ok_or_else(|| ApiError::not_found("no such organization"))?;
-    let role = data.role_of(&user.id).ok_or_else(|| ApiError::not_found("no such organization"))?;
-    Ok((role, st, data))
-}
-
-fn rejected(o: &crate::engine::Outcome) -> ApiError {
-    ApiError::refused(o, "rejected")
 }
 
 /// Invites an e-mail address into the organization with a role (Owners only).
@@ -367,33 +300,7 @@ async fn invite(
     let b = body.into_inner();
     let email = Email::parse(b.email)?;
     let role = Role::parse(&b.role)?;
-    let (my_role, _, _) = role_in(&state, &user, &org)?;
-    if !my_role.may_invite() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "insufficient_permission",
-            "only an Owner invites members (权限不足)",
-        ));
-    }
-    let invitation_id = InvitationId::generate();
-    let body = serde_json::to_value(OrganizationEvent::Invite {
-        invitation_id: invitation_id.clone(),
-        email,
-        role,
-        by: user.id.clone(),
-    })
-    .map_err(|e| ApiError::from(crate::engine::Error::Internal(e.to_string())))?;
-    let o = state
-        .engine
-        .send(
-            org_key(&org)?,
-            Input::domain(format!("invite:{invitation_id}"), body, Cause::Api { principal: user.id.to_string() }),
-        )
-        .await?;
-    if o.status != Status::Accepted {
-        return Err(rejected(&o));
-    }
-    Ok(HttpResponse::Created().json(typed_reply::<InvitationCreated>(o.reply)?))
+    Ok(HttpResponse::Created().json(state.invite(&user, &org, email, role).await?))
 }
 
 /// Accepts an invitation sent to the caller's e-mail address.
@@ -416,35 +323,7 @@ async fn accept(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let invitation = InvitationId::parse(path.into_inner())?;
-    // An invitation names an address; only someone who proved the address is theirs may take it.
-    if !user.verified() {
-        return Err(crate::app::accounts::Error::EmailUnverified.into());
-    }
-    let org = organization::INVITATIONS
-        .get(&state.engine, &[invitation.as_str()])?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "invitation_not_found", "no such invitation"))?
-        .org_id;
-    let body = serde_json::to_value(OrganizationEvent::AcceptInvitation {
-        invitation_id: invitation.clone(),
-        user_id: user.id.clone(),
-        email: user.email.clone(),
-    })
-    .map_err(|e| ApiError::from(crate::engine::Error::Internal(e.to_string())))?;
-    let o = state
-        .engine
-        .send(
-            org_key(&org)?,
-            Input::domain(
-                format!("accept:{invitation}:{}", user.id),
-                body,
-                Cause::Api { principal: user.id.to_string() },
-            ),
-        )
-        .await?;
-    if o.status != Status::Accepted {
-        return Err(rejected(&o));
-    }
-    Ok(HttpResponse::Ok().json(typed_reply::<InvitationAccepted>(o.reply)?))
+    Ok(HttpResponse::Ok().json(state.accept_invitation(&user, &invitation).await?))
 }
 
 /// Leaves the organization (the last Owner cannot).
@@ -466,84 +345,7 @@ async fn leave(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let org = OrgId::parse(path.into_inner())?;
-    role_in(&state, &user, &org)?;
-    let body = serde_json::to_value(OrganizationEvent::Leave { user_id: user.id.clone() })
-        .map_err(|e| ApiError::from(crate::engine::Error::Internal(e.to_string())))?;
-    let input =
-        Input::domain(format!("leave:{}", uuid::Uuid::new_v4()), body, Cause::Api { principal: user.id.to_string() });
-    let o = state.engine.send(org_key(&org)?, input).await?;
-    if o.status != Status::Accepted {
-        return Err(rejected(&o));
-    }
-    Ok(HttpResponse::Ok().json(typed_reply::<OrgLeft>(o.reply)?))
-}
-
-/// An organization's billing overview (帐单概览).
-#[derive(Serialize, ToSchema)]
-pub struct BillingView {
-    pub org_id: OrgId,
-    pub name: Option<Name>,
-    /// `active` or `frozen`.
-    pub status: &'static str,
-    pub frozen_reason: Option<FrozenReason>,
-    /// The marketplace subscription paying for it (云市场扣费渠道), if any.
-    pub payment_channel: Option<PaymentChannel>,
-    /// During an account switch: when the organization is frozen unless a new subscription is bound.
-    pub switch_deadline: Option<DateTime<Utc>>,
-    /// What to do to unfreeze, for a frozen organization.
-    pub recovery: Option<&'static str>,
-    pub history: Vec<HistoryEntry>,
-}
-
-/// The marketplace payment channel of an organization.
-#[derive(Serialize, ToSchema)]
-pub struct PaymentChannel {
-    /// Always `aliyun_marketplace`.
-    pub kind: &'static str,
-    pub label: &'static str,
-    pub label_en: &'static str,
-    pub instance_id: String,
-    pub aliyun_account_id: crate::aliyun::spi::AliUid,
-    pub bound_at: DateTime<Utc>,
-    /// The Aliyun bill (费用账单).
-    pub bill_url: &'static str,
-}
-
-/// The billing overview of an organization (JSON); the page renders the same.
-pub fn billing_view(org: &OrgId, st: organization::State, data: &Organization) -> BillingView {
-    let channel = data.channel.as_ref().filter(|c| !c.suspended).map(|c| PaymentChannel {
-        kind: "aliyun_marketplace",
-        label: "云市场扣费渠道",
-        label_en: "Alibaba Cloud Marketplace",
-        instance_id: c.instance_id.clone(),
-        aliyun_account_id: c.aliyun_account_id.clone(),
-        bound_at: c.bound_at,
-        bill_url: ALIYUN_BILL_URL,
-    });
-    let recovery = match data.frozen_reason {
-        Some(organization::FrozenReason::Arrears) => Some(
-            "阿里云云市场余额不足，订阅已被关闭。请在阿里云充值后重新开通云市场扣费渠道（订阅并免登绑定）。\
-             / The marketplace closed the subscription for arrears: top up your Aliyun account, then subscribe again and bind it.",
-        ),
-        Some(organization::FrozenReason::NoPaymentMethod) => Some(
-            "没有可用的支付方式。请在阿里云云市场重新订阅 Zilliz Cloud 并绑定到本组织。\
-             / No payment method: subscribe on the Alibaba Cloud Marketplace again and bind the subscription to this organization.",
-        ),
-        Some(organization::FrozenReason::Operator) => {
-            Some("组织已被冻结，请提交工单联系我们。/ Frozen by support: please open a ticket.")
-        }
-        None => None,
-    };
-    BillingView {
-        org_id: org.clone(),
-        name: data.name.clone(),
-        status: st.billing_status(),
-        frozen_reason: data.frozen_reason,
-        payment_channel: channel,
-        switch_deadline: data.switch_deadline,
-        recovery,
-        history: data.history.clone(),
-    }
+    Ok(HttpResponse::Ok().json(state.leave(&user, &org).await?))
 }
 
 /// The organization's billing overview (Owners and Billing Admins).
@@ -564,15 +366,7 @@ async fn billing(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let org = OrgId::parse(path.into_inner())?;
-    let (role, st, data) = role_in(&state, &user, &org)?;
-    if !role.may_manage_billing() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "insufficient_permission",
-            "only an Owner or a Billing Admin sees billing (权限不足)",
-        ));
-    }
-    Ok(HttpResponse::Ok().json(billing_view(&org, st, &data)))
+    Ok(HttpResponse::Ok().json(state.billing(&user, &org)?))
 }
 
 /// An organization to create for a user.
@@ -609,25 +403,12 @@ pub async fn ops_create_org(
     let b = body.into_inner();
     let name = Name::parse(b.name)?;
     let email = Email::parse(b.owner_email)?;
-    let owner = state
-        .accounts
-        .user_by_email(&email)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no user with this e-mail"))?;
-    let org = OrgId::generate();
-    match state.accounts.create_org_for(&org, name, &owner, &op.name).await? {
-        OrgCreation::Created => {
-            tracing::info!(org = %org, operator = %op.name, "organization created by an operator");
-            Ok(HttpResponse::Created().json(OrgCreated { org_id: org, owner: owner.id, status: "created" }))
-        }
-        OrgCreation::WaitingForVerification => {
-            tracing::info!(org = %org, operator = %op.name, "organization waits for its owner's verification");
-            Ok(HttpResponse::Accepted().json(OrgCreated {
-                org_id: org,
-                owner: owner.id,
-                status: "waiting_for_verification",
-            }))
-        }
-    }
+    let made = state.create_org_for(&op.name, name, &email).await?;
+    let (status, code) = match made.creation {
+        OrgCreation::Created => (StatusCode::CREATED, "created"),
+        OrgCreation::WaitingForVerification => (StatusCode::ACCEPTED, "waiting_for_verification"),
+    };
+    Ok(HttpResponse::build(status).json(OrgCreated { org_id: made.org_id, owner: made.owner, status: code }))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -18,7 +18,7 @@
 //!   derived from the session, so a form of one session is refused in another. A present `Origin` (or, without it,
 //!   `Referer`) must be this service.
 //! - A page without a session answers 303 to `/console/login?next=<the page>`.
-//! - Actions run the very code of `POST /api/v1/ops/entities/{kind}/{id}/actions/{action}` ([`super::ops::perform`]):
+//! - Actions run the very code of `POST /api/v1/ops/entities/{kind}/{id}/actions/{action}` ([`crate::app::App::act`]):
 //!   the same checks, journal entry and audit record; the page shows the result or the refusal with its code.
 //! - The state diagram is inline SVG drawn here from the entity's definition (`workflows/*.toml`), the current
 //!   state marked `data-current="true"`. Timers count down in the browser from the service clock's `now` and scale
@@ -40,10 +40,10 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::error::ApiError;
-use super::ops::{self, ActionDone};
 use super::pages::safe_next;
 use super::AppState;
 use crate::aliyun::encoding::{encode_query, parse_form, percent_encode};
+use crate::app::ops::ActionDone;
 use crate::config::OperatorIdentity;
 use crate::engine::inspect::EntityFilter;
 use crate::engine::records::{RecordTable, Writes};
@@ -65,9 +65,6 @@ const JOURNAL_PAGE: u64 = 50;
 const TIMERS_PAGE: usize = 200;
 /// Entries on the audit page.
 const AUDIT_PAGE: usize = 200;
-
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
 
 /// The console's part of the API description.
 #[derive(OpenApi)]
@@ -211,14 +208,7 @@ fn entity_href(kind: &str, id: &str) -> String {
 }
 
 fn html(status: StatusCode, body: String) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
-        .insert_header((header::REFERRER_POLICY, "same-origin"))
-        .body(body)
+    super::web::html(status).body(body)
 }
 
 /// Renders a console page: `extra` (an object) plus the operator, the form token, the service clock, the section.
@@ -299,8 +289,7 @@ fn to_login(req: &HttpRequest) -> HttpResponse {
 
 /// The fields of a form body (`application/x-www-form-urlencoded`).
 fn fields(body: &[u8]) -> Result<Vec<(String, String)>, Error> {
-    let text = std::str::from_utf8(body).map_err(|_| Error::BadForm)?;
-    parse_form(text).map_err(|_| Error::BadForm)
+    super::web::fields(body).ok_or(Error::BadForm)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -365,13 +354,7 @@ fn session_csrf(token: &str) -> String {
     sha256_hex(&[b"marketflow console form\0", token.as_bytes()])
 }
 
-fn is_token(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn equal(a: &str, b: &str) -> bool {
-    !a.is_empty() && crate::config::same_secret(a, b)
-}
+use super::web::csrf::{is_token, same as equal};
 
 /// The operator of this request, `None` without a valid session.
 fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Operator>, Error> {
@@ -406,22 +389,18 @@ fn require(state: &AppState, req: &HttpRequest) -> Result<Operator, Box<HttpResp
     }
 }
 
+/// The console's cookies: under `/console` only, `SameSite=Strict`.
 fn cookie(state: &AppState, name: &'static str, value: String, max_age: Option<TimeDelta>) -> Cookie<'static> {
-    let mut c = Cookie::build(name, value)
-        .path("/console")
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .secure(state.config.public_url.starts_with("https://"))
-        .finish();
-    if let Some(age) = max_age.and_then(|a| actix_web::cookie::time::Duration::try_from(a.to_std().ok()?).ok()) {
-        c.set_max_age(age);
+    let c = super::web::cookie(state, name, value, "/console", SameSite::Strict);
+    match max_age {
+        Some(age) => super::web::lasting(c, age),
+        None => c,
     }
-    c
 }
 
 /// Checks a session form's token and origin.
 fn check_form(state: &AppState, req: &HttpRequest, op: &Operator, given: &str) -> Result<(), Error> {
-    if equal(given, &op.csrf) && super::web::same_origin(state, req) {
+    if super::web::csrf::valid(state, req, given, &op.csrf) {
         Ok(())
     } else {
         tracing::warn!(operator = ?op.name, path = req.path(), "console form refused: token or origin");
@@ -460,13 +439,7 @@ impl LoginForm {
 
 /// The login page's form token: the one of the browser's cookie, or a new one with the cookie to set.
 fn login_csrf(state: &AppState, req: &HttpRequest) -> (String, Option<Cookie<'static>>) {
-    match req.cookie(CSRF_COOKIE).map(|c| c.value().to_string()).filter(|v| is_token(v)) {
-        Some(v) => (v, None),
-        None => {
-            let v = crate::app::accounts::random_token();
-            (v.clone(), Some(cookie(state, CSRF_COOKIE, v, None)))
-        }
-    }
+    super::web::csrf::issue(state, req, CSRF_COOKIE, "/console", SameSite::Strict)
 }
 
 fn login_page(
@@ -523,8 +496,8 @@ async fn login_post(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
         Err(e) => return login_page(&state, &req, e.status(), "", "", Some(&e)),
     };
     let next = form.next.as_deref().filter(|n| console_next(n).is_some()).unwrap_or("");
-    let csrf_cookie = req.cookie(CSRF_COOKIE).map(|c| c.value().to_string()).unwrap_or_default();
-    if !(equal(&form.csrf, &csrf_cookie) && super::web::same_origin(&state, &req)) {
+    let csrf_cookie = super::web::csrf::from_cookie(&req, CSRF_COOKIE).unwrap_or_default();
+    if !super::web::csrf::valid(&state, &req, &form.csrf, &csrf_cookie) {
         return login_page(&state, &req, StatusCode::FORBIDDEN, next, &form.operator, Some(&Error::Csrf));
     }
     let given = form.operator.trim();
@@ -1041,11 +1014,15 @@ async fn action_post(
     if let Err(e) = check_form(&state, &req, &op, &form.csrf) {
         return message(&state, Some(&op), &e, &back);
     }
-    let (status, done) =
-        match ops::perform(&state, &op.name, &kind, &id, action.clone(), Some(form.reason), form.call_id).await {
-            Ok(d) => (StatusCode::OK, Done::Ok(d)),
-            Err(e) => (e.status, Done::Refused { action, error: Error::Api(e) }),
-        };
+    let acted = match (EntityKey::new(&kind, &id), crate::app::ops::reason(Some(form.reason))) {
+        (Err(e), _) => Err(ApiError::bad_request("invalid_entity", e.to_string())),
+        (_, Err(e)) => Err(e.into()),
+        (Ok(key), Ok(reason)) => state.act(&op.name, &key, &action, reason, form.call_id).await.map_err(ApiError::from),
+    };
+    let (status, done) = match acted {
+        Ok(d) => (StatusCode::OK, Done::Ok(d)),
+        Err(e) => (e.status, Done::Refused { action, error: Error::Api(e) }),
+    };
     entity_page(&state, &op, &kind, &id, None, status, Some(done))
 }
 
@@ -1105,7 +1082,7 @@ async fn audit(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         Ok(o) => o,
         Err(r) => return *r,
     };
-    let entries = match ops::audit_entries(&state, AUDIT_PAGE) {
+    let entries = match state.audit_trail(AUDIT_PAGE).map_err(ApiError::from) {
         Ok(e) => e,
         Err(e) => return message(&state, Some(&op), &Error::Api(e), "/console"),
     };
@@ -1594,6 +1571,5 @@ mod tests {
         assert_eq!(session_csrf(&a), session_csrf(&a));
         assert_ne!(session_csrf(&a), session_csrf(&b));
         assert_ne!(session_csrf(&a), a, "the form token does not give the session away");
-        assert!(!equal("", ""), "an empty token never matches");
     }
 }

@@ -7,6 +7,8 @@ use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::ToResponse;
 
+use crate::app::error::{AppError, Kind};
+
 /// An error answer: `{"code": "...", "message": "..."}` with a status.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -31,22 +33,9 @@ pub struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    /// A workflow's refusal of an input, as the API answers it: one table of refusal codes to statuses for every
-    /// handler (`default` names an outcome that carries no code).
-    pub fn refused(outcome: &crate::engine::Outcome, default: &str) -> ApiError {
-        let code = outcome.code.clone().unwrap_or_else(|| default.to_string());
-        let status = match code.as_str() {
-            "insufficient_permission" | "invitation_for_another_user" | "email_unverified" => StatusCode::FORBIDDEN,
-            "invitation_not_found" => StatusCode::NOT_FOUND,
-            "already_member"
-            | "invitation_expired"
-            | "too_many_members"
-            | "last_owner"
-            | "subscription_already_bound"
-            | "org_already_bound" => StatusCode::CONFLICT,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
-        };
-        ApiError::new(status, &code, outcome.message.clone().unwrap_or_default())
+    /// A workflow's refusal of an input, as the API answers it (the table is the use cases': [`AppError::refused`]).
+    pub fn refused(outcome: &crate::engine::Outcome, default: &'static str) -> ApiError {
+        AppError::refused(outcome, default).into()
     }
 
     /// The refusal: `429 rate_limited` with `Retry-After`. Nothing was done.
@@ -93,29 +82,39 @@ impl ResponseError for ApiError {
     }
 }
 
+impl From<AppError> for ApiError {
+    /// The one place a use case's refusal becomes a status.
+    fn from(e: AppError) -> Self {
+        let status = match e.kind {
+            Kind::Invalid => StatusCode::BAD_REQUEST,
+            Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Refused => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError { status, code: e.code.into_owned(), message: e.message, retry_after: e.retry_after }
+    }
+}
+
 impl From<crate::engine::Error> for ApiError {
     fn from(e: crate::engine::Error) -> Self {
-        use crate::engine::Error as E;
-        let status = match &e {
-            E::Overloaded | E::Stopped | E::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-            E::Paused => StatusCode::CONFLICT,
-            E::UnknownKind(_) | E::NotFound => StatusCode::NOT_FOUND,
-            E::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            E::DefinitionMismatch(_) | E::Panicked(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let message = match &e {
-            // Internal detail goes to the log only.
-            E::Storage(_) | E::Panicked(_) | E::Internal(_) => {
-                tracing::error!(error = %e, "request failed");
-                "the service could not complete the request".to_string()
-            }
-            other => other.to_string(),
-        };
-        let mut err = ApiError::new(status, e.code(), message);
-        if e.is_transient() || matches!(e, E::Stopped) {
-            err.retry_after = Some(1);
-        }
-        err
+        AppError::from(e).into()
+    }
+}
+
+impl From<crate::app::accounts::Error> for ApiError {
+    fn from(e: crate::app::accounts::Error) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+impl From<crate::domain::ids::Invalid> for ApiError {
+    fn from(e: crate::domain::ids::Invalid) -> Self {
+        AppError::from(e).into()
     }
 }
 

@@ -4,7 +4,6 @@ pub mod accounts;
 pub mod auth;
 pub mod console;
 pub mod error;
-pub mod headers;
 pub mod limits;
 pub mod marketplace;
 pub mod metrics;
@@ -25,21 +24,26 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::config::Config;
-use crate::engine::Engine;
 pub use error::ApiError;
 use error::ErrorBody;
 
-/// What every handler can reach.
+/// What every handler can reach: the use cases (`app`, also reached through `Deref`, so `state.engine` and
+/// `state.bind(..)` read alike) and the web layer's own settings.
 pub struct AppState {
-    pub engine: Engine,
+    /// The use cases and what they reach (engine, accounts, catalog); the same value for every adapter.
+    pub app: crate::app::App,
     pub config: Config,
-    pub accounts: std::sync::Arc<crate::app::accounts::Accounts>,
-    /// The price catalog (CU types, units per CU-hour, metering items).
-    pub catalog: std::sync::Arc<crate::domain::pricing::Catalog>,
     /// Records deleted by the sweeper of ended records, for `/metrics`.
     pub swept: std::sync::Arc<crate::engine::sweep::SweepStats>,
     /// The rate limits' buckets (per route class and client).
     pub limiter: limits::Limiter,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = crate::app::App;
+    fn deref(&self) -> &crate::app::App {
+        &self.app
+    }
 }
 
 /// The probes' part of the API description.

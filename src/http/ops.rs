@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::auth::Operator;
@@ -11,8 +11,7 @@ use super::error::ErrorBody;
 use super::error::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::{ApiError, AppState};
 use crate::engine::inspect::{EntityFilter, EntityView, Page, TimerView};
-use crate::engine::records::{RecordTable, Writes};
-use crate::engine::{services, EntityKey, JournalEntry, Status};
+use crate::engine::{services, EntityKey, JournalEntry};
 
 /// The operators' part of the API description.
 #[derive(OpenApi)]
@@ -296,29 +295,8 @@ pub struct ActionBody {
     call_id: Option<String>,
 }
 
-/// What an action did.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ActionDone {
-    /// `kind/id`.
-    pub entity: String,
-    pub action: String,
-    pub result: ActionResult,
-}
-
-/// The result of an action: `status` and `state` for pause, resume, freeze and unfreeze (`paused` for the first
-/// two), `calls` for retry and cancel.
-#[derive(Debug, Default, Serialize, ToSchema)]
-pub struct ActionResult {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<Status>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub paused: Option<bool>,
-    /// The calls retried or cancelled.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub calls: Option<Vec<String>>,
-}
+pub use crate::app::ops::ActionDone;
+pub use crate::engine::audit::{ActionResult, AuditEntry};
 
 /// Steers one entity: `retry` / `cancel` an external call, `pause` / `resume` the entity, `freeze` / `unfreeze`
 /// an organization. Every action needs a reason and lands in the entity's journal and the audit trail.
@@ -363,122 +341,9 @@ async fn action(
         // Too large (413) or not the JSON object above (400): the JSON extractor's own answer, with its code.
         Err(e) => return Ok(e.error_response()),
     };
-    let done = perform(&state, &op.name, &kind, &id, action, body.reason, body.call_id).await?;
-    Ok(HttpResponse::Ok().json(done))
-}
-
-/// An action by `operator`, for the API above and the console's forms alike (`super::console`): the same checks,
-/// the same journal entry, the same audit record.
-pub(crate) async fn perform(
-    state: &AppState,
-    operator: &str,
-    kind: &str,
-    id: &str,
-    action: String,
-    reason: Option<String>,
-    call_id: Option<String>,
-) -> Result<ActionDone, ApiError> {
-    use crate::engine::{Cause, Event, Input, Status};
-    let key = entity_key(kind, id)?;
-    let reason = reason.unwrap_or_default().trim().to_string();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::bad_request(
-            "reason_required",
-            "give a reason (1 to 500 characters) for the audit trail",
-        ));
-    }
-    if state.engine.record(&key)?.is_none() {
-        return Err(ApiError::not_found(format!("no {kind} `{id}`")));
-    }
-    let cause = Cause::Operator { operator: operator.to_string(), reason: reason.clone() };
-    let input_id = format!("op:{action}:{}", uuid::Uuid::new_v4());
-    let result = match action.as_str() {
-        "pause" | "resume" => {
-            let input = Input { id: input_id, event: Event::Control { action: action.clone() }, cause };
-            let o = state.engine.send(key.clone(), input).await?;
-            ActionResult {
-                status: Some(o.status),
-                state: Some(o.state),
-                paused: o.reply["paused"].as_bool(),
-                calls: None,
-            }
-        }
-        "freeze" | "unfreeze" if kind == crate::domain::organization::KIND => {
-            let input = Input::domain(input_id, json!({ "type": action, "reason": reason }), cause);
-            let o = state.engine.send(key.clone(), input).await?;
-            if o.status == Status::Ignored {
-                return Err(ApiError::new(
-                    actix_web::http::StatusCode::CONFLICT,
-                    "not_applicable",
-                    format!("`{action}` does not apply to an organization in state `{}`", o.state),
-                ));
-            }
-            ActionResult { status: Some(o.status), state: Some(o.state), ..Default::default() }
-        }
-        "retry" | "cancel" => {
-            let (_, calls) = services::pending_effects(&state.engine, &key)?;
-            let chosen: Vec<_> = match &call_id {
-                Some(c) => calls.into_iter().filter(|r| &r.id == c).collect(),
-                None => calls,
-            };
-            if chosen.is_empty() {
-                return Err(ApiError::not_found("no pending external call to act on"));
-            }
-            let mut done = vec![];
-            for c in chosen {
-                if action == "retry" {
-                    state.engine.retry_call(&c.id).await?;
-                } else {
-                    state.engine.cancel_call(&c.id, &format!("{operator}: {reason}")).await?;
-                }
-                done.push(c.id);
-            }
-            ActionResult { calls: Some(done), ..Default::default() }
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "unknown_action",
-                format!("`{action}` is not an action for a {kind} (retry, cancel, pause, resume; freeze, unfreeze for organizations)"),
-            ))
-        }
-    };
-    let result_value = serde_json::to_value(&result).unwrap_or(Value::Null);
-    audit(state, operator, &key.to_string(), &action, &reason, &result_value).await;
-    Ok(ActionDone { entity: key.to_string(), action, result })
-}
-
-/// `operator-audit/{time}-{sequence}-{random}`: the operators' actions, service-wide, in time order.
-const AUDIT: RecordTable<AuditEntry> = RecordTable::records("operator-audit/");
-/// `audit/{bytes}`: the trail as the first builds wrote it (the same numbers as big-endian bytes, whose first byte
-/// sorts after every digit): read after the new rows, which are all newer.
-const LEGACY_AUDIT: RecordTable<AuditEntry> = RecordTable::records("audit/");
-
-/// Appends to the service-wide audit trail (the entity's journal has the same fact with its cause).
-async fn audit(state: &AppState, operator: &str, entity: &str, action: &str, reason: &str, result: &serde_json::Value) {
-    let now = state.engine.clock().now();
-    // Time, then a process-wide sequence (actions at one instant keep their order), then randomness; zero-padded
-    // decimals, so that the keys sort by time.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let random = u32::from_be_bytes(uuid::Uuid::new_v4().as_bytes()[..4].try_into().unwrap_or_default());
-    let key = format!("{:020}-{seq:020}-{random:08x}", now.timestamp_micros().max(0));
-    let entry = AuditEntry {
-        at: now,
-        operator: operator.to_string(),
-        entity: entity.to_string(),
-        action: action.to_string(),
-        reason: reason.to_string(),
-        result: result.clone(),
-    };
-    let mut w = Writes::new();
-    let written = match AUDIT.put(&mut w, &[&key], &entry) {
-        Ok(()) => state.engine.write(w).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = written {
-        tracing::error!(error = %e, "could not write the audit trail");
-    }
-    tracing::info!(operator, entity, action, "operator action");
+    let key = entity_key(&kind, &id)?;
+    let reason = crate::app::ops::reason(body.reason)?;
+    Ok(HttpResponse::Ok().json(state.act(&op.name, &key, &action, reason, body.call_id).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -493,19 +358,6 @@ struct AuditQuery {
 #[derive(Serialize, ToSchema)]
 pub struct AuditTrail {
     pub items: Vec<AuditEntry>,
-}
-
-/// One operator action.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct AuditEntry {
-    pub at: DateTime<Utc>,
-    pub operator: String,
-    /// `kind/id`.
-    pub entity: String,
-    pub action: String,
-    pub reason: String,
-    /// As the action answered (see `ActionResult`).
-    pub result: Value,
 }
 
 /// The audit trail, newest first.
@@ -523,16 +375,6 @@ async fn audit_trail(
     _op: Operator,
     q: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let items = audit_entries(&state, q.limit.unwrap_or(100).clamp(1, 1000))?;
+    let items = state.audit_trail(q.limit.unwrap_or(100).clamp(1, 1000))?;
     Ok(HttpResponse::Ok().json(AuditTrail { items }))
-}
-
-/// The newest `limit` entries of the audit trail (the API above and the console's audit page).
-pub(crate) fn audit_entries(state: &AppState, limit: usize) -> Result<Vec<AuditEntry>, ApiError> {
-    let mut items: Vec<AuditEntry> = AUDIT.list(&state.engine, &[], limit, true)?.into_iter().map(|(_, e)| e).collect();
-    if items.len() < limit {
-        let older = LEGACY_AUDIT.list(&state.engine, &[], limit - items.len(), true)?;
-        items.extend(older.into_iter().map(|(_, e)| e));
-    }
-    Ok(items)
 }

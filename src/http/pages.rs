@@ -24,13 +24,15 @@ use minijinja::Environment;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::{json, Map, Value};
 
-use super::accounts::{billing_view, load_org, my_orgs};
 use super::error::ApiError;
 use super::marketplace;
 use super::session::{session_token, SESSION_COOKIE, SSO_COOKIE};
+use super::web as web_;
+use super::web::i18n::{accept_language, Lang};
 use super::AppState;
 use crate::aliyun::encoding::{encode_query, parse_form, percent_encode};
 use crate::app::accounts::User;
+use crate::app::Kind;
 use crate::domain::ids::{Email, Name, OrgId, Password};
 
 /// The per-form token's cookie (double submit).
@@ -47,47 +49,6 @@ const MARKET_PRODUCT_URL: &str = "https://market.aliyun.com/products/56024006/cm
 const SUPPORT_URL: &str = "https://support.zilliz.com.cn/hc/zh-cn";
 /// The marketplace console (已购买的服务, 免登).
 const MARKET_CONSOLE_URL: &str = "https://market.console.aliyun.com/";
-
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'";
-
-/// The page language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lang {
-    Zh,
-    En,
-}
-
-impl Lang {
-    fn parse(s: &str) -> Option<Lang> {
-        let s = s.trim().to_ascii_lowercase();
-        if s.starts_with("zh") {
-            Some(Lang::Zh)
-        } else if s.starts_with("en") {
-            Some(Lang::En)
-        } else {
-            None
-        }
-    }
-    fn tag(self) -> &'static str {
-        match self {
-            Lang::Zh => "zh-CN",
-            Lang::En => "en",
-        }
-    }
-    fn short(self) -> &'static str {
-        match self {
-            Lang::Zh => "zh",
-            Lang::En => "en",
-        }
-    }
-    fn other(self) -> Lang {
-        match self {
-            Lang::Zh => Lang::En,
-            Lang::En => Lang::Zh,
-        }
-    }
-}
 
 /// The UI wording: key, zh-CN (the seed's), English.
 const STRINGS: &[(&str, &str, &str)] = &[
@@ -449,53 +410,22 @@ struct Ctx {
     csrf: String,
     /// The `mf_csrf` cookie to set (the browser had none).
     set_csrf: Option<Cookie<'static>>,
-    secure: bool,
     query: Vec<(String, String)>,
     path: String,
 }
 
-fn cookie(name: &'static str, value: String, secure: bool) -> Cookie<'static> {
-    Cookie::build(name, value).path("/").http_only(true).same_site(SameSite::Lax).secure(secure).finish()
-}
-
-fn accept_language(req: &HttpRequest) -> Option<Lang> {
-    let raw = req.headers().get(header::ACCEPT_LANGUAGE)?.to_str().ok()?;
-    let mut best: Option<(f32, Lang)> = None;
-    for part in raw.split(',') {
-        let mut it = part.split(';');
-        let Some(lang) = it.next().and_then(Lang::parse) else { continue };
-        let q = it.find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok())).unwrap_or(1.0);
-        if best.is_none_or(|(b, _)| q > b) {
-            best = Some((q, lang));
-        }
-    }
-    best.map(|(_, l)| l)
-}
-
 impl Ctx {
     fn new(state: &AppState, req: &HttpRequest) -> Ctx {
-        let secure = state.config.public_url.starts_with("https://");
         let query = parse_form(req.query_string()).unwrap_or_default();
         let asked = super::web::param(&query, "lang").and_then(Lang::parse);
         let remembered = req.cookie(LANG_COOKIE).and_then(|c| Lang::parse(c.value()));
         let lang = asked.or(remembered).or_else(|| accept_language(req)).unwrap_or(Lang::Zh);
         let set_lang = asked.filter(|a| Some(*a) != remembered).map(|a| {
-            let mut c = cookie(LANG_COOKIE, a.short().to_string(), secure);
-            c.set_max_age(actix_web::cookie::time::Duration::days(365));
-            c
+            let c = web_::cookie(state, LANG_COOKIE, a.short().to_string(), "/", SameSite::Lax);
+            web_::lasting(c, chrono::TimeDelta::days(365))
         });
-        let existing = req
-            .cookie(CSRF_COOKIE)
-            .map(|c| c.value().to_string())
-            .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
-        let (csrf, set_csrf) = match existing {
-            Some(v) => (v, None),
-            None => {
-                let v = crate::app::accounts::random_token();
-                (v.clone(), Some(cookie(CSRF_COOKIE, v, secure)))
-            }
-        };
-        Ctx { lang, set_lang, csrf, set_csrf, secure, query, path: req.path().to_string() }
+        let (csrf, set_csrf) = web_::csrf::issue(state, req, CSRF_COOKIE, "/", SameSite::Lax);
+        Ctx { lang, set_lang, csrf, set_csrf, query, path: req.path().to_string() }
     }
 
     fn t(&self, key: &str) -> &'static str {
@@ -540,14 +470,8 @@ impl Ctx {
     }
 
     fn html(&self, status: StatusCode, body: String) -> HttpResponse {
-        let mut r = HttpResponse::build(status);
-        r.content_type("text/html; charset=utf-8")
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
-            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-            .insert_header((header::X_FRAME_OPTIONS, "DENY"))
-            .insert_header((header::REFERRER_POLICY, "same-origin"))
-            .insert_header((header::CONTENT_LANGUAGE, self.lang.tag()));
+        let mut r = web_::html(status);
+        r.insert_header((header::CONTENT_LANGUAGE, self.lang.tag()));
         self.cookies(&mut r);
         r.body(body)
     }
@@ -663,11 +587,10 @@ fn form_bytes(ctx: &Ctx, body: Result<web::Bytes, actix_web::Error>) -> Result<w
 
 /// A submitted form: its fields, once the CSRF checks passed.
 fn form(state: &AppState, req: &HttpRequest, body: &[u8]) -> Option<Vec<(String, String)>> {
-    let fields = std::str::from_utf8(body).ok().and_then(|b| parse_form(b).ok())?;
-    let given = super::web::param(&fields, "csrf").unwrap_or("");
-    let cookie = req.cookie(CSRF_COOKIE).map(|c| c.value().to_string()).unwrap_or_default();
-    let token_ok = !cookie.is_empty() && crate::config::same_secret(given, &cookie);
-    (token_ok && super::web::same_origin(state, req)).then_some(fields)
+    let fields = web_::fields(body)?;
+    let given = web_::param(&fields, "csrf").unwrap_or("");
+    let expected = web_::csrf::from_cookie(req, CSRF_COOKIE)?;
+    web_::csrf::valid(state, req, given, &expected).then_some(fields)
 }
 
 /// Gives the browser's pending 免登 grant (cookie) to the user; returns the instance.
@@ -704,7 +627,7 @@ async fn logged_in(
 ) -> HttpResponse {
     let instance = redeem(state, req, user).await;
     let mut r = ctx.redirect(&after_login(next, instance.as_deref()));
-    let _ = r.add_cookie(&cookie(SESSION_COOKIE, token.to_string(), ctx.secure));
+    let _ = r.add_cookie(&web_::cookie(state, SESSION_COOKIE, token.to_string(), "/", SameSite::Lax));
     if req.cookie(SSO_COOKIE).is_some() {
         let _ = r.add_cookie(&super::web::cleared(SSO_COOKIE, "/"));
     }
@@ -987,30 +910,29 @@ async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         Ok(u) => u,
         Err(r) => return *r,
     };
-    let orgs = match my_orgs(&state, &user) {
+    let orgs = match state.memberships(&user) {
         Ok(o) => o,
-        Err(e) => return ctx.api_error(Some(&user), &e),
+        Err(e) => return ctx.api_error(Some(&user), &e.into()),
     };
     let orgs: Vec<Value> = orgs
         .into_iter()
-        .map(|(org, role, st, data)| {
+        .map(|m| {
+            let billing_url = m.role.may_manage_billing().then(|| format!("/orgs/{}/billing", enc(m.org_id.as_str())));
             json!({
-                "org_id": org, "name": data.name, "role": role, "status": st.billing_status(),
-                "billing_url": role.may_manage_billing().then(|| format!("/orgs/{}/billing", enc(org.as_str()))),
+                "org_id": m.org_id, "name": m.org.name, "role": m.role, "status": m.state.billing_status(),
+                "billing_url": billing_url,
             })
         })
         .collect();
-    let granted = match state.accounts.granted(&user.id) {
-        Ok(g) => g,
+    let purchased = match state.purchased(&user) {
+        Ok(p) => p,
         Err(e) => return ctx.api_error(Some(&user), &e.into()),
     };
-    let subs: Vec<Value> = granted
+    let subs: Vec<Value> = purchased
         .iter()
-        .filter_map(|i| marketplace::visible(&state, &user, i).ok().map(|(st, d)| (i, st, d)))
-        .filter(|(_, st, _)| st.listed())
-        .map(|(i, st, d)| {
+        .map(|(i, v)| {
             json!({
-                "instance_id": i, "status": st, "aliyun_account_id": d.ali_uid, "org_id": d.org,
+                "instance_id": i, "status": v.state, "aliyun_account_id": v.sub.ali_uid, "org_id": v.sub.org,
                 "bind_url": format!("/bind/{}", enc(i)),
             })
         })
@@ -1028,8 +950,8 @@ fn bind_page(
     error: Option<String>,
     selected: Option<&str>,
 ) -> HttpResponse {
-    let (st, sub) = match marketplace::visible(state, user, instance) {
-        Ok(v) => v,
+    let (st, sub) = match state.visible_subscription(user, instance).map_err(ApiError::from) {
+        Ok(v) => (v.state, v.sub),
         Err(e) if e.status.is_client_error() => {
             return ctx.message(
                 Some(user),
@@ -1041,9 +963,9 @@ fn bind_page(
         }
         Err(e) => return ctx.api_error(Some(user), &e),
     };
-    let opts = match marketplace::binding_options_of(state, user, instance) {
+    let opts = match state.binding_options(user, instance) {
         Ok(o) => o,
-        Err(e) => return ctx.api_error(Some(user), &e),
+        Err(e) => return ctx.api_error(Some(user), &e.into()),
     };
     let bindable: Vec<&str> = opts.orgs.iter().filter(|o| o.bindable).map(|o| o.org_id.as_str()).collect();
     // One choice is preselected; with several, the buyer picks.
@@ -1135,8 +1057,12 @@ async fn bind_post(
         let err = Some(error_text(ctx.lang, "select_org"));
         return bind_page(&state, &ctx, &user, &instance, StatusCode::UNPROCESSABLE_ENTITY, err, None);
     };
-    match marketplace::bind(&state, &user, &instance, org).await {
-        Ok((binding, _)) => {
+    let bound = match OrgId::parse(org.to_string()) {
+        Ok(o) => state.bind(&user, &instance, &o).await.map_err(ApiError::from),
+        Err(e) => Err(ApiError::from(e)),
+    };
+    match bound {
+        Ok(binding) => {
             tracing::info!(user = %user.id, %binding, "binding requested (page)");
             ctx.redirect(&format!("/bind/{}/processing", enc(&instance)))
         }
@@ -1166,8 +1092,8 @@ async fn processing(state: web::Data<AppState>, req: HttpRequest, path: web::Pat
         Err(r) => return *r,
     };
     let instance = path.into_inner();
-    let sub = match marketplace::visible(&state, &user, &instance) {
-        Ok((_, sub)) => sub,
+    let sub = match state.visible_subscription(&user, &instance).map_err(ApiError::from) {
+        Ok(v) => v.sub,
         Err(e) if e.status.is_client_error() => {
             return ctx.message(
                 Some(&user),
@@ -1217,9 +1143,9 @@ async fn binding_status(state: web::Data<AppState>, req: HttpRequest, path: web:
         Err(r) => return *r,
     };
     let instance = path.into_inner();
-    match marketplace::visible(&state, &user, &instance) {
-        Ok((st, d)) => HttpResponse::Ok().json(marketplace::view(&instance, st, &d)),
-        Err(e) => actix_web::ResponseError::error_response(&e),
+    match state.visible_subscription(&user, &instance) {
+        Ok(v) => HttpResponse::Ok().json(marketplace::view(&instance, v.state, &v.sub)),
+        Err(e) => actix_web::ResponseError::error_response(&ApiError::from(e)),
     }
 }
 
@@ -1244,22 +1170,21 @@ async fn billing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<S
         ctx.message(Some(&user), StatusCode::NOT_FOUND, "not_found_title", "org_not_found", Some(("/", ctx.t("home"))))
     };
     let Ok(org) = OrgId::parse(path.into_inner()) else { return not_found() };
-    let (st, data) = match load_org(&state, &org) {
-        Ok(Some(v)) => v,
-        Ok(None) => return not_found(),
-        Err(e) => return ctx.api_error(Some(&user), &e),
+    let view = match state.billing(&user, &org) {
+        Ok(v) => v,
+        Err(e) if e.kind == Kind::NotFound => return not_found(),
+        Err(e) if e.kind == Kind::Forbidden => {
+            return ctx.message(
+                Some(&user),
+                StatusCode::FORBIDDEN,
+                "forbidden_title",
+                "forbidden_billing",
+                Some(("/", ctx.t("home"))),
+            )
+        }
+        Err(e) => return ctx.api_error(Some(&user), &e.into()),
     };
-    let Some(role) = data.role_of(&user.id) else { return not_found() };
-    if !role.may_manage_billing() {
-        return ctx.message(
-            Some(&user),
-            StatusCode::FORBIDDEN,
-            "forbidden_title",
-            "forbidden_billing",
-            Some(("/", ctx.t("home"))),
-        );
-    }
-    let view = billing_view(&org, st, &data);
+    let role = state.membership(&user, &org).map(|m| m.role).ok();
     ctx.render(
         Some(&user),
         "billing.html",
@@ -1421,7 +1346,7 @@ mod tests {
             ..Default::default()
         };
         let Ok(org_id) = OrgId::parse("org_x") else { panic!("org id") };
-        let view = billing_view(&org_id, crate::domain::organization::State::Frozen, &org);
+        let view = crate::app::orgs::billing_view(&org_id, crate::domain::organization::State::Frozen, &org);
         for lang in [Lang::Zh, Lang::En] {
             let html =
                 render("billing.html", lang, json!({ "billing": view, "role": "owner", "market_url": "https://m" }));

@@ -52,37 +52,3 @@ impl FromRequest for CurrentUser {
         })
     }
 }
-
-impl From<crate::app::accounts::Error> for ApiError {
-    fn from(e: crate::app::accounts::Error) -> Self {
-        use crate::app::accounts::Error as E;
-        use actix_web::http::StatusCode;
-        match e {
-            E::EmailTaken => ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string()),
-            E::InvalidCredentials | E::Unauthenticated => {
-                ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
-            }
-            E::RateLimited { retry_after } => ApiError::rate_limited(retry_after),
-            E::EmailUnverified => ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()),
-            E::AlreadyVerified => ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string()),
-            E::InvalidVerification => ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
-            E::MailUnavailable => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
-            E::Busy => {
-                let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string());
-                err.retry_after = Some(1);
-                err
-            }
-            E::Engine(inner) => inner.into(),
-            E::Storage(detail) => {
-                tracing::error!(error = %detail, "account storage failed");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "try again shortly")
-            }
-        }
-    }
-}
-
-impl From<crate::domain::ids::Invalid> for ApiError {
-    fn from(e: crate::domain::ids::Invalid) -> Self {
-        ApiError::new(actix_web::http::StatusCode::BAD_REQUEST, e.code, e.to_string())
-    }
-}

@@ -59,24 +59,7 @@ pub struct SpiParams {
     time_stamp: Option<String>,
 }
 
-/// createInstance's answer: the instance id and where the buyer's 免登 link goes.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct CreateInstanceReply {
-    #[serde(rename = "instanceId")]
-    pub instance_id: String,
-    #[serde(rename = "appInfo")]
-    pub app_info: AppInfo,
-}
-
-/// Where the marketplace sends the buyer.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct AppInfo {
-    /// The 免登 address (`/aliyun/sso`).
-    #[serde(rename = "authUrl")]
-    pub auth_url: String,
-    #[serde(rename = "frontEndUrl")]
-    pub front_end_url: String,
-}
+pub use crate::domain::protocol::{AppInfo, CreateInstanceReply};
 
 /// Every other action's answer.
 #[derive(Serialize, ToSchema)]
@@ -279,14 +262,14 @@ async fn handle(state: &AppState, request: SpiRequest) -> HttpResponse {
                         .flatten()
                         .map(|r| serde_json::from_value::<crate::domain::subscription::Subscription>(r.data));
                     match data {
-                        Some(Ok(sub)) => sub.create_reply.unwrap_or_default(),
+                        Some(Ok(sub)) => sub.create_reply.ok_or_else(|| "no stored answer".to_string()),
                         _ => return failure(StatusCode::SERVICE_UNAVAILABLE, "retry", "try again"),
                     }
                 } else {
-                    outcome.reply
+                    // Through the described type, so that the answer cannot drift from the description.
+                    serde_json::from_value::<CreateInstanceReply>(outcome.reply).map_err(|e| e.to_string())
                 };
-                // Through the described type, so that the answer cannot drift from the description.
-                return match serde_json::from_value::<CreateInstanceReply>(reply) {
+                return match reply {
                     Ok(r) => HttpResponse::Ok().json(r),
                     Err(e) => {
                         tracing::error!(error = %e, "createInstance's stored answer does not decode");

@@ -39,11 +39,12 @@ struct Request {
     reply: oneshot::Sender<CommitResult>,
 }
 
-/// Watches the write path for metrics (latency histograms, entities by state): told of every group once it is
-/// durable, on the committer thread, with the store so that it can count what was there before. The store knows
-/// nothing of what it does; it must be quick, as the next group waits for it.
+/// Watches the write path for metrics (latency and size histograms): told of every group once it is durable, on
+/// the committer thread. The store knows nothing of what it does; it must be quick, as the next group waits for
+/// it. (What must agree with the data, such as entities by state, is written with the commits instead:
+/// [`super::Op::Add`].)
 pub trait Observer: Send + Sync + std::fmt::Debug {
-    fn durable(&self, store: &dyn Store, batches: &[Batch], took: Duration);
+    fn durable(&self, batches: &[Batch], took: Duration);
     /// For the one who installed it to find its own type again.
     fn as_any(&self) -> &dyn std::any::Any;
 }
@@ -69,7 +70,7 @@ pub struct CommitStats {
     pub sync_micros: AtomicU64,
     /// Set once a write or sync failed; never cleared in this process.
     pub failed: AtomicBool,
-    /// Installed once by the HTTP layer (`http::metrics`, on the first request); sees every durable group.
+    /// Installed once by the engine as it starts (its telemetry); sees every durable group.
     pub observer: std::sync::OnceLock<Arc<dyn Observer>>,
 }
 
@@ -230,7 +231,7 @@ fn run(store: Arc<dyn Store>, rx: Receiver<Request>, config: CommitConfig, stats
                 stats.commits.fetch_add(replies.len() as u64, Ordering::Relaxed);
                 stats.groups.fetch_add(1, Ordering::Relaxed);
                 stats.group_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                stats.observer.get().inspect(|o| o.durable(&*store, &batches, started.elapsed()));
+                stats.observer.get().inspect(|o| o.durable(&batches, started.elapsed()));
                 answer(replies, &Ok(()));
             }
             Err(e) => {
@@ -286,6 +287,33 @@ mod tests {
         let mut b = Batch::new();
         b.put(Table::Meta, b"late".to_vec(), b"x".to_vec());
         assert!(matches!(c.commit_blocking(b), Err(CommitError::Stopped)));
+    }
+
+    #[test]
+    fn counters_added_to_by_concurrent_commits_lose_no_addition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open_with_cache(dir.path(), 64).unwrap());
+        let c = Committer::start(store.clone(), CommitConfig::default());
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        let mut b = Batch::new();
+                        b.put(Table::Meta, format!("{t}/{i}").into_bytes(), b"x".to_vec());
+                        b.add(Table::Meta, b"n".to_vec(), 1);
+                        b.add(Table::Meta, format!("n/{}", t % 2).into_bytes(), if t % 2 == 0 { 1 } else { -1 });
+                        c.commit_blocking(b).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let n = |k: &[u8]| crate::store::counter_value(store.get(Table::Meta, k).unwrap().as_deref()).unwrap();
+        assert_eq!((n(b"n"), n(b"n/0"), n(b"n/1")), (800, 400, -400));
+        c.shutdown();
     }
 
     #[test]

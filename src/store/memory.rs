@@ -74,9 +74,12 @@ impl Store for MemoryStore {
         Ok(if reverse { range.rev().take(limit).map(map).collect() } else { range.take(limit).map(map).collect() })
     }
 
+    /// Counters are read, added to and put under the write lock ([`super::resolve_adds`]): exact, as nobody can
+    /// write between the read and the put.
     fn write(&self, batches: &[Batch]) -> Result<(), Error> {
         let mut g = self.data.write().map_err(|_| Error::Backend("memory store lock poisoned".into()))?;
-        for op in batches.iter().flat_map(|b| b.ops.iter()) {
+        let counters = super::resolve_adds(batches, |table, key| Ok(g.get(&(table, key.to_vec())).cloned()))?;
+        for op in batches.iter().chain([&counters]).flat_map(|b| b.ops.iter()) {
             match op {
                 Op::Put { table, key, value } => {
                     g.insert((*table, key.clone()), value.clone());
@@ -84,6 +87,8 @@ impl Store for MemoryStore {
                 Op::Delete { table, key } => {
                     g.remove(&(*table, key.clone()));
                 }
+                // Resolved into `counters`, written last.
+                Op::Add { .. } => {}
             }
         }
         Ok(())
@@ -99,5 +104,6 @@ mod tests {
     #[test]
     fn memory_store_keeps_the_store_contract() {
         super::super::contract_tests::roundtrip(&super::MemoryStore::new());
+        super::super::contract_tests::counters(&super::MemoryStore::new());
     }
 }

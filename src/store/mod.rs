@@ -1,7 +1,8 @@
 //! Durable storage behind a narrow trait.
 //!
-//! The engine sees an ordered key-value store with tables, atomic multi-key batches and range scans; it never
-//! sees a sled type, so that a PostgreSQL store (several nodes, leases) can replace sled in this module alone.
+//! The engine sees an ordered key-value store with tables, atomic multi-key batches (puts, deletes and counter
+//! additions, [`Op`]) and range scans; it never sees a sled type, so that a PostgreSQL store (several nodes,
+//! leases) can replace sled in this module alone.
 //! Durability is the store's promise: [`Store::apply`] returns only after the batch is on stable storage.
 //! Group commit lives one level up, in [`committer`], and works for every backend.
 
@@ -46,10 +47,19 @@ pub enum Table {
 }
 
 /// One write of a batch.
+///
+/// [`Op::Add`] adds `delta` to the counter at `key`: a value of 8 bytes, a big-endian `i64` ([`counter_value`]),
+/// absent read as 0. The store does the addition inside the atomic write, so the counter moves with the rest of
+/// the batch and the writer never reads it first. Why an op of its own instead of a read and a put by the writer:
+/// a counter that every writer may change (entities by state: every transition of every entity moves one) would
+/// make two commits that both read it lose one's update, once several nodes write one database. PostgreSQL will
+/// do `n = n + delta` in the transaction; the single-writer stores here (sled, memory: only the committer thread
+/// writes) read, add and put inside [`Store::write`] ([`resolve_adds`]), exact because nobody writes meanwhile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Put { table: Table, key: Vec<u8>, value: Vec<u8> },
     Delete { table: Table, key: Vec<u8> },
+    Add { table: Table, key: Vec<u8>, delta: i64 },
 }
 
 /// Writes that become durable together or not at all.
@@ -68,6 +78,10 @@ impl Batch {
     pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>) {
         self.ops.push(Op::Delete { table, key: key.into() });
     }
+    /// Adds `delta` to the counter at `key` (see [`Op::Add`]).
+    pub fn add(&mut self, table: Table, key: impl Into<Vec<u8>>, delta: i64) {
+        self.ops.push(Op::Add { table, key: key.into(), delta });
+    }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -77,28 +91,115 @@ impl Batch {
     pub fn extend(&mut self, other: Batch) {
         self.ops.extend(other.ops);
     }
-    /// Approximate size in bytes, for sizing groups.
-    /// The length of the largest value put (0 for none).
+    /// The length of the largest value put (0 for none; a counter's value is [`COUNTER_BYTES`]).
     pub fn largest_value(&self) -> usize {
         self.ops
             .iter()
             .map(|op| match op {
                 Op::Put { value, .. } => value.len(),
                 Op::Delete { .. } => 0,
+                Op::Add { .. } => COUNTER_BYTES,
             })
             .max()
             .unwrap_or(0)
     }
 
+    /// Approximate size in bytes, for sizing groups.
     pub fn bytes(&self) -> usize {
         self.ops
             .iter()
             .map(|op| match op {
                 Op::Put { key, value, .. } => key.len() + value.len() + 1,
                 Op::Delete { key, .. } => key.len() + 1,
+                Op::Add { key, .. } => key.len() + COUNTER_BYTES + 1,
             })
             .sum()
     }
+}
+
+/// The length of a counter's value ([`Op::Add`]).
+pub const COUNTER_BYTES: usize = 8;
+
+/// Decodes a counter's stored value ([`Op::Add`]): `None` (absent) is 0; anything but 8 bytes is corrupt.
+pub fn counter_value(value: Option<&[u8]>) -> Result<i64, Error> {
+    match value {
+        None => Ok(0),
+        Some(v) => v.try_into().map(i64::from_be_bytes).map_err(|_| Error::Corrupt {
+            what: "counter".into(),
+            detail: format!("a counter is {COUNTER_BYTES} bytes, this value is {}", v.len()),
+        }),
+    }
+}
+
+/// The final writes of every counter a group adds to, for a single-writer store to apply after the group's other
+/// ops in [`Store::write`]: a [`Op::Put`] of the counter's value (or a [`Op::Delete`] where a later delete of the
+/// group removed it), one per distinct key, so the result is what applying every op in order would leave.
+///
+/// The ops are resolved in order: a put or delete of a counter's key earlier in the group sets what a later add
+/// starts from (the key is not read then), and one after an add overrides it. `read` is the store's current value
+/// of a key; it is called at most once per distinct counter key, and only for keys the group did not set before
+/// adding to them. Exact only while nobody else writes (the committer thread is the one writer). Fails before
+/// anything is written on a stored value that is not a counter, or on an overflow.
+pub fn resolve_adds(
+    batches: &[Batch],
+    mut read: impl FnMut(Table, &[u8]) -> Result<Option<Vec<u8>>, Error>,
+) -> Result<Batch, Error> {
+    use std::collections::BTreeMap;
+    /// What a counter's key holds at this point of the group.
+    enum Held {
+        /// Nothing of the group has set it: what the store holds.
+        Stored,
+        /// Set by the group (`None`: deleted).
+        Set(Option<Vec<u8>>),
+    }
+    let ops = || batches.iter().flat_map(|b| b.ops.iter());
+    let mut values: BTreeMap<(Table, &[u8]), Held> = ops()
+        .filter_map(|op| match op {
+            Op::Add { table, key, .. } => Some(((*table, key.as_slice()), Held::Stored)),
+            _ => None,
+        })
+        .collect();
+    if values.is_empty() {
+        return Ok(Batch::new());
+    }
+    // Most of a group's puts are in tables without counters: those need no look-up.
+    let mut counted = [false; 256];
+    for (table, _) in values.keys() {
+        counted[*table as usize] = true;
+    }
+    for op in ops() {
+        let (table, key, set) = match op {
+            Op::Put { table, .. } | Op::Delete { table, .. } if !counted[*table as usize] => continue,
+            Op::Put { table, key, value } => (table, key, Some(value)),
+            Op::Delete { table, key } => (table, key, None),
+            Op::Add { table, key, delta } => {
+                let Some(held) = values.get_mut(&(*table, key.as_slice())) else { continue };
+                let current = match std::mem::replace(held, Held::Stored) {
+                    Held::Set(v) => v,
+                    Held::Stored => read(*table, key)?,
+                };
+                let n = counter_value(current.as_deref())?.checked_add(*delta).ok_or_else(|| Error::Corrupt {
+                    what: "counter".into(),
+                    detail: format!("adding {delta} to {:?} overflows", String::from_utf8_lossy(key)),
+                })?;
+                *held = Held::Set(Some(n.to_be_bytes().to_vec()));
+                continue;
+            }
+        };
+        if let Some(held) = values.get_mut(&(*table, key.as_slice())) {
+            *held = Held::Set(set.cloned());
+        }
+    }
+    let mut out = Batch::new();
+    for ((table, key), held) in values {
+        match held {
+            Held::Set(Some(v)) => out.put(table, key.to_vec(), v),
+            Held::Set(None) => out.delete(table, key.to_vec()),
+            // Every key here was added to, which sets it.
+            Held::Stored => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Errors of the storage layer. The cause chain goes to logs; clients see `storage_unavailable`.
@@ -128,7 +229,8 @@ pub trait Store: Send + Sync + 'static {
         reverse: bool,
     ) -> Result<KvPairs, Error>;
     /// Applies the batches in order as one atomic unit: visible to reads at once, durable only after the next
-    /// [`Store::flush`] (all or nothing after a crash either way).
+    /// [`Store::flush`] (all or nothing after a crash either way). A counter's adds ([`Op::Add`]) are part of the
+    /// unit: each lands exactly once, with the batch that holds it.
     fn write(&self, batches: &[Batch]) -> Result<(), Error>;
     /// Applies the batches in order as one atomic unit and makes them durable before returning.
     fn apply(&self, batches: &[Batch]) -> Result<(), Error> {
@@ -205,6 +307,105 @@ pub(crate) mod contract_tests {
         assert_eq!(store.get(Table::Entities, b"a/2").unwrap().as_deref(), Some(&b"TWO"[..]));
         // Tables do not leak into each other.
         assert_eq!(scan_prefix(store, Table::Journal, b"", 10).unwrap().len(), 1);
+    }
+
+    fn counter(store: &dyn Store, key: &[u8]) -> i64 {
+        counter_value(store.get(Table::Meta, key).unwrap().as_deref()).unwrap()
+    }
+
+    /// Counters ([`Op::Add`]): absent is 0, adds land with their batch, in order with the group's puts and
+    /// deletes of the same key, and a group that cannot be resolved writes nothing.
+    pub fn counters(store: &dyn Store) {
+        // Several adds in one batch, to a new counter and beside other writes.
+        let mut b = Batch::new();
+        b.add(Table::Meta, b"c/a".to_vec(), 1);
+        b.put(Table::Entities, b"x".to_vec(), b"x".to_vec());
+        b.add(Table::Meta, b"c/a".to_vec(), 2);
+        b.add(Table::Meta, b"c/b".to_vec(), -1);
+        store.apply(&[b]).unwrap();
+        assert_eq!(counter(store, b"c/a"), 3);
+        assert_eq!(counter(store, b"c/b"), -1);
+        assert_eq!(counter(store, b"c/none"), 0);
+        assert_eq!(store.get(Table::Meta, b"c/a").unwrap(), Some(3i64.to_be_bytes().to_vec()));
+        assert_eq!(store.get(Table::Entities, b"x").unwrap().as_deref(), Some(&b"x"[..]));
+        // Across the batches of one group, starting from the stored value.
+        let batches: Vec<Batch> = [5, -2, 10]
+            .into_iter()
+            .map(|d| {
+                let mut b = Batch::new();
+                b.add(Table::Meta, b"c/a".to_vec(), d);
+                b.add(Table::Meta, b"c/b".to_vec(), 1);
+                b
+            })
+            .collect();
+        store.apply(&batches).unwrap();
+        assert_eq!(counter(store, b"c/a"), 16);
+        assert_eq!(counter(store, b"c/b"), 2);
+        // A put earlier in the group is what a later add starts from; a delete resets to absent (0).
+        let mut p = Batch::new();
+        p.put(Table::Meta, b"c/a".to_vec(), 100i64.to_be_bytes().to_vec());
+        p.delete(Table::Meta, b"c/b".to_vec());
+        let mut a = Batch::new();
+        a.add(Table::Meta, b"c/a".to_vec(), 1);
+        a.add(Table::Meta, b"c/b".to_vec(), 7);
+        store.apply(&[p, a]).unwrap();
+        assert_eq!(counter(store, b"c/a"), 101);
+        assert_eq!(counter(store, b"c/b"), 7);
+        // A put or delete after an add in the group wins over it.
+        let mut a = Batch::new();
+        a.add(Table::Meta, b"c/a".to_vec(), 1);
+        a.add(Table::Meta, b"c/b".to_vec(), 1);
+        let mut p = Batch::new();
+        p.put(Table::Meta, b"c/a".to_vec(), 42i64.to_be_bytes().to_vec());
+        p.delete(Table::Meta, b"c/b".to_vec());
+        store.apply(&[a, p]).unwrap();
+        assert_eq!(counter(store, b"c/a"), 42);
+        assert_eq!(store.get(Table::Meta, b"c/b").unwrap(), None);
+        // Adding to a value that is not a counter refuses the whole group before anything is written.
+        let mut bad = Batch::new();
+        bad.put(Table::Meta, b"c/text".to_vec(), b"text".to_vec());
+        store.apply(&[bad]).unwrap();
+        let mut ok = Batch::new();
+        ok.add(Table::Meta, b"c/a".to_vec(), 1);
+        ok.put(Table::Meta, b"c/side".to_vec(), b"x".to_vec());
+        let mut bad = Batch::new();
+        bad.add(Table::Meta, b"c/text".to_vec(), 1);
+        assert!(matches!(store.apply(&[ok, bad]), Err(Error::Corrupt { .. })));
+        assert_eq!(counter(store, b"c/a"), 42);
+        assert_eq!(store.get(Table::Meta, b"c/side").unwrap(), None);
+        // Counters are listed by a prefix scan like any other key.
+        let listed = scan_prefix(store, Table::Meta, b"c/", 10).unwrap();
+        assert_eq!(listed.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [&b"c/a"[..], b"c/text"]);
+    }
+
+    #[test]
+    fn adds_resolve_in_order_and_read_each_counter_once() {
+        let mut reads = Vec::new();
+        let mut a = Batch::new();
+        a.add(Table::Meta, b"k".to_vec(), 2);
+        a.put(Table::Meta, b"set".to_vec(), 5i64.to_be_bytes().to_vec());
+        let mut b = Batch::new();
+        b.add(Table::Meta, b"k".to_vec(), 3);
+        b.add(Table::Meta, b"set".to_vec(), 1);
+        b.add(Table::Journal, b"k".to_vec(), -1);
+        let out = resolve_adds(&[a, b], |t, k| {
+            reads.push((t, k.to_vec()));
+            Ok(Some(10i64.to_be_bytes().to_vec()))
+        })
+        .unwrap();
+        assert_eq!(reads, [(Table::Meta, b"k".to_vec()), (Table::Journal, b"k".to_vec())], "`set` was set first");
+        let mut want = Batch::new();
+        want.put(Table::Journal, b"k".to_vec(), 9i64.to_be_bytes().to_vec());
+        want.put(Table::Meta, b"k".to_vec(), 15i64.to_be_bytes().to_vec());
+        want.put(Table::Meta, b"set".to_vec(), 6i64.to_be_bytes().to_vec());
+        assert_eq!(out, want);
+        assert!(resolve_adds(&[Batch::new()], |_, _| unreachable!()).unwrap().is_empty());
+        let mut max = Batch::new();
+        max.add(Table::Meta, b"k".to_vec(), i64::MAX);
+        assert!(resolve_adds(&[max], |_, _| Ok(Some(1i64.to_be_bytes().to_vec()))).is_err(), "overflow");
+        assert_eq!(counter_value(None).unwrap(), 0);
+        assert_eq!(counter_value(Some(&(-3i64).to_be_bytes())).unwrap(), -3);
+        assert!(counter_value(Some(b"abc")).is_err());
     }
 
     #[test]

@@ -164,12 +164,15 @@ struct Redo {
 }
 
 /// Encodes the ops of a group as `tag | key length | key | [value length | value]` with full (table-prefixed) keys.
+/// Counter additions are not encoded: a group's record holds their results instead, as puts (see
+/// [`SledStore::write`]), so that replaying it sets each counter's value again rather than adding twice.
 fn encode_ops(batches: &[Batch]) -> Vec<u8> {
     let mut out = Vec::with_capacity(batches.iter().map(|b| b.bytes() + 16 * b.ops.len()).sum());
     for op in batches.iter().flat_map(|b| b.ops.iter()) {
         let (tag, table, key, value) = match op {
             Op::Put { table, key, value } => (0u8, table, key, Some(value)),
             Op::Delete { table, key } => (1u8, table, key, None),
+            Op::Add { .. } => continue,
         };
         out.push(tag);
         out.extend_from_slice(&(key.len() as u32 + 1).to_be_bytes());
@@ -388,6 +391,10 @@ impl Store for SledStore {
     /// One redo record, then every op as a single-key write (see [`Redo`]: atomic after a crash, and no global
     /// lock against readers). Readers may see a group half written before it is durable, as they could always
     /// see a group before its fsync; every input is still acknowledged only after the fsync.
+    ///
+    /// Counters ([`Op::Add`]) are read and added to first, under the writers' lock ([`super::resolve_adds`]: exact,
+    /// as the committer is the one writer), and their final values are written as puts after the group's other
+    /// ops, in the redo record too (replaying a put is idempotent, replaying an add would not be).
     fn write(&self, batches: &[Batch]) -> Result<(), Error> {
         // The committer refuses such a batch before it gets here; this guards the store's other callers.
         if let Some(len) = batches.iter().map(Batch::largest_value).max().filter(|len| *len > MAX_VALUE_BYTES) {
@@ -397,19 +404,25 @@ impl Store for SledStore {
             return Ok(());
         }
         let mut written = self.redo.writing.lock().map_err(|_| Error::Backend("redo lock poisoned".into()))?;
-        let record = encode_ops(batches);
-        let group = self.redo.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let chunks: Vec<&[u8]> = record.chunks(REDO_CHUNK).collect();
         self.with_open(|Open { tree, redo, .. }| {
+            let counters = super::resolve_adds(batches, |table, key| {
+                Ok(tree.get(full_key(table, key)).map_err(backend)?.map(|v| v.to_vec()))
+            })?;
+            let mut record = encode_ops(batches);
+            record.extend(encode_ops(std::slice::from_ref(&counters)));
+            let group = self.redo.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let chunks: Vec<&[u8]> = record.chunks(REDO_CHUNK).collect();
             for (i, chunk) in chunks.iter().enumerate() {
                 let key = redo_key(group, i as u32, chunks.len() as u32);
                 redo.insert(&key, *chunk).map_err(backend)?;
                 written.push(key);
             }
-            for op in batches.iter().flat_map(|b| b.ops.iter()) {
+            for op in batches.iter().chain([&counters]).flat_map(|b| b.ops.iter()) {
                 match op {
                     Op::Put { table, key, value } => apply_op(tree, &full_key(*table, key), Some(value))?,
                     Op::Delete { table, key } => apply_op(tree, &full_key(*table, key), None)?,
+                    // Resolved into `counters`, written last.
+                    Op::Add { .. } => {}
                 }
             }
             Ok(())
@@ -444,6 +457,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path()).unwrap();
         super::super::contract_tests::roundtrip(&s);
+        super::super::contract_tests::counters(&s);
     }
 
     #[test]
@@ -614,6 +628,31 @@ mod tests {
         s.flush().unwrap();
         assert!(s.with_open(|o| Ok(o.redo.is_empty())).unwrap());
         assert_eq!(s.count_prefix(Table::Meta, b"").unwrap(), 100);
+    }
+
+    #[test]
+    fn a_groups_redo_record_holds_its_counters_values_not_their_additions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with_cache(dir.path(), 64).unwrap();
+        let mut b = Batch::new();
+        b.add(Table::Meta, b"c".to_vec(), 5);
+        s.apply(&[b]).unwrap();
+        let mut b = Batch::new();
+        b.put(Table::Meta, b"k".to_vec(), b"v".to_vec());
+        b.add(Table::Meta, b"c".to_vec(), 2);
+        s.write(std::slice::from_ref(&b)).unwrap();
+        let record: Vec<u8> =
+            s.with_open(|o| Ok(o.redo.iter().values().flat_map(|v| v.unwrap().to_vec()).collect())).unwrap();
+        // Replaying it after a crash sets the counter to 7 again, however often, instead of adding 2 once more.
+        assert_eq!(
+            decode_ops(&record).unwrap(),
+            vec![
+                (full_key(Table::Meta, b"k"), Some(b"v".to_vec())),
+                (full_key(Table::Meta, b"c"), Some(7i64.to_be_bytes().to_vec())),
+            ]
+        );
+        s.flush().unwrap();
+        assert_eq!(s.get(Table::Meta, b"c").unwrap(), Some(7i64.to_be_bytes().to_vec()));
     }
 
     #[test]

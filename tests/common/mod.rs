@@ -589,8 +589,10 @@ pub mod harness {
                     .ok()
             }
             let g = &mut s.garbage;
+            let mut by_state = BTreeMap::<(String, String), i64>::new();
             for (k, v) in all(Table::Entities) {
                 let Some(r) = decode::<EntityRecord>(g, Table::Entities, &k, &v) else { continue };
+                *by_state.entry((r.kind.clone(), r.state.clone())).or_default() += 1;
                 if split_entity(&k).map(|(e, rest)| (e.kind, e.id, rest.is_empty()))
                     != Some((r.kind.clone(), r.id.clone(), true))
                 {
@@ -602,6 +604,16 @@ pub mod harness {
                     ));
                 }
                 s.records.insert(r.id.clone(), r);
+            }
+            // Entities by state, as the store counts them with the commits, are the states of the records.
+            match marketflow::engine::by_state::read(store) {
+                Ok(mut counted) => {
+                    counted.retain(|_, n| *n != 0);
+                    if counted != by_state {
+                        g.push(format!("entities by state are counted as {counted:?}, the records say {by_state:?}"));
+                    }
+                }
+                Err(e) => g.push(format!("entities by state do not read: {e}")),
             }
             for (k, v) in all(Table::Journal) {
                 let Some(j) = decode::<JournalEntry>(g, Table::Journal, &k, &v) else { continue };

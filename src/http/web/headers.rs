@@ -15,7 +15,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web;
 
-use super::AppState;
+use crate::http::AppState;
 
 /// HSTS for a year, subdomains included (the service's host serves nothing over plain http).
 const HSTS: &str = "max-age=31536000; includeSubDomains";
