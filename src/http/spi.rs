@@ -1,5 +1,5 @@
 //! `GET`/`POST /aliyun/spi`: the marketplace's calls. Token first (nothing is parsed or stored for a forged
-//! call), then parsing into a typed request, then one input to the subscription's workflow.
+//! call), then parsing into a typed request, then the use case (`app::notices`): one input to the subscription's workflow.
 //!
 //! Answers follow the marketplace's conventions: createInstance `{"instanceId", "appInfo"}`, every other action
 //! `{"success": true}`, failures `{"success": false, "message"}` with a stable `code`. A temporary failure
@@ -12,10 +12,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::AppState;
 use crate::aliyun::encoding::parse_form;
-use crate::aliyun::spi::{beijing_to_utc, SpiRequest};
+use crate::aliyun::spi::SpiRequest;
 use crate::aliyun::token::{verify_spi_token, TokenError};
-use crate::domain::subscription::{SubscriptionEvent, KIND};
-use crate::engine::{Cause, EntityKey, Input, Status};
+use crate::app::notices::NoticeError;
 
 /// The SPI's part of the API description.
 #[derive(OpenApi)]
@@ -187,100 +186,12 @@ async fn spi(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> 
 
 async fn handle(state: &AppState, request: SpiRequest) -> HttpResponse {
     let action = request.action();
-    let Some(instance) = instance_of(&request) else {
-        return failure(StatusCode::BAD_REQUEST, "invalid_parameter", "no instance id");
-    };
-    let key = match EntityKey::new(KIND, &instance) {
-        Ok(k) => k,
-        Err(e) => return failure(StatusCode::BAD_REQUEST, "invalid_parameter", e.to_string()),
-    };
-    let public = state.config.public_url.trim_end_matches('/');
-    // Input ids: createInstance and orderPay are idempotent by their own keys; the other actions are absorbed
-    // by the state they find (a repeated expire finds `expired`), so each call is an input of its own.
-    let (input_id, event) = match request {
-        SpiRequest::CreateInstance {
-            ali_uid,
-            order_biz_id,
-            order_id,
-            product_code,
-            sku_id,
-            trial,
-            expired_on,
-            extra,
-        } => (
-            "spi:createInstance".to_string(),
-            SubscriptionEvent::Create {
-                ali_uid,
-                order_biz_id,
-                order_id,
-                product_code,
-                sku_id,
-                trial,
-                expired_on: expired_on.map(beijing_to_utc),
-                extra,
-                auth_url: format!("{public}/aliyun/sso"),
-                front_end_url: public.to_string(),
-            },
-        ),
-        SpiRequest::OrderPay { request_id, order_id, .. } => {
-            (format!("spi:orderPay:{request_id}"), SubscriptionEvent::OrderPaid { request_id, order_id })
-        }
-        SpiRequest::ExpiredInstance { .. } => (fresh("expiredInstance"), SubscriptionEvent::Expire),
-        SpiRequest::ResumeInstance { sku_id, .. } => (fresh("resumeInstance"), SubscriptionEvent::Resume { sku_id }),
-        SpiRequest::ReleaseInstance { is_refund, order_id, .. } => {
-            (fresh("releaseInstance"), SubscriptionEvent::Release { is_refund, order_id })
-        }
-        SpiRequest::RenewInstance { order_id, expired_on, .. } => (
-            format!("spi:renewInstance:{order_id}"),
-            SubscriptionEvent::Renew { order_id, expired_on: beijing_to_utc(expired_on) },
-        ),
-        SpiRequest::UpgradeInstance { sku_id, order_id, extra, .. } => {
-            (fresh("upgradeInstance"), SubscriptionEvent::Upgrade { sku_id, order_id, extra })
-        }
-        SpiRequest::Verify { .. } => return failure(StatusCode::BAD_REQUEST, "invalid_action", "verify is 免登"),
-    };
-    let body = match serde_json::to_value(&event) {
-        Ok(b) => b,
-        Err(e) => return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()),
-    };
-    let input = Input::domain(input_id, body, Cause::Spi { action: action.to_string() });
-    match state.engine.send(key.clone(), input).await {
-        Ok(outcome) => {
-            if outcome.status == Status::Ignored && outcome.state == crate::domain::subscription::State::New.as_str() {
-                tracing::info!(action, instance = %instance, "SPI call for an unknown instance: nothing to do");
-            }
-            if action == "createInstance" {
-                if outcome.repeated {
-                    tracing::info!(instance = %instance, "createInstance repeated: same answer");
-                }
-                let reply = if outcome.reply.is_null() {
-                    // Known already under another input (cannot happen with one input id per instance).
-                    let data = state
-                        .engine
-                        .record(&key)
-                        .ok()
-                        .flatten()
-                        .map(|r| serde_json::from_value::<crate::domain::subscription::Subscription>(r.data));
-                    match data {
-                        Some(Ok(sub)) => sub.create_reply.ok_or_else(|| "no stored answer".to_string()),
-                        _ => return failure(StatusCode::SERVICE_UNAVAILABLE, "retry", "try again"),
-                    }
-                } else {
-                    // Through the described type, so that the answer cannot drift from the description.
-                    serde_json::from_value::<CreateInstanceReply>(outcome.reply).map_err(|e| e.to_string())
-                };
-                return match reply {
-                    Ok(r) => HttpResponse::Ok().json(r),
-                    Err(e) => {
-                        tracing::error!(error = %e, "createInstance's stored answer does not decode");
-                        failure(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the answer could not be made")
-                    }
-                };
-            }
-            HttpResponse::Ok().json(SpiSuccess { success: true })
-        }
-        Err(e) => {
-            tracing::warn!(action, instance = %instance, error = %e, "SPI call failed");
+    match state.take_notice(request, &state.config.public_url).await {
+        Ok(Some(reply)) => HttpResponse::Ok().json(reply),
+        Ok(None) => HttpResponse::Ok().json(SpiSuccess { success: true }),
+        Err(NoticeError::Invalid { code, message }) => failure(StatusCode::BAD_REQUEST, code, message),
+        Err(NoticeError::Engine(e)) => {
+            tracing::warn!(action, error = %e, "SPI call failed");
             let status = if e.is_transient() || matches!(e, crate::engine::Error::Stopped) {
                 StatusCode::SERVICE_UNAVAILABLE
             } else if matches!(e, crate::engine::Error::InvalidInput(_)) {
@@ -297,18 +208,5 @@ async fn handle(state: &AppState, request: SpiRequest) -> HttpResponse {
             }
             r
         }
-    }
-}
-
-fn fresh(action: &str) -> String {
-    format!("spi:{action}:{}", uuid::Uuid::new_v4())
-}
-
-fn instance_of(r: &SpiRequest) -> Option<String> {
-    match r {
-        SpiRequest::CreateInstance { order_biz_id, .. } | SpiRequest::OrderPay { order_biz_id, .. } => {
-            Some(order_biz_id.to_string())
-        }
-        other => other.instance_id().map(|i| i.to_string()),
     }
 }

@@ -10,10 +10,9 @@ use chrono::TimeDelta;
 use super::session::{session_token, SSO_COOKIE};
 use super::AppState;
 use crate::aliyun::encoding::parse_form;
-use crate::aliyun::spi::{beijing_to_utc, within_window, SpiRequest};
+use crate::aliyun::spi::SpiRequest;
 use crate::aliyun::token::{verify_spi_token, SsoLink};
-use crate::domain::subscription::{self, Subscription};
-use crate::engine::EntityKey;
+use crate::app::sso::{HandOff, Refusal};
 
 /// A page that says what went wrong and what to do, in Chinese first and English second.
 fn refusal(status: StatusCode, code: &str, zh: &str, en: &str) -> HttpResponse {
@@ -84,88 +83,53 @@ pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         Ok(SpiRequest::Verify { instance_id, time_stamp }) => (instance_id, time_stamp),
         _ => return refusal(StatusCode::BAD_REQUEST, "invalid_link", "链接格式不正确。", "The link is malformed."),
     };
-    let now = state.engine.clock().now();
     let window = TimeDelta::from_std(state.config.sso_window).unwrap_or(TimeDelta::minutes(10));
-    if !within_window(time_stamp, now, window) {
-        return refusal(
+    let link = SsoLink { instance_id: instance, time_stamp, token };
+    let user = session_token(&req).and_then(|t| state.accounts.authenticate(&t).ok());
+    match state.sso_hand_off(link, window, user.as_ref()).await {
+        Ok(HandOff::Enter { target }) => redirect(&target),
+        Ok(HandOff::LogIn { nonce, target }) => {
+            let cookie = Cookie::build(SSO_COOKIE, nonce)
+                .path("/")
+                .http_only(true)
+                .same_site(SameSite::Lax)
+                .max_age(actix_web::cookie::time::Duration::hours(1))
+                .finish();
+            let next = percent_encoding::utf8_percent_encode(&target, percent_encoding::NON_ALPHANUMERIC);
+            HttpResponse::Found().cookie(cookie).insert_header(("Location", format!("/login?next={next}"))).finish()
+        }
+        Err(r) => refused(r),
+    }
+}
+
+/// A refused hand-off in the buyer's words: what happened and what to do.
+fn refused(r: Refusal) -> HttpResponse {
+    let (status, zh, en) = match r {
+        Refusal::Expired => (
             StatusCode::FORBIDDEN,
-            "link_expired",
             "链接已过期。请回到阿里云云市场控制台，重新点击「免登」。",
             "This link has expired. Go back to the Marketplace console and click 免登 again.",
-        );
-    }
-    let link = SsoLink { instance_id: instance.clone(), time_stamp, token };
-    match state.accounts.use_sso_link(&link, beijing_to_utc(time_stamp) + window).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return refusal(
-                StatusCode::FORBIDDEN,
-                "link_used",
-                "此链接已使用过。请回到阿里云云市场控制台，重新点击「免登」。",
-                "This link was used already. Go back to the Marketplace console and click 免登 again.",
-            )
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "免登: storage failed");
-            return refusal(StatusCode::SERVICE_UNAVAILABLE, "retry", "请稍后重试。", "Please try again shortly.");
-        }
-    }
-    let instance = instance.to_string();
-    let record =
-        EntityKey::new(subscription::KIND, &instance).ok().and_then(|k| state.engine.record(&k).ok().flatten());
-    let Some(record) = record else {
-        return refusal(
+        ),
+        Refusal::Used => (
+            StatusCode::FORBIDDEN,
+            "此链接已使用过。请回到阿里云云市场控制台，重新点击「免登」。",
+            "This link was used already. Go back to the Marketplace console and click 免登 again.",
+        ),
+        Refusal::NotFound => (
             StatusCode::NOT_FOUND,
-            "subscription_not_found",
             "未找到该订阅。开通可能仍在进行中（约 1-5 分钟），请稍后重新点击「免登」。",
             "This subscription is not known yet. Activation takes 1–5 minutes; click 免登 again shortly.",
-        );
-    };
-    if subscription::State::parse(&record.state) == Some(subscription::State::Released) {
-        return refusal(
+        ),
+        Refusal::Released => (
             StatusCode::GONE,
-            "subscription_released",
             "该订阅已关闭。如需继续使用，请在云市场重新订阅。",
             "This subscription was closed. Subscribe again on the Marketplace to continue.",
-        );
-    }
-    let data: Subscription = serde_json::from_value(record.data).unwrap_or_default();
-    let user = session_token(&req).and_then(|t| state.accounts.authenticate(&t).ok());
-    let target = match &data.org {
-        Some(org) => format!("/orgs/{org}/billing"),
-        None => {
-            format!("/bind/{}", percent_encoding::utf8_percent_encode(&instance, percent_encoding::NON_ALPHANUMERIC))
-        }
+        ),
+        Refusal::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "请稍后回到阿里云云市场控制台，重新点击「免登」。",
+            "Please go back to the Marketplace console shortly and click 免登 again.",
+        ),
     };
-    match user {
-        Some(u) => {
-            // Without the grant the binding page would not know the subscription: refuse rather than mislead.
-            if let Err(e) = state.accounts.grant(&u.id, &instance).await {
-                tracing::error!(error = %e, "免登: could not record the grant");
-                return refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "retry",
-                    "请稍后回到阿里云云市场控制台，重新点击「免登」。",
-                    "Please go back to the Marketplace console shortly and click 免登 again.",
-                );
-            }
-            redirect(&target)
-        }
-        None => match state.accounts.pending_grant(&instance).await {
-            Ok(nonce) => {
-                let cookie = Cookie::build(SSO_COOKIE, nonce)
-                    .path("/")
-                    .http_only(true)
-                    .same_site(SameSite::Lax)
-                    .max_age(actix_web::cookie::time::Duration::hours(1))
-                    .finish();
-                let next = percent_encoding::utf8_percent_encode(&target, percent_encoding::NON_ALPHANUMERIC);
-                HttpResponse::Found().cookie(cookie).insert_header(("Location", format!("/login?next={next}"))).finish()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "免登: storage failed");
-                refusal(StatusCode::SERVICE_UNAVAILABLE, "retry", "请稍后重试。", "Please try again shortly.")
-            }
-        },
-    }
+    refusal(status, r.code(), zh, en)
 }
