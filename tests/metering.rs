@@ -84,6 +84,38 @@ async fn a_day_of_usage_from_several_clusters_is_24_exact_pushes() {
     w.shutdown().await;
 }
 
+/// Billing exactly: a service reporting contiguous usage whose boundaries fall between seconds (as clocks do) is
+/// billed the whole hour, 1250 units for 1 CU; counted in whole seconds, every record lost its fraction.
+#[actix_rt::test]
+async fn contiguous_usage_with_sub_second_boundaries_bills_the_whole_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("ivy").await;
+    let s = w.subscribe_and_bind(&u, &u.org_id, UID).await;
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    w.clock.set(h0 + TimeDelta::minutes(6));
+    w.metering_settled(&s).await;
+    // Seven records; each boundary inside the hour is 0.987654321 s past a whole second. Counted in whole seconds,
+    // the first and last records lost about a second between them: 1249 units.
+    let mut bounds = vec![h0];
+    for k in 1..7 {
+        bounds.push(h0 + TimeDelta::seconds(514 * k) + TimeDelta::nanoseconds(987_654_321));
+    }
+    bounds.push(h0 + TimeDelta::hours(1));
+    w.clock.set(h0 + TimeDelta::hours(1));
+    for (i, b) in bounds.windows(2).enumerate() {
+        let (st, v) = w.usage(&format!("ns-{i}"), &u.org_id, "c1", "performance", 1.0, b[0], b[1]).await;
+        assert_eq!(st, 201, "{v}");
+    }
+    w.clock.set(h0 + TimeDelta::hours(1) + TimeDelta::minutes(6));
+    w.metering_settled(&s).await;
+    let got = w.received(&s).await;
+    let records = got["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{got}");
+    assert_eq!(units(&records[0]), 1250, "{got}");
+    w.shutdown().await;
+}
+
 #[actix_rt::test]
 async fn a_marketplace_down_for_30_minutes_gets_each_window_once_before_its_deadline() {
     let dir = tempfile::tempdir().unwrap();

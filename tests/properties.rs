@@ -1231,3 +1231,49 @@ fn the_real_definitions_load() {
         assert!(!duration_fields(&toml::from_str(source).unwrap()).is_empty(), "{file} has durations to mutate");
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Billing exactly: intervals are priced at the precision they come in.
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any partition of an hour into contiguous records, with boundaries at any nanosecond, bills exactly
+    /// 1250 units for 1 CU 性能型 (whole seconds lost the fraction of a second of every record), and split over
+    /// two windows at any instant still adds up to 1250 with the carried fraction.
+    #[test]
+    fn any_partition_of_an_hour_bills_1250(
+        cuts in prop::collection::vec(1u64..3_600_000_000_000, 0..40),
+        split in 1u64..3_600_000_000_000,
+    ) {
+        use marketflow::app::usage::{window_numerators, UsageRecord};
+        use marketflow::domain::pricing::settle;
+        let prices = Prices::builtin().unwrap();
+        let hour = Utc.with_ymd_and_hms(2026, 12, 4, 9, 0, 0).unwrap();
+        let at = |ns: u64| hour + TimeDelta::nanoseconds(ns as i64);
+        let mut bounds: Vec<u64> = cuts.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+        bounds.insert(0, 0);
+        bounds.push(3_600_000_000_000);
+        let records: Vec<UsageRecord> = bounds
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| UsageRecord {
+                record_id: format!("r{i}"),
+                org_id: OrgId::parse("org_0123456789abcdef0123456789abcdef".to_string()).unwrap(),
+                resource_id: "cluster-1".into(),
+                cu_type: "performance".into(),
+                milli_cu: MilliCu(1000),
+                start: at(w[0]),
+                end: at(w[1]),
+                received_at: at(w[1]),
+            })
+            .collect();
+        let whole: u128 = window_numerators(&prices, &records, at(0), at(3_600_000_000_000)).values().sum();
+        prop_assert_eq!(settle(whole, 0), (1250, 0));
+        let first: u128 = window_numerators(&prices, &records, at(0), at(split)).values().sum();
+        let second: u128 = window_numerators(&prices, &records, at(split), at(3_600_000_000_000)).values().sum();
+        let (a, carry) = settle(first, 0);
+        let (b, rest) = settle(second, carry);
+        prop_assert_eq!((a + b, rest), (1250, 0));
+    }
+}

@@ -85,7 +85,7 @@ impl CallHandler for MarketCalls {
                             .map_err(CallError::retryable)?;
                     let items = crate::app::usage::window_numerators(&catalog, &records, start, end)
                         .into_iter()
-                        .map(|((key, assit), n)| MeteredItem { key, assit, numerator: n.to_string() })
+                        .map(|((key, assit), n)| MeteredItem { key, assit, numerator: n.to_string(), nanos: true })
                         .collect();
                     answer(serde_json::to_value(WindowMetered { start, end, items, records: records.len() as u64 }))
                 }

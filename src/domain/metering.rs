@@ -7,10 +7,10 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ids::OrgId;
-use super::pricing::{settle, DENOMINATOR};
+use super::pricing::{settle, DENOMINATOR, SECONDS_SCALE};
 pub use super::protocol::MeteringEvent;
 pub use super::protocol::MeteringState as State;
-use super::protocol::{MeterWindow, MeteringPushed, PushMetering, PushedItem, WindowMetered};
+use super::protocol::{MeterWindow, MeteredItem, MeteringPushed, PushMetering, PushedItem, WindowMetered};
 use crate::engine::definition::Catalog;
 use crate::engine::{Cx, Reject, Signal, Workflow};
 
@@ -28,6 +28,38 @@ pub struct Item {
     pub key: String,
     pub assit: String,
     pub units: u64,
+}
+
+impl Metering {
+    /// A window's exact numerators settled against the carried fractions: whole units per item (items with none
+    /// left out) and their total; what is below a unit is carried to the next window.
+    pub fn settle(&mut self, metered: Vec<MeteredItem>) -> Result<(Vec<Item>, u64), Reject> {
+        if !self.carry_nanos {
+            for c in self.carry.values_mut() {
+                let seconds: u128 = c.parse().unwrap_or(0);
+                *c = (seconds * SECONDS_SCALE).to_string();
+            }
+            self.carry_nanos = true;
+        }
+        let mut items = Vec::new();
+        let mut total = 0u64;
+        for it in metered {
+            let num: u128 = it.numerator.parse().map_err(|_| {
+                Reject::new("invalid_input", format!("a numerator that is not a number: {}", it.numerator))
+            })?;
+            let num = if it.nanos { num } else { num * SECONDS_SCALE };
+            let carry_key = format!("{}|{}", it.key, it.assit);
+            let carry: u128 = self.carry.get(&carry_key).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let (units, rest) = settle(num, carry);
+            debug_assert!(rest < DENOMINATOR);
+            self.carry.insert(carry_key, rest.to_string());
+            total += units;
+            if units > 0 {
+                items.push(Item { key: it.key, assit: it.assit, units });
+            }
+        }
+        Ok((items, total))
+    }
 }
 
 /// A window and what became of it.
@@ -72,6 +104,10 @@ pub struct Metering {
     /// because JSON numbers are not wide enough.
     #[serde(default)]
     pub carry: BTreeMap<String, String>,
+    /// Whether `carry` counts nanoseconds; the data of an earlier build counted whole seconds and is scaled up
+    /// the first time a window is settled.
+    #[serde(default)]
+    pub carry_nanos: bool,
     #[serde(default)]
     pub windows: Vec<Window>,
     #[serde(default)]
@@ -163,22 +199,7 @@ impl Workflow for MeteringWorkflow {
                     cx.note("a metered window that is not known: ignored");
                     return Ok(());
                 };
-                let mut items = Vec::new();
-                let mut total = 0u64;
-                for it in metered.items {
-                    let num: u128 = it.numerator.parse().map_err(|_| {
-                        Reject::new("invalid_input", format!("a numerator that is not a number: {}", it.numerator))
-                    })?;
-                    let carry_key = format!("{}|{}", it.key, it.assit);
-                    let carry: u128 = cx.data.carry.get(&carry_key).and_then(|c| c.parse().ok()).unwrap_or(0);
-                    let (units, rest) = settle(num, carry);
-                    debug_assert!(rest < DENOMINATOR);
-                    cx.data.carry.insert(carry_key, rest.to_string());
-                    total += units;
-                    if units > 0 {
-                        items.push(Item { key: it.key, assit: it.assit, units });
-                    }
-                }
+                let (items, total) = cx.data.settle(metered.items)?;
                 let records = metered.records;
                 let instance = cx.key.id.clone();
                 let w = &mut cx.data.windows[i];
@@ -303,5 +324,36 @@ fn push_window(cx: &mut Cx<'_, Metering>, org: &OrgId, start: DateTime<Utc>, end
     }
     if let Err(e) = cx.request("meter_window", &MeterWindow { org_id: org.clone(), start, end }) {
         cx.note(format!("window {start} – {end} could not be metered: {}", e.message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(numerator: u128, nanos: bool) -> MeteredItem {
+        MeteredItem { key: "k".into(), assit: "a".into(), numerator: numerator.to_string(), nanos }
+    }
+
+    #[test]
+    fn a_carry_and_an_answer_of_an_earlier_build_count_seconds_and_are_scaled() {
+        // Half a unit carried in seconds (1,800,000 over 3,600,000) and half a unit answered in seconds: one unit.
+        let mut m = Metering { carry: [("k|a".to_string(), "1800000".to_string())].into(), ..Default::default() };
+        let (items, total) = m.settle(vec![item(1_800_000, false)]).unwrap();
+        assert_eq!((total, items.len()), (1, 1));
+        assert!(m.carry_nanos);
+        assert_eq!(m.carry["k|a"], "0");
+        // From now on nanoseconds: a quarter unit now, three quarters later.
+        let quarter = DENOMINATOR / 4;
+        assert_eq!(m.settle(vec![item(quarter, true)]).unwrap().1, 0);
+        assert_eq!(m.settle(vec![item(3 * quarter, true)]).unwrap().1, 1);
+        assert_eq!(m.carry["k|a"], "0");
+    }
+
+    #[test]
+    fn a_numerator_that_is_not_a_number_is_refused() {
+        let mut m = Metering::default();
+        let bad = MeteredItem { key: "k".into(), assit: "a".into(), numerator: "1e9".into(), nanos: true };
+        assert_eq!(m.settle(vec![bad]).unwrap_err().code, "invalid_input");
     }
 }

@@ -1,17 +1,24 @@
 //! Prices and the arithmetic of metering: integer marketplace units plus a carried fraction, never floats.
 //!
-//! A usage record of `cu` (in thousandths, "milli-CU") over `s` seconds at `p` units per CU-hour is worth
-//! `s × milli_cu × p / 3_600_000` units. Each window's exact numerator is summed, the carry of earlier windows is
-//! added, whole units are billed and the remainder is carried, so the units of all windows add up to the exact
-//! total, rounded down once at the very end.
+//! A usage record of `cu` (in thousandths, "milli-CU") over `n` nanoseconds at `p` units per CU-hour is worth
+//! `n × milli_cu × p / 3_600_000_000_000_000` units: intervals count at the precision they come in, so contiguous
+//! records with sub-second boundaries add up to exactly the hour (whole seconds lost the fraction of every
+//! record). Each window's exact numerator is summed, the carry of earlier windows is added, whole units are billed
+//! and the remainder is carried, so the units of all windows add up to the exact total, rounded down once at the
+//! very end.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The denominator of a numerator: seconds per hour × milli-CU per CU.
-pub const DENOMINATOR: u128 = 3_600_000;
+/// Nanoseconds per hour.
+pub const NANOS_PER_HOUR: u128 = 3_600_000_000_000;
+/// The denominator of a numerator: nanoseconds per hour × milli-CU per CU.
+pub const DENOMINATOR: u128 = NANOS_PER_HOUR * 1000;
+/// Builds before nanosecond precision counted whole seconds: their numerators and carries (over seconds per hour ×
+/// milli-CU) times this are the same fraction over [`DENOMINATOR`].
+pub const SECONDS_SCALE: u128 = 1_000_000_000;
 
 /// One price of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,11 +102,12 @@ pub fn numerator(
 ) -> u128 {
     let from = start.max(ws);
     let to = end.min(we);
-    let secs = (to - from).num_seconds();
-    if secs <= 0 {
+    // Intervals are at most a day (checked when records arrive), far inside i64 nanoseconds.
+    let nanos = (to - from).num_nanoseconds().unwrap_or(0);
+    if nanos <= 0 {
         return 0;
     }
-    secs as u128 * milli_cu.0 as u128 * price.units_per_cu_hour as u128
+    nanos as u128 * milli_cu.0 as u128 * price.units_per_cu_hour as u128
 }
 
 /// Whole units of `numerator + carry`, and the new carry.

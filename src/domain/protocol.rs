@@ -263,6 +263,10 @@ pub struct MeteredItem {
     pub assit: String,
     /// The numerator, as text: JSON numbers are not wide enough.
     pub numerator: String,
+    /// Whether the numerator counts nanoseconds (every build since); an answer of an earlier build counted whole
+    /// seconds and is scaled up when it is settled ([`crate::domain::pricing::SECONDS_SCALE`]).
+    #[serde(default)]
+    pub nanos: bool,
 }
 
 /// The answer of `meter_window`.
