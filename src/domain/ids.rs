@@ -287,6 +287,14 @@ impl Role {
 mod tests {
     use super::*;
 
+    /// The role rules every adapter and the workflow ask: who sees and binds billing, who invites.
+    #[test]
+    fn owners_invite_and_owners_and_billing_admins_manage_billing() {
+        assert!(Role::Owner.may_invite() && !Role::BillingAdmin.may_invite() && !Role::Member.may_invite());
+        assert!(Role::Owner.may_manage_billing() && Role::BillingAdmin.may_manage_billing());
+        assert!(!Role::Member.may_manage_billing());
+    }
+
     #[test]
     fn values_are_parsed_at_the_edge() {
         assert_eq!(Email::parse(" Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
