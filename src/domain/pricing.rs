@@ -25,9 +25,30 @@ pub const SECONDS_SCALE: u128 = 1_000_000_000;
 #[serde(deny_unknown_fields)]
 pub struct Price {
     pub description: String,
+    /// Units per CU-hour until the first change (from the beginning of time).
     pub units_per_cu_hour: u64,
     pub metering_key: String,
     pub metering_assit: String,
+    /// Later prices, each from the instant it takes effect, in time order: a price change is announced ahead and
+    /// usage on either side of it is billed at the price in force when it ran, however late it is reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<PriceChange>,
+}
+
+/// A price from an instant on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceChange {
+    /// When it takes effect (RFC 3339, e.g. `2027-01-01T00:00:00+08:00` for midnight in Beijing).
+    pub from: DateTime<Utc>,
+    pub units_per_cu_hour: u64,
+}
+
+impl Price {
+    /// Units per CU-hour in force at `t`.
+    pub fn units_at(&self, t: DateTime<Utc>) -> u64 {
+        self.changes.iter().rev().find(|c| c.from <= t).map_or(self.units_per_cu_hour, |c| c.units_per_cu_hour)
+    }
 }
 
 /// The price catalog (`config/catalog.toml`).
@@ -57,6 +78,12 @@ impl Catalog {
                 return Err(CatalogError(format!(
                     "price `{k}` needs units_per_cu_hour > 0, a metering_key and a metering_assit"
                 )));
+            }
+            if p.changes.iter().any(|c| c.units_per_cu_hour == 0) {
+                return Err(CatalogError(format!("price `{k}`: every change needs units_per_cu_hour > 0")));
+            }
+            if p.changes.windows(2).any(|w| w[0].from >= w[1].from) {
+                return Err(CatalogError(format!("price `{k}`: changes must be in time order, one per instant")));
             }
         }
         Ok(c)
@@ -102,12 +129,20 @@ pub fn numerator(
 ) -> u128 {
     let from = start.max(ws);
     let to = end.min(we);
-    // Intervals are at most a day (checked when records arrive), far inside i64 nanoseconds.
-    let nanos = (to - from).num_nanoseconds().unwrap_or(0);
-    if nanos <= 0 {
+    if to <= from {
         return 0;
     }
-    nanos as u128 * milli_cu.0 as u128 * price.units_per_cu_hour as u128
+    // The overlap cut where the price changes, each piece at the price in force then.
+    let mut cuts: Vec<DateTime<Utc>> = vec![from];
+    cuts.extend(price.changes.iter().map(|c| c.from).filter(|t| *t > from && *t < to));
+    cuts.push(to);
+    cuts.windows(2)
+        .map(|w| {
+            // Intervals are at most a day (checked when records arrive), far inside i64 nanoseconds.
+            let nanos = (w[1] - w[0]).num_nanoseconds().unwrap_or(0).max(0) as u128;
+            nanos * milli_cu.0 as u128 * price.units_at(w[0]) as u128
+        })
+        .sum()
 }
 
 /// Whole units of `numerator + carry`, and the new carry.
@@ -127,6 +162,39 @@ mod tests {
 
     fn perf() -> Price {
         Catalog::builtin().unwrap().price("performance").unwrap().clone()
+    }
+
+    #[test]
+    fn a_price_change_bills_each_side_at_its_own_price() {
+        let mut p = perf();
+        p.changes = vec![PriceChange { from: t(8, 30), units_per_cu_hour: 2500 }];
+        // Half an hour at 1250, half an hour at 2500.
+        let n = numerator(&p, MilliCu(1000), t(8, 0), t(9, 0), t(8, 0), t(9, 0));
+        assert_eq!(settle(n, 0), (625 + 1250, 0));
+        assert_eq!(p.units_at(t(8, 29)), 1250);
+        assert_eq!(p.units_at(t(8, 30)), 2500);
+        // Only the window's part counts, at the price of its time.
+        let n = numerator(&p, MilliCu(1000), t(8, 0), t(9, 0), t(8, 45), t(9, 0));
+        assert_eq!(settle(n, 0), (625, 0));
+    }
+
+    #[test]
+    fn changes_out_of_order_or_free_are_refused() {
+        let base = BUILTIN_CATALOG.to_string();
+        let with = |changes: &str| Catalog::parse(&format!("{base}\n{changes}"));
+        let ok =
+            with("[[prices.performance.changes]]\nfrom = \"2027-01-01T00:00:00+08:00\"\nunits_per_cu_hour = 1300\n");
+        let c = ok.unwrap();
+        let jan = "2026-12-31T16:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(c.price("performance").unwrap().units_at(jan), 1300);
+        assert_eq!(c.price("performance").unwrap().units_at(jan - chrono::TimeDelta::nanoseconds(1)), 1250);
+        let free = with("[[prices.performance.changes]]\nfrom = \"2027-01-01T00:00:00Z\"\nunits_per_cu_hour = 0\n");
+        assert!(free.is_err());
+        let backwards = with(
+            "[[prices.performance.changes]]\nfrom = \"2027-02-01T00:00:00Z\"\nunits_per_cu_hour = 1\n\
+             [[prices.performance.changes]]\nfrom = \"2027-01-01T00:00:00Z\"\nunits_per_cu_hour = 2\n",
+        );
+        assert!(backwards.unwrap_err().0.contains("time order"));
     }
 
     #[test]
