@@ -85,6 +85,16 @@ pub enum CtlCommand {
     Action(ActionArgs),
     /// The audit trail of operators' actions, newest first: who did what to which entity, when and why.
     Audit(AuditArgs),
+    /// Finance's monthly export: every window pushed to the marketplace in a Beijing month, as CSV (or JSON).
+    Finance(FinanceArgs),
+}
+
+/// The flags of `ctl finance`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FinanceArgs {
+    /// The Beijing calendar month, `YYYY-MM` (default: the month before this one, on the service's clock).
+    #[arg(long)]
+    pub month: Option<String>,
 }
 
 /// `ctl entities ...`
@@ -288,6 +298,7 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), Error> {
         CtlCommand::Timers(t) => timers(&client, t, args.output, out).await,
         CtlCommand::Action(a) => action(&client, a, args.output, out).await,
         CtlCommand::Audit(a) => audit(&client, a, args.output, out).await,
+        CtlCommand::Finance(f) => finance(&client, f, args.output, out).await,
     }
 }
 
@@ -352,6 +363,25 @@ impl Client {
 
     async fn post(&self, url: Url, body: Value) -> Result<Value, Error> {
         self.send(Method::POST, url, Some(body)).await
+    }
+
+    /// A GET whose answer is text (CSV), with the same errors as the JSON routes.
+    async fn get_text(&self, url: Url) -> Result<String, Error> {
+        let token = self.token.as_ref().ok_or(Error::NoToken)?;
+        let mut req = self.http.get(url.clone()).bearer_auth(token.expose());
+        if let Some(op) = &self.operator {
+            req = req.header("X-Operator", op.clone());
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        if resp.status().is_success() {
+            return resp.text().await.map_err(|e| self.transport_error(&e));
+        }
+        match self.answer(&Method::GET, &url, resp).await {
+            Err(e) => Err(e),
+            Ok(_) => {
+                Err(Error::InvalidResponse { path: url.path().to_string(), reason: "an error without one".into() })
+            }
+        }
     }
 
     async fn send(&self, method: Method, url: Url, body: Option<Value>) -> Result<Value, Error> {
@@ -743,6 +773,19 @@ async fn audit(client: &Client, a: &AuditArgs, output: Output, out: &mut dyn Wri
     t.write(out, 0)?;
     let n = items.len();
     writeln!(out, "{n} {}", if n == 1 { "action" } else { "actions" })?;
+    Ok(())
+}
+
+/// CSV as the service makes it (one renderer, the service's), or its JSON with `--output json`.
+async fn finance(client: &Client, f: &FinanceArgs, output: Output, out: &mut dyn Write) -> Result<(), Error> {
+    let mut query: Vec<(&str, String)> = f.month.iter().map(|m| ("month", m.clone())).collect();
+    if output == Output::Json {
+        query.push(("format", "json".into()));
+        let page = client.get(client.ops_url(&["finance", "pushed-windows"], &query)?).await?;
+        return print_json(out, &page);
+    }
+    let csv = client.get_text(client.ops_url(&["finance", "pushed-windows"], &query)?).await?;
+    out.write_all(csv.as_bytes())?;
     Ok(())
 }
 

@@ -232,3 +232,70 @@ async fn usage_is_billed_up_to_the_release_and_not_after() {
     assert_eq!(view["unbilled"]["yuan"], "0.625");
     w.shutdown().await;
 }
+
+/// Finance's monthly export: the pushed window of the month in CSV from the ops API and from `ctl finance`, the
+/// same bytes, exact yuan, the marketplace's request id; a month without pushes has only the header; a bad month is
+/// refused with its code.
+#[actix_rt::test]
+async fn the_monthly_finance_export_lists_every_pushed_window() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: marketflow::ctl::CtlArgs,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("fay").await;
+    let s = w.subscribe_and_bind(&u, &u.org_id, UID).await;
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    w.clock.set(h0 + TimeDelta::minutes(6));
+    w.metering_settled(&s).await;
+    w.clock.set(h0 + TimeDelta::hours(1));
+    let (st, _) = w.usage("fin-1", &u.org_id, "c1", "performance", 1.0, h0, h0 + TimeDelta::hours(1)).await;
+    assert_eq!(st, 201);
+    w.clock.set(h0 + TimeDelta::hours(1) + TimeDelta::minutes(6));
+    w.metering_settled(&s).await;
+    let m = w.metering(&s).await;
+    let pushed = m["data"]["windows"].as_array().unwrap().iter().find(|w| w["status"] == "pushed").unwrap().clone();
+    let request_id = pushed["request_id"].as_str().unwrap().to_string();
+    let month = marketflow::aliyun::spi::utc_to_beijing(h0).format("%Y-%m").to_string();
+
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/ops/finance/pushed-windows?month={month}", w.service);
+    let r = http.get(&url).bearer_auth(OP).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let csv = r.text().await.unwrap();
+    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert_eq!(lines[0], marketflow::app::finance::CSV_HEADER);
+    let cells: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!((cells[0], cells[1]), (s.as_str(), u.org_id.as_str()), "{csv}");
+    assert_eq!(cells[2], marketflow::aliyun::spi::format_time(h0));
+    assert_eq!((cells[5], cells[6], cells[7]), ("1250", "1.250", request_id.as_str()), "{csv}");
+
+    let (st, v) =
+        w.api(Method::GET, &format!("{}&format=json", url.trim_start_matches(&w.service)), Some(OP), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["units"].as_u64(), v["yuan"].as_str()), (Some(1250), Some("1.250")));
+
+    // ctl prints the service's CSV as it is.
+    let cli = Cli::try_parse_from(["ctl", "--url", &w.service, "--token", OP, "finance", "--month", &month]).unwrap();
+    let mut out = Vec::new();
+    marketflow::ctl::run(cli.args, &mut out).await.unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), csv);
+
+    // Another month: the header alone. A bad one: refused, with its code.
+    let r = http.get(format!("{}/api/v1/ops/finance/pushed-windows?month=2001-01", w.service)).bearer_auth(OP);
+    let empty = r.send().await.unwrap().text().await.unwrap();
+    assert_eq!(empty, format!("{}\r\n", marketflow::app::finance::CSV_HEADER));
+    for bad in ["2026-13", "december", ""] {
+        let (st, v) =
+            w.api(Method::GET, &format!("/api/v1/ops/finance/pushed-windows?month={bad}"), Some(OP), None).await;
+        assert_eq!((st, v["code"].as_str()), (400, Some("invalid_month")), "{bad}: {v}");
+    }
+    let (st, v) = w.api(Method::GET, "/api/v1/ops/finance/pushed-windows?format=xml", Some(OP), None).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("invalid_format")), "{v}");
+    w.shutdown().await;
+}

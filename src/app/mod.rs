@@ -1,7 +1,7 @@
 //! The use cases the adapters call, one function each with typed inputs and results and one error
 //! ([`error::AppError`]): accounts (registration, log-in, verified addresses, 免登 grants), organizations (members,
 //! invitations, the billing overview), subscriptions (what a buyer sees and may bind), the marketplace's notices
-//! (SPI), the 免登 hand-off, usage (records and metering), the operators' actions and audit trail, and the
+//! (SPI), the 免登 hand-off, usage (records and metering), finance's monthly export, the operators' actions and audit trail, and the
 //! marketplace calls the workflows name. The JSON API, the pages and the console call these and only render what
 //! they answer; the rules they apply are the domain's (`crate::domain`), and what they store goes through the
 //! engine's typed record tables (`crate::engine::records`).
@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod calls;
 pub mod error;
+pub mod finance;
 pub mod notices;
 pub mod ops;
 pub mod orgs;

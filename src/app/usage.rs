@@ -249,7 +249,8 @@ impl super::App {
         let mut instances: Vec<String> = data.history.iter().filter_map(|h| h.instance_id.clone()).collect();
         instances.sort();
         instances.dedup();
-        let unit_yuan: f64 = self.catalog.unit_yuan.parse().unwrap_or(0.001);
+        // Exact decimals of the integer units, never floats.
+        let yuan = |units: u64| crate::domain::pricing::yuan(units, &self.catalog.unit_yuan).unwrap_or_default();
         let mut windows: Vec<MeteringWindow> = vec![];
         let mut by_status: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
         for instance in instances {
@@ -266,7 +267,7 @@ impl super::App {
                     end: w.end,
                     status: w.status.clone(),
                     units: w.units,
-                    yuan: format!("{:.3}", w.units as f64 * unit_yuan),
+                    yuan: yuan(w.units),
                     deadline: w.deadline,
                     request_id: w.request_id.clone(),
                     error: w.error.clone(),
@@ -295,19 +296,13 @@ impl super::App {
         let unbilled_units = (unbilled_numerator / crate::domain::pricing::DENOMINATOR) as u64;
         let totals = by_status
             .into_iter()
-            .map(|(s, (n, u))| {
-                (s, MeteringTotal { windows: n, units: u, yuan: format!("{:.3}", u as f64 * unit_yuan) })
-            })
+            .map(|(s, (n, u))| (s, MeteringTotal { windows: n, units: u, yuan: yuan(u) }))
             .collect();
         Ok(OrgMetering {
             org_id: org.clone(),
             windows,
             totals,
-            unbilled: Unbilled {
-                records: unbilled_records,
-                units: unbilled_units,
-                yuan: format!("{:.3}", unbilled_units as f64 * unit_yuan),
-            },
+            unbilled: Unbilled { records: unbilled_records, units: unbilled_units, yuan: yuan(unbilled_units) },
         })
     }
 }

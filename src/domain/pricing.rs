@@ -73,6 +73,9 @@ impl Catalog {
         if c.prices.is_empty() {
             return Err(CatalogError("no prices".into()));
         }
+        if yuan(1, &c.unit_yuan).is_none() {
+            return Err(CatalogError(format!("unit_yuan `{}` is not a plain decimal such as 0.001", c.unit_yuan)));
+        }
         for (k, p) in &c.prices {
             if p.units_per_cu_hour == 0 || p.metering_key.is_empty() || p.metering_assit.is_empty() {
                 return Err(CatalogError(format!(
@@ -145,6 +148,25 @@ pub fn numerator(
         .sum()
 }
 
+/// `units` in yuan at `unit_yuan` (the catalog's decimal string, e.g. `0.001`), exactly: integer arithmetic on
+/// the decimal's digits, as many decimals as the unit has. `None` for a unit that is not a plain decimal.
+pub fn yuan(units: u64, unit_yuan: &str) -> Option<String> {
+    let (whole, frac) = unit_yuan.split_once('.').unwrap_or((unit_yuan, ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        || frac.len() > 18
+    {
+        return None;
+    }
+    let mantissa: u128 = format!("{whole}{frac}").parse().ok()?;
+    let scaled = units as u128 * mantissa;
+    if frac.is_empty() {
+        return Some(scaled.to_string());
+    }
+    let div = 10u128.pow(frac.len() as u32);
+    Some(format!("{}.{:0width$}", scaled / div, scaled % div, width = frac.len()))
+}
+
 /// Whole units of `numerator + carry`, and the new carry.
 pub fn settle(numerator: u128, carry: u128) -> (u64, u128) {
     let total = numerator + carry;
@@ -195,6 +217,17 @@ mod tests {
              [[prices.performance.changes]]\nfrom = \"2027-01-01T00:00:00Z\"\nunits_per_cu_hour = 2\n",
         );
         assert!(backwards.unwrap_err().0.contains("time order"));
+    }
+
+    #[test]
+    fn yuan_are_exact_decimals_of_units() {
+        assert_eq!(yuan(1250, "0.001").as_deref(), Some("1.250"));
+        assert_eq!(yuan(114_990, "0.001").as_deref(), Some("114.990"));
+        assert_eq!(yuan(7, "0.001").as_deref(), Some("0.007"));
+        assert_eq!(yuan(u64::MAX, "0.001").as_deref(), Some("18446744073709551.615"));
+        assert_eq!(yuan(3, "2").as_deref(), Some("6"));
+        assert_eq!(yuan(3, "1e-3"), None);
+        assert_eq!(yuan(3, "."), None);
     }
 
     #[test]

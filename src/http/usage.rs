@@ -10,12 +10,13 @@ use super::auth::{Operator, Service};
 use super::error::{ApiError, ErrorBody};
 use super::error::{PayloadTooLarge, Unauthorized, Unavailable};
 use super::AppState;
+use crate::app::finance::{self, PushedWindow};
 use crate::app::usage::{self, Stored};
 use crate::domain::ids::OrgId;
 
 /// The usage part of the API description.
 #[derive(OpenApi)]
-#[openapi(paths(post_usage, org_metering))]
+#[openapi(paths(post_usage, org_metering, pushed_windows))]
 pub struct UsageApi;
 
 /// One usage record: `cu` compute units of `cu_type` over `[start, end)`.
@@ -113,10 +114,76 @@ async fn org_metering(
     Ok(HttpResponse::Ok().json(state.org_metering(&org)?))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct FinanceQuery {
+    /// A Beijing calendar month, `YYYY-MM`; default: the month before this one.
+    month: Option<String>,
+    /// `csv` (default) or `json`.
+    format: Option<String>,
+}
+
+/// Finance's monthly export as JSON.
+#[derive(Serialize, ToSchema)]
+pub struct PushedWindows {
+    pub month: String,
+    pub windows: Vec<PushedWindow>,
+    pub units: u64,
+    pub yuan: String,
+}
+
+/// Every window pushed to the marketplace whose hour starts in the month (Beijing time): instance, organization,
+/// window, units, yuan and request id; CSV (RFC 4180) or JSON.
+#[utoipa::path(get, path = "/api/v1/ops/finance/pushed-windows", tag = "operators", params(FinanceQuery),
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "The windows, oldest first", content(
+            (String = "text/csv"),
+            (PushedWindows = "application/json"),
+        )),
+        (status = 400, body = ErrorBody, description = "`invalid_query`, `invalid_month` or `invalid_format`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 503, response = Unavailable),
+    ))]
+async fn pushed_windows(
+    state: web::Data<AppState>,
+    _op: Operator,
+    q: web::Query<FinanceQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let month = match &q.month {
+        Some(m) => finance::Month::parse(m)?,
+        None => finance::last_month(state.engine.clock().now()),
+    };
+    let csv = match q.format.as_deref() {
+        None | Some("csv") => true,
+        Some("json") => false,
+        Some(_) => return Err(ApiError::bad_request("invalid_format", "format is csv or json")),
+    };
+    let engine = state.app.clone();
+    // A month of every subscription's windows is a scan: off the async workers.
+    let windows = web::block(move || engine.pushed_windows(month))
+        .await
+        .map_err(|_| ApiError::from(crate::engine::Error::Overloaded))??;
+    if csv {
+        let name = format!("attachment; filename=\"marketflow-pushed-{}.csv\"", month.label());
+        return Ok(HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .insert_header(("Content-Disposition", name))
+            .body(finance::to_csv(&windows)));
+    }
+    let units = windows.iter().map(|w| w.units).sum();
+    let yuan = crate::domain::pricing::yuan(units, &state.catalog.unit_yuan).unwrap_or_default();
+    Ok(HttpResponse::Ok().json(PushedWindows { month: month.label(), windows, units, yuan }))
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/usage", web::post().to(post_usage));
 }
 
 pub fn configure_ops(cfg: &mut web::ServiceConfig) {
-    cfg.route("/orgs/{org_id}/metering", web::get().to(org_metering));
+    cfg.route("/orgs/{org_id}/metering", web::get().to(org_metering))
+        .route("/finance/pushed-windows", web::get().to(pushed_windows));
 }
