@@ -47,6 +47,7 @@ fn engine_run(dir: &std::path::Path, entities: usize, concurrency: usize, total:
         let clock = ManualClock::new(Utc::now());
         let engine =
             Engine::start(store, Arc::new(clock), common::registry(common::Flaky::new(0)), EngineConfig::default())
+                .await
                 .expect("engine starts");
         // Create the entities first (not measured).
         let mut created = 0;

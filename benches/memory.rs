@@ -65,6 +65,7 @@ fn child(entities: usize, idle_secs: u64) {
             common::registry(common::Flaky::new(0)),
             config,
         )
+        .await
         .expect("engine starts");
         tokio::time::sleep(Duration::from_millis(500)).await;
         report("rss_start", support::rss_mib());

@@ -53,6 +53,7 @@ fn child_recover(entities: usize) {
             common::registry(common::Flaky::new(0)),
             EngineConfig::default(),
         )
+        .await
         .expect("engine starts");
         let started = t.elapsed();
         let fresh = engine.send(common::key("newcomer"), common::ev("open", json!({"type": "open", "amount": 5})));

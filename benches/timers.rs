@@ -108,6 +108,7 @@ fn child_pending(p: &Params) {
         let lateness = Arc::new(Mutex::new(Vec::new()));
         let observer = support::tick::Observer { clock: clock.clone(), lateness_ms: lateness.clone() };
         let engine = Engine::start(support::open(&env_dir()), clock.clone(), registry(observer), engine_config())
+            .await
             .expect("engine starts");
         tokio::time::sleep(Duration::from_secs(3)).await;
         report("rss_pending", support::rss_mib());
@@ -144,7 +145,7 @@ fn child_fire(p: &Params) {
         let config = engine_config();
         let idle = config.idle_timeout;
         let engine =
-            Engine::start(support::open(&env_dir()), clock, registry(observer), config).expect("engine starts");
+            Engine::start(support::open(&env_dir()), clock, registry(observer), config).await.expect("engine starts");
         tokio::time::sleep(Duration::from_secs(1)).await;
         report("rss_before", support::rss_mib());
         let fired = || engine.stats().timers_fired.load(Ordering::Relaxed) as usize;

@@ -44,6 +44,7 @@ fn engine_round(dir: &std::path::Path, entities: usize, per_entity: usize, windo
             common::registry(common::Flaky::new(0)),
             EngineConfig::default(),
         )
+        .await
         .expect("engine starts");
         let keys: Vec<_> = (0..entities).map(|i| common::key(&format!("acct{i:07}"))).collect();
         let e = &engine;

@@ -109,7 +109,7 @@ impl Application {
         );
         let clock = match clock {
             Some(c) => c,
-            None => crate::engine::anchor::service_clock(&*store, config.time_scale).map_err(Error::Clock)?,
+            None => crate::engine::anchor::service_clock(&store, config.time_scale).await.map_err(Error::Clock)?,
         };
         let simulator =
             if config.dev_simulator { Some(start_dev_simulator(&mut config, clock.clone()).await?) } else { None };
@@ -120,7 +120,7 @@ impl Application {
             None => Catalog::builtin().map_err(|e| Error::Catalog(e.to_string()))?,
         });
         let registry = registry(&config, store.clone(), catalog.clone())?;
-        let engine = Engine::start(store, clock, registry, EngineConfig::default())?;
+        let engine = Engine::start(store, clock, registry, EngineConfig::default()).await?;
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(&config.listen)

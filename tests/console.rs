@@ -245,6 +245,7 @@ async fn login_sessions_and_the_redirect_without_one() {
     let store = reopen(&dir.path().join("data")).await;
     use marketflow::store::Store as _;
     let rows = marketflow::store::scan_prefix(&store, marketflow::store::Table::Records, b"console-session/", 10)
+        .await
         .expect("a scan");
     assert_eq!(rows.len(), 1, "one open session (the logged-out one was deleted)");
     let key = String::from_utf8(rows[0].0.clone()).unwrap();
@@ -328,7 +329,8 @@ async fn a_console_session_stored_without_a_token_digest_counts_as_ended() {
     use marketflow::store::Store as _;
     let key = format!("console-session/{}", hex::encode(Sha256::digest(token.as_bytes()))).into_bytes();
     let table = marketflow::store::Table::Records;
-    let mut record: Value = serde_json::from_slice(&store.get(table, &key).unwrap().expect("the session")).unwrap();
+    let mut record: Value =
+        serde_json::from_slice(&store.get(table, &key).await.unwrap().expect("the session")).unwrap();
     record.as_object_mut().unwrap().remove("token_digest").expect("a digest to remove");
     let mut batch = marketflow::store::Batch::new();
     batch.put(table, key, serde_json::to_vec(&record).unwrap());

@@ -75,7 +75,7 @@ fn t0() -> DateTime<Utc> {
 
 /// The service time the last child committed before moving its clock there.
 fn stored_clock(store: &dyn Store) -> Option<DateTime<Utc>> {
-    let v = store.get(Table::Meta, CLOCK_KEY).expect("reading the stored clock")?;
+    let v = marketflow::store::wait(store.get(Table::Meta, CLOCK_KEY)).expect("reading the stored clock")?;
     let ms: i64 = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).expect("the stored clock decodes");
     DateTime::from_timestamp_millis(ms)
 }
@@ -223,6 +223,7 @@ fn child(role: &str) {
             _ => Flaky::new(0),
         };
         let engine = Engine::start(store.clone(), Arc::new(clock.clone()), registry(handler), config)
+            .await
             .unwrap_or_else(|e| die(&format!("starting the engine: {e}")));
         say(&format!("READY {now}"));
         match role {
@@ -234,6 +235,7 @@ fn child(role: &str) {
                 // As an operator would: a fresh budget of attempts for each call that ran out of them.
                 let calls = store
                     .scan(Table::Effects, Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
+                    .await
                     .unwrap_or_else(|e| die(&format!("reading calls: {e}")));
                 for (_, v) in calls {
                     let c: CallRow = serde_json::from_slice(&v).unwrap_or_else(|e| die(&format!("a call row: {e}")));

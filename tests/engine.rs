@@ -15,8 +15,13 @@ use serde_json::json;
 
 fn start(store: Arc<dyn Store>, handler: Arc<dyn CallHandler>) -> (Engine, ManualClock) {
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap());
-    let engine = Engine::start(store, Arc::new(clock.clone()), registry(handler), EngineConfig::default())
-        .expect("engine starts");
+    let engine = marketflow::store::wait(Engine::start(
+        store,
+        Arc::new(clock.clone()),
+        registry(handler),
+        EngineConfig::default(),
+    ))
+    .expect("engine starts");
     (engine, clock)
 }
 
@@ -27,7 +32,7 @@ async fn a_one_hour_timer_fires_on_the_manual_clock_in_well_under_a_second() {
     let o = engine.send(key("a"), ev("open-a", json!({"type": "open", "amount": 10}))).await.unwrap();
     assert_eq!(o.status, Status::Accepted);
     assert_eq!(o.state, "open");
-    let view = engine.entity_view(&key("a")).unwrap();
+    let view = engine.entity_view(&key("a")).await.unwrap();
     assert_eq!(view.timers.len(), 1);
     assert_eq!(view.timers[0].name, "interest");
     assert_eq!(view.timers[0].remaining_seconds, 3600);
@@ -40,9 +45,9 @@ async fn a_one_hour_timer_fires_on_the_manual_clock_in_well_under_a_second() {
     eventually("interest paid", || account(&engine, "a").unwrap().1.interest == 1).await;
     assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
     // The timer re-armed itself for the next hour, and fired exactly once.
-    let view = engine.entity_view(&key("a")).unwrap();
+    let view = engine.entity_view(&key("a")).await.unwrap();
     assert_eq!(view.timers[0].remaining_seconds, 3600);
-    let journal = engine.journal(&key("a"), 0, 100).unwrap().items;
+    let journal = engine.journal(&key("a"), 0, 100).await.unwrap().items;
     assert_eq!(journal.iter().filter(|j| j.event == "interest").count(), 1);
     assert!(matches!(journal[1].cause, Cause::Timer { ref name } if name == "interest"));
     engine.shutdown();
@@ -56,13 +61,19 @@ async fn a_timer_delivered_again_is_stale_by_the_record_and_keeps_no_idempotency
     engine.send(key("t"), ev("open-t", json!({"type": "open", "amount": 10}))).await.unwrap();
     clock.advance(Duration::from_secs(3600));
     eventually("interest paid", || account(&engine, "t").unwrap().1.interest == 1).await;
-    let journal = engine.journal(&key("t"), 0, 100).unwrap().items;
+    let journal = engine.journal(&key("t"), 0, 100).await.unwrap().items;
     let fired = journal.iter().find(|j| j.event == "interest").expect("the firing is journaled");
     assert_eq!(fired.input_id, "timer:interest:1");
     // The firing wrote no idempotency record: the record's timer (set again, with a new set_seq) is what tells
     // a repeat, and it was consumed in the same commit as the journal entry.
-    assert_eq!(store.get(Table::Idempotency, &idempotency_key(&key("t"), "timer:interest:1")).unwrap(), None);
-    assert!(store.get(Table::Idempotency, &idempotency_key(&key("t"), "open-t")).unwrap().is_some());
+    assert_eq!(
+        marketflow::store::wait(store.get(Table::Idempotency, &idempotency_key(&key("t"), "timer:interest:1")))
+            .unwrap(),
+        None
+    );
+    assert!(marketflow::store::wait(store.get(Table::Idempotency, &idempotency_key(&key("t"), "open-t")))
+        .unwrap()
+        .is_some());
 
     let again = Input {
         id: "timer:interest:1".into(),
@@ -72,7 +83,7 @@ async fn a_timer_delivered_again_is_stale_by_the_record_and_keeps_no_idempotency
     let o = engine.send(key("t"), again).await.unwrap();
     assert_eq!((o.status, o.code.as_deref()), (Status::Ignored, Some("stale")));
     assert_eq!(account(&engine, "t").unwrap().1.interest, 1, "interest paid once");
-    assert_eq!(engine.journal(&key("t"), 0, 100).unwrap().items.len(), journal.len(), "nothing journaled");
+    assert_eq!(engine.journal(&key("t"), 0, 100).await.unwrap().items.len(), journal.len(), "nothing journaled");
     engine.shutdown();
 }
 
@@ -86,7 +97,7 @@ async fn a_repeated_input_gets_the_stored_outcome_and_changes_nothing() {
     assert!(again.repeated);
     assert_eq!(first.reply, again.reply);
     assert_eq!(account(&engine, "b").unwrap().1.balance, 12);
-    assert_eq!(engine.record(&key("b")).unwrap().unwrap().seq, 2);
+    assert_eq!(engine.record(&key("b")).await.unwrap().unwrap().seq, 2);
 }
 
 #[actix_rt::test]
@@ -107,8 +118,8 @@ async fn guards_choose_and_rejections_change_nothing() {
     assert_eq!(o.status, Status::Ignored);
     let o = engine.send(key("ghost"), ev("x", json!({"type": "close"}))).await.unwrap();
     assert_eq!(o.status, Status::Ignored);
-    assert!(engine.record(&key("ghost")).unwrap().is_none());
-    let journal = engine.journal(&key("c"), 0, 100).unwrap().items;
+    assert!(engine.record(&key("ghost")).await.unwrap().is_none());
+    let journal = engine.journal(&key("c"), 0, 100).await.unwrap().items;
     assert_eq!(journal.last().unwrap().status, Status::Ignored);
     // A workflow that panics fails that input only; the actor is re-created and the entity carries on.
     let e = engine.send(key("c"), ev("boom", json!({"type": "boom"}))).await.unwrap_err();
@@ -132,7 +143,10 @@ async fn messages_move_money_once_through_the_outbox() {
     }
     eventually("all credits arrive", || account(&engine, "to").unwrap().1.received == 30).await;
     eventually("outbox drains", || {
-        marketflow::engine::services::pending_effects(&engine, &key("from")).unwrap().0.is_empty()
+        marketflow::store::wait(marketflow::engine::services::pending_effects(&engine, &key("from")))
+            .unwrap()
+            .0
+            .is_empty()
     })
     .await;
     assert_eq!(account(&engine, "from").unwrap().1.balance, 70);
@@ -148,18 +162,20 @@ async fn external_calls_retry_with_backoff_then_need_an_operator() {
     engine.send(key("n"), ev("p", json!({"type": "ping"}))).await.unwrap();
     eventually("first attempt failed", || flaky.calls.load(Ordering::SeqCst) == 1).await;
     eventually("retry scheduled", || {
-        engine.entity_view(&key("n")).unwrap().pending_calls.first().map(|c| c.status) == Some(CallStatus::Retrying)
+        marketflow::store::wait(engine.entity_view(&key("n"))).unwrap().pending_calls.first().map(|c| c.status)
+            == Some(CallStatus::Retrying)
     })
     .await;
     clock.advance(Duration::from_secs(1));
     eventually("second attempt", || flaky.calls.load(Ordering::SeqCst) == 2).await;
     eventually("second retry scheduled", || {
-        engine.entity_view(&key("n")).unwrap().pending_calls.first().map(|c| c.attempts) == Some(2)
+        marketflow::store::wait(engine.entity_view(&key("n"))).unwrap().pending_calls.first().map(|c| c.attempts)
+            == Some(2)
     })
     .await;
     clock.advance(Duration::from_secs(2));
     eventually("notified", || account(&engine, "n").unwrap().1.notified == 1).await;
-    assert!(engine.entity_view(&key("n")).unwrap().pending_calls.is_empty());
+    assert!(engine.entity_view(&key("n")).await.unwrap().pending_calls.is_empty());
 
     // Always failing: three attempts, then needs attention; an operator's retry runs it again.
     let dead = Flaky::new(u32::MAX);
@@ -169,18 +185,19 @@ async fn external_calls_retry_with_backoff_then_need_an_operator() {
     for n in 1..=3u32 {
         eventually("attempt", || dead.calls.load(Ordering::SeqCst) == n).await;
         eventually("recorded", || {
-            engine.entity_view(&key("m")).unwrap().pending_calls.first().map(|c| c.attempts) == Some(n)
+            marketflow::store::wait(engine.entity_view(&key("m"))).unwrap().pending_calls.first().map(|c| c.attempts)
+                == Some(n)
         })
         .await;
         clock.advance(Duration::from_secs(4));
     }
-    let view = engine.entity_view(&key("m")).unwrap();
+    let view = engine.entity_view(&key("m")).await.unwrap();
     assert!(view.needs_attention);
     assert!(view.last_error.unwrap().contains("simulated failure #3"));
     let filter = marketflow::engine::inspect::EntityFilter { needs_attention: true, ..Default::default() };
-    assert_eq!(engine.list_entities(&filter, None, 10).unwrap().items.len(), 1);
+    assert_eq!(engine.list_entities(&filter, None, 10).await.unwrap().items.len(), 1);
     let call_id = view.pending_calls[0].id.clone();
-    assert!(engine.audit_trail(10).unwrap().is_empty());
+    assert!(engine.audit_trail(10).await.unwrap().is_empty());
     let audit = marketflow::engine::audit::Audit {
         operator: "ops".into(),
         reason: "marketplace down".into(),
@@ -190,12 +207,12 @@ async fn external_calls_retry_with_backoff_then_need_an_operator() {
     engine.cancel_call(&call_id, &audit).await.unwrap();
     eventually("failure delivered", || account(&engine, "m").unwrap().1.notify_failed == 1).await;
     // The audit row came with the commit that delivered the cancellation, naming the call.
-    let trail = engine.audit_trail(10).unwrap();
+    let trail = engine.audit_trail(10).await.unwrap();
     assert_eq!(trail.len(), 1, "{trail:?}");
     assert_eq!((trail[0].operator.as_str(), trail[0].action.as_str()), ("ops", "cancel"));
     assert_eq!(trail[0].entity, key("m").to_string());
     assert_eq!(trail[0].result["calls"], json!([call_id]));
-    let journal = engine.journal(&key("m"), 0, 100).unwrap().items;
+    let journal = engine.journal(&key("m"), 0, 100).await.unwrap().items;
     assert!(journal.iter().any(|j| j.event.ends_with(".failed")), "the cancellation is in the journal too");
 }
 
@@ -203,7 +220,8 @@ async fn external_calls_retry_with_backoff_then_need_an_operator() {
 async fn idle_actors_stop_and_entities_live_on_disk() {
     let config = EngineConfig { idle_timeout: Duration::from_millis(100), ..Default::default() };
     let clock = ManualClock::new(Utc::now());
-    let engine = Engine::start(Arc::new(MemoryStore::new()), Arc::new(clock), registry(Flaky::new(0)), config).unwrap();
+    let engine =
+        Engine::start(Arc::new(MemoryStore::new()), Arc::new(clock), registry(Flaky::new(0)), config).await.unwrap();
     for i in 0..200 {
         engine.send(key(&format!("e{i}")), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
     }
@@ -222,6 +240,7 @@ async fn overload_is_refused_not_queued_without_bound() {
         registry(Flaky::new(0)),
         config,
     )
+    .await
     .unwrap();
     let sends: Vec<_> =
         (0..50).map(|i| engine.send(key(&format!("o{i}")), ev("o", json!({"type": "open", "amount": 1})))).collect();
@@ -236,7 +255,7 @@ async fn a_definition_changed_under_a_running_instance_is_detected_not_applied()
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let (engine, _clock) = start(store.clone(), Flaky::new(0));
     engine.send(key("pin"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
-    let pinned = engine.record(&key("pin")).unwrap().unwrap();
+    let pinned = engine.record(&key("pin")).await.unwrap().unwrap();
     assert_eq!((pinned.definition.as_str(), pinned.version), ("ledger", 1));
     engine.shutdown();
 
@@ -247,10 +266,10 @@ async fn a_definition_changed_under_a_running_instance_is_detected_not_applied()
     r.add_definition("tests/common/ledger.toml", &changed).unwrap();
     r.add_handler("notify", Flaky::new(0));
     let engine =
-        Engine::start(store.clone(), Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).unwrap();
+        Engine::start(store.clone(), Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).await.unwrap();
     let e = engine.send(key("pin"), ev("d", json!({"type": "deposit", "amount": 1}))).await.unwrap_err();
     assert_eq!(e.code(), "definition_mismatch", "{e}");
-    assert_eq!(engine.record(&key("pin")).unwrap().unwrap().seq, 1, "nothing applied");
+    assert_eq!(engine.record(&key("pin")).await.unwrap().unwrap().seq, 1, "nothing applied");
     engine.shutdown();
 
     // A new version beside the old one: the running instance stays on v1, new instances start on v2.
@@ -260,12 +279,13 @@ async fn a_definition_changed_under_a_running_instance_is_detected_not_applied()
     r.add_definition("ledger.v1.toml", LEDGER_TOML).unwrap();
     r.add_definition("ledger.toml", &v2).unwrap();
     r.add_handler("notify", Flaky::new(0));
-    let engine = Engine::start(store, Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).unwrap();
+    let engine =
+        Engine::start(store, Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).await.unwrap();
     let o = engine.send(key("pin"), ev("d", json!({"type": "deposit", "amount": 1}))).await.unwrap();
     assert_eq!(o.status, Status::Accepted);
-    assert_eq!(engine.record(&key("pin")).unwrap().unwrap().version, 1);
+    assert_eq!(engine.record(&key("pin")).await.unwrap().unwrap().version, 1);
     engine.send(key("fresh"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
-    assert_eq!(engine.record(&key("fresh")).unwrap().unwrap().version, 2);
+    assert_eq!(engine.record(&key("fresh")).await.unwrap().unwrap().version, 2);
     engine.shutdown();
 }
 
@@ -312,7 +332,7 @@ async fn a_store_of_an_earlier_build_has_its_entities_counted_by_state_when_the_
     }
     engine.shutdown();
     // What an earlier build left: the same entities, and no counters nor the mark that they were counted.
-    let meta = marketflow::store::scan_prefix(&*store, Table::Meta, b"entities-by-state", 1000).unwrap();
+    let meta = marketflow::store::scan_prefix(&*store, Table::Meta, b"entities-by-state", 1000).await.unwrap();
     assert!(meta.len() >= 3, "{meta:?}");
     let mut forget = marketflow::store::Batch::new();
     for (k, _) in meta {

@@ -173,6 +173,7 @@ fn child(role: &str) {
         };
         let clock = ManualClock::new(now);
         let engine = Engine::start(store.clone(), Arc::new(clock), registry(Flaky::new(0)), EngineConfig::default())
+            .await
             .unwrap_or_else(|e| die(&format!("starting the engine: {e}")));
         say("READY");
         if role == "phase1" {

@@ -177,7 +177,14 @@ pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Opti
 
 /// Mean size in bytes of the values of `table` (sampled), to size the raw baseline like the engine's writes.
 pub fn mean_value_len(store: &dyn Store, table: Table, sample: usize) -> f64 {
-    let rows = store.scan(table, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, sample, false).expect("scan");
+    let rows = marketflow::store::wait(store.scan(
+        table,
+        std::ops::Bound::Unbounded,
+        std::ops::Bound::Unbounded,
+        sample,
+        false,
+    ))
+    .expect("scan");
     if rows.is_empty() {
         return 0.0;
     }

@@ -271,7 +271,7 @@ impl Accounts {
         let hash = self.hash_slot(move || hash_password(password)).await??;
         let user = {
             let _guard = self.register_lock.lock().await;
-            if EMAILS.exists(&self.engine, &[email.as_str()])? {
+            if EMAILS.exists(&self.engine, &[email.as_str()]).await? {
                 return Err(Error::EmailTaken);
             }
             let user = User {
@@ -343,11 +343,11 @@ impl Accounts {
             return Err(Error::InvalidVerification);
         }
         let key = sha256_hex(&token.to_ascii_lowercase());
-        let v = VERIFICATIONS.get(&self.engine, &[&key])?.ok_or(Error::InvalidVerification)?;
+        let v = VERIFICATIONS.get(&self.engine, &[&key]).await?.ok_or(Error::InvalidVerification)?;
         if v.expires_at <= self.now() {
             return Err(Error::InvalidVerification);
         }
-        let mut user = self.user(&v.user_id)?.ok_or(Error::InvalidVerification)?;
+        let mut user = self.user(&v.user_id).await?.ok_or(Error::InvalidVerification)?;
         if user.email != v.email {
             return Err(Error::InvalidVerification);
         }
@@ -385,7 +385,7 @@ impl Accounts {
     /// Makes the organizations that waited for `user`'s verification (idempotent: each creation is an input with
     /// a stable id, and its record goes only after it).
     async fn create_pending_orgs(&self, user: &User) -> Result<(), Error> {
-        for (org, p) in PENDING_ORGS.list(&self.engine, &[user.id.as_str()], 1000, false)? {
+        for (org, p) in PENDING_ORGS.list(&self.engine, &[user.id.as_str()], 1000, false).await? {
             let Ok(org) = OrgId::parse(org) else { continue };
             self.create_org(&org, p.name, user, &format!("create-by:{}", p.by)).await?;
             tracing::info!(org = %org, operator = %p.by, "organization created once its owner verified");
@@ -423,7 +423,7 @@ impl Accounts {
     pub async fn login(&self, email: &Email, password: Password) -> Result<(String, DateTime<Utc>, User), Error> {
         let key: [u8; 32] = Sha256::digest(email.as_str().as_bytes()).into();
         self.attempts.check(&key).map_err(|retry_after| Error::RateLimited { retry_after })?;
-        let user = match self.user_by_email(email)? {
+        let user = match self.user_by_email(email).await? {
             Some(u) => u,
             None => {
                 // Same work as a real check, so timing does not tell which e-mails exist; and the same `Busy`.
@@ -453,15 +453,15 @@ impl Accounts {
     }
 
     /// The user of a session token.
-    pub fn authenticate(&self, token: &str) -> Result<User, Error> {
+    pub async fn authenticate(&self, token: &str) -> Result<User, Error> {
         if token.is_empty() || token.len() > 128 {
             return Err(Error::Unauthenticated);
         }
-        let s = SESSIONS.get(&self.engine, &[&sha256_hex(token)])?.ok_or(Error::Unauthenticated)?;
+        let s = SESSIONS.get(&self.engine, &[&sha256_hex(token)]).await?.ok_or(Error::Unauthenticated)?;
         if s.expires_at <= self.now() {
             return Err(Error::Unauthenticated);
         }
-        self.user(&s.user_id)?.ok_or(Error::Unauthenticated)
+        self.user(&s.user_id).await?.ok_or(Error::Unauthenticated)
     }
 
     pub async fn logout(&self, token: &str) -> Result<(), Error> {
@@ -470,20 +470,20 @@ impl Accounts {
         self.commit(w).await
     }
 
-    pub fn user(&self, id: &UserId) -> Result<Option<User>, Error> {
-        Ok(USERS.get(&self.engine, &[id.as_str()])?)
+    pub async fn user(&self, id: &UserId) -> Result<Option<User>, Error> {
+        Ok(USERS.get(&self.engine, &[id.as_str()]).await?)
     }
 
-    pub fn user_by_email(&self, email: &Email) -> Result<Option<User>, Error> {
-        match EMAILS.get(&self.engine, &[email.as_str()])? {
-            Some(id) => self.user(&id),
+    pub async fn user_by_email(&self, email: &Email) -> Result<Option<User>, Error> {
+        match EMAILS.get(&self.engine, &[email.as_str()]).await? {
+            Some(id) => self.user(&id).await,
             None => Ok(None),
         }
     }
 
     /// The organizations a user belongs to, with their role (from the organization workflow's index).
-    pub fn orgs_of(&self, user: &UserId) -> Result<Vec<(OrgId, Role)>, Error> {
-        let rows = organization::MEMBERS.list(&self.engine, &[user.as_str()], 1000, false)?;
+    pub async fn orgs_of(&self, user: &UserId) -> Result<Vec<(OrgId, Role)>, Error> {
+        let rows = organization::MEMBERS.list(&self.engine, &[user.as_str()], 1000, false).await?;
         Ok(rows.into_iter().filter_map(|(org, row)| OrgId::parse(org).ok().map(|org| (org, row.role))).collect())
     }
 
@@ -494,14 +494,15 @@ impl Accounts {
         self.commit(w).await
     }
 
-    pub fn has_grant(&self, user: &UserId, instance: &str) -> Result<bool, Error> {
-        Ok(GRANTS.exists(&self.engine, &[user.as_str(), instance])?)
+    pub async fn has_grant(&self, user: &UserId, instance: &str) -> Result<bool, Error> {
+        Ok(GRANTS.exists(&self.engine, &[user.as_str(), instance]).await?)
     }
 
     /// The subscriptions a user came to through 免登.
-    pub fn granted(&self, user: &UserId) -> Result<Vec<String>, Error> {
+    pub async fn granted(&self, user: &UserId) -> Result<Vec<String>, Error> {
         Ok(GRANTS
-            .list(&self.engine, &[user.as_str()], 1000, false)?
+            .list(&self.engine, &[user.as_str()], 1000, false)
+            .await?
             .into_iter()
             .map(|(instance, _)| instance)
             .collect())
@@ -523,7 +524,7 @@ impl Accounts {
             return Ok(None);
         }
         let key = sha256_hex(nonce);
-        let Some(p) = PENDING_GRANTS.get(&self.engine, &[&key])? else {
+        let Some(p) = PENDING_GRANTS.get(&self.engine, &[&key]).await? else {
             return Ok(None);
         };
         let mut w = Writes::new();
@@ -544,8 +545,8 @@ impl Accounts {
         let digest = link.digest();
         // The build before keyed the record on the lower-cased token alone: a link used just before an upgrade
         // is still within its window after it.
-        if USED_LINKS.exists(&self.engine, &[&digest])?
-            || LEGACY_USED_LINKS.exists(&self.engine, &[link.token.as_str()])?
+        if USED_LINKS.exists(&self.engine, &[&digest]).await?
+            || LEGACY_USED_LINKS.exists(&self.engine, &[link.token.as_str()]).await?
         {
             return Ok(false);
         }

@@ -78,11 +78,12 @@ impl CallHandler for MarketCalls {
                 }
                 "meter_window" => {
                     let MeterWindow { org_id: org, start, end } = typed(request)?;
-                    let records =
-                        tokio::task::spawn_blocking(move || crate::app::usage::overlapping(&records, &org, start, end))
-                            .await
-                            .map_err(|e| CallError::retryable(e.to_string()))?
-                            .map_err(CallError::retryable)?;
+                    let records = crate::engine::offload(async move {
+                        crate::app::usage::overlapping(&records, &org, start, end).await
+                    })
+                    .await
+                    .map_err(|e| CallError::retryable(e.to_string()))?
+                    .map_err(CallError::retryable)?;
                     let items = crate::app::usage::window_numerators(&catalog, &records, start, end)
                         .into_iter()
                         .map(|((key, assit), n)| MeteredItem { key, assit, numerator: n.to_string(), nanos: true })

@@ -93,13 +93,13 @@ pub fn to_csv(rows: &[PushedWindow]) -> String {
 
 impl App {
     /// Every window pushed whose hour starts in `month` (Beijing time), in time order.
-    pub fn pushed_windows(&self, month: Month) -> Result<Vec<PushedWindow>, AppError> {
+    pub async fn pushed_windows(&self, month: Month) -> Result<Vec<PushedWindow>, AppError> {
         let (from, to) = month.bounds();
         let filter = EntityFilter { kind: Some(metering::KIND.to_string()), ..Default::default() };
         let mut rows = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self.engine.list_entities(&filter, cursor.as_deref(), 500)?;
+            let page = self.engine.list_entities(&filter, cursor.as_deref(), 500).await?;
             for r in &page.items {
                 let m: Metering = serde_json::from_value(r.data.clone())
                     .map_err(|e| AppError::internal(format!("metering data of {}: {e}", r.id)))?;

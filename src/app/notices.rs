@@ -94,7 +94,7 @@ impl App {
         }
         let reply = if outcome.reply.is_null() {
             // Known already under another input (cannot happen with one input id per instance).
-            let record = self.engine.record(&key)?.ok_or(crate::engine::Error::NotFound)?;
+            let record = self.engine.record(&key).await?.ok_or(crate::engine::Error::NotFound)?;
             let sub: Subscription = serde_json::from_value(record.data)
                 .map_err(|e| crate::engine::Error::Internal(format!("subscription data: {e}")))?;
             sub.create_reply.ok_or_else(|| crate::engine::Error::Internal("no stored answer".into()))?

@@ -85,7 +85,7 @@ impl App {
         reason: String,
         call_id: Option<String>,
     ) -> Result<ActionDone, AppError> {
-        if self.engine.record(key)?.is_none() {
+        if self.engine.record(key).await?.is_none() {
             return Err(AppError::not_found(format!("no {} `{}`", key.kind, key.id)));
         }
         let action = Action::parse(action, &key.kind)?;
@@ -119,7 +119,7 @@ impl App {
                 ActionResult::of(&o)
             }
             Action::Retry | Action::Cancel => {
-                let (_, calls) = services::pending_effects(&self.engine, key)?;
+                let (_, calls) = services::pending_effects(&self.engine, key).await?;
                 let chosen: Vec<_> = match &call_id {
                     Some(c) => calls.into_iter().filter(|r| &r.id == c).collect(),
                     None => calls,
@@ -143,8 +143,8 @@ impl App {
     }
 
     /// The newest `limit` operator actions.
-    pub fn audit_trail(&self, limit: usize) -> Result<Vec<AuditEntry>, AppError> {
-        Ok(self.engine.audit_trail(limit)?)
+    pub async fn audit_trail(&self, limit: usize) -> Result<Vec<AuditEntry>, AppError> {
+        Ok(self.engine.audit_trail(limit).await?)
     }
 }
 

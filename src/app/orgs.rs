@@ -85,8 +85,8 @@ fn by(user: &User, id: String, event: &OrganizationEvent) -> Result<Input, AppEr
 
 impl App {
     /// An organization's state and data, if it exists.
-    pub fn organization(&self, org: &OrgId) -> Result<Option<(organization::State, Organization)>, AppError> {
-        let Some(r) = self.engine.record(&org_key(org)?)? else { return Ok(None) };
+    pub async fn organization(&self, org: &OrgId) -> Result<Option<(organization::State, Organization)>, AppError> {
+        let Some(r) = self.engine.record(&org_key(org)?).await? else { return Ok(None) };
         let data: Organization =
             serde_json::from_value(r.data).map_err(|e| AppError::internal(format!("organization data: {e}")))?;
         let st = organization::State::parse(&r.state)
@@ -95,10 +95,10 @@ impl App {
     }
 
     /// The user's organizations with their role and billing status.
-    pub fn memberships(&self, user: &User) -> Result<Vec<Membership>, AppError> {
+    pub async fn memberships(&self, user: &User) -> Result<Vec<Membership>, AppError> {
         let mut out = Vec::new();
-        for (org_id, role) in self.accounts.orgs_of(&user.id)? {
-            if let Some((state, org)) = self.organization(&org_id)? {
+        for (org_id, role) in self.accounts.orgs_of(&user.id).await? {
+            if let Some((state, org)) = self.organization(&org_id).await? {
                 out.push(Membership { org_id, role, state, org });
             }
         }
@@ -106,8 +106,8 @@ impl App {
     }
 
     /// The user's membership of `org`; not a member reads as "no such organization", so ids do not leak.
-    pub fn membership(&self, user: &User, org: &OrgId) -> Result<Membership, AppError> {
-        let (state, data) = self.organization(org)?.ok_or_else(|| AppError::not_found("no such organization"))?;
+    pub async fn membership(&self, user: &User, org: &OrgId) -> Result<Membership, AppError> {
+        let (state, data) = self.organization(org).await?.ok_or_else(|| AppError::not_found("no such organization"))?;
         let role = data.role_of(&user.id).ok_or_else(|| AppError::not_found("no such organization"))?;
         Ok(Membership { org_id: org.clone(), role, state, org: data })
     }
@@ -120,7 +120,7 @@ impl App {
         email: Email,
         role: Role,
     ) -> Result<InvitationCreated, AppError> {
-        let me = self.membership(user, org)?;
+        let me = self.membership(user, org).await?;
         if !me.role.may_invite() {
             return Err(AppError::forbidden("insufficient_permission", "only an Owner invites members (权限不足)"));
         }
@@ -146,7 +146,8 @@ impl App {
             return Err(super::accounts::Error::EmailUnverified.into());
         }
         let org = organization::INVITATIONS
-            .get(&self.engine, &[invitation.as_str()])?
+            .get(&self.engine, &[invitation.as_str()])
+            .await?
             .ok_or_else(|| AppError::new(super::Kind::NotFound, "invitation_not_found", "no such invitation"))?
             .org_id;
         let event = OrganizationEvent::AcceptInvitation {
@@ -164,7 +165,7 @@ impl App {
 
     /// Leaves the organization (the workflow refuses the last Owner: `last_owner`).
     pub async fn leave(&self, user: &User, org: &OrgId) -> Result<OrgLeft, AppError> {
-        self.membership(user, org)?;
+        self.membership(user, org).await?;
         let event = OrganizationEvent::Leave { user_id: user.id.clone() };
         let input = by(user, format!("leave:{}", uuid::Uuid::new_v4()), &event)?;
         let o = self.engine.send(org_key(org)?, input).await?;
@@ -175,8 +176,8 @@ impl App {
     }
 
     /// The billing overview, for Owners and Billing Admins ([`Role::may_manage_billing`]).
-    pub fn billing(&self, user: &User, org: &OrgId) -> Result<BillingView, AppError> {
-        let m = self.membership(user, org)?;
+    pub async fn billing(&self, user: &User, org: &OrgId) -> Result<BillingView, AppError> {
+        let m = self.membership(user, org).await?;
         if !m.role.may_manage_billing() {
             return Err(AppError::forbidden(
                 "insufficient_permission",
@@ -191,7 +192,8 @@ impl App {
     pub async fn create_org_for(&self, operator: &str, name: Name, owner: &Email) -> Result<OrgForUser, AppError> {
         let owner = self
             .accounts
-            .user_by_email(owner)?
+            .user_by_email(owner)
+            .await?
             .ok_or_else(|| AppError::new(super::Kind::NotFound, "user_not_found", "no user with this e-mail"))?;
         let org = OrgId::generate();
         let creation = self.accounts.create_org_for(&org, name, &owner, operator).await?;

@@ -69,8 +69,10 @@ impl App {
             }
         }
         let instance = link.instance_id.to_string();
-        let record =
-            EntityKey::new(subscription::KIND, &instance).ok().and_then(|k| self.engine.record(&k).ok().flatten());
+        let record = match EntityKey::new(subscription::KIND, &instance) {
+            Ok(k) => self.engine.record(&k).await.ok().flatten(),
+            Err(_) => None,
+        };
         let Some(record) = record else { return Err(Refusal::NotFound) };
         if subscription::State::parse(&record.state) == Some(subscription::State::Released) {
             return Err(Refusal::Released);

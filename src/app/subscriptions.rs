@@ -100,16 +100,16 @@ fn refusal(r: binding::Refusal) -> AppError {
 impl App {
     /// The subscription, if the user may see it: they came through its 免登 link, or it pays for one of their
     /// organizations. Anything else reads as "not found", so instance ids cannot be probed.
-    pub fn visible_subscription(&self, user: &User, instance: &str) -> Result<Visible, AppError> {
+    pub async fn visible_subscription(&self, user: &User, instance: &str) -> Result<Visible, AppError> {
         let not_found = || AppError::not_found("no such subscription");
-        let r = self.engine.record(&sub_key(instance)?)?.ok_or_else(not_found)?;
+        let r = self.engine.record(&sub_key(instance)?).await?.ok_or_else(not_found)?;
         let sub: Subscription =
             serde_json::from_value(r.data).map_err(|e| AppError::internal(format!("subscription data: {e}")))?;
         let state = subscription::State::parse(&r.state)
             .ok_or_else(|| AppError::internal(format!("subscription state `{}`", r.state)))?;
-        let granted = self.accounts.has_grant(&user.id, instance)?;
+        let granted = self.accounts.has_grant(&user.id, instance).await?;
         let member_of_bound = match &sub.org {
-            Some(org) => self.accounts.orgs_of(&user.id)?.iter().any(|(o, _)| o == org),
+            Some(org) => self.accounts.orgs_of(&user.id).await?.iter().any(|(o, _)| o == org),
             None => false,
         };
         if granted || member_of_bound {
@@ -121,10 +121,10 @@ impl App {
 
     /// The purchased list: the subscriptions the user came to through 免登, listed ones only (as the marketplace
     /// console shows them), in the order they were granted.
-    pub fn purchased(&self, user: &User) -> Result<Vec<(String, Visible)>, AppError> {
+    pub async fn purchased(&self, user: &User) -> Result<Vec<(String, Visible)>, AppError> {
         let mut items = Vec::new();
-        for instance in self.accounts.granted(&user.id)? {
-            if let Ok(v) = self.visible_subscription(user, &instance) {
+        for instance in self.accounts.granted(&user.id).await? {
+            if let Ok(v) = self.visible_subscription(user, &instance).await {
                 if v.state.listed() {
                     items.push((instance, v));
                 }
@@ -134,10 +134,11 @@ impl App {
     }
 
     /// The binding options: what the API answers and the binding page shows.
-    pub fn binding_options(&self, user: &User, instance: &str) -> Result<BindingOptions, AppError> {
-        let v = self.visible_subscription(user, instance)?;
+    pub async fn binding_options(&self, user: &User, instance: &str) -> Result<BindingOptions, AppError> {
+        let v = self.visible_subscription(user, instance).await?;
         let orgs: Vec<BindingOption> = self
-            .memberships(user)?
+            .memberships(user)
+            .await?
             .into_iter()
             .map(|m| {
                 let why = binding::organization_takes(Some(m.role), m.state).err().map(binding::Refusal::code);
@@ -163,8 +164,8 @@ impl App {
     /// Asks the subscription to bind to the organization; the organization decides, asynchronously (follow the
     /// subscription's `binding`).
     pub async fn bind(&self, user: &User, instance: &str, org: &OrgId) -> Result<BindingId, AppError> {
-        self.visible_subscription(user, instance)?;
-        let m = self.membership(user, org)?;
+        self.visible_subscription(user, instance).await?;
+        let m = self.membership(user, org).await?;
         binding::organization_takes(Some(m.role), m.state).map_err(refusal)?;
         org_key(org)?;
         let binding_id = BindingId::generate();

@@ -100,7 +100,7 @@ pub enum Stored {
 /// Stores a record once; a different record under a known id is a conflict.
 pub async fn store(engine: &Engine, r: &UsageRecord) -> Result<Stored, StoreError> {
     let storage = |e: crate::engine::Error| StoreError::Storage(e.to_string());
-    if let Some(old) = USAGE.find(engine, &r.record_id).map_err(storage)? {
+    if let Some(old) = USAGE.find(engine, &r.record_id).await.map_err(storage)? {
         return if same(&old, r) { Ok(Stored::Repeated) } else { Err(StoreError::Conflict) };
     }
     let mut w = Writes::new();
@@ -127,14 +127,14 @@ pub enum StoreError {
 }
 
 /// The records of `org` that overlap `[ws, we)`.
-pub fn overlapping(
+pub async fn overlapping(
     records: &impl AsRef<Records>,
     org: &OrgId,
     ws: DateTime<Utc>,
     we: DateTime<Utc>,
 ) -> Result<Vec<UsageRecord>, String> {
     // Keyed by start: a record that overlaps the window started at most MAX_RECORD before it.
-    let rows = USAGE.between(records, org.as_str(), ws - MAX_RECORD, we).map_err(|e| e.to_string())?;
+    let rows = USAGE.between(records, org.as_str(), ws - MAX_RECORD, we).await.map_err(|e| e.to_string())?;
     Ok(rows.into_iter().filter(|r| r.end > ws && r.start < we).collect())
 }
 
@@ -231,7 +231,8 @@ impl super::App {
         let record = parse(&self.catalog, now, record_id, org_id.clone(), resource_id, cu_type, cu, start, end)
             .map_err(|e| AppError::new(Kind::Refused, e.code, e.message))?;
         let (org_state, _) = self
-            .organization(&org_id)?
+            .organization(&org_id)
+            .await?
             .ok_or_else(|| AppError::new(Kind::NotFound, "org_not_found", "no such organization"))?;
         let stored = store(&self.engine, &record).await.map_err(|e| match e {
             StoreError::Conflict => {
@@ -244,8 +245,8 @@ impl super::App {
 
     /// An organization's metering windows (pending, pushed, failed, too short), totals, and the usage of the last
     /// seven days no window covers.
-    pub fn org_metering(&self, org: &OrgId) -> Result<OrgMetering, AppError> {
-        let (_, data) = self.organization(org)?.ok_or_else(|| AppError::not_found("no such organization"))?;
+    pub async fn org_metering(&self, org: &OrgId) -> Result<OrgMetering, AppError> {
+        let (_, data) = self.organization(org).await?.ok_or_else(|| AppError::not_found("no such organization"))?;
         let mut instances: Vec<String> = data.history.iter().filter_map(|h| h.instance_id.clone()).collect();
         instances.sort();
         instances.dedup();
@@ -255,7 +256,7 @@ impl super::App {
         let mut by_status: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
         for instance in instances {
             let Ok(mk) = EntityKey::new(metering::KIND, &instance) else { continue };
-            let Some(m) = self.engine.record(&mk)? else { continue };
+            let Some(m) = self.engine.record(&mk).await? else { continue };
             let m: Metering = serde_json::from_value(m.data).unwrap_or_default();
             for w in m.windows.iter().filter(|w| &w.org == org) {
                 let e = by_status.entry(w.status.clone()).or_default();
@@ -278,7 +279,7 @@ impl super::App {
         // Usage not covered by any window of this organization: recorded, not billed (no bound, active
         // subscription at the time), over the records the service still keeps (the last 7 days).
         let now = self.engine.clock().now();
-        let records = overlapping(&self.engine, org, now - MAX_AGE, now + MAX_SKEW).map_err(AppError::storage)?;
+        let records = overlapping(&self.engine, org, now - MAX_AGE, now + MAX_SKEW).await.map_err(AppError::storage)?;
         let mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)> = windows.iter().map(|w| (w.start, w.end)).collect();
         intervals.sort();
         let mut unbilled_numerator: u128 = 0;

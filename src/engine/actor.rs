@@ -43,11 +43,16 @@ enum Prepared {
     Commit(Box<Step>),
 }
 
+/// What the actor read before deciding an input: the record (once per actor life) and the input's idempotency
+/// record (for inputs that have one); `None` for what it did not need to read.
+type Reads =
+    (Option<Result<Option<Vec<u8>>, crate::store::Error>>, Option<Result<Option<Vec<u8>>, crate::store::Error>>);
+
 impl EntityActor {
-    fn load(&mut self) -> Result<(), Error> {
-        if !self.loaded {
-            let bytes = self.engine.inner.store.get(Table::Entities, &self.key.prefix())?;
-            self.record = match bytes {
+    /// Takes the record read for this actor (once per life, or again after a refused commit).
+    fn load(&mut self, read: Option<Result<Option<Vec<u8>>, crate::store::Error>>) -> Result<(), Error> {
+        if let Some(bytes) = read {
+            self.record = match bytes? {
                 Some(b) => Some(
                     serde_json::from_slice(&b)
                         .map_err(|e| Error::Internal(format!("the record of {} does not decode: {e}", self.key)))?,
@@ -59,15 +64,12 @@ impl EntityActor {
         Ok(())
     }
 
-    fn prepare(&mut self, input: &Input) -> Result<Prepared, Error> {
-        self.load()?;
+    fn prepare(&mut self, input: &Input, (record, recorded): Reads) -> Result<Prepared, Error> {
+        if !self.loaded {
+            self.load(record)?;
+        }
         let inner = &self.engine.inner;
-        let idem = idempotency_key(&self.key, &input.id);
-        let recorded = match input.event.consumed_by_record() {
-            // The step below tells a repeat by the record (answered `stale`); there is no idempotency record.
-            true => None,
-            false => inner.store.get(Table::Idempotency, &idem)?,
-        };
+        let recorded = recorded.transpose()?.flatten();
         if let Some(b) = recorded {
             let mut o: Outcome = serde_json::from_slice(&b)
                 .map_err(|e| Error::Internal(format!("a stored outcome of {} does not decode: {e}", self.key)))?;
@@ -150,12 +152,38 @@ impl Actor for EntityActor {
 impl Handler<Deliver> for EntityActor {
     type Result = AtomicResponse<Self, Result<Outcome, Error>>;
 
+    /// Reads what the decision needs, decides, commits, answers; the mailbox waits meanwhile (`AtomicResponse`), so
+    /// an entity never has two decisions racing. The reads are futures: sled's are ready at once and the whole
+    /// chain runs in one poll; a database's are awaited without blocking the actor's thread.
     fn handle(&mut self, msg: Deliver, _ctx: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
-        let prepared = self.prepare(&msg.0);
+        let store = &self.engine.inner.store;
+        let record = (!self.loaded).then(|| store.get(Table::Entities, &self.key.prefix()));
+        // Timers and call results are told apart from repeats by the record (answered `stale`): no idempotency record.
+        let recorded = (!msg.0.event.consumed_by_record())
+            .then(|| store.get(Table::Idempotency, &idempotency_key(&self.key, &msg.0.id)));
+        let reads = async move {
+            let record = match record {
+                Some(r) => Some(r.await),
+                None => None,
+            };
+            let recorded = match recorded {
+                Some(r) => Some(r.await),
+                None => None,
+            };
+            (record, recorded)
+        };
+        AtomicResponse::new(Box::pin(reads.into_actor(self).then(move |reads, act, _ctx| act.decide(msg, reads))))
+    }
+}
+
+impl EntityActor {
+    /// Decides the input on what was read, then commits what the decision produced and answers once it is durable.
+    fn decide(&mut self, msg: Deliver, reads: Reads) -> ResponseActFuture<Self, Result<Outcome, Error>> {
+        let prepared = self.prepare(&msg.0, reads);
         let step = match prepared {
-            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
-            Ok(Prepared::Done(o)) => return AtomicResponse::new(Box::pin(fut::ready(Ok(o)))),
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+            Ok(Prepared::Done(o)) => return Box::pin(fut::ready(Ok(o))),
             Ok(Prepared::Commit(step)) => step,
         };
         let committer = self.engine.inner.committer.clone();
@@ -173,25 +201,22 @@ impl Handler<Deliver> for EntityActor {
         for op in &batch.ops {
             let (Op::Put { table, key, .. } | Op::Delete { table, key } | Op::Add { table, key, .. }) = op;
             if !matches!(table, Table::Entities | Table::Idempotency) {
-                // Only a read ahead: an error here is the commit's to report.
-                let _ = self.engine.inner.store.get(*table, key);
+                self.engine.inner.store.prefetch(*table, key);
             }
         }
-        AtomicResponse::new(Box::pin(async move { committer.commit(batch).await }.into_actor(self).map(
-            move |res, act, _ctx| match res {
-                Ok(()) => {
-                    act.record = step.record;
-                    act.last_active = Instant::now();
-                    act.engine.after_commit(step.messages, step.calls);
-                    Ok(step.outcome)
-                }
-                Err(e) => {
-                    // The store refused: what is in memory is what was last committed; reload to be sure.
-                    act.loaded = false;
-                    Err(e.into())
-                }
-            },
-        )))
+        Box::pin(async move { committer.commit(batch).await }.into_actor(self).map(move |res, act, _ctx| match res {
+            Ok(()) => {
+                act.record = step.record;
+                act.last_active = Instant::now();
+                act.engine.after_commit(step.messages, step.calls);
+                Ok(step.outcome)
+            }
+            Err(e) => {
+                // The store refused: what is in memory is what was last committed; reload to be sure.
+                act.loaded = false;
+                Err(e.into())
+            }
+        }))
     }
 }
 

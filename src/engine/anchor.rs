@@ -22,10 +22,13 @@ const CLOCK_ANCHOR: &[u8] = b"clock/anchor";
 
 /// The service clock: scaled time continues from the anchor stored with the data, so it never runs backwards
 /// across restarts and the downtime passes at the scale that was in force.
-pub fn service_clock(store: &dyn Store, scale: f64) -> Result<Arc<dyn Clock>, String> {
+pub async fn service_clock(store: &Arc<dyn Store>, scale: f64) -> Result<Arc<dyn Clock>, String> {
     let real_now = Utc::now();
-    let stored: Option<ClockAnchor> =
-        store.get(Table::Meta, CLOCK_ANCHOR).map_err(|e| e.to_string())?.and_then(|b| serde_json::from_slice(&b).ok());
+    let stored: Option<ClockAnchor> = store
+        .get(Table::Meta, CLOCK_ANCHOR)
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let service_now = match stored {
         Some(a) => {
             let elapsed = (real_now - a.real).max(TimeDelta::zero());
@@ -39,13 +42,19 @@ pub fn service_clock(store: &dyn Store, scale: f64) -> Result<Arc<dyn Clock>, St
         if stored.is_some() {
             let mut b = Batch::new();
             b.delete(Table::Meta, CLOCK_ANCHOR.to_vec());
-            store.apply(&[b]).map_err(|e| e.to_string())?;
+            apply(store, b).await?;
         }
         return Ok(Arc::new(SystemClock));
     }
     let anchor = ClockAnchor { real: real_now, service: service_now, scale };
     let mut b = Batch::new();
     b.put(Table::Meta, CLOCK_ANCHOR.to_vec(), serde_json::to_vec(&anchor).map_err(|e| e.to_string())?);
-    store.apply(&[b]).map_err(|e| e.to_string())?;
+    apply(store, b).await?;
     Ok(Arc::new(ScaledClock::new(service_now, scale)))
+}
+
+/// Writes the anchor before the engine (and its committer) starts; blocking, so on the blocking pool.
+async fn apply(store: &Arc<dyn Store>, b: Batch) -> Result<(), String> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.apply(&[b])).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
 }

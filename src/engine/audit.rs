@@ -100,10 +100,11 @@ impl Audit {
 
 impl super::Engine {
     /// The newest `limit` entries of the audit trail.
-    pub fn audit_trail(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
-        let mut items: Vec<AuditEntry> = AUDIT.list(self, &[], limit, true)?.into_iter().map(|(_, e)| e).collect();
+    pub async fn audit_trail(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
+        let mut items: Vec<AuditEntry> =
+            AUDIT.list(self, &[], limit, true).await?.into_iter().map(|(_, e)| e).collect();
         if items.len() < limit {
-            let older = LEGACY_AUDIT.list(self, &[], limit - items.len(), true)?;
+            let older = LEGACY_AUDIT.list(self, &[], limit - items.len(), true).await?;
             items.extend(older.into_iter().map(|(_, e)| e));
         }
         Ok(items)

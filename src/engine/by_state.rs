@@ -13,6 +13,7 @@
 //! build counts them once ([`baseline`]) and marks the store as counted ([`COUNTED`]).
 
 use std::ops::Bound;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::telemetry::Counts;
@@ -59,11 +60,11 @@ pub fn count(batch: &mut Batch, kind: &str, from: Option<&str>, to: &str) {
 }
 
 /// Every counter: entities by (kind, state), for the states that ever held an entity.
-pub fn read(store: &dyn Store) -> Result<Counts, store::Error> {
+pub async fn read(store: &dyn Store) -> Result<Counts, store::Error> {
     let mut counts = Counts::new();
     let mut start = Bound::Included(PREFIX.to_vec());
     loop {
-        let page = store.scan(Table::Meta, start, prefix_end(PREFIX), 1_000, false)?;
+        let page = store.scan(Table::Meta, start, prefix_end(PREFIX), 1_000, false).await?;
         for (k, v) in &page {
             let Some(ks) = parse(k) else {
                 return Err(store::Error::Corrupt { what: "entities-by-state key".into(), detail: format!("{k:?}") });
@@ -83,8 +84,8 @@ pub fn read(store: &dyn Store) -> Result<Counts, store::Error> {
 /// Runs as the engine starts, before its committer: nothing else writes yet, so the count cannot miss a commit,
 /// and it writes straight to the store. A counter left by an interrupted earlier attempt cannot be (the counters
 /// and the mark are one atomic batch), but any there is overwritten or removed anyway: the scan is the truth.
-pub fn baseline(store: &dyn Store) -> Result<(), store::Error> {
-    if store.get(Table::Meta, COUNTED)?.is_some() {
+pub async fn baseline(store: &Arc<dyn Store>) -> Result<(), store::Error> {
+    if store.get(Table::Meta, COUNTED).await?.is_some() {
         return Ok(());
     }
     #[derive(serde::Deserialize)]
@@ -96,7 +97,7 @@ pub fn baseline(store: &dyn Store) -> Result<(), store::Error> {
     let (mut counts, mut entities, mut unreadable) = (Counts::new(), 0u64, 0u64);
     let mut start = Bound::Unbounded;
     loop {
-        let page = store.scan(Table::Entities, start, Bound::Unbounded, PAGE, false)?;
+        let page = store.scan(Table::Entities, start, Bound::Unbounded, PAGE, false).await?;
         for (_, v) in &page {
             match serde_json::from_slice::<KindState>(v) {
                 Ok(r) => {
@@ -112,7 +113,7 @@ pub fn baseline(store: &dyn Store) -> Result<(), store::Error> {
         }
     }
     let mut batch = Batch::new();
-    for ks in read(store)?.into_keys() {
+    for ks in read(&**store).await?.into_keys() {
         if !counts.contains_key(&ks) {
             batch.delete(Table::Meta, key(&ks.0, &ks.1));
         }
@@ -122,7 +123,11 @@ pub fn baseline(store: &dyn Store) -> Result<(), store::Error> {
     }
     let mark = serde_json::json!({ "entities": entities, "at": chrono::Utc::now() });
     batch.put(Table::Meta, COUNTED.to_vec(), mark.to_string().into_bytes());
-    store.apply(&[batch])?;
+    // Blocking (a database's write waits for its answer): on a thread of the blocking pool.
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.apply(&[batch]))
+        .await
+        .map_err(|e| store::Error::Backend(format!("counting by state: {e}")))??;
     if unreadable > 0 {
         tracing::warn!(unreadable, "entity records without a readable kind and state were not counted by state");
     }
@@ -152,8 +157,8 @@ mod tests {
         assert!(!COUNTED.starts_with(PREFIX));
     }
 
-    #[test]
-    fn counts_move_with_new_entities_and_changes_of_state() {
+    #[tokio::test]
+    async fn counts_move_with_new_entities_and_changes_of_state() {
         let store = MemoryStore::new();
         let mut b = Batch::new();
         count(&mut b, "k", None, "a");
@@ -164,7 +169,7 @@ mod tests {
         count(&mut b, "k", Some("a"), "b");
         count(&mut b, "k", Some("b"), "b");
         store.apply(&[b]).unwrap();
-        let c = read(&store).unwrap();
+        let c = read(&store).await.unwrap();
         assert_eq!((n(&c, "k", "a"), n(&c, "k", "b"), n(&c, "j", "a")), (Some(1), Some(1), Some(1)));
         assert_eq!(c.len(), 3);
     }
@@ -176,31 +181,33 @@ mod tests {
         store.apply(&[b]).unwrap();
     }
 
-    #[test]
-    fn a_store_without_counters_is_counted_once_and_a_new_one_is_marked_at_once() {
-        let fresh = MemoryStore::new();
-        baseline(&fresh).unwrap();
-        assert!(fresh.get(Table::Meta, COUNTED).unwrap().is_some());
-        assert!(read(&fresh).unwrap().is_empty());
+    #[tokio::test]
+    async fn a_store_without_counters_is_counted_once_and_a_new_one_is_marked_at_once() {
+        let fresh: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        baseline(&fresh).await.unwrap();
+        assert!(fresh.get(Table::Meta, COUNTED).await.unwrap().is_some());
+        assert!(read(&*fresh).await.unwrap().is_empty());
 
-        let old = MemoryStore::new();
+        let mem = Arc::new(MemoryStore::new());
+        let old: Arc<dyn Store> = mem.clone();
+        let old_ = &*mem;
         for i in 0..PAGE + 7 {
-            entity(&old, i, "k", if i % 2 == 0 { "even" } else { "odd" });
+            entity(old_, i, "k", if i % 2 == 0 { "even" } else { "odd" });
         }
-        entity(&old, 0, "j", "a");
+        entity(old_, 0, "j", "a");
         // A stray counter (a state no entity is in) goes: the scan is the truth.
         let mut stray = Batch::new();
         stray.add(Table::Meta, key("k", "gone"), 3);
         old.apply(&[stray]).unwrap();
-        baseline(&old).unwrap();
-        let c = read(&old).unwrap();
+        baseline(&old).await.unwrap();
+        let c = read(&*old).await.unwrap();
         assert_eq!(n(&c, "k", "even"), Some((PAGE as i64 + 7).div_euclid(2) + 1));
         assert_eq!(n(&c, "k", "odd"), Some((PAGE as i64 + 7) / 2));
         assert_eq!(n(&c, "j", "a"), Some(1));
         assert_eq!(n(&c, "k", "gone"), None);
         // Marked: a later start counts nothing again (this entity came without its counter, so it stays uncounted).
-        entity(&old, PAGE + 100, "k", "odd");
-        baseline(&old).unwrap();
-        assert_eq!(read(&old).unwrap(), c);
+        entity(old_, PAGE + 100, "k", "odd");
+        baseline(&old).await.unwrap();
+        assert_eq!(read(&*old).await.unwrap(), c);
     }
 }

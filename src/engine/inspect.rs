@@ -83,18 +83,18 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Error> {
 
 impl Engine {
     /// The stored record of an entity.
-    pub fn record(&self, key: &EntityKey) -> Result<Option<EntityRecord>, Error> {
-        match self.inner.store.get(Table::Entities, &key.prefix())? {
+    pub async fn record(&self, key: &EntityKey) -> Result<Option<EntityRecord>, Error> {
+        match self.inner.store.get(Table::Entities, &key.prefix()).await? {
             Some(b) => Ok(Some(decode(&b)?)),
             None => Ok(None),
         }
     }
 
     /// One entity as operators see it.
-    pub fn entity_view(&self, key: &EntityKey) -> Result<EntityView, Error> {
-        let r = self.record(key)?.ok_or(Error::NotFound)?;
+    pub async fn entity_view(&self, key: &EntityKey) -> Result<EntityView, Error> {
+        let r = self.record(key).await?.ok_or(Error::NotFound)?;
         let now = self.inner.clock.now();
-        let (msgs, calls) = pending_effects(self, key)?;
+        let (msgs, calls) = pending_effects(self, key).await?;
         let terminal = self.inner.registry.kind(&r.kind).map(|k| k.current.is_terminal(&r.state)).unwrap_or(false);
         let mut timers: Vec<TimerView> = r
             .timers
@@ -143,8 +143,20 @@ impl Engine {
         })
     }
 
-    /// Entities matching `filter`, in key order, from `cursor` (exclusive), at most `limit`.
-    pub fn list_entities(
+    /// Entities matching `filter`, in key order, from `cursor` (exclusive), at most `limit`. A filter may read
+    /// many records to find a few (sled reads them on the asking thread), so the scan runs on the blocking pool,
+    /// never on the threads that serve requests and run actors.
+    pub async fn list_entities(
+        &self,
+        filter: &EntityFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<EntityRecord>, Error> {
+        let (engine, filter, cursor) = (self.clone(), filter.clone(), cursor.map(str::to_string));
+        super::offload(async move { engine.scan_entities(&filter, cursor.as_deref(), limit).await }).await?
+    }
+
+    async fn scan_entities(
         &self,
         filter: &EntityFilter,
         cursor: Option<&str>,
@@ -170,7 +182,7 @@ impl Engine {
         let mut items = Vec::new();
         let mut last_key = None;
         'outer: loop {
-            let page = self.inner.store.scan(Table::Entities, start.clone(), end.clone(), 500, false)?;
+            let page = self.inner.store.scan(Table::Entities, start.clone(), end.clone(), 500, false).await?;
             if page.is_empty() {
                 break;
             }
@@ -185,7 +197,7 @@ impl Engine {
                 }
                 if filter.needs_attention {
                     let key = EntityKey { kind: r.kind.clone(), id: r.id.clone() };
-                    let (_, calls) = pending_effects(self, &key)?;
+                    let (_, calls) = pending_effects(self, &key).await?;
                     if !calls.iter().any(|c| c.status == CallStatus::NeedsAttention) {
                         continue;
                     }
@@ -206,10 +218,10 @@ impl Engine {
     }
 
     /// An entity's journal from sequence number `after` (exclusive), at most `limit`.
-    pub fn journal(&self, key: &EntityKey, after: u64, limit: usize) -> Result<Page<JournalEntry>, Error> {
+    pub async fn journal(&self, key: &EntityKey, after: u64, limit: usize) -> Result<Page<JournalEntry>, Error> {
         let start = Bound::Excluded(journal_key(key, after));
         let end = prefix_end(&key.prefix());
-        let rows = self.inner.store.scan(Table::Journal, start, end, limit, false)?;
+        let rows = self.inner.store.scan(Table::Journal, start, end, limit, false).await?;
         let items: Vec<JournalEntry> = rows.iter().map(|(_, v)| decode(v)).collect::<Result<_, _>>()?;
         let next_cursor = if items.len() == limit { items.last().map(|e| e.seq.to_string()) } else { None };
         Ok(Page { items, next_cursor })

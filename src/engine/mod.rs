@@ -102,6 +102,20 @@ impl From<crate::store::Error> for Error {
     }
 }
 
+/// Runs a read-heavy future off the threads that serve requests and run actors: sled answers reads on the asking
+/// thread, so a scan of many records (a month of windows, a filtered listing) would hold those threads up. The
+/// future runs on the blocking pool (a database's reads are awaited there without holding anyone up either).
+pub async fn offload<F, T>(fut: F) -> Result<T, Error>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || rt.block_on(fut))
+        .await
+        .map_err(|e| Error::Internal(format!("offloaded work: {e}")))
+}
+
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -195,7 +209,7 @@ impl Engine {
     /// Starts the engine: the count of entities by state for a store of an earlier build ([`by_state`]), the
     /// committer, the actor threads, the timer loop, and the recovery of undelivered messages and unfinished
     /// calls. Must run inside an actix system.
-    pub fn start(
+    pub async fn start(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         mut registry: Registry,
@@ -203,7 +217,7 @@ impl Engine {
     ) -> Result<Self, StartError> {
         registry.finish()?;
         // Before the committer: nothing writes while a store of an earlier build is counted.
-        by_state::baseline(&*store).map_err(StartError::Storage)?;
+        by_state::baseline(&store).await.map_err(StartError::Storage)?;
         let committer = Committer::start(store.clone(), config.commit);
         let timer_wake = Arc::new(Notify::new());
         clock.subscribe(timer_wake.clone());

@@ -162,18 +162,18 @@ impl<V> RecordTable<V> {
     }
 
     /// Whether a row exists (whatever its value).
-    pub fn exists(&self, r: &impl AsRef<Records>, parts: &[&str]) -> Result<bool, Error> {
+    pub async fn exists(&self, r: &impl AsRef<Records>, parts: &[&str]) -> Result<bool, Error> {
         let key = self.key(parts)?;
-        Ok(r.as_ref().store.get(self.space.table(), key.as_bytes()).map_err(storage)?.is_some())
+        Ok(r.as_ref().store.get(self.space.table(), key.as_bytes()).await.map_err(storage)?.is_some())
     }
 }
 
 impl<V: Serialize + DeserializeOwned> RecordTable<V> {
     /// A row's value; `None` when there is none. A row that does not decode is a storage error (logged by the
     /// caller's error path), never silently absent.
-    pub fn get(&self, r: &impl AsRef<Records>, parts: &[&str]) -> Result<Option<V>, Error> {
+    pub async fn get(&self, r: &impl AsRef<Records>, parts: &[&str]) -> Result<Option<V>, Error> {
         let key = self.key(parts)?;
-        match r.as_ref().store.get(self.space.table(), key.as_bytes()).map_err(storage)? {
+        match r.as_ref().store.get(self.space.table(), key.as_bytes()).await.map_err(storage)? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Storage(format!("{key}: {e}"))),
             None => Ok(None),
         }
@@ -181,7 +181,7 @@ impl<V: Serialize + DeserializeOwned> RecordTable<V> {
 
     /// Up to `limit` rows under `parts`, in key order (newest last for time-ordered keys; `reverse` for newest
     /// first), as (the rest of the key after `parts`, value). Rows that do not decode are skipped and logged.
-    pub fn list(
+    pub async fn list(
         &self,
         r: &impl AsRef<Records>,
         parts: &[&str],
@@ -193,6 +193,7 @@ impl<V: Serialize + DeserializeOwned> RecordTable<V> {
             .as_ref()
             .store
             .scan(self.space.table(), Bound::Included(under.clone()), prefix_end(&under), limit, reverse)
+            .await
             .map_err(storage)?;
         let mut out = Vec::with_capacity(rows.len());
         for (k, v) in rows {
@@ -255,10 +256,10 @@ impl<V: Serialize + DeserializeOwned> TimedTable<V> {
     }
 
     /// The row stored under `id`, if any.
-    pub fn find(&self, r: &impl AsRef<Records>, id: &str) -> Result<Option<V>, Error> {
+    pub async fn find(&self, r: &impl AsRef<Records>, id: &str) -> Result<Option<V>, Error> {
         let store = &r.as_ref().store;
-        let Some(key) = store.get(Table::Index, &self.id_key(id)).map_err(storage)? else { return Ok(None) };
-        match store.get(Table::Records, &key).map_err(storage)? {
+        let Some(key) = store.get(Table::Index, &self.id_key(id)).await.map_err(storage)? else { return Ok(None) };
+        match store.get(Table::Records, &key).await.map_err(storage)? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Storage(format!("{id}: {e}"))),
             None => Ok(None),
         }
@@ -287,7 +288,7 @@ impl<V: Serialize + DeserializeOwned> TimedTable<V> {
 
     /// The rows of `group` whose time is in `[from, to)`, in time order, read a page at a time. Rows that do not
     /// decode are skipped and logged.
-    pub fn between(
+    pub async fn between(
         &self,
         r: &impl AsRef<Records>,
         group: &str,
@@ -302,7 +303,8 @@ impl<V: Serialize + DeserializeOwned> TimedTable<V> {
         let mut out = Vec::new();
         let mut start = Bound::Included(lo);
         loop {
-            let page = store.scan(Table::Records, start, Bound::Excluded(hi.clone()), PAGE, false).map_err(storage)?;
+            let page =
+                store.scan(Table::Records, start, Bound::Excluded(hi.clone()), PAGE, false).await.map_err(storage)?;
             for (_, v) in &page {
                 match serde_json::from_slice(v) {
                     Ok(value) => out.push(value),

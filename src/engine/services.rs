@@ -38,17 +38,17 @@ pub fn start(engine: &Engine) {
     actix_rt::spawn(async move { timer_loop(e).await });
     let e = engine.clone();
     actix_rt::spawn(async move {
-        if let Err(err) = recover(&e) {
+        if let Err(err) = recover(&e).await {
             tracing::error!(error = %err, "recovering outbox and calls failed");
         }
     });
 }
 
-fn recover(engine: &Engine) -> Result<(), Error> {
+async fn recover(engine: &Engine) -> Result<(), Error> {
     let store = &engine.inner.store;
     let mut start = Bound::Unbounded;
     loop {
-        let page = store.scan(Table::Outbox, start, Bound::Unbounded, 1000, false)?;
+        let page = store.scan(Table::Outbox, start, Bound::Unbounded, 1000, false).await?;
         for (_, v) in &page {
             if let Ok(row) = serde_json::from_slice::<OutboxRow>(v) {
                 engine.spawn_delivery(row);
@@ -61,7 +61,7 @@ fn recover(engine: &Engine) -> Result<(), Error> {
     }
     let mut start = Bound::Unbounded;
     loop {
-        let page = store.scan(Table::Effects, start, Bound::Unbounded, 1000, false)?;
+        let page = store.scan(Table::Effects, start, Bound::Unbounded, 1000, false).await?;
         for (_, v) in &page {
             if let Ok(mut row) = serde_json::from_slice::<CallRow>(v) {
                 match row.status {
@@ -327,7 +327,7 @@ impl Engine {
     /// Runs a call again now (operator "retry"): for calls waiting on a retry or needing attention.
     /// `audit` is the operator who asked, committed with the call's new row.
     pub async fn retry_call(&self, call_id: &str, audit: &super::audit::Audit) -> Result<CallRow, Error> {
-        let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes())?.ok_or(Error::NotFound)?;
+        let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes()).await?.ok_or(Error::NotFound)?;
         let mut row: CallRow = serde_json::from_slice(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
         let mut b = Batch::new();
         if let (CallStatus::Retrying, Some(due)) = (row.status, row.next_attempt_at) {
@@ -357,7 +357,7 @@ impl Engine {
 
     /// Gives up on a call (operator "cancel"): the workflow receives it as failed.
     pub async fn cancel_call(&self, call_id: &str, audit: &super::audit::Audit) -> Result<(), Error> {
-        let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes())?.ok_or(Error::NotFound)?;
+        let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes()).await?.ok_or(Error::NotFound)?;
         let row: CallRow = serde_json::from_slice(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
         let why = format!("cancelled: {}: {}", audit.operator, audit.reason);
         let audit = super::audit::Audit { call: Some(row.id.clone()), ..audit.clone() };
@@ -393,6 +393,7 @@ impl Engine {
                 let row = inner
                     .store
                     .get(Table::Effects, call_id.as_bytes())
+                    .await
                     .ok()
                     .flatten()
                     .and_then(|v| serde_json::from_slice::<CallRow>(&v).ok());
@@ -465,7 +466,7 @@ async fn timer_loop(engine: Engine) {
             Some(k) => Bound::Excluded(k.clone()),
             None => Bound::Unbounded,
         };
-        let due = match inner.store.scan(Table::Timers, start, Bound::Excluded(horizon.clone()), room, false) {
+        let due = match inner.store.scan(Table::Timers, start, Bound::Excluded(horizon.clone()), room, false).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "scanning timers failed");
@@ -507,6 +508,7 @@ async fn timer_loop(engine: Engine) {
         let next = inner
             .store
             .scan(Table::Timers, Bound::Included(horizon), Bound::Unbounded, 1, false)
+            .await
             .ok()
             .and_then(|r| r.first().and_then(|(k, _)| keys::read_u64(k, 0)))
             .and_then(keys::time_from_key);
@@ -520,7 +522,7 @@ async fn timer_loop(engine: Engine) {
 }
 
 /// Reads every pending timer of the store in due order, at most `limit`, due before `before` if given.
-pub fn pending_timers(
+pub async fn pending_timers(
     engine: &Engine,
     before: Option<chrono::DateTime<Utc>>,
     limit: usize,
@@ -529,16 +531,16 @@ pub fn pending_timers(
         Some(t) => Bound::Excluded(keys::time_key(t).to_be_bytes().to_vec()),
         None => Bound::Unbounded,
     };
-    let rows = engine.inner.store.scan(Table::Timers, Bound::Unbounded, end, limit, false)?;
+    let rows = engine.inner.store.scan(Table::Timers, Bound::Unbounded, end, limit, false).await?;
     Ok(rows.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect())
 }
 
 /// Reads the pending messages and calls of one entity (for operators).
-pub fn pending_effects(engine: &Engine, key: &EntityKey) -> Result<(Vec<OutboxRow>, Vec<CallRow>), Error> {
+pub async fn pending_effects(engine: &Engine, key: &EntityKey) -> Result<(Vec<OutboxRow>, Vec<CallRow>), Error> {
     let prefix = format!("{key}#");
     let store = &*engine.inner.store;
-    let msgs = scan_prefix(store, Table::Outbox, prefix.as_bytes(), 1000)?;
-    let calls = scan_prefix(store, Table::Effects, prefix.as_bytes(), 1000)?;
+    let msgs = scan_prefix(store, Table::Outbox, prefix.as_bytes(), 1000).await?;
+    let calls = scan_prefix(store, Table::Effects, prefix.as_bytes(), 1000).await?;
     Ok((
         msgs.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect(),
         calls.iter().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect(),

@@ -454,7 +454,9 @@ to = "done"
     fn run(store: &dyn Store, def: &Definition, id: &str, event: &str, n: usize) -> Outcome {
         let key = EntityKey::new("mover", id).unwrap();
         let record: Option<EntityRecord> =
-            store.get(Table::Entities, &key.prefix()).unwrap().map(|b| serde_json::from_slice(&b).unwrap());
+            crate::store::contract_tests::block(store.get(Table::Entities, &key.prefix()))
+                .unwrap()
+                .map(|b| serde_json::from_slice(&b).unwrap());
         let input = match event {
             "pause" => Input { id: format!("i{n}"), event: Event::Control { action: "pause".into() }, cause: sys() },
             _ => Input::domain(format!("i{n}"), serde_json::json!({ "type": event }), sys()),
@@ -471,7 +473,11 @@ to = "done"
     }
 
     fn count(store: &dyn Store, state: &str) -> i64 {
-        by_state::read(store).unwrap().get(&("mover".to_string(), state.to_string())).copied().unwrap_or(0)
+        crate::store::contract_tests::block(by_state::read(store))
+            .unwrap()
+            .get(&("mover".to_string(), state.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 
     #[test]

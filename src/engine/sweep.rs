@@ -92,8 +92,11 @@ async fn pass(engine: &Engine, rule: &Rule, from: Option<Vec<u8>>) -> Result<(u6
         Some(k) => Bound::Excluded(k),
         None => Bound::Included(prefix.to_vec()),
     };
-    let rows =
-        engine.store().scan(Table::Records, start, prefix_end(prefix), SLICE, false).map_err(|e| e.to_string())?;
+    let rows = engine
+        .store()
+        .scan(Table::Records, start, prefix_end(prefix), SLICE, false)
+        .await
+        .map_err(|e| e.to_string())?;
     let now: DateTime<Utc> = match rule.clock {
         RuleClock::Service => engine.clock().now(),
         RuleClock::Wall => Utc::now(),

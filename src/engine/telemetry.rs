@@ -127,7 +127,7 @@ impl Engine {
     /// vanishing), as the store's counters hold them ([`super::by_state`]): a read of a few keys. `None` if the
     /// store cannot be read.
     pub async fn entities_by_state(&self) -> Option<Counts> {
-        let counts = match super::by_state::read(&*self.inner.store) {
+        let counts = match super::by_state::read(&*self.inner.store).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the entities by state failed");
@@ -157,11 +157,13 @@ impl Engine {
             }
         }
         let store = self.inner.store.clone();
+        // Off the async workers: sled counts on the asking thread (a million timers take a second).
+        let rt = tokio::runtime::Handle::current();
         let counted = tokio::task::spawn_blocking(move || -> Result<Pending, crate::store::Error> {
             Ok(Pending {
-                timers: store.count_prefix(Table::Timers, b"")?,
-                outbox: store.count_prefix(Table::Outbox, b"")?,
-                calls: store.count_prefix(Table::Effects, b"")?,
+                timers: rt.block_on(store.count_prefix(Table::Timers, b""))?,
+                outbox: rt.block_on(store.count_prefix(Table::Outbox, b""))?,
+                calls: rt.block_on(store.count_prefix(Table::Effects, b""))?,
             })
         })
         .await

@@ -251,7 +251,8 @@ async fn resend_verification(
     ))]
 async fn orgs(state: web::Data<AppState>, CurrentUser(user): CurrentUser) -> Result<HttpResponse, ApiError> {
     let orgs = state
-        .memberships(&user)?
+        .memberships(&user)
+        .await?
         .into_iter()
         .map(|m| OrgSummary {
             org_id: m.org_id,
@@ -366,7 +367,7 @@ async fn billing(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let org = OrgId::parse(path.into_inner())?;
-    Ok(HttpResponse::Ok().json(state.billing(&user, &org)?))
+    Ok(HttpResponse::Ok().json(state.billing(&user, &org).await?))
 }
 
 /// An organization to create for a user.

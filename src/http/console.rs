@@ -357,11 +357,11 @@ fn session_csrf(token: &str) -> String {
 use super::web::csrf::{is_token, same as equal};
 
 /// The operator of this request, `None` without a valid session.
-fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Operator>, Error> {
+async fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Operator>, Error> {
     let Some(token) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_string()).filter(|t| is_token(t)) else {
         return Ok(None);
     };
-    let Some(s) = SESSIONS.get(&state.engine, &[&session_key(&token)])? else {
+    let Some(s) = SESSIONS.get(&state.engine, &[&session_key(&token)]).await? else {
         return Ok(None);
     };
     if s.expires_at <= Utc::now() {
@@ -381,8 +381,8 @@ fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Operator>, Erro
 }
 
 /// The operator, or the response to send instead (the login page, or unavailable).
-fn require(state: &AppState, req: &HttpRequest) -> Result<Operator, Box<HttpResponse>> {
-    match current(state, req) {
+async fn require(state: &AppState, req: &HttpRequest) -> Result<Operator, Box<HttpResponse>> {
+    match current(state, req).await {
         Ok(Some(o)) => Ok(o),
         Ok(None) => Err(Box::new(to_login(req))),
         Err(e) => Err(Box::new(message(state, None, &e, "/console"))),
@@ -471,7 +471,7 @@ fn login_page(
 async fn login_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let query = parse_form(req.query_string()).unwrap_or_default();
     let next = super::web::param(&query, "next").filter(|n| console_next(n).is_some()).unwrap_or("");
-    match current(&state, &req) {
+    match current(&state, &req).await {
         Ok(Some(_)) => see_other(&console_next(next).unwrap_or_else(|| "/console".into())),
         Ok(None) => login_page(&state, &req, StatusCode::OK, next, "", None),
         Err(e) => message(&state, None, &e, "/console/login"),
@@ -557,7 +557,7 @@ pub struct LogoutForm {
         (status = 503, description = "The store is unavailable", content_type = "text/html", body = String),
     ))]
 async fn logout_post(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let op = match require(&state, &req) {
+    let op = match require(&state, &req).await {
         Ok(o) => o,
         Err(r) => return *r,
     };
@@ -686,20 +686,14 @@ impl ListQuery {
         (status = 503, description = "The store is unavailable", content_type = "text/html", body = String),
     ))]
 async fn list(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let op = match require(&state, &req) {
+    let op = match require(&state, &req).await {
         Ok(o) => o,
         Err(r) => return *r,
     };
     let query = ListQuery::parse(&parse_form(req.query_string()).unwrap_or_default());
     let page = match query.filter(&state) {
         Ok((filter, limit)) => {
-            let engine = state.engine.clone();
-            let cursor = query.cursor.clone();
-            match web::block(move || engine.list_entities(&filter, cursor.as_deref(), limit)).await {
-                Ok(Ok(page)) => Ok(page),
-                Ok(Err(e)) => Err(Error::from(e)),
-                Err(_) => Err(Error::from(EngineError::Overloaded)),
-            }
+            state.engine.list_entities(&filter, query.cursor.as_deref(), limit).await.map_err(Error::from)
         }
         Err(e) => Err(Error::Api(e)),
     };
@@ -790,17 +784,17 @@ enum Done {
         (status = 503, description = "The store is unavailable", content_type = "text/html", body = String),
     ))]
 async fn entity(state: web::Data<AppState>, req: HttpRequest, path: web::Path<(String, String)>) -> HttpResponse {
-    let op = match require(&state, &req) {
+    let op = match require(&state, &req).await {
         Ok(o) => o,
         Err(r) => return *r,
     };
     let (kind, id) = path.into_inner();
     let query = parse_form(req.query_string()).unwrap_or_default();
     let before = super::web::param(&query, "before").and_then(|b| b.parse::<u64>().ok());
-    entity_page(&state, &op, &kind, &id, before, StatusCode::OK, None)
+    entity_page(&state, &op, &kind, &id, before, StatusCode::OK, None).await
 }
 
-fn entity_page(
+async fn entity_page(
     state: &AppState,
     op: &Operator,
     kind: &str,
@@ -809,13 +803,13 @@ fn entity_page(
     status: StatusCode,
     done: Option<Done>,
 ) -> HttpResponse {
-    match entity_context(state, kind, id, before, done) {
+    match entity_context(state, kind, id, before, done).await {
         Ok(extra) => render(state, Some(op), &op.csrf, "entity.html", status, "entities", extra),
         Err(e) => message(state, Some(op), &e, "/console"),
     }
 }
 
-fn entity_context(
+async fn entity_context(
     state: &AppState,
     kind: &str,
     id: &str,
@@ -823,7 +817,7 @@ fn entity_context(
     done: Option<Done>,
 ) -> Result<Value, Error> {
     let key = EntityKey::new(kind, id).map_err(|e| ApiError::bad_request("invalid_entity", e.to_string()))?;
-    let view = state.engine.entity_view(&key).map_err(|e| match e {
+    let view = state.engine.entity_view(&key).await.map_err(|e| match e {
         EngineError::NotFound => Error::Api(ApiError::not_found(format!("no {kind} `{id}`"))),
         other => other.into(),
     })?;
@@ -833,7 +827,8 @@ fn entity_context(
     // The journal, newest first, a page at a time: entries `lo..hi`.
     let hi = before.unwrap_or(view.seq + 1).min(view.seq + 1);
     let lo = hi.saturating_sub(JOURNAL_PAGE).max(1);
-    let mut journal = if hi > lo { state.engine.journal(&key, lo - 1, (hi - lo) as usize)?.items } else { vec![] };
+    let mut journal =
+        if hi > lo { state.engine.journal(&key, lo - 1, (hi - lo) as usize).await?.items } else { vec![] };
     journal.reverse();
     let journal: Vec<Value> = journal
         .iter()
@@ -997,7 +992,7 @@ async fn action_post(
     path: web::Path<(String, String, String)>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let op = match require(&state, &req) {
+    let op = match require(&state, &req).await {
         Ok(o) => o,
         Err(r) => return *r,
     };
@@ -1023,7 +1018,7 @@ async fn action_post(
         Ok(d) => (StatusCode::OK, Done::Ok(d)),
         Err(e) => (e.status, Done::Refused { action, error: Error::Api(e) }),
     };
-    entity_page(&state, &op, &kind, &id, None, status, Some(done))
+    entity_page(&state, &op, &kind, &id, None, status, Some(done)).await
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1038,11 +1033,11 @@ async fn action_post(
         (status = 503, description = "The store is unavailable", content_type = "text/html", body = String),
     ))]
 async fn timers(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let op = match require(&state, &req) {
+    let op = match require(&state, &req).await {
         Ok(o) => o,
         Err(r) => return *r,
     };
-    let rows = match services::pending_timers(&state.engine, None, TIMERS_PAGE + 1) {
+    let rows = match services::pending_timers(&state.engine, None, TIMERS_PAGE + 1).await {
         Ok(r) => r,
         Err(e) => return message(&state, Some(&op), &Error::from(e), "/console"),
     };
@@ -1078,11 +1073,11 @@ async fn timers(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
         (status = 503, description = "The store is unavailable", content_type = "text/html", body = String),
     ))]
 async fn audit(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let op = match require(&state, &req) {
+    let op = match require(&state, &req).await {
         Ok(o) => o,
         Err(r) => return *r,
     };
-    let entries = match state.audit_trail(AUDIT_PAGE).map_err(ApiError::from) {
+    let entries = match state.audit_trail(AUDIT_PAGE).await.map_err(ApiError::from) {
         Ok(e) => e,
         Err(e) => return message(&state, Some(&op), &Error::Api(e), "/console"),
     };

@@ -41,7 +41,7 @@ pub struct BindingRequested {
         (status = 503, response = Unavailable),
     ))]
 async fn list(state: web::Data<AppState>, CurrentUser(user): CurrentUser) -> Result<HttpResponse, ApiError> {
-    let subscriptions = state.purchased(&user)?.iter().map(|(i, v)| view(i, v.state, &v.sub)).collect();
+    let subscriptions = state.purchased(&user).await?.iter().map(|(i, v)| view(i, v.state, &v.sub)).collect();
     Ok(HttpResponse::Ok().json(SubscriptionList { subscriptions }))
 }
 
@@ -62,7 +62,7 @@ async fn show(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let instance = path.into_inner();
-    let v = state.visible_subscription(&user, &instance)?;
+    let v = state.visible_subscription(&user, &instance).await?;
     Ok(HttpResponse::Ok().json(view(&instance, v.state, &v.sub)))
 }
 
@@ -83,7 +83,7 @@ async fn binding_options(
     CurrentUser(user): CurrentUser,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.binding_options(&user, &path.into_inner())?))
+    Ok(HttpResponse::Ok().json(state.binding_options(&user, &path.into_inner()).await?))
 }
 
 /// The organization to bind the subscription to.

@@ -135,10 +135,7 @@ async fn list(state: web::Data<AppState>, _op: Operator, q: web::Query<ListQuery
         needs_attention: q.needs_attention,
         min_time_in_state,
     };
-    let engine = state.engine.clone();
-    let page = web::block(move || engine.list_entities(&filter, q.cursor.as_deref(), limit))
-        .await
-        .map_err(|_| ApiError::from(crate::engine::Error::Overloaded))??;
+    let page = state.engine.list_entities(&filter, q.cursor.as_deref(), limit).await?;
     let now = state.engine.clock().now();
     let items = page
         .items
@@ -189,7 +186,7 @@ async fn show(
 ) -> Result<HttpResponse, ApiError> {
     let (kind, id) = path.into_inner();
     let key = entity_key(&kind, &id)?;
-    let view = state.engine.entity_view(&key).map_err(|e| match e {
+    let view = state.engine.entity_view(&key).await.map_err(|e| match e {
         crate::engine::Error::NotFound => ApiError::not_found(format!("no {kind} `{id}`")),
         other => other.into(),
     })?;
@@ -234,10 +231,10 @@ async fn journal(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
     }
-    if state.engine.record(&key)?.is_none() {
+    if state.engine.record(&key).await?.is_none() {
         return Err(ApiError::not_found(format!("no {kind} `{id}`")));
     }
-    Ok(HttpResponse::Ok().json(state.engine.journal(&key, q.after.unwrap_or(0), limit)?))
+    Ok(HttpResponse::Ok().json(state.engine.journal(&key, q.after.unwrap_or(0), limit).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -270,7 +267,7 @@ async fn timers(
         return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 1000"));
     }
     let now = state.engine.clock().now();
-    let rows = services::pending_timers(&state.engine, q.due_before, limit)?;
+    let rows = services::pending_timers(&state.engine, q.due_before, limit).await?;
     let items: Vec<TimerView> = rows.iter().map(|r| TimerView::new(r, now)).collect();
     Ok(HttpResponse::Ok().json(TimersList { now, items }))
 }
@@ -375,6 +372,6 @@ async fn audit_trail(
     _op: Operator,
     q: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let items = state.audit_trail(q.limit.unwrap_or(100).clamp(1, 1000))?;
+    let items = state.audit_trail(q.limit.unwrap_or(100).clamp(1, 1000)).await?;
     Ok(HttpResponse::Ok().json(AuditTrail { items }))
 }

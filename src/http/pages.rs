@@ -554,9 +554,9 @@ pub fn safe_next(next: &str) -> Option<String> {
 }
 
 /// The logged-in user, `Ok(None)` without a (valid) session, `Err` when the store cannot tell.
-fn current_user(state: &AppState, req: &HttpRequest) -> Result<Option<User>, ()> {
+async fn current_user(state: &AppState, req: &HttpRequest) -> Result<Option<User>, ()> {
     let Some(token) = session_token(req) else { return Ok(None) };
-    match state.accounts.authenticate(&token) {
+    match state.accounts.authenticate(&token).await {
         Ok(u) => Ok(Some(u)),
         Err(crate::app::accounts::Error::Unauthenticated) => Ok(None),
         Err(e) => {
@@ -567,8 +567,8 @@ fn current_user(state: &AppState, req: &HttpRequest) -> Result<Option<User>, ()>
 }
 
 /// The user, or the response to send instead (login redirect, or unavailable).
-fn require_user(state: &AppState, req: &HttpRequest, ctx: &Ctx) -> Result<User, Box<HttpResponse>> {
-    match current_user(state, req) {
+async fn require_user(state: &AppState, req: &HttpRequest, ctx: &Ctx) -> Result<User, Box<HttpResponse>> {
+    match current_user(state, req).await {
         Ok(Some(u)) => Ok(u),
         Ok(None) => Err(Box::new(ctx.to_login(req))),
         Err(()) => Err(Box::new(ctx.unavailable(None))),
@@ -677,7 +677,7 @@ fn auth_page(
 async fn login_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
     let next = next_of(&ctx, None);
-    match current_user(&state, &req) {
+    match current_user(&state, &req).await {
         Ok(Some(user)) => {
             // Already logged in: take the grant and go on.
             let instance = redeem(&state, &req, &user).await;
@@ -906,11 +906,11 @@ fn enc(s: &str) -> String {
     responses((status = 200, description = "The page", content_type = "text/html"), (status = 303, description = "No session: to `/login?next=<this page>`", headers(("Location" = String))), (status = 503, description = "The store could not answer: a page saying to try again", content_type = "text/html")))]
 async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
-    let user = match require_user(&state, &req, &ctx) {
+    let user = match require_user(&state, &req, &ctx).await {
         Ok(u) => u,
         Err(r) => return *r,
     };
-    let orgs = match state.memberships(&user) {
+    let orgs = match state.memberships(&user).await {
         Ok(o) => o,
         Err(e) => return ctx.api_error(Some(&user), &e.into()),
     };
@@ -924,7 +924,7 @@ async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
             })
         })
         .collect();
-    let purchased = match state.purchased(&user) {
+    let purchased = match state.purchased(&user).await {
         Ok(p) => p,
         Err(e) => return ctx.api_error(Some(&user), &e.into()),
     };
@@ -941,7 +941,7 @@ async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
 }
 
 /// The binding page's data, with an optional error and the organization to preselect.
-fn bind_page(
+async fn bind_page(
     state: &AppState,
     ctx: &Ctx,
     user: &User,
@@ -950,7 +950,7 @@ fn bind_page(
     error: Option<String>,
     selected: Option<&str>,
 ) -> HttpResponse {
-    let (st, sub) = match state.visible_subscription(user, instance).map_err(ApiError::from) {
+    let (st, sub) = match state.visible_subscription(user, instance).await.map_err(ApiError::from) {
         Ok(v) => (v.state, v.sub),
         Err(e) if e.status.is_client_error() => {
             return ctx.message(
@@ -963,7 +963,7 @@ fn bind_page(
         }
         Err(e) => return ctx.api_error(Some(user), &e),
     };
-    let opts = match state.binding_options(user, instance) {
+    let opts = match state.binding_options(user, instance).await {
         Ok(o) => o,
         Err(e) => return ctx.api_error(Some(user), &e.into()),
     };
@@ -1009,11 +1009,11 @@ fn bind_page(
     ))]
 async fn bind_get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
-    let user = match require_user(&state, &req, &ctx) {
+    let user = match require_user(&state, &req, &ctx).await {
         Ok(u) => u,
         Err(r) => return *r,
     };
-    bind_page(&state, &ctx, &user, &path.into_inner(), StatusCode::OK, None, None)
+    bind_page(&state, &ctx, &user, &path.into_inner(), StatusCode::OK, None, None).await
 }
 
 /// Confirms the binding (确认绑定) from the form.
@@ -1044,18 +1044,18 @@ async fn bind_post(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let user = match require_user(&state, &req, &ctx) {
+    let user = match require_user(&state, &req, &ctx).await {
         Ok(u) => u,
         Err(r) => return *r,
     };
     let instance = path.into_inner();
     let Some(fields) = form(&state, &req, &body) else {
         let err = Some(ctx.t("err_csrf").to_string());
-        return bind_page(&state, &ctx, &user, &instance, StatusCode::FORBIDDEN, err, None);
+        return bind_page(&state, &ctx, &user, &instance, StatusCode::FORBIDDEN, err, None).await;
     };
     let Some(org) = super::web::param(&fields, "org_id").filter(|o| !o.is_empty()) else {
         let err = Some(error_text(ctx.lang, "select_org"));
-        return bind_page(&state, &ctx, &user, &instance, StatusCode::UNPROCESSABLE_ENTITY, err, None);
+        return bind_page(&state, &ctx, &user, &instance, StatusCode::UNPROCESSABLE_ENTITY, err, None).await;
     };
     let bound = match OrgId::parse(org.to_string()) {
         Ok(o) => state.bind(&user, &instance, &o).await.map_err(ApiError::from),
@@ -1069,7 +1069,7 @@ async fn bind_post(
         Err(e) if e.status.is_server_error() => ctx.api_error(Some(&user), &e),
         Err(e) => {
             let err = Some(error_text(ctx.lang, &e.code));
-            bind_page(&state, &ctx, &user, &instance, e.status, err, Some(org))
+            bind_page(&state, &ctx, &user, &instance, e.status, err, Some(org)).await
         }
     }
 }
@@ -1087,12 +1087,12 @@ async fn bind_post(
     ))]
 async fn processing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
-    let user = match require_user(&state, &req, &ctx) {
+    let user = match require_user(&state, &req, &ctx).await {
         Ok(u) => u,
         Err(r) => return *r,
     };
     let instance = path.into_inner();
-    let sub = match state.visible_subscription(&user, &instance).map_err(ApiError::from) {
+    let sub = match state.visible_subscription(&user, &instance).await.map_err(ApiError::from) {
         Ok(v) => v.sub,
         Err(e) if e.status.is_client_error() => {
             return ctx.message(
@@ -1138,12 +1138,12 @@ async fn processing(state: web::Data<AppState>, req: HttpRequest, path: web::Pat
     ))]
 async fn binding_status(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
-    let user = match require_user(&state, &req, &ctx) {
+    let user = match require_user(&state, &req, &ctx).await {
         Ok(u) => u,
         Err(r) => return *r,
     };
     let instance = path.into_inner();
-    match state.visible_subscription(&user, &instance) {
+    match state.visible_subscription(&user, &instance).await {
         Ok(v) => HttpResponse::Ok().json(marketplace::view(&instance, v.state, &v.sub)),
         Err(e) => actix_web::ResponseError::error_response(&ApiError::from(e)),
     }
@@ -1162,7 +1162,7 @@ async fn binding_status(state: web::Data<AppState>, req: HttpRequest, path: web:
     ))]
 async fn billing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     let ctx = Ctx::new(&state, &req);
-    let user = match require_user(&state, &req, &ctx) {
+    let user = match require_user(&state, &req, &ctx).await {
         Ok(u) => u,
         Err(r) => return *r,
     };
@@ -1170,7 +1170,7 @@ async fn billing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<S
         ctx.message(Some(&user), StatusCode::NOT_FOUND, "not_found_title", "org_not_found", Some(("/", ctx.t("home"))))
     };
     let Ok(org) = OrgId::parse(path.into_inner()) else { return not_found() };
-    let view = match state.billing(&user, &org) {
+    let view = match state.billing(&user, &org).await {
         Ok(v) => v,
         Err(e) if e.kind == Kind::NotFound => return not_found(),
         Err(e) if e.kind == Kind::Forbidden => {
@@ -1184,7 +1184,7 @@ async fn billing(state: web::Data<AppState>, req: HttpRequest, path: web::Path<S
         }
         Err(e) => return ctx.api_error(Some(&user), &e.into()),
     };
-    let role = state.membership(&user, &org).map(|m| m.role).ok();
+    let role = state.membership(&user, &org).await.map(|m| m.role).ok();
     ctx.render(
         Some(&user),
         "billing.html",

@@ -44,7 +44,7 @@ impl FromRequest for CurrentUser {
             let (Some(token), Some(state)) = (token, state) else {
                 return Err(ApiError::unauthorized());
             };
-            match state.accounts.authenticate(&token) {
+            match state.accounts.authenticate(&token).await {
                 Ok(u) => Ok(CurrentUser(u)),
                 Err(crate::app::accounts::Error::Unauthenticated) => Err(ApiError::unauthorized()),
                 Err(e) => Err(e.into()),

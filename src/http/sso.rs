@@ -85,7 +85,10 @@ pub async fn sso(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     };
     let window = TimeDelta::from_std(state.config.sso_window).unwrap_or(TimeDelta::minutes(10));
     let link = SsoLink { instance_id: instance, time_stamp, token };
-    let user = session_token(&req).and_then(|t| state.accounts.authenticate(&t).ok());
+    let user = match session_token(&req) {
+        Some(t) => state.accounts.authenticate(&t).await.ok(),
+        None => None,
+    };
     match state.sso_hand_off(link, window, user.as_ref()).await {
         Ok(HandOff::Enter { target }) => redirect(&target),
         Ok(HandOff::LogIn { nonce, target }) => {

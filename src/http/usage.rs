@@ -111,7 +111,7 @@ async fn org_metering(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let org = OrgId::parse(path.into_inner())?;
-    Ok(HttpResponse::Ok().json(state.org_metering(&org)?))
+    Ok(HttpResponse::Ok().json(state.org_metering(&org).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -164,9 +164,8 @@ async fn pushed_windows(
     };
     let engine = state.app.clone();
     // A month of every subscription's windows is a scan: off the async workers.
-    let windows = web::block(move || engine.pushed_windows(month))
-        .await
-        .map_err(|_| ApiError::from(crate::engine::Error::Overloaded))??;
+    let windows =
+        crate::engine::offload(async move { engine.pushed_windows(month).await }).await.map_err(ApiError::from)??;
     if csv {
         let name = format!("attachment; filename=\"marketflow-pushed-{}.csv\"", month.label());
         return Ok(HttpResponse::Ok()

@@ -281,7 +281,7 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        assert_eq!(store.count_prefix(Table::Meta, b"").unwrap(), 800);
+        assert_eq!(crate::store::contract_tests::block(store.count_prefix(Table::Meta, b"")).unwrap(), 800);
         assert_eq!(c.stats.commits.load(Ordering::Relaxed), 800);
         c.shutdown();
         let mut b = Batch::new();
@@ -311,7 +311,12 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        let n = |k: &[u8]| crate::store::counter_value(store.get(Table::Meta, k).unwrap().as_deref()).unwrap();
+        let n = |k: &[u8]| {
+            crate::store::counter_value(
+                crate::store::contract_tests::block(store.get(Table::Meta, k)).unwrap().as_deref(),
+            )
+            .unwrap()
+        };
         assert_eq!((n(b"n"), n(b"n/0"), n(b"n/1")), (800, 400, -400));
         c.shutdown();
     }
@@ -327,11 +332,18 @@ mod tests {
         big.put(Table::Meta, b"small".to_vec(), b"x".to_vec());
         assert!(matches!(c.commit_blocking(big), Err(CommitError::TooLarge(n)) if n == limit + 1));
         assert!(c.healthy());
-        assert_eq!(store.get(Table::Meta, b"small").unwrap(), None, "nothing of the refused batch was written");
+        assert_eq!(
+            crate::store::contract_tests::block(store.get(Table::Meta, b"small")).unwrap(),
+            None,
+            "nothing of the refused batch was written"
+        );
         let mut ok = Batch::new();
         ok.put(Table::Meta, b"k".to_vec(), vec![b'y'; limit]);
         c.commit_blocking(ok).expect("a value at the limit is taken");
-        assert_eq!(store.get(Table::Meta, b"k").unwrap().map(|v| v.len()), Some(limit));
+        assert_eq!(
+            crate::store::contract_tests::block(store.get(Table::Meta, b"k")).unwrap().map(|v| v.len()),
+            Some(limit)
+        );
         c.shutdown();
     }
 }

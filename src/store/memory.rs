@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
 
-use super::{Batch, Error, Op, Store, Table};
+use super::{Batch, Error, Op, Read, Store, Table};
 
 type Tables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 
@@ -55,9 +55,11 @@ fn all_tables() -> Vec<Table> {
 }
 
 impl Store for MemoryStore {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let g = self.data.read().map_err(|_| Error::Backend("memory store lock poisoned".into()))?;
-        Ok(g.get(&(table, key.to_vec())).cloned())
+    fn get(&self, table: Table, key: &[u8]) -> Read<Result<Option<Vec<u8>>, Error>> {
+        Read::ready(match self.data.read() {
+            Ok(g) => Ok(g.get(&(table, key.to_vec())).cloned()),
+            Err(_) => Err(Error::Backend("memory store lock poisoned".into())),
+        })
     }
 
     fn scan(
@@ -67,11 +69,25 @@ impl Store for MemoryStore {
         end: Bound<Vec<u8>>,
         limit: usize,
         reverse: bool,
-    ) -> Result<super::KvPairs, Error> {
-        let g = self.data.read().map_err(|_| Error::Backend("memory store lock poisoned".into()))?;
+    ) -> Read<Result<super::KvPairs, Error>> {
+        let Ok(g) = self.data.read() else {
+            return Read::ready(Err(Error::Backend("memory store lock poisoned".into())));
+        };
         let range = g.range((bound(table, start, false), bound(table, end, true)));
         let map = |((_, k), v): (&(Table, Vec<u8>), &Vec<u8>)| (k.clone(), v.clone());
-        Ok(if reverse { range.rev().take(limit).map(map).collect() } else { range.take(limit).map(map).collect() })
+        Read::ready(Ok(if reverse {
+            range.rev().take(limit).map(map).collect()
+        } else {
+            range.take(limit).map(map).collect()
+        }))
+    }
+
+    fn count_prefix(&self, table: Table, prefix: &[u8]) -> Read<Result<u64, Error>> {
+        let Ok(g) = self.data.read() else {
+            return Read::ready(Err(Error::Backend("memory store lock poisoned".into())));
+        };
+        let start = (table, prefix.to_vec());
+        Read::ready(Ok(g.range(start..).take_while(|((t, k), _)| *t == table && k.starts_with(prefix)).count() as u64))
     }
 
     /// Counters are read, added to and put under the write lock ([`super::resolve_adds`]): exact, as nobody can

@@ -11,7 +11,9 @@ pub mod keys;
 pub mod memory;
 pub mod sled_store;
 
+use std::future::Future;
 use std::ops::Bound;
+use std::pin::Pin;
 
 pub use committer::Committer;
 pub use memory::MemoryStore;
@@ -215,10 +217,49 @@ pub enum Error {
     Closed,
 }
 
+/// The answer of a read: ready at once (sled and memory answer on the caller's thread, in microseconds) or later
+/// (a database answers over the network). Why not simply a boxed future: a ready answer costs no allocation and no
+/// task switch, so the embedded store keeps its speed, while nothing has to block a thread waiting for a database.
+pub enum Read<T> {
+    /// The answer, taken when polled.
+    Ready(Option<T>),
+    /// An answer still on its way.
+    Later(Pin<Box<dyn Future<Output = T> + Send>>),
+}
+
+impl<T> Read<T> {
+    pub fn ready(value: T) -> Self {
+        Read::Ready(Some(value))
+    }
+
+    pub fn later(f: impl Future<Output = T> + Send + 'static) -> Self {
+        Read::Later(Box::pin(f))
+    }
+}
+
+impl<T: Unpin> Future for Read<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match self.get_mut() {
+            Read::Ready(v) => match v.take() {
+                Some(v) => std::task::Poll::Ready(v),
+                // Polled after it answered: a bug of the caller; it waits forever instead of answering twice.
+                None => std::task::Poll::Pending,
+            },
+            Read::Later(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
 /// An ordered key-value store with atomic, durable batches.
+///
+/// Reads answer with a [`Read`], so a backend on the network never blocks the thread that asks (actors and HTTP
+/// handlers share a few threads). Writes are blocking on purpose: the group committer calls them on its own
+/// thread, the one place where waiting for the disk or the database is the job.
 pub trait Store: Send + Sync + 'static {
     /// Reads one key.
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+    fn get(&self, table: Table, key: &[u8]) -> Read<Result<Option<Vec<u8>>, Error>>;
     /// Reads keys of `table` in `[start, end)` order, at most `limit`, forward or in reverse.
     fn scan(
         &self,
@@ -227,28 +268,20 @@ pub trait Store: Send + Sync + 'static {
         end: Bound<Vec<u8>>,
         limit: usize,
         reverse: bool,
-    ) -> Result<KvPairs, Error>;
+    ) -> Read<Result<KvPairs, Error>>;
+    /// Counts keys of a table with a prefix (for metrics and tests; may be slow: a blocking pool's thread asks).
+    fn count_prefix(&self, table: Table, prefix: &[u8]) -> Read<Result<u64, Error>>;
+    /// Brings a key into the backend's cache ahead of a write of it, on the caller's thread (sled: the committer,
+    /// the one serial stage, then finds the leaf in memory); a backend without such a cache does nothing.
+    fn prefetch(&self, _table: Table, _key: &[u8]) {}
     /// Applies the batches in order as one atomic unit: visible to reads at once, durable only after the next
     /// [`Store::flush`] (all or nothing after a crash either way). A counter's adds ([`Op::Add`]) are part of the
-    /// unit: each lands exactly once, with the batch that holds it.
+    /// unit: each lands exactly once, with the batch that holds it. Blocking: the committer's thread calls it.
     fn write(&self, batches: &[Batch]) -> Result<(), Error>;
-    /// Applies the batches in order as one atomic unit and makes them durable before returning.
+    /// Applies the batches in order as one atomic unit and makes them durable before returning (blocking).
     fn apply(&self, batches: &[Batch]) -> Result<(), Error> {
         self.write(batches)?;
         self.flush()
-    }
-    /// Counts keys of a table with a prefix (for metrics and tests; may be slow).
-    fn count_prefix(&self, table: Table, prefix: &[u8]) -> Result<u64, Error> {
-        let mut n = 0u64;
-        let mut start = Bound::Included(prefix.to_vec());
-        loop {
-            let page = self.scan(table, start.clone(), prefix_end(prefix), 10_000, false)?;
-            n += page.len() as u64;
-            match page.last() {
-                Some((k, _)) if page.len() == 10_000 => start = Bound::Excluded(k.clone()),
-                _ => return Ok(n),
-            }
-        }
     }
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), Error>;
@@ -262,9 +295,34 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Waits for a future on this thread, parking it until the future is woken: for blocking contexts (the committer's
+/// thread, `marketflow export`/`import`, tests). It needs no runtime of its own (a database store drives its reads
+/// on its own threads), so it also works where a runtime is running; never call it on a thread that runs actors or
+/// serves requests, which it would hold up.
+pub fn wait<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 /// Reads every key with `prefix`, at most `limit`.
-pub fn scan_prefix(store: &dyn Store, table: Table, prefix: &[u8], limit: usize) -> Result<KvPairs, Error> {
-    store.scan(table, Bound::Included(prefix.to_vec()), prefix_end(prefix), limit, false)
+pub async fn scan_prefix(store: &dyn Store, table: Table, prefix: &[u8], limit: usize) -> Result<KvPairs, Error> {
+    store.scan(table, Bound::Included(prefix.to_vec()), prefix_end(prefix), limit, false).await
 }
 
 /// The first key after every key that starts with `prefix`.
@@ -284,33 +342,35 @@ pub(crate) mod contract_tests {
     //! The same behaviour asked of every backend.
     use super::*;
 
+    pub use super::wait as block;
+
     pub fn roundtrip(store: &dyn Store) {
         let mut b = Batch::new();
         b.put(Table::Entities, b"a/1".to_vec(), b"one".to_vec());
         b.put(Table::Entities, b"a/2".to_vec(), b"two".to_vec());
         b.put(Table::Journal, b"a/1".to_vec(), b"j".to_vec());
         store.apply(&[b]).unwrap();
-        assert_eq!(store.get(Table::Entities, b"a/1").unwrap().as_deref(), Some(&b"one"[..]));
-        assert_eq!(store.get(Table::Timers, b"a/1").unwrap(), None);
-        let all = scan_prefix(store, Table::Entities, b"a/", 10).unwrap();
+        assert_eq!(block(store.get(Table::Entities, b"a/1")).unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(block(store.get(Table::Timers, b"a/1")).unwrap(), None);
+        let all = block(scan_prefix(store, Table::Entities, b"a/", 10)).unwrap();
         assert_eq!(all.len(), 2);
-        let rev = store.scan(Table::Entities, Bound::Unbounded, Bound::Unbounded, 1, true).unwrap();
+        let rev = block(store.scan(Table::Entities, Bound::Unbounded, Bound::Unbounded, 1, true)).unwrap();
         assert_eq!(rev[0].0, b"a/2".to_vec());
-        assert_eq!(store.count_prefix(Table::Entities, b"a/").unwrap(), 2);
+        assert_eq!(block(store.count_prefix(Table::Entities, b"a/")).unwrap(), 2);
         // Later batches in one apply win over earlier ones.
         let mut d = Batch::new();
         d.delete(Table::Entities, b"a/1".to_vec());
         let mut p = Batch::new();
         p.put(Table::Entities, b"a/2".to_vec(), b"TWO".to_vec());
         store.apply(&[d, p]).unwrap();
-        assert_eq!(store.get(Table::Entities, b"a/1").unwrap(), None);
-        assert_eq!(store.get(Table::Entities, b"a/2").unwrap().as_deref(), Some(&b"TWO"[..]));
+        assert_eq!(block(store.get(Table::Entities, b"a/1")).unwrap(), None);
+        assert_eq!(block(store.get(Table::Entities, b"a/2")).unwrap().as_deref(), Some(&b"TWO"[..]));
         // Tables do not leak into each other.
-        assert_eq!(scan_prefix(store, Table::Journal, b"", 10).unwrap().len(), 1);
+        assert_eq!(block(scan_prefix(store, Table::Journal, b"", 10)).unwrap().len(), 1);
     }
 
     fn counter(store: &dyn Store, key: &[u8]) -> i64 {
-        counter_value(store.get(Table::Meta, key).unwrap().as_deref()).unwrap()
+        counter_value(block(store.get(Table::Meta, key)).unwrap().as_deref()).unwrap()
     }
 
     /// Counters ([`Op::Add`]): absent is 0, adds land with their batch, in order with the group's puts and
@@ -326,8 +386,8 @@ pub(crate) mod contract_tests {
         assert_eq!(counter(store, b"c/a"), 3);
         assert_eq!(counter(store, b"c/b"), -1);
         assert_eq!(counter(store, b"c/none"), 0);
-        assert_eq!(store.get(Table::Meta, b"c/a").unwrap(), Some(3i64.to_be_bytes().to_vec()));
-        assert_eq!(store.get(Table::Entities, b"x").unwrap().as_deref(), Some(&b"x"[..]));
+        assert_eq!(block(store.get(Table::Meta, b"c/a")).unwrap(), Some(3i64.to_be_bytes().to_vec()));
+        assert_eq!(block(store.get(Table::Entities, b"x")).unwrap().as_deref(), Some(&b"x"[..]));
         // Across the batches of one group, starting from the stored value.
         let batches: Vec<Batch> = [5, -2, 10]
             .into_iter()
@@ -360,7 +420,7 @@ pub(crate) mod contract_tests {
         p.delete(Table::Meta, b"c/b".to_vec());
         store.apply(&[a, p]).unwrap();
         assert_eq!(counter(store, b"c/a"), 42);
-        assert_eq!(store.get(Table::Meta, b"c/b").unwrap(), None);
+        assert_eq!(block(store.get(Table::Meta, b"c/b")).unwrap(), None);
         // Adding to a value that is not a counter refuses the whole group before anything is written.
         let mut bad = Batch::new();
         bad.put(Table::Meta, b"c/text".to_vec(), b"text".to_vec());
@@ -372,9 +432,9 @@ pub(crate) mod contract_tests {
         bad.add(Table::Meta, b"c/text".to_vec(), 1);
         assert!(matches!(store.apply(&[ok, bad]), Err(Error::Corrupt { .. })));
         assert_eq!(counter(store, b"c/a"), 42);
-        assert_eq!(store.get(Table::Meta, b"c/side").unwrap(), None);
+        assert_eq!(block(store.get(Table::Meta, b"c/side")).unwrap(), None);
         // Counters are listed by a prefix scan like any other key.
-        let listed = scan_prefix(store, Table::Meta, b"c/", 10).unwrap();
+        let listed = block(scan_prefix(store, Table::Meta, b"c/", 10)).unwrap();
         assert_eq!(listed.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [&b"c/a"[..], b"c/text"]);
     }
 

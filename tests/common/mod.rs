@@ -155,9 +155,10 @@ pub fn ev(id: &str, body: Value) -> Input {
     Input::domain(id, body, Cause::System { detail: "test".into() })
 }
 
+/// The account's state and data, read where it stands (a wait on the store's read, which is quick: tests ask
+/// it inside conditions polled by [`eventually`]).
 pub fn account(engine: &Engine, id: &str) -> Option<(String, Account)> {
-    engine
-        .record(&key(id))
+    marketflow::store::wait(engine.record(&key(id)))
         .expect("readable")
         .map(|r| (r.state, serde_json::from_value(r.data).expect("account decodes")))
 }
@@ -187,7 +188,7 @@ pub mod harness {
 
     use chrono::{DateTime, TimeDelta, Utc};
     use marketflow::engine::*;
-    use marketflow::store::{keys, SledStore, Store, Table};
+    use marketflow::store::{keys, wait, SledStore, Store, Table};
     use serde_json::{json, Value};
 
     use super::{ev, key, Account};
@@ -323,7 +324,7 @@ pub mod harness {
     /// calls, overdue timers. Empty once recovery is complete.
     pub fn unfinished(store: &dyn Store, now: DateTime<Utc>) -> Vec<String> {
         let mut left = Vec::new();
-        let count = |t: Table| store.count_prefix(t, b"").unwrap_or_else(|e| die(&format!("reading {t:?}: {e}")));
+        let count = |t: Table| wait(store.count_prefix(t, b"")).unwrap_or_else(|e| die(&format!("reading {t:?}: {e}")));
         let outbox = count(Table::Outbox);
         if outbox > 0 {
             left.push(format!("{outbox} undelivered messages"));
@@ -333,8 +334,7 @@ pub mod harness {
             left.push(format!("{calls} unfinished calls"));
         }
         let horizon = keys::time_key(now + TimeDelta::milliseconds(1)).to_be_bytes().to_vec();
-        let due = store
-            .scan(Table::Timers, Bound::Unbounded, Bound::Excluded(horizon), usize::MAX, false)
+        let due = wait(store.scan(Table::Timers, Bound::Unbounded, Bound::Excluded(horizon), usize::MAX, false))
             .unwrap_or_else(|e| die(&format!("reading timers: {e}")));
         if !due.is_empty() {
             left.push(format!("{} overdue timers", due.len()));
@@ -578,8 +578,7 @@ pub mod harness {
     impl Snapshot {
         pub fn load(store: &dyn Store) -> Self {
             let all = |t: Table| {
-                store
-                    .scan(t, Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
+                wait(store.scan(t, Bound::Unbounded, Bound::Unbounded, usize::MAX, false))
                     .unwrap_or_else(|e| panic!("scanning {t:?}: {e}"))
             };
             let mut s = Snapshot::default();
@@ -606,7 +605,7 @@ pub mod harness {
                 s.records.insert(r.id.clone(), r);
             }
             // Entities by state, as the store counts them with the commits, are the states of the records.
-            match marketflow::engine::by_state::read(store) {
+            match wait(marketflow::engine::by_state::read(store)) {
                 Ok(mut counted) => {
                     counted.retain(|_, n| *n != 0);
                     if counted != by_state {
