@@ -106,8 +106,8 @@ impl From<crate::engine::Error> for AppError {
     fn from(e: crate::engine::Error) -> Self {
         use crate::engine::Error as E;
         let kind = match &e {
-            E::Overloaded | E::Stopped | E::Storage(_) => Kind::Unavailable,
-            E::Paused => Kind::Conflict,
+            E::Overloaded | E::Stopped | E::Storage(_) | E::NotOwner(_) => Kind::Unavailable,
+            E::Paused | E::Conflict => Kind::Conflict,
             E::UnknownKind(_) | E::NotFound => Kind::NotFound,
             E::InvalidInput(_) => Kind::Refused,
             E::DefinitionMismatch(_) | E::Panicked(_) | E::Internal(_) => Kind::Internal,

@@ -59,6 +59,13 @@ pub enum Error {
     NotFound,
     #[error("internal: {0}")]
     Internal(String),
+    /// The entity's shard is another node's (its lease moved while the input was decided, or no node holds it
+    /// yet): nothing was changed; try again shortly (another node, or this one once it holds the lease).
+    #[error("{0}")]
+    NotOwner(String),
+    /// A record this input creates exists already (a unique key taken); nothing was changed.
+    #[error("a record this request creates exists already")]
+    Conflict,
 }
 
 impl Error {
@@ -75,12 +82,14 @@ impl Error {
             Error::Panicked(_) => "internal_error",
             Error::NotFound => "not_found",
             Error::Internal(_) => "internal_error",
+            Error::NotOwner(_) => "not_owner",
+            Error::Conflict => "conflict",
         }
     }
 
     /// Whether the same input may succeed later without any change.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Overloaded | Error::Paused | Error::Storage(_))
+        matches!(self, Error::Overloaded | Error::Paused | Error::Storage(_) | Error::NotOwner(_))
     }
 }
 
@@ -92,6 +101,8 @@ impl From<CommitError> for Error {
             CommitError::Failed(e) => Error::Storage(e.to_string()),
             // A bug of the workflow (its record or a row grew too large), not of the store: not transient.
             CommitError::TooLarge(_) => Error::Internal(e.to_string()),
+            CommitError::NotOwner(_) => Error::NotOwner(e.to_string()),
+            CommitError::Conflict => Error::Conflict,
         }
     }
 }

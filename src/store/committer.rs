@@ -32,6 +32,12 @@ pub enum CommitError {
     /// stays healthy for everyone else.
     #[error("a value of {0} bytes is larger than the store takes")]
     TooLarge(usize),
+    /// The batch's shard lease moved to another node ([`super::Error::Fenced`]); nothing of it was written.
+    #[error("shard {0} is no longer this node's")]
+    NotOwner(super::shard::Shard),
+    /// A key the batch must create exists already ([`super::Batch::new_keys`]); nothing of it was written.
+    #[error("a key this commit creates exists already")]
+    Conflict,
 }
 
 struct Request {
@@ -55,8 +61,11 @@ fn refused_after_failure() -> CommitError {
     CommitError::Failed(Arc::new(Error::Backend("an earlier write failed; nothing is written until a restart".into())))
 }
 
+/// What the engine does when the store refuses commits of shards whose leases moved on.
+pub type OnFenced = Box<dyn Fn(&[super::shard::Shard]) + Send + Sync>;
+
 /// Counters read by `/metrics` and the benchmarks.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CommitStats {
     /// Batches made durable.
     pub commits: AtomicU64,
@@ -72,6 +81,23 @@ pub struct CommitStats {
     pub failed: AtomicBool,
     /// Installed once by the engine as it starts (its telemetry); sees every durable group.
     pub observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    /// Told, on the committer thread, of shards whose leases the store found moved on (installed by the engine,
+    /// which drops them at once: their entities are another node's now).
+    pub on_fenced: std::sync::OnceLock<OnFenced>,
+    /// Groups a store that does not fail-stop refused with an error (the database unreachable); each one's
+    /// callers were told `storage_unavailable` and nothing of it was written.
+    pub failed_groups: AtomicU64,
+}
+
+impl std::fmt::Debug for CommitStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitStats")
+            .field("commits", &self.commits)
+            .field("groups", &self.groups)
+            .field("failed", &self.failed)
+            .field("failed_groups", &self.failed_groups)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The handle to the committer thread. Cheap to clone.
@@ -206,7 +232,7 @@ fn run(store: Arc<dyn Store>, rx: Receiver<Request>, config: CommitConfig, stats
             continue;
         }
         let mut batches = Vec::with_capacity(group.len());
-        let replies: Vec<_> = group
+        let mut replies: Vec<_> = group
             .drain(..)
             .map(|r| {
                 batches.push(r.batch);
@@ -217,8 +243,48 @@ fn run(store: Arc<dyn Store>, rx: Receiver<Request>, config: CommitConfig, stats
             answer(replies, &Err(refused_after_failure()));
             continue;
         }
-        if let Err(e) = store.write(&batches) {
-            fail(&stats, &e, "group commit failed");
+        // A store shared with other nodes may refuse some batches (a lease moved on, a key taken): it writes
+        // nothing then, and the group is written again without them.
+        let written = loop {
+            match store.write(&batches) {
+                Err(Error::Fenced { shards }) => {
+                    tracing::warn!(?shards, "commits refused: these shards' leases moved to another node");
+                    stats.on_fenced.get().inspect(|f| f(&shards));
+                    let mut i = 0;
+                    while i < batches.len() {
+                        match batches[i].fence {
+                            Some(f) if shards.contains(&f.shard) => {
+                                batches.remove(i);
+                                let _ = replies.remove(i).send(Err(CommitError::NotOwner(f.shard)));
+                            }
+                            _ => i += 1,
+                        }
+                    }
+                }
+                Err(Error::Conflict { batches: refused }) => {
+                    for i in refused.into_iter().rev() {
+                        if i < batches.len() {
+                            batches.remove(i);
+                            let _ = replies.remove(i).send(Err(CommitError::Conflict));
+                        }
+                    }
+                }
+                other => break other,
+            }
+            if batches.is_empty() {
+                break Ok(());
+            }
+        };
+        if batches.is_empty() {
+            continue;
+        }
+        if let Err(e) = written {
+            if store.fail_stop() {
+                fail(&stats, &e, "group commit failed");
+            } else {
+                stats.failed_groups.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, batches = batches.len(), "group commit failed; nothing of it was written");
+            }
             answer(replies, &Err(CommitError::Failed(Arc::new(e))));
             continue;
         }
@@ -318,6 +384,40 @@ mod tests {
             .unwrap()
         };
         assert_eq!((n(b"n"), n(b"n/0"), n(b"n/1")), (800, 400, -400));
+        c.shutdown();
+    }
+
+    #[test]
+    fn a_batch_whose_new_key_is_taken_is_refused_alone_and_its_group_lands() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let c = Committer::start(store.clone(), CommitConfig::default());
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            // Every thread claims the same 50 names, each with a row of its own beside it.
+                            let mut b = Batch::new();
+                            b.put_new(Table::Records, format!("name/{i}").into_bytes(), format!("{t}").into_bytes());
+                            b.put(Table::Records, format!("row/{t}/{i}").into_bytes(), b"x".to_vec());
+                            let mut plain = Batch::new();
+                            plain.put(Table::Meta, format!("plain/{t}/{i}").into_bytes(), b"x".to_vec());
+                            let plain = c.commit_blocking(plain);
+                            (c.commit_blocking(b), plain)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        assert!(results.iter().all(|(_, plain)| plain.is_ok()), "batches without new keys always land");
+        let won = results.iter().filter(|(r, _)| r.is_ok()).count();
+        let lost = results.iter().filter(|(r, _)| matches!(r, Err(CommitError::Conflict))).count();
+        assert_eq!((won, lost), (50, 350), "one claim of each name wins");
+        let rows = crate::store::contract_tests::block(store.count_prefix(Table::Records, b"row/")).unwrap();
+        assert_eq!(rows, 50, "a refused claim wrote nothing");
+        assert!(c.healthy());
         c.shutdown();
     }
 

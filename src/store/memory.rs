@@ -94,6 +94,10 @@ impl Store for MemoryStore {
     /// write between the read and the put.
     fn write(&self, batches: &[Batch]) -> Result<(), Error> {
         let mut g = self.data.write().map_err(|_| Error::Backend("memory store lock poisoned".into()))?;
+        let refused = super::conflicts(batches, |table, key| Ok(g.contains_key(&(table, key.to_vec()))))?;
+        if !refused.is_empty() {
+            return Err(Error::Conflict { batches: refused });
+        }
         let counters = super::resolve_adds(batches, |table, key| Ok(g.get(&(table, key.to_vec())).cloned()))?;
         for op in batches.iter().chain([&counters]).flat_map(|b| b.ops.iter()) {
             match op {
@@ -121,5 +125,6 @@ mod tests {
     fn memory_store_keeps_the_store_contract() {
         super::super::contract_tests::roundtrip(&super::MemoryStore::new());
         super::super::contract_tests::counters(&super::MemoryStore::new());
+        super::super::contract_tests::new_keys(&super::MemoryStore::new());
     }
 }

@@ -9,6 +9,8 @@
 pub mod committer;
 pub mod keys;
 pub mod memory;
+pub mod postgres;
+pub mod shard;
 pub mod sled_store;
 
 use std::future::Future;
@@ -68,6 +70,13 @@ pub enum Op {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     pub ops: Vec<Op>,
+    /// The lease this commit was decided under (an entity's commit); a store shared by several nodes refuses the
+    /// batch once the lease moved on ([`Error::Fenced`]). `None` for writes that belong to no entity.
+    pub fence: Option<shard::Fence>,
+    /// Keys this batch puts that must not exist before it (a unique e-mail, a single-use link): if one does, the
+    /// batch is refused whole ([`Error::Conflict`]) and nothing of it is written. Why in the store: an in-process
+    /// lock protects nothing once several nodes write one database; the database's unique key does.
+    pub new_keys: Vec<(Table, Vec<u8>)>,
 }
 
 impl Batch {
@@ -80,6 +89,12 @@ impl Batch {
     pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>) {
         self.ops.push(Op::Delete { table, key: key.into() });
     }
+    /// Puts a key that must not exist yet (see [`Batch::new_keys`]).
+    pub fn put_new(&mut self, table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        let key = key.into();
+        self.new_keys.push((table, key.clone()));
+        self.put(table, key, value);
+    }
     /// Adds `delta` to the counter at `key` (see [`Op::Add`]).
     pub fn add(&mut self, table: Table, key: impl Into<Vec<u8>>, delta: i64) {
         self.ops.push(Op::Add { table, key: key.into(), delta });
@@ -90,8 +105,11 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.ops.len()
     }
+    /// Appends `other`'s writes and conditions (its fence must be this batch's or none).
     pub fn extend(&mut self, other: Batch) {
         self.ops.extend(other.ops);
+        self.new_keys.extend(other.new_keys);
+        self.fence = self.fence.or(other.fence);
     }
     /// The length of the largest value put (0 for none; a counter's value is [`COUNTER_BYTES`]).
     pub fn largest_value(&self) -> usize {
@@ -204,6 +222,45 @@ pub fn resolve_adds(
     Ok(out)
 }
 
+/// The batches of a group that must be refused because a key of their [`Batch::new_keys`] exists already (in the
+/// store, or put by an earlier batch of the same group), in group order: for single-writer stores, which check
+/// before writing. `exists` reads the store.
+pub fn conflicts(
+    batches: &[Batch],
+    mut exists: impl FnMut(Table, &[u8]) -> Result<bool, Error>,
+) -> Result<Vec<usize>, Error> {
+    use std::collections::HashMap;
+    if batches.iter().all(|b| b.new_keys.is_empty()) {
+        return Ok(vec![]);
+    }
+    // What the group's earlier batches (those not refused) left at a key: present or absent.
+    let mut overlay: HashMap<(Table, &[u8]), bool> = HashMap::new();
+    let mut refused = Vec::new();
+    for (i, b) in batches.iter().enumerate() {
+        let mut taken = false;
+        for (table, key) in &b.new_keys {
+            let present = match overlay.get(&(*table, key.as_slice())) {
+                Some(p) => *p,
+                None => exists(*table, key)?,
+            };
+            taken |= present;
+        }
+        if taken {
+            refused.push(i);
+            continue;
+        }
+        for op in &b.ops {
+            match op {
+                Op::Put { table, key, .. } | Op::Add { table, key, .. } => {
+                    overlay.insert((*table, key.as_slice()), true)
+                }
+                Op::Delete { table, key } => overlay.insert((*table, key.as_slice()), false),
+            };
+        }
+    }
+    Ok(refused)
+}
+
 /// Errors of the storage layer. The cause chain goes to logs; clients see `storage_unavailable`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -215,6 +272,18 @@ pub enum Error {
     Corrupt { what: String, detail: String },
     #[error("the store is closed")]
     Closed,
+    /// Nothing of the group was written: these shards' leases moved on, so the batches fenced on them must be
+    /// refused (their entities now belong to another node); the group's other batches may be written again.
+    #[error("the leases of shards {shards:?} moved to another node")]
+    Fenced { shards: Vec<shard::Shard> },
+    /// Nothing of the group was written: these batches (indexes in the group) put a key of their `new_keys` that
+    /// exists; the others may be written again.
+    #[error("batches {batches:?} put keys that exist already")]
+    Conflict { batches: Vec<usize> },
+    /// The database cannot be reached or refused the transaction; nothing was written. Transient: the next group
+    /// may succeed (unlike a failed fsync, which leaves sled's memory and disk apart).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The answer of a read: ready at once (sled and memory answer on the caller's thread, in microseconds) or later
@@ -269,6 +338,28 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         reverse: bool,
     ) -> Read<Result<KvPairs, Error>>;
+    /// Reads keys of `table` in `[start, end)` order whose rows belong to one of `shards` ([`shard::of_row`]), at
+    /// most `limit`: the timers, outbox and calls of the shards a node holds. This default filters a plain scan,
+    /// for the stores of one node, which hold every shard and call [`Store::scan`] instead.
+    fn scan_shards(
+        &self,
+        table: Table,
+        shards: &[shard::Shard],
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Read<Result<KvPairs, Error>> {
+        let wanted: std::collections::HashSet<shard::Shard> = shards.iter().copied().collect();
+        let read = self.scan(table, start, end, usize::MAX, false);
+        Read::later(async move {
+            let rows = read.await?;
+            Ok(rows
+                .into_iter()
+                .filter(|(k, _)| shard::of_row(table, k).is_some_and(|s| wanted.contains(&s)))
+                .take(limit)
+                .collect())
+        })
+    }
     /// Counts keys of a table with a prefix (for metrics and tests; may be slow: a blocking pool's thread asks).
     fn count_prefix(&self, table: Table, prefix: &[u8]) -> Read<Result<u64, Error>>;
     /// Brings a key into the backend's cache ahead of a write of it, on the caller's thread (sled: the committer,
@@ -292,6 +383,11 @@ pub trait Store: Send + Sync + 'static {
     /// Flushes and releases the backend (its files and locks); every later call fails with [`Error::Closed`].
     fn close(&self) -> Result<(), Error> {
         self.flush()
+    }
+    /// Whether a failed write must stop every later one (sled: its memory may hold writes the disk does not, the
+    /// fsync-gate problem) or only fails its own group (a database rolls the transaction back whole).
+    fn fail_stop(&self) -> bool {
+        true
     }
 }
 
@@ -436,6 +532,36 @@ pub(crate) mod contract_tests {
         // Counters are listed by a prefix scan like any other key.
         let listed = block(scan_prefix(store, Table::Meta, b"c/", 10)).unwrap();
         assert_eq!(listed.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [&b"c/a"[..], b"c/text"]);
+    }
+
+    /// Keys that must be new ([`Batch::new_keys`]): a batch that puts an existing one, or one an earlier batch of
+    /// the group put, is refused whole with its index, and nothing of the group is written.
+    pub fn new_keys(store: &dyn Store) {
+        let mut first = Batch::new();
+        first.put_new(Table::Records, b"email/a".to_vec(), b"u1".to_vec());
+        first.put(Table::Records, b"user/u1".to_vec(), b"{}".to_vec());
+        store.apply(&[first]).unwrap();
+        let mut again = Batch::new();
+        again.put_new(Table::Records, b"email/a".to_vec(), b"u2".to_vec());
+        again.put(Table::Records, b"user/u2".to_vec(), b"{}".to_vec());
+        let mut other = Batch::new();
+        other.put_new(Table::Records, b"email/b".to_vec(), b"u3".to_vec());
+        let mut twice = Batch::new();
+        twice.put_new(Table::Records, b"email/b".to_vec(), b"u4".to_vec());
+        match store.apply(&[again.clone(), other.clone(), twice]) {
+            Err(Error::Conflict { batches }) => assert_eq!(batches, [0, 2]),
+            r => panic!("expected a conflict, got {r:?}"),
+        }
+        assert_eq!(block(store.get(Table::Records, b"user/u2")).unwrap(), None, "nothing of the group");
+        assert_eq!(block(store.get(Table::Records, b"email/b")).unwrap(), None);
+        store.apply(&[other]).unwrap();
+        assert_eq!(block(store.get(Table::Records, b"email/a")).unwrap().as_deref(), Some(&b"u1"[..]));
+        assert_eq!(block(store.get(Table::Records, b"email/b")).unwrap().as_deref(), Some(&b"u3"[..]));
+        // Deleted earlier in the group: new again.
+        let mut del = Batch::new();
+        del.delete(Table::Records, b"email/a".to_vec());
+        store.apply(&[del, again]).unwrap();
+        assert_eq!(block(store.get(Table::Records, b"email/a")).unwrap().as_deref(), Some(&b"u2"[..]));
     }
 
     #[test]

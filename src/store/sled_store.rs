@@ -446,6 +446,12 @@ impl Store for SledStore {
         }
         let mut written = self.redo.writing.lock().map_err(|_| Error::Backend("redo lock poisoned".into()))?;
         self.with_open(|Open { tree, redo, .. }| {
+            // Exact under the writers' lock: the committer is the one writer.
+            let refused =
+                super::conflicts(batches, |table, key| tree.contains_key(full_key(table, key)).map_err(backend))?;
+            if !refused.is_empty() {
+                return Err(Error::Conflict { batches: refused });
+            }
             let counters = super::resolve_adds(batches, |table, key| {
                 Ok(tree.get(full_key(table, key)).map_err(backend)?.map(|v| v.to_vec()))
             })?;
@@ -499,6 +505,7 @@ mod tests {
         let s = SledStore::open(dir.path()).unwrap();
         super::super::contract_tests::roundtrip(&s);
         super::super::contract_tests::counters(&s);
+        super::super::contract_tests::new_keys(&s);
     }
 
     #[test]
