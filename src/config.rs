@@ -197,6 +197,20 @@ pub struct Config {
     pub smtp_url: Option<Secret>,
     /// The sender of the service's mail (`MARKETFLOW_MAIL_FROM`).
     pub mail_from: String,
+    /// PostgreSQL (`MARKETFLOW_DATABASE_URL`): set, the store is PostgreSQL shared with other nodes; unset, sled.
+    /// A secret: the URL may carry a password.
+    pub database_url: Option<Secret>,
+    /// This node's unique name among the nodes of a database (`MARKETFLOW_NODE_ID`).
+    pub node_id: String,
+    /// The base URL other nodes reach this node at (`MARKETFLOW_NODE_URL`).
+    pub node_url: String,
+    /// The HMAC key of requests between nodes (`MARKETFLOW_CLUSTER_SECRET`); required with a database.
+    pub cluster_secret: Option<Secret>,
+    /// The shard lease (`MARKETFLOW_LEASE`), renewed at a fifth of it.
+    pub lease: Duration,
+    /// Test-only: commits are not fenced (`MARKETFLOW_UNSAFE_NO_FENCING`), to show that fencing is what keeps
+    /// journals whole when a paused node wakes up. Never set it in production.
+    pub unsafe_no_fencing: bool,
 }
 
 impl Default for Config {
@@ -232,6 +246,12 @@ impl Default for Config {
             dev_made_up: vec![],
             smtp_url: None,
             mail_from: "marketflow <no-reply@localhost>".into(),
+            database_url: None,
+            node_id: String::new(),
+            node_url: String::new(),
+            cluster_secret: None,
+            lease: Duration::from_secs(10),
+            unsafe_no_fencing: false,
         }
     }
 }
@@ -355,6 +375,24 @@ pub struct ServeArgs {
     /// The sender of the service's mail, e.g. `marketflow <no-reply@example.com>`.
     #[arg(long, env = "MARKETFLOW_MAIL_FROM")]
     pub mail_from: Option<String>,
+    /// PostgreSQL connection string: the store is PostgreSQL, shared with any number of nodes (unset: sled).
+    #[arg(long, env = "MARKETFLOW_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    /// This node's unique name (default: host name and listen port).
+    #[arg(long, env = "MARKETFLOW_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The base URL other nodes reach this node at (default: http:// and the listen address).
+    #[arg(long, env = "MARKETFLOW_NODE_URL")]
+    pub node_url: Option<String>,
+    /// The HMAC key of requests between nodes (at least 16 characters; `old,new` during a rotation).
+    #[arg(long, env = "MARKETFLOW_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<Secret>,
+    /// The shard lease (e.g. 10s), renewed at a fifth of it.
+    #[arg(long, env = "MARKETFLOW_LEASE")]
+    pub lease: Option<String>,
+    /// Test-only: do not fence commits (shows what fencing prevents). Never in production.
+    #[arg(long, env = "MARKETFLOW_UNSAFE_NO_FENCING", hide = true)]
+    pub unsafe_no_fencing: bool,
 }
 
 /// Configuration that cannot be used, in words an operator can act on.
@@ -450,6 +488,18 @@ impl Config {
         if let Some(v) = &args.body_timeout {
             c.body_timeout = duration("MARKETFLOW_BODY_TIMEOUT", v)?;
         }
+        c.database_url = secret(&args.database_url).or(c.database_url);
+        c.cluster_secret = secret(&args.cluster_secret).or(c.cluster_secret);
+        if let Some(v) = &args.lease {
+            c.lease = duration("MARKETFLOW_LEASE", v)?;
+        }
+        if let Some(v) = &args.node_id {
+            c.node_id = v.clone();
+        }
+        if let Some(v) = &args.node_url {
+            c.node_url = v.clone();
+        }
+        c.unsafe_no_fencing = args.unsafe_no_fencing;
         c.dev = args.dev;
         c.dev_allow_remote = args.dev_allow_remote;
         c.dev_simulator = args.dev && args.aliyun_endpoint.is_none() && !c.endpoint_from_file;
@@ -592,6 +642,68 @@ impl Config {
         }
     }
 
+    /// The node's name and URL, and what a database needs: a cluster secret, a lease of a sane length, a URL other
+    /// nodes can reach.
+    fn resolve_cluster(&mut self, refused: &mut Vec<String>) -> Result<(), Error> {
+        let wildcard = self.listen.starts_with("0.0.0.0:") || self.listen.starts_with("[::]:");
+        if self.node_url.is_empty() {
+            if wildcard && self.database_url.is_some() {
+                return Err(Error::Refused(format!(
+                    "MARKETFLOW_NODE_URL: listening on {} (every address), other nodes cannot know where to reach \
+                     this one; give MARKETFLOW_NODE_URL",
+                    self.listen
+                )));
+            }
+            self.node_url = format!("http://{}", self.listen);
+        }
+        if self.node_id.is_empty() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "marketflow".into());
+            let port = self.listen.rsplit(':').next().unwrap_or("0");
+            self.node_id = format!("{host}-{port}");
+        }
+        if !is_token_name(&self.node_id) {
+            return Err(Error::Invalid {
+                name: "MARKETFLOW_NODE_ID",
+                message: format!("must be 1 to {OPERATOR_NAME_MAX} of A-Z a-z 0-9 . _ -"),
+            });
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.lease) {
+            return Err(Error::Invalid { name: "MARKETFLOW_LEASE", message: "must be between 1s and 10m".into() });
+        }
+        if self.database_url.is_some() {
+            match &self.cluster_secret {
+                None if self.dev => {
+                    self.cluster_secret = Some(Secret::new("dev-cluster-secret"));
+                    self.dev_made_up.push(("MARKETFLOW_CLUSTER_SECRET", Secret::new("dev-cluster-secret")));
+                }
+                None => {
+                    return Err(Error::Missing(
+                        "MARKETFLOW_CLUSTER_SECRET (required with MARKETFLOW_DATABASE_URL)".into(),
+                    ))
+                }
+                Some(s) if !self.dev => {
+                    if s.values().next().is_none() {
+                        refused.push("MARKETFLOW_CLUSTER_SECRET is empty".into());
+                    }
+                    for v in s.values() {
+                        if v == "dev-cluster-secret" {
+                            refused.push("MARKETFLOW_CLUSTER_SECRET is a development value (only for --dev)".into());
+                        } else if v.chars().count() < MIN_SECRET_LEN {
+                            refused
+                                .push(format!("MARKETFLOW_CLUSTER_SECRET is shorter than {MIN_SECRET_LEN} characters"));
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&mut self) -> Result<(), Error> {
         if !(self.time_scale.is_finite() && self.time_scale > 0.0 && self.time_scale <= 1_000_000.0) {
             return Err(Error::Invalid {
@@ -607,6 +719,7 @@ impl Config {
         }
         // Named tokens' shape, in --dev too: a name is what the audit trail will say.
         let mut refused = self.named_token_problems();
+        self.resolve_cluster(&mut refused)?;
         if self.dev {
             if !refused.is_empty() {
                 return Err(Error::Refused(refused.join("; ")));
@@ -633,7 +746,7 @@ impl Config {
                 self.access_key_id = Some("dev-access-key-id".into());
                 made_up.push(("MARKETFLOW_ALIYUN_ACCESS_KEY_ID", Secret::new("dev-access-key-id")));
             }
-            self.dev_made_up = made_up;
+            self.dev_made_up.extend(made_up);
             return Ok(());
         }
         let mut missing = Vec::new();

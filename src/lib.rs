@@ -57,6 +57,7 @@ pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"th
 pub mod aliyun;
 pub mod app;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod demo;

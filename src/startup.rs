@@ -14,13 +14,40 @@ use crate::config::Config;
 use crate::domain::pricing::Catalog;
 use crate::engine::{Engine, EngineConfig, Registry};
 use crate::http::{self, AppState};
+use crate::store::postgres::PostgresStore;
 use crate::store::{SledStore, Store};
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open the store in {dir}: {source}")]
     Store { dir: String, source: crate::store::Error },
+    #[error("cannot use the PostgreSQL database: {0}")]
+    Database(crate::store::Error),
     #[error(transparent)]
     Workflows(#[from] crate::engine::registry::Error),
     #[error(transparent)]
@@ -60,6 +87,8 @@ pub struct Application {
     port: u16,
     server: Server,
     engine: Engine,
+    /// This node's part in a cluster (PostgreSQL); `None` on sled.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The local marketplace of `serve --dev`, stopped with the service.
     simulator: Option<RunningSimulator>,
 }
@@ -103,13 +132,34 @@ impl Application {
     /// As [`Application::build`], with parts supplied by the caller (tests).
     pub async fn build_with(mut config: Config, overrides: Overrides) -> Result<Self, Error> {
         let Overrides { clock, listener } = overrides;
-        let store: Arc<dyn Store> = Arc::new(
-            SledStore::open_with_cache(&config.data_dir, config.sled_cache_mb)
-                .map_err(|source| Error::Store { dir: config.data_dir.display().to_string(), source })?,
-        );
+        let (store, database): (Arc<dyn Store>, Option<Arc<PostgresStore>>) = match &config.database_url {
+            Some(url) => {
+                let mut options =
+                    crate::store::postgres::Options::new(url.expose(), config.node_id.clone(), config.lease);
+                options.fencing = !config.unsafe_no_fencing;
+                if config.unsafe_no_fencing {
+                    tracing::error!("MARKETFLOW_UNSAFE_NO_FENCING: commits are not fenced; a test-only setting");
+                }
+                // Connecting and migrating block: off the actix thread.
+                let pg = tokio::task::spawn_blocking(move || PostgresStore::connect(options))
+                    .await
+                    .map_err(|e| Error::Database(crate::store::Error::Backend(e.to_string())))?
+                    .map_err(Error::Database)?;
+                (pg.clone(), Some(pg))
+            }
+            None => (
+                Arc::new(
+                    SledStore::open_with_cache(&config.data_dir, config.sled_cache_mb)
+                        .map_err(|source| Error::Store { dir: config.data_dir.display().to_string(), source })?,
+                ),
+                None,
+            ),
+        };
         let clock = match clock {
             Some(c) => c,
-            None => crate::engine::anchor::service_clock(&store, config.time_scale).await.map_err(Error::Clock)?,
+            None => crate::engine::anchor::service_clock(&store, config.time_scale, database.is_some())
+                .await
+                .map_err(Error::Clock)?,
         };
         let simulator =
             if config.dev_simulator { Some(start_dev_simulator(&mut config, clock.clone()).await?) } else { None };
@@ -120,7 +170,24 @@ impl Application {
             None => Catalog::builtin().map_err(|e| Error::Catalog(e.to_string()))?,
         });
         let registry = registry(&config, store.clone(), catalog.clone())?;
-        let engine = Engine::start(store, clock, registry, EngineConfig::default()).await?;
+        let engine_config =
+            EngineConfig { cluster_lease: database.as_ref().map(|_| config.lease), ..Default::default() };
+        let engine = Engine::start(store, clock, registry, engine_config).await?;
+        let cluster = match database {
+            Some(pg) => {
+                let cc = crate::cluster::ClusterConfig {
+                    node: config.node_id.clone(),
+                    url: config.node_url.clone(),
+                    lease: config.lease,
+                    secret: config.cluster_secret.clone().ok_or_else(|| {
+                        Error::Config(crate::config::Error::Missing("MARKETFLOW_CLUSTER_SECRET".into()))
+                    })?,
+                    forward_timeout: std::time::Duration::from_secs(10),
+                };
+                Some(crate::cluster::Cluster::start(engine.clone(), pg, cc).await.map_err(Error::Database)?)
+            }
+            None => None,
+        };
         let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(&config.listen)
@@ -146,6 +213,7 @@ impl Application {
             config,
             limiter,
             swept,
+            cluster: cluster.clone(),
         });
         let connections = crate::ratelimit::Connections::new(
             state.config.rate_limits.connections,
@@ -158,6 +226,8 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(http::limits::limit))
                 .wrap(actix_web::middleware::from_fn(http::metrics::count))
                 .wrap(actix_web::middleware::from_fn(http::web::headers::security_headers))
+                // Inside the access log, so that the log line carries the id it answered.
+                .wrap(actix_web::middleware::from_fn(http::trace::request_id))
                 .wrap(tracing_actix())
                 .configure(http::configure)
         })
@@ -169,10 +239,21 @@ impl Application {
         })
         .workers(2)
         .shutdown_timeout(10)
+        // Signals are ours: a node of a cluster hands its shards over before the server stops.
+        .disable_signals()
         .listen(listener)
         .map_err(|source| Error::Listen { addr: "listener".into(), source })?
         .run();
-        Ok(Self { port, server, engine, simulator })
+        let (handle, c) = (server.handle(), cluster.clone());
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping: SIGTERM or SIGINT");
+            if let Some(c) = c {
+                c.shutdown().await;
+            }
+            handle.stop(true).await;
+        });
+        Ok(Self { port, server, engine, cluster, simulator })
     }
 
     pub fn port(&self) -> u16 {
@@ -190,15 +271,32 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT (or a stop through the handle), then drains: in-flight requests finish,
     /// queued commits are made durable, the store is flushed.
+    ///
+    /// Ends with an error after a storage failure (a write or an fsync that failed, a database that refused a
+    /// commit), so that the process exits non-zero and a supervisor restarts it from what is durable.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let r = self.server.await;
+        if let Some(c) = &self.cluster {
+            c.shutdown().await;
+        }
         tracing::info!("HTTP server stopped; draining the engine");
         self.engine.shutdown();
         if let Some(sim) = self.simulator {
             let _ = sim.stop().await;
         }
         tracing::info!("marketflow stopped");
-        r
+        r?;
+        if self.engine.storage_failed() {
+            return Err(std::io::Error::other(
+                "stopped after a storage failure (see the log): restart to carry on from what is durable",
+            ));
+        }
+        Ok(())
+    }
+
+    /// This node's part in a cluster, if it runs on PostgreSQL.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 }
 
@@ -223,7 +321,7 @@ async fn start_dev_simulator(config: &mut Config, clock: Arc<dyn Clock>) -> Resu
 
 fn tracing_actix() -> actix_web::middleware::Logger {
     // Method and path only: query strings carry SPI tokens and 免登 signatures, which must not reach the logs.
-    actix_web::middleware::Logger::new("%s %{request}xi %Dms")
+    actix_web::middleware::Logger::new("%s %{request}xi %Dms %{x-request-id}o")
         .exclude("/healthz")
         .exclude("/readyz")
         .custom_request_replace("request", |req| format!("{} {}", req.method(), req.path()))

@@ -130,6 +130,14 @@ fn expectations(access: Access, names_an_object: bool) -> Vec<(Who, Refusal)> {
             (Who::Service, Refusal::ConsoleLogin),
             (Who::Alice, Refusal::ConsoleLogin),
         ],
+        // Between nodes: only a request signed with the cluster secret; every role's credential is refused.
+        Access::Node => vec![
+            (Who::Nobody, Refusal::Unauthorized),
+            (Who::Operator, Refusal::Unauthorized),
+            (Who::Service, Refusal::Unauthorized),
+            (Who::Alice, Refusal::Unauthorized),
+            (Who::Console, Refusal::Unauthorized),
+        ],
     }
 }
 
@@ -141,7 +149,7 @@ fn admitted(access: Access) -> Option<Who> {
         Access::Operator => Some(Who::Operator),
         Access::OperatorPage => Some(Who::Console),
         // A signed call, a signed link, a usage record: shown by their own tests.
-        Access::Spi | Access::Sso | Access::Service => None,
+        Access::Spi | Access::Sso | Access::Service | Access::Node => None,
     }
 }
 
@@ -154,7 +162,8 @@ fn is_page(access: Access) -> bool {
         | Access::User
         | Access::Member
         | Access::Service
-        | Access::Operator => false,
+        | Access::Operator
+        | Access::Node => false,
     }
 }
 

@@ -247,7 +247,7 @@ fn child(role: &str) {
                             call: None,
                         };
                         engine
-                            .retry_call(&c.id, &audit)
+                            .act_on_call(&c.id, CallAction::Retry, &audit, Route::Owner)
                             .await
                             .unwrap_or_else(|e| die(&format!("retrying {}: {e}", c.id)));
                     }

@@ -79,6 +79,7 @@ async fn a_timer_delivered_again_is_stale_by_the_record_and_keeps_no_idempotency
         id: "timer:interest:1".into(),
         event: Event::Timer { name: "interest".into(), set_seq: 1 },
         cause: Cause::Timer { name: "interest".into() },
+        request_id: None,
     };
     let o = engine.send(key("t"), again).await.unwrap();
     assert_eq!((o.status, o.code.as_deref()), (Status::Ignored, Some("stale")));
@@ -204,7 +205,7 @@ async fn external_calls_retry_with_backoff_then_need_an_operator() {
         action: "cancel".into(),
         call: None,
     };
-    engine.cancel_call(&call_id, &audit).await.unwrap();
+    engine.act_on_call(&call_id, CallAction::Cancel, &audit, Route::Owner).await.unwrap();
     eventually("failure delivered", || account(&engine, "m").unwrap().1.notify_failed == 1).await;
     // The audit row came with the commit that delivered the cancellation, naming the call.
     let trail = engine.audit_trail(10).await.unwrap();

@@ -182,9 +182,6 @@ fn sha256_hex(s: &str) -> String {
 pub struct Accounts {
     /// The engine, for its store, committer and clock, and to create organizations.
     engine: Engine,
-    /// Serialises registrations, so that two requests for one e-mail cannot both pass the uniqueness check
-    /// (one node; a shared store would use a conditional insert instead).
-    register_lock: tokio::sync::Mutex<()>,
     /// Log-ins per account (keyed by the e-mail's digest), whatever address they come from.
     attempts: crate::ratelimit::Bucket<[u8; 32]>,
     /// Argon2 runs at most this many at once (one per core): each takes 19 MiB and a core for tens of
@@ -233,7 +230,6 @@ impl Accounts {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Self {
             engine,
-            register_lock: tokio::sync::Mutex::new(()),
             attempts: crate::ratelimit::Bucket::new(logins_per_minute),
             hashing: Arc::new(tokio::sync::Semaphore::new(cores)),
             queue: Arc::new(tokio::sync::Semaphore::new(cores * HASH_QUEUE_PER_CORE)),
@@ -270,7 +266,7 @@ impl Accounts {
     pub async fn register(&self, email: Email, password: Password, name: Name) -> Result<User, Error> {
         let hash = self.hash_slot(move || hash_password(password)).await??;
         let user = {
-            let _guard = self.register_lock.lock().await;
+            // A quick answer for the common case; the store's unique key (`put_new`) is what holds across nodes.
             if EMAILS.exists(&self.engine, &[email.as_str()]).await? {
                 return Err(Error::EmailTaken);
             }
@@ -285,8 +281,11 @@ impl Accounts {
             };
             let mut w = Writes::new();
             USERS.put(&mut w, &[user.id.as_str()], &user)?;
-            EMAILS.put(&mut w, &[email.as_str()], &user.id)?;
-            self.commit(w).await?;
+            EMAILS.put_new(&mut w, &[email.as_str()], &user.id)?;
+            match self.commit(w).await {
+                Err(Error::Engine(crate::engine::Error::Conflict)) => return Err(Error::EmailTaken),
+                other => other?,
+            }
             user
         };
         self.ensure_home_org(&user).await?;
@@ -541,7 +540,6 @@ impl Accounts {
     /// must be kept: past `keep_until` (the link's timeStamp + window, on the clock the check reads) the window
     /// refuses the link anyway, so a record swept then cannot let it be replayed.
     pub async fn use_sso_link(&self, link: &SsoLink, keep_until: DateTime<Utc>) -> Result<bool, Error> {
-        let _guard = self.register_lock.lock().await;
         let digest = link.digest();
         // The build before keyed the record on the lower-cased token alone: a link used just before an upgrade
         // is still within its window after it.
@@ -551,9 +549,12 @@ impl Accounts {
             return Ok(false);
         }
         let mut w = Writes::new();
-        USED_LINKS.put(&mut w, &[&digest], &UsedLink { at: self.now(), keep_until })?;
-        self.commit(w).await?;
-        Ok(true)
+        // Single use across nodes: the store refuses a second record of the same link.
+        USED_LINKS.put_new(&mut w, &[&digest], &UsedLink { at: self.now(), keep_until })?;
+        match self.commit(w).await {
+            Err(Error::Engine(crate::engine::Error::Conflict)) => Ok(false),
+            other => other.map(|()| true),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod calls;
+pub mod cluster;
 pub mod error;
 pub mod finance;
 pub mod notices;

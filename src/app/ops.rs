@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::{App, AppError, Kind};
 use crate::domain::organization::OrganizationEvent;
 use crate::engine::audit::{ActionResult, Audit, AuditEntry};
-use crate::engine::{services, Cause, EntityKey, Event, Input, Status};
+use crate::engine::{services, CallAction, Cause, EntityKey, Event, Input, Route, Status};
 
 /// An action an operator may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,12 @@ impl App {
         let input_id = format!("op:{}:{}", action.as_str(), uuid::Uuid::new_v4());
         let result = match action {
             Action::Pause | Action::Resume => {
-                let input = Input { id: input_id, event: Event::Control { action: action.as_str().into() }, cause };
+                let input = Input {
+                    id: input_id,
+                    event: Event::Control { action: action.as_str().into() },
+                    cause,
+                    request_id: None,
+                };
                 ActionResult::of(&self.engine.send_audited(key.clone(), input, audit).await?)
             }
             Action::Freeze | Action::Unfreeze => {
@@ -129,11 +134,8 @@ impl App {
                 }
                 let mut done = vec![];
                 for c in chosen {
-                    if action == Action::Retry {
-                        self.engine.retry_call(&c.id, &audit).await?;
-                    } else {
-                        self.engine.cancel_call(&c.id, &audit).await?;
-                    }
+                    let what = if action == Action::Retry { CallAction::Retry } else { CallAction::Cancel };
+                    self.engine.act_on_call(&c.id, what, &audit, Route::Owner).await?;
                     done.push(c.id);
                 }
                 ActionResult { calls: Some(done), ..Default::default() }

@@ -453,6 +453,7 @@ mod tests {
             id: "t1".into(),
             event: Event::Timer { name: "activation-poll".into(), set_seq: 1 },
             cause: Cause::Timer { name: "activation-poll".into() },
+            request_id: None,
         };
         let later = now + chrono::TimeDelta::minutes(1);
         let s = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &poll, later).unwrap();
@@ -470,6 +471,7 @@ mod tests {
                 result: Ok(json!({"status": "OPENED"})),
             },
             cause: Cause::Call { call: "describe_instance".into() },
+            request_id: None,
         };
         let s = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &ok, later).unwrap();
         assert_eq!(s.outcome.state, "active");

@@ -189,6 +189,17 @@ impl EntityActor {
         let committer = self.engine.inner.committer.clone();
         let mut step = *step;
         let mut batch = step.batch.take().unwrap_or_default();
+        // Decided under this node's lease of the shard: the store refuses the commit if the lease moved on.
+        let shard = super::shards::Ownership::shard_of(&self.key);
+        match self.engine.inner.ownership.fence(shard) {
+            Some(fence) => batch.fence = fence,
+            None => {
+                return Box::pin(fut::ready(Err(Error::NotOwner(format!(
+                    "shard {shard} of {} is not held by this node",
+                    self.key
+                )))))
+            }
+        }
         if let Some(audit) = &msg.1 {
             if step.outcome.status == Status::Accepted {
                 let result = super::audit::ActionResult::of(&step.outcome);
@@ -280,6 +291,16 @@ impl Directory {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Drops the addresses of the entities `pred` picks (their actors stop when their mailboxes close; the next
+    /// input of such an entity starts a new actor, which reads the record afresh).
+    pub fn stop_where(&self, pred: impl Fn(&EntityKey) -> bool) {
+        for s in &self.shards {
+            if let Ok(mut g) = s.lock() {
+                g.retain(|k, _| !pred(k));
+            }
+        }
     }
 
     /// Drops every address (actors stop when their mailboxes close).

@@ -16,8 +16,9 @@ const AUDIT: RecordTable<AuditEntry> = RecordTable::records("operator-audit/");
 /// sorts after every digit): read after the new rows, which are all newer.
 const LEGACY_AUDIT: RecordTable<AuditEntry> = RecordTable::records("audit/");
 
-/// An operator's action to audit with the commit that performs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An operator's action to audit with the commit that performs it (sent along when the action is forwarded to the
+/// node that holds the entity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
     pub operator: String,
     /// 1 to 500 characters; checked by the use case before anything is sent.

@@ -15,7 +15,9 @@ pub mod inspect;
 pub mod model;
 pub mod records;
 pub mod registry;
+pub mod request_id;
 pub mod services;
+pub mod shards;
 pub mod step;
 pub mod sweep;
 pub mod telemetry;
@@ -127,6 +129,15 @@ where
         .map_err(|e| Error::Internal(format!("offloaded work: {e}")))
 }
 
+/// Where an input may be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To whichever node serves the entity's shard (forwarded if that is another node).
+    Owner,
+    /// Here only (a forwarded input, a timer, a call result): refused if this node does not serve the shard.
+    Here,
+}
+
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -151,6 +162,9 @@ pub struct EngineConfig {
     /// Timers fired per scan of the timers table.
     pub timer_batch: usize,
     pub commit: CommitConfig,
+    /// `None`: this node is alone on its store and holds every shard. `Some(lease)`: it shares a database with
+    /// other nodes and holds the shards its lease loop takes (`crate::cluster`), each for this long at a time.
+    pub cluster_lease: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -162,6 +176,7 @@ impl Default for EngineConfig {
             arbiters: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             timer_batch: 4_096,
             commit: CommitConfig::default(),
+            cluster_lease: None,
         }
     }
 }
@@ -208,6 +223,38 @@ pub(crate) struct Inner {
     pub services: services::Services,
     /// Histograms observed on the committer (installed at start), and the last count of pending work.
     pub telemetry: Arc<telemetry::Telemetry>,
+    /// The shards this node holds; every input, timer, message and call asks it first.
+    pub ownership: Arc<shards::Ownership>,
+    /// Where an input for an entity of another node's shard goes (set by the cluster); unset when alone.
+    pub forwarder: std::sync::OnceLock<Arc<dyn Forward>>,
+}
+
+/// Sends an input to the node that holds its entity's shard (HTTP between nodes, `crate::cluster`), and answers
+/// what that node answered.
+pub trait Forward: Send + Sync {
+    fn forward(
+        &self,
+        key: EntityKey,
+        input: Input,
+        audit: Option<audit::Audit>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Outcome, Error>>;
+
+    /// An operator's retry or cancel of an external call of an entity the other node holds.
+    fn forward_call(
+        &self,
+        entity: EntityKey,
+        call_id: String,
+        action: CallAction,
+        audit: audit::Audit,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), Error>>;
+}
+
+/// What an operator does to an external call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallAction {
+    Retry,
+    Cancel,
 }
 
 /// The handle to the engine; cheap to clone, shared by HTTP handlers, actors and background services.
@@ -230,6 +277,10 @@ impl Engine {
         // Before the committer: nothing writes while a store of an earlier build is counted.
         by_state::baseline(&store).await.map_err(StartError::Storage)?;
         let committer = Committer::start(store.clone(), config.commit);
+        let ownership = Arc::new(match config.cluster_lease {
+            None => shards::Ownership::alone(),
+            Some(lease) => shards::Ownership::clustered(lease),
+        });
         let timer_wake = Arc::new(Notify::new());
         clock.subscribe(timer_wake.clone());
         let engine = Engine {
@@ -247,9 +298,18 @@ impl Engine {
                 stats: EngineStats::default(),
                 services: services::Services::default(),
                 telemetry: Arc::new(telemetry::Telemetry::new()),
+                ownership,
+                forwarder: std::sync::OnceLock::new(),
             }),
         };
         telemetry::install(&engine);
+        // A commit the store refused because a lease moved on: the shard is another node's now.
+        let weak = Arc::downgrade(&engine.inner);
+        let _ = engine.inner.committer.stats.on_fenced.set(Box::new(move |shards| {
+            if let Some(inner) = weak.upgrade() {
+                Engine { inner }.lose(shards);
+            }
+        }));
         services::start(&engine);
         Ok(engine)
     }
@@ -282,6 +342,13 @@ impl Engine {
         self.inner.stopping.load(Ordering::Acquire)
     }
 
+    /// Whether a write ever failed in this process (sled's failure stops every later write; a database's failed
+    /// only its group): the process should exit non-zero when stopped.
+    pub fn storage_failed(&self) -> bool {
+        let s = &self.inner.committer.stats;
+        s.failed.load(Ordering::Acquire) || s.failed_groups.load(Ordering::Relaxed) > 0
+    }
+
     /// Whether the engine accepts work (the store has not failed, shutdown has not begun).
     pub fn ready(&self) -> bool {
         self.inner.committer.healthy() && !self.inner.stopping.load(Ordering::Acquire)
@@ -292,10 +359,37 @@ impl Engine {
         self.inner.directory.len()
     }
 
+    /// The shards this node holds.
+    pub fn ownership(&self) -> &shards::Ownership {
+        &self.inner.ownership
+    }
+
+    /// Sets where inputs for other nodes' entities go (once, by the cluster as it starts).
+    pub fn set_forwarder(&self, f: Arc<dyn Forward>) {
+        let _ = self.inner.forwarder.set(f);
+    }
+
     /// Delivers a client's input (API, SPI, operator) and waits for its durable outcome.
     /// Refuses at once with [`Error::Overloaded`] when too many inputs are in flight.
     pub async fn send(&self, key: EntityKey, input: Input) -> Result<Outcome, Error> {
         self.send_with(key, input, None).await
+    }
+
+    /// Delivers an input that another node forwarded here: never forwarded again (one hop), refused with
+    /// `not_owner` when this node does not serve the entity's shard (any more).
+    pub async fn send_forwarded(
+        &self,
+        key: EntityKey,
+        input: Input,
+        audit: Option<audit::Audit>,
+    ) -> Result<Outcome, Error> {
+        let permit = self.inner.inflight.clone().try_acquire_owned().map_err(|_| {
+            self.inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            Error::Overloaded
+        })?;
+        let r = self.deliver(key, input, audit, Route::Here).await;
+        drop(permit);
+        r
     }
 
     /// Delivers an operator's input; an accepted one commits its audit row with the transition.
@@ -308,31 +402,52 @@ impl Engine {
             self.inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             Error::Overloaded
         })?;
-        let r = self.deliver(key, input, audit).await;
+        let r = self.deliver(key, input, audit, Route::Owner).await;
         drop(permit);
         r
     }
 
-    /// Delivers an internal input (timer, message, call result): waits for capacity instead of refusing.
+    /// Delivers an internal input: waits for capacity instead of refusing. A message goes to its receiver's node
+    /// ([`Route::Owner`]); a timer or a call result is this node's own work ([`Route::Here`]): if its shard moved,
+    /// the new owner has it from the store.
     pub(crate) async fn send_internal(
         &self,
         key: EntityKey,
         input: Input,
         audit: Option<audit::Audit>,
+        route: Route,
     ) -> Result<Outcome, Error> {
         let permit = self.inner.inflight.clone().acquire_owned().await.map_err(|_| Error::Stopped)?;
-        let r = self.deliver(key, input, audit).await;
+        let r = self.deliver(key, input, audit, route).await;
         drop(permit);
         r
     }
 
-    async fn deliver(&self, key: EntityKey, input: Input, audit: Option<audit::Audit>) -> Result<Outcome, Error> {
+    async fn deliver(
+        &self,
+        key: EntityKey,
+        mut input: Input,
+        audit: Option<audit::Audit>,
+        route: Route,
+    ) -> Result<Outcome, Error> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(Error::Stopped);
         }
         if self.inner.registry.kind(&key.kind).is_none() {
             return Err(Error::UnknownKind(key.kind));
         }
+        if input.request_id.is_none() {
+            input.request_id = request_id::current();
+        }
+        let shard = shards::Ownership::shard_of(&key);
+        let ownership = &self.inner.ownership;
+        if !ownership.serves(shard) {
+            return match (route, self.inner.forwarder.get()) {
+                (Route::Owner, Some(f)) => f.forward(key, input, audit).await,
+                _ => Err(Error::NotOwner(format!("shard {shard} of {key} is not served by this node"))),
+            };
+        }
+        let _busy = ownership.enter(shard);
         self.inner.stats.inputs.fetch_add(1, Ordering::Relaxed);
         // An actor may stop (idle, or died) between lookup and delivery; the next lookup re-creates it.
         for _ in 0..5 {

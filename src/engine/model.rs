@@ -175,11 +175,14 @@ pub struct Input {
     pub id: String,
     pub event: Event,
     pub cause: Cause,
+    /// The HTTP request it came from (see [`super::request_id`]), journaled with the transition it causes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Input {
     pub fn domain(id: impl Into<String>, body: Value, cause: Cause) -> Self {
-        Self { id: id.into(), event: Event::Domain { body }, cause }
+        Self { id: id.into(), event: Event::Domain { body }, cause, request_id: None }
     }
 }
 
@@ -235,6 +238,9 @@ pub struct JournalEntry {
     pub messages: Vec<String>,
     #[serde(default)]
     pub calls: Vec<String>,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// What a pending timer does when it fires.
@@ -274,6 +280,9 @@ impl TimerRow {
 pub struct OutboxRow {
     /// Also the receiver's input id, so a redelivery is deduplicated there.
     pub id: String,
+    /// The request that caused the sender's transition, carried on to the receiver's journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     pub from: EntityKey,
     pub to: EntityKey,
     pub body: Value,

@@ -214,6 +214,15 @@ impl<V: Serialize + DeserializeOwned> RecordTable<V> {
         Ok(())
     }
 
+    /// Writes a row that must not exist yet (a unique address, a single-use link): the commit is refused with
+    /// [`Error::Conflict`] if it does, by the store itself, so that it holds across nodes sharing one database.
+    pub fn put_new(&self, w: &mut Writes, parts: &[&str], value: &V) -> Result<(), Error> {
+        let key = self.key(parts)?;
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Internal(format!("{key}: {e}")))?;
+        w.batch.put_new(self.space.table(), key.into_bytes(), bytes);
+        Ok(())
+    }
+
     /// A workflow's index row, as the effect of a transition (committed with it).
     pub fn index_put<D>(&self, cx: &mut super::Cx<'_, D>, parts: &[&str], value: &V) -> Result<(), super::Reject> {
         let key = self.key(parts).map_err(|e| super::Reject::new("invalid_input", e.to_string()))?;
@@ -345,7 +354,7 @@ impl Engine {
         if w.is_empty() {
             return Ok(());
         }
-        self.inner.committer.commit(w.into_batch()).await.map_err(|e| Error::Storage(e.to_string()))
+        self.inner.committer.commit(w.into_batch()).await.map_err(Error::from)
     }
 }
 

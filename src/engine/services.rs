@@ -11,6 +11,7 @@ use chrono::{TimeDelta, Utc};
 
 use super::model::*;
 use super::{Engine, Error};
+use crate::store::shard::Shard;
 use crate::store::{keys, scan_prefix, Batch, Table};
 
 /// In-memory bookkeeping of the background services (never the truth: that is in the store).
@@ -32,23 +33,47 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts the timer loop and recovers undelivered messages and unfinished calls.
+/// Starts the timer loop and, for a node alone on its store, recovers undelivered messages and unfinished calls
+/// (a node of a cluster recovers each shard as it gains it: [`Engine::gain`]).
 pub fn start(engine: &Engine) {
     let e = engine.clone();
     actix_rt::spawn(async move { timer_loop(e).await });
-    let e = engine.clone();
-    actix_rt::spawn(async move {
-        if let Err(err) = recover(&e).await {
-            tracing::error!(error = %err, "recovering outbox and calls failed");
-        }
-    });
+    if engine.inner.ownership.is_alone() {
+        let e = engine.clone();
+        actix_rt::spawn(async move {
+            if let Err(err) = recover(&e, None).await {
+                tracing::error!(error = %err, "recovering outbox and calls failed");
+            }
+        });
+    }
 }
 
-async fn recover(engine: &Engine) -> Result<(), Error> {
+/// Reads rows of a work table: every row when this node holds every shard, else those of `shards` (or of the
+/// shards this node holds, for `None`).
+async fn scan_work(
+    engine: &Engine,
+    table: Table,
+    shards: Option<&[Shard]>,
+    start: Bound<Vec<u8>>,
+    end: Bound<Vec<u8>>,
+    limit: usize,
+) -> Result<crate::store::KvPairs, crate::store::Error> {
     let store = &engine.inner.store;
+    let ownership = &engine.inner.ownership;
+    match shards {
+        None if ownership.holds_all() => store.scan(table, start, end, limit, false).await,
+        None => store.scan_shards(table, &ownership.held(), start, end, limit).await,
+        Some(s) => store.scan_shards(table, s, start, end, limit).await,
+    }
+}
+
+/// Delivers the outbox and resumes the calls of `shards` (every shard for `None`): after a restart, or when this
+/// node gains shards from another. An at-most-once call found in flight may have reached the marketplace: its
+/// outcome is unknown, and it waits for an operator instead of being sent again.
+async fn recover(engine: &Engine, shards: Option<Vec<Shard>>) -> Result<(), Error> {
     let mut start = Bound::Unbounded;
     loop {
-        let page = store.scan(Table::Outbox, start, Bound::Unbounded, 1000, false).await?;
+        let page = scan_work(engine, Table::Outbox, shards.as_deref(), start, Bound::Unbounded, 1000).await?;
         for (_, v) in &page {
             if let Ok(row) = serde_json::from_slice::<OutboxRow>(v) {
                 engine.spawn_delivery(row);
@@ -61,7 +86,7 @@ async fn recover(engine: &Engine) -> Result<(), Error> {
     }
     let mut start = Bound::Unbounded;
     loop {
-        let page = store.scan(Table::Effects, start, Bound::Unbounded, 1000, false).await?;
+        let page = scan_work(engine, Table::Effects, shards.as_deref(), start, Bound::Unbounded, 1000).await?;
         for (_, v) in &page {
             if let Ok(mut row) = serde_json::from_slice::<CallRow>(v) {
                 match row.status {
@@ -70,7 +95,7 @@ async fn recover(engine: &Engine) -> Result<(), Error> {
                         // Interrupted while being sent: it may have taken effect; never send it blindly again.
                         row.status = CallStatus::NeedsAttention;
                         row.last_error = Some(
-                            "interrupted while being sent (crash or restart): the outcome is \
+                            "interrupted while being sent (crash, restart or hand-over): the outcome is \
                             unknown; check the marketplace, then retry or cancel"
                                 .into(),
                         );
@@ -79,7 +104,9 @@ async fn recover(engine: &Engine) -> Result<(), Error> {
                         if let Ok(v) = serde_json::to_vec(&row) {
                             let mut b = Batch::new();
                             b.put(Table::Effects, row.key(), v);
-                            engine.inner.committer.commit_blocking_or_spawn(b);
+                            if let Err(e) = engine.commit_for(&row.entity, b).await {
+                                tracing::error!(id = %row.id, error = %e, "could not record an interrupted call");
+                            }
                         }
                     }
                     _ => {}
@@ -92,6 +119,81 @@ async fn recover(engine: &Engine) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+impl Engine {
+    /// Commits an engine write about `entity` (a call row, a delivered message, a stale timer) under the fence of
+    /// its shard: refused with `not_owner` if this node no longer holds the shard.
+    pub(crate) async fn commit_for(&self, entity: &EntityKey, mut b: Batch) -> Result<(), Error> {
+        let shard = super::shards::Ownership::shard_of(entity);
+        b.fence = self
+            .inner
+            .ownership
+            .fence(shard)
+            .ok_or_else(|| Error::NotOwner(format!("shard {shard} of {entity} is not held by this node")))?;
+        self.inner.committer.commit(b).await.map_err(Error::from)
+    }
+
+    /// This node took or renewed these leases (shard, epoch): the shards new to it start their work at once (due
+    /// timers fire on the next scan; messages are delivered and calls resumed here).
+    pub fn gain(&self, leases: &[(Shard, i64)]) {
+        let new = self.inner.ownership.gain(leases);
+        if new.is_empty() {
+            return;
+        }
+        tracing::info!(shards = new.len(), "shards gained");
+        let e = self.clone();
+        actix_rt::spawn(async move {
+            if let Err(err) = recover(&e, Some(new)).await {
+                tracing::error!(error = %err, "recovering the outbox and calls of gained shards failed");
+            }
+        });
+        self.inner.timer_wake.notify_one();
+    }
+
+    /// These shards are another node's now (or nobody's): their actors, queued messages and timers are dropped at
+    /// once; calls in flight finish, but their results are not taken here (the new owner has the rows).
+    pub fn lose(&self, shards: &[Shard]) {
+        let gone = self.inner.ownership.lose(shards);
+        if gone.is_empty() {
+            return;
+        }
+        tracing::warn!(shards = ?gone, "shards lost");
+        let set: HashSet<Shard> = gone.iter().copied().collect();
+        let of = |k: &EntityKey| set.contains(&super::shards::Ownership::shard_of(k));
+        self.inner.directory.stop_where(|k| of(k));
+        lock(&self.inner.services.outbox_queues).retain(|from, _| !of(from));
+        lock(&self.inner.services.timers_deferred).clear();
+    }
+
+    /// Hands shards over gracefully: no new input of theirs is taken, the ones in flight finish (and calls in
+    /// flight, so that a push does not become "outcome unknown" at the new owner), for at most `deadline`; then
+    /// the shards are dropped here. The caller releases their leases afterwards.
+    pub async fn drain(&self, shards: &[Shard], deadline: Duration) {
+        let ownership = &self.inner.ownership;
+        ownership.leave(shards);
+        let until = Instant::now() + deadline;
+        loop {
+            let busy = shards.iter().map(|s| ownership.busy(*s)).sum::<usize>()
+                + lock(&self.inner.services.calls_in_flight)
+                    .iter()
+                    .filter(|id| shard_of_id(id).is_some_and(|s| shards.contains(&s)))
+                    .count();
+            if busy == 0 || Instant::now() >= until {
+                if busy > 0 {
+                    tracing::warn!(busy, "handing shards over with work still in flight");
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.lose(shards);
+    }
+}
+
+/// The shard of a call or message id (`kind/id#...`).
+fn shard_of_id(id: &str) -> Option<Shard> {
+    crate::store::shard::of_row(Table::Effects, id.as_bytes())
 }
 
 impl Engine {
@@ -127,7 +229,13 @@ impl Engine {
     }
 
     async fn drain_outbox(&self, from: EntityKey) {
+        let shard = super::shards::Ownership::shard_of(&from);
         loop {
+            if self.inner.ownership.epoch(shard).is_none() {
+                // The sender's shard moved: its messages are the new owner's to deliver.
+                lock(&self.inner.services.outbox_queues).remove(&from);
+                return;
+            }
             let next = lock(&self.inner.services.outbox_queues).get(&from).and_then(|q| q.front().cloned());
             let Some(row) = next else { return };
             let delivered = self.deliver_message(row.clone()).await;
@@ -158,13 +266,14 @@ impl Engine {
                 id: row.id.clone(),
                 event: Event::Domain { body: row.body.clone() },
                 cause: Cause::Message { from: row.from.to_string() },
+                request_id: row.request_id.clone(),
             };
-            match self.send_internal(row.to.clone(), input, None).await {
+            match self.send_internal(row.to.clone(), input, None, super::Route::Owner).await {
                 Ok(_) => {
                     self.inner.stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
                     let mut b = Batch::new();
                     b.delete(Table::Outbox, row.key());
-                    if let Err(e) = self.inner.committer.commit(b).await {
+                    if let Err(e) = self.commit_for(&row.from, b).await {
                         tracing::warn!(message = %row.id, error = %e, "could not remove a delivered message");
                     }
                     return true;
@@ -207,6 +316,20 @@ impl Engine {
             done(&row.id);
             return;
         };
+        // A node whose leases may be running out (cut off from the database) starts nothing the outside world
+        // sees: the node taking its shards over must never be calling at the same time. It waits for a renewal;
+        // a shard it loses meanwhile is the new owner's to resume.
+        let shard = super::shards::Ownership::shard_of(&row.entity);
+        loop {
+            if inner.ownership.epoch(shard).is_none() || inner.stopping.load(Ordering::Acquire) {
+                done(&row.id);
+                return;
+            }
+            if inner.ownership.fresh() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         inner.stats.calls_started.fetch_add(1, Ordering::Relaxed);
         if policy.at_most_once {
             // The intent is durable before the call goes out: a crash from here on is an unknown outcome.
@@ -216,7 +339,7 @@ impl Engine {
             if let Ok(v) = serde_json::to_vec(&flight) {
                 b.put(Table::Effects, flight.key(), v);
             }
-            if let Err(e) = inner.committer.commit(b).await {
+            if let Err(e) = self.commit_for(&row.entity, b).await {
                 tracing::error!(id = %row.id, error = %e, "could not record the attempt; not sending");
                 done(&row.id);
                 return;
@@ -246,7 +369,7 @@ impl Engine {
                     b.put(Table::Effects, row.key(), v);
                 }
                 done(&row.id);
-                if let Err(err) = inner.committer.commit(b).await {
+                if let Err(err) = self.commit_for(&row.entity, b).await {
                     tracing::error!(id = %row.id, error = %err, "could not record a call with unknown outcome");
                 }
                 return;
@@ -285,7 +408,7 @@ impl Engine {
                     b.put(Table::Effects, row.key(), v);
                 }
                 done(&row.id);
-                if let Err(err) = inner.committer.commit(b).await {
+                if let Err(err) = self.commit_for(&row.entity, b).await {
                     tracing::error!(id = %row.id, error = %err, "could not record a failed call attempt");
                 }
                 inner.timer_wake.notify_one();
@@ -307,11 +430,17 @@ impl Engine {
             id: format!("call:{}", row.id),
             event: Event::CallResult { call: row.call.clone(), call_id: row.id.clone(), result },
             cause: Cause::Call { call: row.call.clone() },
+            request_id: None,
         };
         let mut wait = Duration::from_millis(20);
         loop {
-            match self.send_internal(row.entity.clone(), input.clone(), audit.clone()).await {
+            match self.send_internal(row.entity.clone(), input.clone(), audit.clone(), super::Route::Here).await {
                 Ok(_) => return,
+                Err(Error::NotOwner(why)) => {
+                    // The entity's shard moved: its new owner resumes the call from the store.
+                    tracing::info!(id = %row.id, why, "a call result is left to the shard's new owner");
+                    return;
+                }
                 Err(e) if e.is_transient() => {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
@@ -324,11 +453,40 @@ impl Engine {
         }
     }
 
+    /// An operator's retry or cancel of a call, carried out by the node that holds the call's entity (forwarded
+    /// there from any other); `route` [`super::Route::Here`] is the receiving end of a forward.
+    pub async fn act_on_call(
+        &self,
+        call_id: &str,
+        action: super::CallAction,
+        audit: &super::audit::Audit,
+        route: super::Route,
+    ) -> Result<(), Error> {
+        let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes()).await?.ok_or(Error::NotFound)?;
+        let row: CallRow = serde_json::from_slice(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
+        let shard = super::shards::Ownership::shard_of(&row.entity);
+        if !self.inner.ownership.serves(shard) {
+            return match (route, self.inner.forwarder.get()) {
+                (super::Route::Owner, Some(f)) => {
+                    f.forward_call(row.entity.clone(), call_id.to_string(), action, audit.clone()).await
+                }
+                _ => Err(Error::NotOwner(format!("shard {shard} of {} is not served by this node", row.entity))),
+            };
+        }
+        match action {
+            super::CallAction::Retry => self.retry_call(row, audit).await.map(|_| ()),
+            super::CallAction::Cancel => {
+                let why = format!("cancelled: {}: {}", audit.operator, audit.reason);
+                let audit = super::audit::Audit { call: Some(row.id.clone()), ..audit.clone() };
+                self.deliver_call_result(&row, Err(why), Some(audit)).await;
+                Ok(())
+            }
+        }
+    }
+
     /// Runs a call again now (operator "retry"): for calls waiting on a retry or needing attention.
     /// `audit` is the operator who asked, committed with the call's new row.
-    pub async fn retry_call(&self, call_id: &str, audit: &super::audit::Audit) -> Result<CallRow, Error> {
-        let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes()).await?.ok_or(Error::NotFound)?;
-        let mut row: CallRow = serde_json::from_slice(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
+    async fn retry_call(&self, mut row: CallRow, audit: &super::audit::Audit) -> Result<CallRow, Error> {
         let mut b = Batch::new();
         if let (CallStatus::Retrying, Some(due)) = (row.status, row.next_attempt_at) {
             let timer = TimerRow {
@@ -350,19 +508,9 @@ impl Engine {
         b.put(Table::Effects, row.key(), serde_json::to_vec(&row).map_err(|e| Error::Internal(e.to_string()))?);
         let audit = super::audit::Audit { call: Some(row.id.clone()), ..audit.clone() };
         audit.put(&mut b, &row.entity, self.inner.clock.now(), &Default::default());
-        self.inner.committer.commit(b).await?;
+        self.commit_for(&row.entity, b).await?;
         self.spawn_call(row.clone());
         Ok(row)
-    }
-
-    /// Gives up on a call (operator "cancel"): the workflow receives it as failed.
-    pub async fn cancel_call(&self, call_id: &str, audit: &super::audit::Audit) -> Result<(), Error> {
-        let bytes = self.inner.store.get(Table::Effects, call_id.as_bytes()).await?.ok_or(Error::NotFound)?;
-        let row: CallRow = serde_json::from_slice(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
-        let why = format!("cancelled: {}: {}", audit.operator, audit.reason);
-        let audit = super::audit::Audit { call: Some(row.id.clone()), ..audit.clone() };
-        self.deliver_call_result(&row, Err(why), Some(audit)).await;
-        Ok(())
     }
 
     async fn fire(&self, key: Vec<u8>, row: TimerRow) {
@@ -375,13 +523,14 @@ impl Engine {
                     id: format!("timer:{}:{}", row.name, row.set_seq),
                     event: Event::Timer { name: row.name.clone(), set_seq: row.set_seq },
                     cause: Cause::Timer { name: row.name.clone() },
+                    request_id: None,
                 };
-                match self.send_internal(row.entity.clone(), input, None).await {
+                match self.send_internal(row.entity.clone(), input, None, super::Route::Here).await {
                     Ok(o) if o.code.as_deref() == Some("stale") => {
                         // Cancelled or consumed already; the row is a leftover.
                         let mut b = Batch::new();
                         b.delete(Table::Timers, key.clone());
-                        inner.committer.commit(b).await.map_err(Error::from)
+                        self.commit_for(&row.entity, b).await
                     }
                     Ok(_) => Ok(()),
                     Err(e) => Err(e),
@@ -390,25 +539,25 @@ impl Engine {
             TimerTarget::CallRetry { call_id } => {
                 let mut b = Batch::new();
                 b.delete(Table::Timers, key.clone());
-                let row = inner
+                let call = inner
                     .store
                     .get(Table::Effects, call_id.as_bytes())
                     .await
                     .ok()
                     .flatten()
                     .and_then(|v| serde_json::from_slice::<CallRow>(&v).ok());
-                let row = row.map(|mut r| {
+                let call = call.map(|mut r| {
                     r.status = CallStatus::Pending;
                     r.next_attempt_at = None;
                     r
                 });
-                if let Some(r) = &row {
+                if let Some(r) = &call {
                     if let Ok(v) = serde_json::to_vec(r) {
                         b.put(Table::Effects, r.key(), v);
                     }
                 }
-                let res = inner.committer.commit(b).await.map_err(Error::from);
-                if let (Ok(()), Some(r)) = (&res, row) {
+                let res = self.commit_for(&row.entity, b).await;
+                if let (Ok(()), Some(r)) = (&res, call) {
                     self.spawn_call(r);
                 }
                 res
@@ -466,7 +615,7 @@ async fn timer_loop(engine: Engine) {
             Some(k) => Bound::Excluded(k.clone()),
             None => Bound::Unbounded,
         };
-        let due = match inner.store.scan(Table::Timers, start, Bound::Excluded(horizon.clone()), room, false).await {
+        let due = match scan_work(&engine, Table::Timers, None, start, Bound::Excluded(horizon.clone()), room).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "scanning timers failed");
@@ -505,9 +654,7 @@ async fn timer_loop(engine: Engine) {
             tokio::task::yield_now().await;
             continue;
         }
-        let next = inner
-            .store
-            .scan(Table::Timers, Bound::Included(horizon), Bound::Unbounded, 1, false)
+        let next = scan_work(&engine, Table::Timers, None, Bound::Included(horizon), Bound::Unbounded, 1)
             .await
             .ok()
             .and_then(|r| r.first().and_then(|(k, _)| keys::read_u64(k, 0)))

@@ -119,6 +119,7 @@ pub fn step(
         timers_cancelled: vec![],
         messages: vec![],
         calls: vec![],
+        request_id: input.request_id.clone(),
     };
 
     // Consume the timer or call result that caused this input, whatever the decision.
@@ -251,6 +252,7 @@ pub fn step(
                     to: to_key,
                     body,
                     created_at: now,
+                    request_id: input.request_id.clone(),
                 };
                 batch.put(Table::Outbox, row.key(), encode(&row)?);
                 entry.messages.push(format!("{} to {}", row.id, row.to));
@@ -352,6 +354,7 @@ fn control(
         timers_cancelled: vec![],
         messages: vec![],
         calls: vec![],
+        request_id: input.request_id.clone(),
     };
     let outcome = Outcome {
         status: entry.status,
@@ -458,7 +461,12 @@ to = "done"
                 .unwrap()
                 .map(|b| serde_json::from_slice(&b).unwrap());
         let input = match event {
-            "pause" => Input { id: format!("i{n}"), event: Event::Control { action: "pause".into() }, cause: sys() },
+            "pause" => Input {
+                id: format!("i{n}"),
+                event: Event::Control { action: "pause".into() },
+                cause: sys(),
+                request_id: None,
+            },
             _ => Input::domain(format!("i{n}"), serde_json::json!({ "type": event }), sys()),
         };
         let s = step(&Mover, def, &key, record.as_ref(), &input, Utc::now()).unwrap();

@@ -246,7 +246,94 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         }
     }
     engine_families(&state.engine, &mut out).await;
+    cluster_families(&state, &mut out);
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
+}
+
+/// Shards, leases and forwarding. On sled the node holds every shard and forwards nothing: the same series, so
+/// that dashboards and alerts read one shape.
+fn cluster_families(state: &AppState, out: &mut String) {
+    let ownership = state.engine.ownership();
+    line(out, "marketflow_shards_owned", "Shards this node holds a lease on.", "gauge", ownership.held().len() as u64);
+    line(
+        out,
+        "marketflow_shards_gained_total",
+        "Shards this node took (at start, from released or ended leases).",
+        "counter",
+        ownership.gained.load(Ordering::Relaxed),
+    );
+    line(
+        out,
+        "marketflow_shards_lost_total",
+        "Shards this node dropped (handed over, taken by another node, or a lease that ended).",
+        "counter",
+        ownership.lost.load(Ordering::Relaxed),
+    );
+    let c = state.cluster.as_ref().map(|c| &c.stats);
+    let n = |f: fn(&crate::cluster::ClusterStats) -> &std::sync::atomic::AtomicU64| {
+        c.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0)
+    };
+    line(
+        out,
+        "marketflow_shards_unowned",
+        "Shards no node held a live lease on at this node's last look.",
+        "gauge",
+        n(|s| &s.unowned),
+    );
+    line(out, "marketflow_lease_renewals_total", "Lease renewals that succeeded.", "counter", n(|s| &s.renewals));
+    line(
+        out,
+        "marketflow_lease_renewals_failed_total",
+        "Lease renewals that failed (the database unreachable or slow).",
+        "counter",
+        n(|s| &s.renewals_failed),
+    );
+    line(
+        out,
+        "marketflow_lease_age_seconds",
+        "Seconds since the last successful lease renewal was sent (0 on sled).",
+        "gauge",
+        if ownership.is_alone() { 0 } else { ownership.since_renewal().as_secs() },
+    );
+    line(
+        out,
+        "marketflow_forwarded_in_total",
+        "Inputs other nodes forwarded to this one.",
+        "counter",
+        n(|s| &s.forwarded_in),
+    );
+    line(
+        out,
+        "marketflow_forward_errors_total",
+        "Forwards that got no answer from the owner.",
+        "counter",
+        n(|s| &s.forward_errors),
+    );
+    line(
+        out,
+        "marketflow_not_owner_total",
+        "`not_owner` answers given or received (a shard that moved).",
+        "counter",
+        n(|s| &s.not_owner),
+    );
+    line(
+        out,
+        "marketflow_shards_handed_over_total",
+        "Shards released after draining.",
+        "counter",
+        n(|s| &s.handed_over),
+    );
+    header(
+        out,
+        "marketflow_forwards_total",
+        "Inputs forwarded to the node holding their entity, by that node.",
+        "counter",
+    );
+    if let Some(m) = c.and_then(|s| s.forwards.lock().ok()) {
+        for (node, count) in m.iter() {
+            let _ = writeln!(out, "marketflow_forwards_total{{to=\"{}\"}} {count}", label(node));
+        }
+    }
 }
 
 /// The families of the engine's telemetry: histograms of commits and timers, entities by kind and state.

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod internal;
 pub mod limits;
 pub mod marketplace;
 pub mod metrics;
@@ -14,6 +15,7 @@ pub mod routes;
 pub mod session;
 pub mod spi;
 pub mod sso;
+pub mod trace;
 pub mod usage;
 pub mod web;
 
@@ -37,6 +39,8 @@ pub struct AppState {
     pub swept: std::sync::Arc<crate::engine::sweep::SweepStats>,
     /// The rate limits' buckets (per route class and client).
     pub limiter: limits::Limiter,
+    /// This node's part in a cluster (PostgreSQL); `None` on sled.
+    pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -152,5 +156,6 @@ pub fn configure(cfg: &mut aweb::ServiceConfig) {
         )
         .configure(pages::configure)
         .configure(console::configure)
+        .configure(internal::configure)
         .default_service(aweb::to(no_such_route));
 }

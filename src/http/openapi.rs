@@ -45,6 +45,7 @@ use super::error::{ErrorBody, PayloadTooLarge, RateLimited, Unauthorized, Unavai
         (name = "operators", description = "Where every workflow stands, and actions on it"),
         (name = "pages", description = "The buyer's pages (HTML forms; a session cookie)"),
         (name = "api", description = "This description"),
+        (name = "cluster", description = "Between the nodes of a cluster (PostgreSQL mode): signed with the cluster secret"),
     )
 )]
 struct BaseApi;
@@ -63,6 +64,7 @@ pub fn modules() -> Vec<(&'static str, utoipa::openapi::OpenApi)> {
         ("usage", super::usage::UsageApi::openapi()),
         ("pages", super::pages::PagesApi::openapi()),
         ("console", super::console::ConsoleApi::openapi()),
+        ("internal", super::internal::InternalApi::openapi()),
     ]
 }
 
@@ -116,6 +118,15 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(
             "session_token",
             bearer("A session token from `POST /api/v1/sessions`, instead of the cookie."),
+        );
+        components.add_security_scheme(
+            "cluster_node",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                crate::cluster::sign::SIGNATURE,
+                "HMAC-SHA256 with the cluster secret (`MARKETFLOW_CLUSTER_SECRET`) over the method, the path, the \
+                 sending node (`X-Marketflow-Node`), a timestamp in milliseconds (`X-Marketflow-Timestamp`, within 30 \
+                 s) and the body.",
+            ))),
         );
         components.add_security_scheme(
             "spi_token",

@@ -16,7 +16,7 @@ use crate::engine::{services, EntityKey, JournalEntry};
 /// The operators' part of the API description.
 #[derive(OpenApi)]
 #[openapi(
-    paths(list, show, journal, timers, action, audit_trail),
+    paths(list, show, journal, timers, action, audit_trail, cluster),
     components(schemas(
         EntityList,
         EntitySummary,
@@ -26,7 +26,11 @@ use crate::engine::{services, EntityKey, JournalEntry};
         ActionDone,
         ActionResult,
         AuditTrail,
-        AuditEntry
+        AuditEntry,
+        crate::cluster::ClusterView,
+        crate::store::postgres::leases::ClusterRows,
+        crate::store::postgres::leases::NodeRow,
+        crate::store::postgres::leases::ShardRow
     ))
 )]
 pub struct OpsApi;
@@ -279,7 +283,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/timers", web::get().to(timers))
         .route("/orgs", web::post().to(super::accounts::ops_create_org))
         .route("/entities/{kind}/{id}/actions/{action}", web::post().to(action))
-        .route("/audit", web::get().to(audit_trail));
+        .route("/audit", web::get().to(audit_trail))
+        .route("/cluster", web::get().to(cluster));
+}
+
+/// The nodes sharing this service's database, their heartbeats, and the shards each holds with its epoch and
+/// lease (PostgreSQL mode); on sled, the one node that holds every shard.
+#[utoipa::path(get, path = "/api/v1/ops/cluster", tag = "operators",
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = crate::cluster::ClusterView),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 503, response = Unavailable),
+    ))]
+async fn cluster(state: web::Data<AppState>, _op: Operator) -> Result<HttpResponse, ApiError> {
+    let view = state.cluster_view(state.cluster.as_ref(), &state.config.node_id, &state.config.node_url).await?;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 /// An operator action's request.

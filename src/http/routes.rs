@@ -27,6 +27,8 @@ pub enum Access {
     Operator,
     /// An operator in the browser: the console's session cookie (redirect to the console login without one).
     OperatorPage,
+    /// Another node of the cluster: a request signed with the cluster secret (401 otherwise, and always on sled).
+    Node,
 }
 
 /// One route of the app. `path` uses actix's `{name}` segments, as OpenAPI does.
@@ -63,6 +65,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/api/v1/ops/audit", Operator),
     r("GET", "/api/v1/ops/orgs/{org_id}/metering", Operator),
     r("GET", "/api/v1/ops/finance/pushed-windows", Operator),
+    r("GET", "/api/v1/ops/cluster", Operator),
     // Users.
     r("POST", "/api/v1/accounts", Public),
     r("POST", "/api/v1/sessions", Public),
@@ -104,6 +107,9 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/console/assets/{name}", Public),
     r("GET", "/console/entities/{kind}/{id}", OperatorPage),
     r("POST", "/console/entities/{kind}/{id}/actions/{action}", OperatorPage),
+    // Between nodes.
+    r("POST", "/internal/v1/deliver", Node),
+    r("POST", "/internal/v1/call", Node),
 ];
 
 #[cfg(test)]

@@ -509,34 +509,11 @@ pub async fn run(args: SimulateArgs) -> Result<(), Error> {
     let simulator = start(config).await?;
     let handle = simulator.handle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::startup::wait_for_signal().await;
         tracing::info!("signal received; stopping the marketplace simulator");
         handle.stop().await;
     });
     simulator.wait().await
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the simulator");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]
