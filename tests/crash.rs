@@ -52,8 +52,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-/// This test's name: the filter a child is started with.
+/// The tests' names: the filter a child is started with.
 const TEST: &str = "random_sigkills_lose_no_acknowledged_commit_and_break_no_invariant";
+const TEST_PG: &str = "random_sigkills_on_postgres_lose_no_acknowledged_commit_and_break_no_invariant";
 const LEDGERS: usize = 20;
 /// Concurrent senders in a child.
 const WORKERS: u64 = 6;
@@ -85,6 +86,21 @@ fn random_sigkills_lose_no_acknowledged_commit_and_break_no_invariant() {
     if let Some(role) = child_role() {
         return child(&role);
     }
+    crash_run(TEST, None);
+}
+
+/// The same on PostgreSQL: a child killed with SIGKILL leaves a transaction open or its COMMIT unanswered; the
+/// database rolls back what was not committed, and nothing acknowledged may be missing.
+#[test]
+fn random_sigkills_on_postgres_lose_no_acknowledged_commit_and_break_no_invariant() {
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    let url = marketflow::store::postgres::server::shared().fresh().unwrap_or_else(|e| panic!("{e}"));
+    crash_run(TEST_PG, Some(url));
+}
+
+fn crash_run(test: &str, database: Option<String>) {
     let started = Instant::now();
     let iterations = env_u64(ITERATIONS_ENV, 15);
     let seed = env_u64(SEED_ENV, 0x6d61_726b_6574);
@@ -113,9 +129,10 @@ fn random_sigkills_lose_no_acknowledged_commit_and_break_no_invariant() {
 
     for i in 0..iterations {
         let delay = Duration::from_millis(rng.gen_range(50..=400));
-        let env = [(RUN_ENV, i.to_string()), (RUN_SEED_ENV, rng.gen::<u64>().to_string())];
+        let mut env = vec![(RUN_ENV, i.to_string()), (RUN_SEED_ENV, rng.gen::<u64>().to_string())];
+        env.extend(database.iter().map(|d| (DATABASE_ENV, d.clone())));
         let stderr = tmp.path().join(format!("run-{i:04}.stderr"));
-        let run = run_child(TEST, "work", &dir, &stderr, &env, Stop::KillAfter(delay));
+        let run = run_child(test, "work", &dir, &stderr, &env, Stop::KillAfter(delay));
         if !run.killed {
             fail(format!("iteration {i}: the child exited by itself before the kill after {delay:?}"), &run, tmp);
         }
@@ -126,12 +143,12 @@ fn random_sigkills_lose_no_acknowledged_commit_and_break_no_invariant() {
         if let Err(e) = log.add(&run.lines) {
             fail(format!("iteration {i}: {e}"), &run, tmp);
         }
-        let store = match open_store(&dir) {
+        let store = match open_backend(&dir, database.as_deref()) {
             Ok(s) => s,
             Err(e) => fail(format!("iteration {i}: the store does not reopen after the kill: {e}"), &run, tmp),
         };
-        let clock = stored_clock(&store);
-        let snap = Snapshot::load(&store);
+        let clock = stored_clock(&*store);
+        let snap = Snapshot::load(&*store);
         drop(store);
         match check_invariants(&snap, &log, clock) {
             Ok(t) => {
@@ -148,24 +165,26 @@ fn random_sigkills_lose_no_acknowledged_commit_and_break_no_invariant() {
     }
 
     // Once more without a kill: recovery finishes (the outbox drains, calls complete, overdue timers fire).
+    let mut env = vec![(RUN_ENV, iterations.to_string()), (RUN_SEED_ENV, "0".into())];
+    env.extend(database.iter().map(|d| (DATABASE_ENV, d.clone())));
     let run = run_child(
-        TEST,
+        test,
         "recover",
         &dir,
         &tmp.path().join("recover.stderr"),
-        &[(RUN_ENV, iterations.to_string()), (RUN_SEED_ENV, "0".into())],
+        &env,
         Stop::WaitUpTo(Duration::from_secs(30)),
     );
     if !(run.status.success() && run.printed("DONE")) {
         fail("the final recovery run did not finish cleanly".into(), &run, tmp);
     }
-    let store = match open_store(&dir) {
+    let store = match open_backend(&dir, database.as_deref()) {
         Ok(s) => s,
         Err(e) => fail(format!("the store does not reopen after the recovery run: {e}"), &run, tmp),
     };
-    let clock = stored_clock(&store).unwrap_or_else(t0);
-    let left = unfinished(&store, clock);
-    let snap = Snapshot::load(&store);
+    let clock = stored_clock(&*store).unwrap_or_else(t0);
+    let left = unfinished(&*store, clock);
+    let snap = Snapshot::load(&*store);
     drop(store);
     let (t, mut errs) = match check_invariants(&snap, &log, Some(clock)) {
         Ok(t) => (t, vec![]),
@@ -186,11 +205,12 @@ fn random_sigkills_lose_no_acknowledged_commit_and_break_no_invariant() {
     }
     let accepted = log.acks.iter().filter(|a| a.status == Some(Status::Accepted)).count();
     println!(
-        "crash: {iterations} iterations, {kills} kills ({early_kills} before the ledgers were open), {} acknowledged \
+        "crash ({}): {iterations} iterations, {kills} kills ({early_kills} before the ledgers were open), {} acknowledged \
          inputs ({accepted} accepted), {} inputs sent; the kills left {credits_left} undelivered credits and \
          {calls_left} unfinished calls ({retrying_left} waiting to retry, {attention_left} out of attempts) behind; \
          after recovery: {} journal entries, deposited {}, sent {} = received {}, interest {} paid, {} \
          notifications, service time {}; took {:?} (seed {seed})",
+        if database.is_some() { "PostgreSQL" } else { "sled" },
         log.acks.len(),
         log.sent.len(),
         t.journal_entries,
@@ -210,7 +230,8 @@ fn child(role: &str) {
     let run = env_u64(RUN_ENV, 0);
     let seed = env_u64(RUN_SEED_ENV, 0);
     actix_rt::System::new().block_on(async move {
-        let store = Arc::new(open_store(&dir).unwrap_or_else(|e| die(&format!("opening the store: {e}"))));
+        let database = std::env::var(DATABASE_ENV).ok();
+        let store = open_backend(&dir, database.as_deref()).unwrap_or_else(|e| die(&format!("opening the store: {e}")));
         let now = stored_clock(&*store).unwrap_or_else(t0);
         let clock = ManualClock::new(now);
         // Actors stop after a few tens of milliseconds without input, so that entities are also reloaded from the

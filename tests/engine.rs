@@ -1,4 +1,6 @@
-//! The engine against a real store, on the manual clock: timers, idempotency, guards, messages, calls.
+//! The engine against a real store, on the manual clock: timers, idempotency, guards, messages, calls. Every test
+//! runs twice, on sled and on PostgreSQL (a fresh database of the test binary's server): the engine's contract does
+//! not depend on the store.
 
 use crate::common;
 
@@ -10,8 +12,38 @@ use chrono::{TimeZone, Utc};
 use common::*;
 use marketflow::clock::ManualClock;
 use marketflow::engine::*;
-use marketflow::store::{MemoryStore, SledStore, Store, Table};
+use marketflow::store::{Store, Table};
 use serde_json::json;
+
+/// Each named test body runs once per store: `<name>::sled` and `<name>::postgres`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[actix_rt::test]
+            async fn sled() {
+                super::$name(super::TestStore::sled()).await
+            }
+            #[actix_rt::test]
+            async fn postgres() {
+                super::$name(super::TestStore::postgres()).await
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    a_one_hour_timer_fires_on_the_manual_clock_in_well_under_a_second,
+    a_timer_delivered_again_is_stale_by_the_record_and_keeps_no_idempotency_record,
+    a_repeated_input_gets_the_stored_outcome_and_changes_nothing,
+    guards_choose_and_rejections_change_nothing,
+    messages_move_money_once_through_the_outbox,
+    external_calls_retry_with_backoff_then_need_an_operator,
+    idle_actors_stop_and_entities_live_on_disk,
+    overload_is_refused_not_queued_without_bound,
+    a_definition_changed_under_a_running_instance_is_detected_not_applied,
+    entities_by_state_are_kept_in_the_store_with_the_transitions_and_survive_a_restart,
+    a_store_of_an_earlier_build_has_its_entities_counted_by_state_when_the_engine_starts,
+);
 
 fn start(store: Arc<dyn Store>, handler: Arc<dyn CallHandler>) -> (Engine, ManualClock) {
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap());
@@ -25,10 +57,8 @@ fn start(store: Arc<dyn Store>, handler: Arc<dyn CallHandler>) -> (Engine, Manua
     (engine, clock)
 }
 
-#[actix_rt::test]
-async fn a_one_hour_timer_fires_on_the_manual_clock_in_well_under_a_second() {
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, clock) = start(Arc::new(SledStore::open(dir.path()).unwrap()), Flaky::new(0));
+async fn a_one_hour_timer_fires_on_the_manual_clock_in_well_under_a_second(s: TestStore) {
+    let (engine, clock) = start(s.open(), Flaky::new(0));
     let o = engine.send(key("a"), ev("open-a", json!({"type": "open", "amount": 10}))).await.unwrap();
     assert_eq!(o.status, Status::Accepted);
     assert_eq!(o.state, "open");
@@ -53,10 +83,8 @@ async fn a_one_hour_timer_fires_on_the_manual_clock_in_well_under_a_second() {
     engine.shutdown();
 }
 
-#[actix_rt::test]
-async fn a_timer_delivered_again_is_stale_by_the_record_and_keeps_no_idempotency_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+async fn a_timer_delivered_again_is_stale_by_the_record_and_keeps_no_idempotency_record(s: TestStore) {
+    let store = s.open();
     let (engine, clock) = start(store.clone(), Flaky::new(0));
     engine.send(key("t"), ev("open-t", json!({"type": "open", "amount": 10}))).await.unwrap();
     clock.advance(Duration::from_secs(3600));
@@ -88,9 +116,8 @@ async fn a_timer_delivered_again_is_stale_by_the_record_and_keeps_no_idempotency
     engine.shutdown();
 }
 
-#[actix_rt::test]
-async fn a_repeated_input_gets_the_stored_outcome_and_changes_nothing() {
-    let (engine, _clock) = start(Arc::new(MemoryStore::new()), Flaky::new(0));
+async fn a_repeated_input_gets_the_stored_outcome_and_changes_nothing(s: TestStore) {
+    let (engine, _clock) = start(s.open(), Flaky::new(0));
     engine.send(key("b"), ev("open", json!({"type": "open", "amount": 5}))).await.unwrap();
     let first = engine.send(key("b"), ev("dep-1", json!({"type": "deposit", "amount": 7}))).await.unwrap();
     let again = engine.send(key("b"), ev("dep-1", json!({"type": "deposit", "amount": 7}))).await.unwrap();
@@ -101,9 +128,8 @@ async fn a_repeated_input_gets_the_stored_outcome_and_changes_nothing() {
     assert_eq!(engine.record(&key("b")).await.unwrap().unwrap().seq, 2);
 }
 
-#[actix_rt::test]
-async fn guards_choose_and_rejections_change_nothing() {
-    let (engine, _clock) = start(Arc::new(MemoryStore::new()), Flaky::new(0));
+async fn guards_choose_and_rejections_change_nothing(s: TestStore) {
+    let (engine, _clock) = start(s.open(), Flaky::new(0));
     engine.send(key("c"), ev("open", json!({"type": "open", "amount": 5}))).await.unwrap();
     let o = engine.send(key("c"), ev("t1", json!({"type": "transfer", "to": "d", "amount": 50}))).await.unwrap();
     assert_eq!(o.status, Status::Rejected);
@@ -130,9 +156,8 @@ async fn guards_choose_and_rejections_change_nothing() {
     assert_eq!(account(&engine, "c").unwrap().1.balance, 6);
 }
 
-#[actix_rt::test]
-async fn messages_move_money_once_through_the_outbox() {
-    let (engine, _clock) = start(Arc::new(MemoryStore::new()), Flaky::new(0));
+async fn messages_move_money_once_through_the_outbox(s: TestStore) {
+    let (engine, _clock) = start(s.open(), Flaky::new(0));
     engine.send(key("from"), ev("o", json!({"type": "open", "amount": 100}))).await.unwrap();
     engine.send(key("to"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
     for i in 0..10 {
@@ -154,11 +179,10 @@ async fn messages_move_money_once_through_the_outbox() {
     assert_eq!(account(&engine, "to").unwrap().1.balance, 31);
 }
 
-#[actix_rt::test]
-async fn external_calls_retry_with_backoff_then_need_an_operator() {
+async fn external_calls_retry_with_backoff_then_need_an_operator(s: TestStore) {
     // Two failures, then success: the result arrives after the backoffs pass on the service clock.
     let flaky = Flaky::new(2);
-    let (engine, clock) = start(Arc::new(MemoryStore::new()), flaky.clone());
+    let (engine, clock) = start(s.open(), flaky.clone());
     engine.send(key("n"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
     engine.send(key("n"), ev("p", json!({"type": "ping"}))).await.unwrap();
     eventually("first attempt failed", || flaky.calls.load(Ordering::SeqCst) == 1).await;
@@ -179,8 +203,9 @@ async fn external_calls_retry_with_backoff_then_need_an_operator() {
     assert!(engine.entity_view(&key("n")).await.unwrap().pending_calls.is_empty());
 
     // Always failing: three attempts, then needs attention; an operator's retry runs it again.
+    engine.shutdown();
     let dead = Flaky::new(u32::MAX);
-    let (engine, clock) = start(Arc::new(MemoryStore::new()), dead.clone());
+    let (engine, clock) = start(s.another().open(), dead.clone());
     engine.send(key("m"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
     engine.send(key("m"), ev("p", json!({"type": "ping"}))).await.unwrap();
     for n in 1..=3u32 {
@@ -217,12 +242,10 @@ async fn external_calls_retry_with_backoff_then_need_an_operator() {
     assert!(journal.iter().any(|j| j.event.ends_with(".failed")), "the cancellation is in the journal too");
 }
 
-#[actix_rt::test]
-async fn idle_actors_stop_and_entities_live_on_disk() {
+async fn idle_actors_stop_and_entities_live_on_disk(s: TestStore) {
     let config = EngineConfig { idle_timeout: Duration::from_millis(100), ..Default::default() };
     let clock = ManualClock::new(Utc::now());
-    let engine =
-        Engine::start(Arc::new(MemoryStore::new()), Arc::new(clock), registry(Flaky::new(0)), config).await.unwrap();
+    let engine = Engine::start(s.open(), Arc::new(clock), registry(Flaky::new(0)), config).await.unwrap();
     for i in 0..200 {
         engine.send(key(&format!("e{i}")), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
     }
@@ -232,17 +255,10 @@ async fn idle_actors_stop_and_entities_live_on_disk() {
     assert_eq!(o.reply["balance"], 3, "a stopped entity resumes from its record");
 }
 
-#[actix_rt::test]
-async fn overload_is_refused_not_queued_without_bound() {
+async fn overload_is_refused_not_queued_without_bound(s: TestStore) {
     let config = EngineConfig { max_inflight: 1, ..Default::default() };
-    let engine = Engine::start(
-        Arc::new(MemoryStore::new()),
-        Arc::new(ManualClock::new(Utc::now())),
-        registry(Flaky::new(0)),
-        config,
-    )
-    .await
-    .unwrap();
+    let engine =
+        Engine::start(s.open(), Arc::new(ManualClock::new(Utc::now())), registry(Flaky::new(0)), config).await.unwrap();
     let sends: Vec<_> =
         (0..50).map(|i| engine.send(key(&format!("o{i}")), ev("o", json!({"type": "open", "amount": 1})))).collect();
     let results = futures_util::future::join_all(sends).await;
@@ -251,9 +267,8 @@ async fn overload_is_refused_not_queued_without_bound() {
     assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(Error::Overloaded))));
 }
 
-#[actix_rt::test]
-async fn a_definition_changed_under_a_running_instance_is_detected_not_applied() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+async fn a_definition_changed_under_a_running_instance_is_detected_not_applied(s: TestStore) {
+    let store = s.open();
     let (engine, _clock) = start(store.clone(), Flaky::new(0));
     engine.send(key("pin"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
     let pinned = engine.record(&key("pin")).await.unwrap().unwrap();
@@ -267,7 +282,7 @@ async fn a_definition_changed_under_a_running_instance_is_detected_not_applied()
     r.add_definition("tests/common/ledger.toml", &changed).unwrap();
     r.add_handler("notify", Flaky::new(0));
     let engine =
-        Engine::start(store.clone(), Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).await.unwrap();
+        Engine::start(s.open(), Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).await.unwrap();
     let e = engine.send(key("pin"), ev("d", json!({"type": "deposit", "amount": 1}))).await.unwrap_err();
     assert_eq!(e.code(), "definition_mismatch", "{e}");
     assert_eq!(engine.record(&key("pin")).await.unwrap().unwrap().seq, 1, "nothing applied");
@@ -281,7 +296,7 @@ async fn a_definition_changed_under_a_running_instance_is_detected_not_applied()
     r.add_definition("ledger.toml", &v2).unwrap();
     r.add_handler("notify", Flaky::new(0));
     let engine =
-        Engine::start(store, Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).await.unwrap();
+        Engine::start(s.open(), Arc::new(ManualClock::new(Utc::now())), r, EngineConfig::default()).await.unwrap();
     let o = engine.send(key("pin"), ev("d", json!({"type": "deposit", "amount": 1}))).await.unwrap();
     assert_eq!(o.status, Status::Accepted);
     assert_eq!(engine.record(&key("pin")).await.unwrap().unwrap().version, 1);
@@ -294,10 +309,8 @@ fn by_state(counts: &std::collections::BTreeMap<(String, String), i64>) -> [i64;
     ["new", "open", "closed"].map(|s| counts.get(&("ledger".to_string(), s.to_string())).copied().unwrap_or(-1))
 }
 
-#[actix_rt::test]
-async fn entities_by_state_are_kept_in_the_store_with_the_transitions_and_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, _clock) = start(Arc::new(SledStore::open(dir.path()).unwrap()), Flaky::new(0));
+async fn entities_by_state_are_kept_in_the_store_with_the_transitions_and_survive_a_restart(s: TestStore) {
+    let (engine, _clock) = start(s.open(), Flaky::new(0));
     assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 0, 0], "every state, zero-filled");
     for id in ["a", "b", "c"] {
         engine.send(key(id), ev(&format!("open-{id}"), json!({"type": "open", "amount": 10}))).await.unwrap();
@@ -312,8 +325,7 @@ async fn entities_by_state_are_kept_in_the_store_with_the_transitions_and_surviv
     engine.shutdown();
 
     // The counts are in the store: a restart reads them as they were, and carries on from them.
-    let store = Arc::new(harness::open_store(dir.path()).unwrap());
-    let (engine, _clock) = start(store, Flaky::new(0));
+    let (engine, _clock) = start(s.open(), Flaky::new(0));
     assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 2, 1]);
     engine.send(key("a"), ev("close-a", json!({"type": "close"}))).await.unwrap();
     engine.send(key("d"), ev("open-d", json!({"type": "open", "amount": 1}))).await.unwrap();
@@ -321,9 +333,8 @@ async fn entities_by_state_are_kept_in_the_store_with_the_transitions_and_surviv
     engine.shutdown();
 }
 
-#[actix_rt::test]
-async fn a_store_of_an_earlier_build_has_its_entities_counted_by_state_when_the_engine_starts() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+async fn a_store_of_an_earlier_build_has_its_entities_counted_by_state_when_the_engine_starts(s: TestStore) {
+    let store = s.open();
     let (engine, _clock) = start(store.clone(), Flaky::new(0));
     for i in 0..30 {
         engine.send(key(&format!("e{i}")), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
@@ -333,6 +344,7 @@ async fn a_store_of_an_earlier_build_has_its_entities_counted_by_state_when_the_
     }
     engine.shutdown();
     // What an earlier build left: the same entities, and no counters nor the mark that they were counted.
+    let store = s.open();
     let meta = marketflow::store::scan_prefix(&*store, Table::Meta, b"entities-by-state", 1000).await.unwrap();
     assert!(meta.len() >= 3, "{meta:?}");
     let mut forget = marketflow::store::Batch::new();
@@ -340,14 +352,15 @@ async fn a_store_of_an_earlier_build_has_its_entities_counted_by_state_when_the_
         forget.delete(Table::Meta, k);
     }
     store.apply(&[forget]).unwrap();
+    store.close().unwrap();
 
-    let (engine, _clock) = start(store.clone(), Flaky::new(0));
+    let (engine, _clock) = start(s.open(), Flaky::new(0));
     assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 20, 10], "counted once, as it started");
     engine.send(key("e20"), ev("c", json!({"type": "close"}))).await.unwrap();
     assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 19, 11]);
     engine.shutdown();
     // Counted once: the next start keeps the counters as they are.
-    let (engine, _clock) = start(store, Flaky::new(0));
+    let (engine, _clock) = start(s.open(), Flaky::new(0));
     assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 19, 11]);
     engine.shutdown();
 }

@@ -163,6 +163,44 @@ pub fn account(engine: &Engine, id: &str) -> Option<(String, Account)> {
         .map(|r| (r.state, serde_json::from_value(r.data).expect("account decodes")))
 }
 
+/// A store a test can open again after its engine shut down: sled in a temporary directory, or a fresh database on
+/// the test binary's PostgreSQL server (started on first use; without PostgreSQL installed the test fails, naming
+/// what to install).
+pub enum TestStore {
+    Sled(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl TestStore {
+    pub fn sled() -> Self {
+        TestStore::Sled(tempfile::tempdir().expect("a temporary directory"))
+    }
+
+    pub fn postgres() -> Self {
+        let url = marketflow::store::postgres::server::shared().fresh().unwrap_or_else(|e| panic!("{e}"));
+        TestStore::Postgres(url)
+    }
+
+    /// A fresh store of the same kind.
+    pub fn another(&self) -> Self {
+        match self {
+            TestStore::Sled(_) => Self::sled(),
+            TestStore::Postgres(_) => Self::postgres(),
+        }
+    }
+
+    /// Opens it (again: after the previous engine's shutdown closed it).
+    pub fn open(&self) -> Arc<dyn marketflow::store::Store> {
+        match self {
+            TestStore::Sled(dir) => Arc::new(harness::open_store(dir.path()).expect("sled opens")),
+            TestStore::Postgres(url) => {
+                let options = marketflow::store::postgres::Options::new(url.clone(), "test", Duration::from_secs(10));
+                marketflow::store::postgres::PostgresStore::connect(options).expect("PostgreSQL connects")
+            }
+        }
+    }
+}
+
 /// Waits (in real time, briefly) until background work of the engine makes `cond` true.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -317,6 +355,24 @@ pub mod harness {
                 }
                 r => return r,
             }
+        }
+    }
+
+    /// Where a crash test's PostgreSQL database is (its PostgreSQL run); unset, the children use sled in their
+    /// directory.
+    pub const DATABASE_ENV: &str = "MARKETFLOW_TEST_DATABASE_URL";
+
+    /// The store of a crash test's run: PostgreSQL at `database` if given, else sled in `dir`.
+    pub fn open_backend(
+        dir: &Path,
+        database: Option<&str>,
+    ) -> Result<std::sync::Arc<dyn Store>, marketflow::store::Error> {
+        match database {
+            Some(url) => {
+                let options = marketflow::store::postgres::Options::new(url, "crash-test", Duration::from_secs(10));
+                Ok(marketflow::store::postgres::PostgresStore::connect(options)?)
+            }
+            None => Ok(std::sync::Arc::new(open_store(dir)?)),
         }
     }
 

@@ -96,8 +96,9 @@ pub struct LeaseClient {
     client: Arc<tokio::sync::Mutex<Option<Client>>>,
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+/// A duration in milliseconds, as the statements multiply `interval '1 millisecond'` by it.
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn leases(rows: Vec<tokio_postgres::Row>) -> Vec<Lease> {
@@ -174,7 +175,7 @@ impl LeaseClient {
             Box::pin(async move {
                 let rows = c
                     .query(
-                        "UPDATE mf_shards SET epoch = epoch + 1, lease_until = now() + $2 * interval '1 millisecond' \
+                        "UPDATE mf_shards SET epoch = epoch + 1, lease_until = now() + $2::float8 * interval '1 millisecond' \
                          WHERE owner = $1 RETURNING shard, epoch, lease_until",
                         &[&node, &millis(lease)],
                     )
@@ -191,7 +192,7 @@ impl LeaseClient {
             Box::pin(async move {
                 let rows = c
                     .query(
-                        "UPDATE mf_shards SET lease_until = now() + $2 * interval '1 millisecond' \
+                        "UPDATE mf_shards SET lease_until = now() + $2::float8 * interval '1 millisecond' \
                          WHERE owner = $1 RETURNING shard, epoch, lease_until",
                         &[&node, &millis(lease)],
                     )
@@ -211,12 +212,12 @@ impl LeaseClient {
                 let rows = c
                     .query(
                         "UPDATE mf_shards SET owner = $1, epoch = epoch + 1, \
-                           lease_until = now() + $2 * interval '1 millisecond' \
+                           lease_until = now() + $2::float8 * interval '1 millisecond' \
                          WHERE shard IN ( \
                            SELECT shard FROM mf_shards \
                            WHERE owner IS NULL \
                               OR (owner <> $1 AND lease_until < now() AND owner NOT IN ( \
-                                   SELECT node FROM mf_nodes WHERE heartbeat > now() - $2 * interval '1 millisecond')) \
+                                   SELECT node FROM mf_nodes WHERE heartbeat > now() - $2::float8 * interval '1 millisecond')) \
                            ORDER BY shard LIMIT $3 FOR UPDATE SKIP LOCKED) \
                          RETURNING shard, epoch, lease_until",
                         &[&node, &millis(lease), &n],
@@ -250,7 +251,7 @@ impl LeaseClient {
             Box::pin(async move {
                 let r = c
                     .query_one(
-                        "SELECT count(*) FROM mf_nodes WHERE heartbeat > now() - $1 * interval '1 millisecond' \
+                        "SELECT count(*) FROM mf_nodes WHERE heartbeat > now() - $1::float8 * interval '1 millisecond' \
                          AND state = 'serving'",
                         &[&millis(lease)],
                     )
@@ -316,7 +317,7 @@ impl LeaseClient {
         self.run(move |c| {
             Box::pin(async move {
                 c.execute(
-                    "DELETE FROM mf_commit_log WHERE node = $1 AND at < now() - $2 * interval '1 millisecond'",
+                    "DELETE FROM mf_commit_log WHERE node = $1 AND at < now() - $2::float8 * interval '1 millisecond'",
                     &[&node, &millis(keep)],
                 )
                 .await

@@ -814,35 +814,14 @@ pub(crate) mod tests {
     use super::*;
     use crate::store::contract_tests::{self, block};
     use crate::store::shard::Fence;
-    use std::sync::OnceLock;
 
-    /// One server per test binary, with a migrated template database each test copies.
     pub fn server() -> &'static server::TempServer {
-        static SERVER: OnceLock<server::TempServer> = OnceLock::new();
-        SERVER.get_or_init(|| {
-            let s = server::TempServer::start(&[]).unwrap_or_else(|e| panic!("{e}"));
-            let url = s.create_database("mf_template", None).unwrap();
-            let store = PostgresStore::connect(Options::new(url, "template", Duration::from_secs(10))).unwrap();
-            store.close().unwrap();
-            drop(store);
-            s
-        })
+        server::shared().server()
     }
 
     /// A fresh, migrated database.
     pub fn database() -> String {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let s = server();
-        let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        for _ in 0..100 {
-            match s.create_database(&name, Some("mf_template")) {
-                Ok(url) => return url,
-                // The template's last connections may still be closing.
-                Err(e) if e.to_string().contains("being accessed") => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => panic!("{e}"),
-            }
-        }
-        panic!("the template database stayed busy")
+        server::shared().fresh().unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn store(node: &str) -> Arc<PostgresStore> {

@@ -276,6 +276,63 @@ impl TempServer {
     }
 }
 
+/// A throwaway server with a migrated template database, handing out fresh databases copied from it (`CREATE
+/// DATABASE ... TEMPLATE`: milliseconds, where migrating each one would take longer). The tests and benchmarks of
+/// one process share one ([`shared`]).
+pub struct Databases {
+    server: TempServer,
+    next: std::sync::atomic::AtomicU32,
+}
+
+/// The template every fresh database is copied from.
+const TEMPLATE: &str = "mf_template";
+
+impl Databases {
+    /// Starts a server and migrates the template.
+    pub fn start() -> Result<Self, ServerError> {
+        let server = TempServer::start(&[])?;
+        let url = server.create_database(TEMPLATE, None)?;
+        let store =
+            super::PostgresStore::connect(super::Options::new(url, "template", Duration::from_secs(10))).map_err(
+                |e| ServerError::Command { what: "migrating the template database".into(), detail: e.to_string() },
+            )?;
+        crate::store::Store::close(&*store)
+            .map_err(|e| ServerError::Command { what: "closing the template".into(), detail: e.to_string() })?;
+        Ok(Self { server, next: Default::default() })
+    }
+
+    /// A fresh, migrated database's URL.
+    pub fn fresh(&self) -> Result<String, ServerError> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("t{}_{n}", std::process::id());
+        let mut last = None;
+        for _ in 0..200 {
+            match self.server.create_database(&name, Some(TEMPLATE)) {
+                Ok(url) => return Ok(url),
+                // The template's last connections may still be closing.
+                Err(e) if e.to_string().contains("being accessed") => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(ServerError::Command { what: "creating a database".into(), detail: "busy".into() }))
+    }
+
+    pub fn server(&self) -> &TempServer {
+        &self.server
+    }
+}
+
+/// The process's shared server, started on first use. Without PostgreSQL installed it panics with the message of
+/// [`ServerError::NotInstalled`]: a test that needs a database fails loudly, naming what to install, and never
+/// skips.
+pub fn shared() -> &'static Databases {
+    static SHARED: std::sync::OnceLock<Databases> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| Databases::start().unwrap_or_else(|e| panic!("a PostgreSQL server for the tests: {e}")))
+}
+
 impl Drop for TempServer {
     fn drop(&mut self) {
         let _ = self.stop("immediate");
