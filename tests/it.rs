@@ -39,6 +39,8 @@ mod openapi;
 mod ops;
 #[path = "pages.rs"]
 mod pages;
+#[path = "postgres.rs"]
+mod postgres;
 #[path = "properties.rs"]
 mod properties;
 #[path = "simulator.rs"]

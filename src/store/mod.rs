@@ -407,7 +407,9 @@ pub fn wait<F: Future>(f: F) -> F::Output {
     }
     let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
     let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
+    // Outside tokio's cooperative budget: inside a runtime's task (a test), an exhausted budget defers the wake-up
+    // until the task yields to its scheduler, which a parked thread never does.
+    let mut f = std::pin::pin!(tokio::task::unconstrained(f));
     loop {
         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
             return v;
