@@ -25,3 +25,23 @@ pub fn hit_at(name: &str, detail: &str) {
         }
     }
 }
+
+/// Pausepoints, for the fencing tests: with `MARKETFLOW_PAUSEPOINT=<name>` and `MARKETFLOW_PAUSEPOINT_ARM=<file>`,
+/// the first time `name` is reached after the file appears, the process stops itself with SIGSTOP (as a long
+/// garbage-collection pause or a frozen virtual machine would stop it) and removes the file; the test continues
+/// it with SIGCONT. Unarmed (the variables unset, as in production), a pausepoint costs one check of a static.
+pub fn pause(name: &str) {
+    static ARMED: OnceLock<Option<(String, std::path::PathBuf)>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| {
+        let name = std::env::var("MARKETFLOW_PAUSEPOINT").ok().filter(|s| !s.is_empty())?;
+        let file = std::env::var("MARKETFLOW_PAUSEPOINT_ARM").ok().filter(|s| !s.is_empty())?;
+        Some((name, file.into()))
+    });
+    let Some((armed, file)) = armed else { return };
+    if armed != name || std::fs::remove_file(file).is_err() {
+        return;
+    }
+    eprintln!("marketflow: pausepoint `{name}` reached: stopping this process (SIGSTOP)");
+    let _ = std::process::Command::new("kill").arg("-STOP").arg(std::process::id().to_string()).status();
+    eprintln!("marketflow: pausepoint `{name}`: continued");
+}

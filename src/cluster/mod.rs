@@ -51,6 +51,9 @@ pub enum NodeState {
     /// Handing its shards over before it stops: not counted in anyone's fair share.
     Draining = 1,
     Stopped = 2,
+    /// Back after its renewals failed: renewing only, for one lease, and not counted in anyone's fair share
+    /// meanwhile (so that nobody hands it shards it will not take yet).
+    Rejoining = 3,
 }
 
 impl NodeState {
@@ -59,6 +62,7 @@ impl NodeState {
             NodeState::Serving => "serving",
             NodeState::Draining => "draining",
             NodeState::Stopped => "stopped",
+            NodeState::Rejoining => "rejoining",
         }
     }
 }
@@ -190,6 +194,7 @@ impl Cluster {
         match self.state.load(Ordering::Acquire) {
             0 => NodeState::Serving,
             1 => NodeState::Draining,
+            3 => NodeState::Rejoining,
             _ => NodeState::Stopped,
         }
     }
@@ -251,7 +256,20 @@ impl Cluster {
                     if failing {
                         failing = false;
                         quiet_until = Instant::now() + lease;
+                        let _ = self.state.compare_exchange(
+                            NodeState::Serving as u8,
+                            NodeState::Rejoining as u8,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
                         tracing::info!("renewals work again; taking no shard for one lease");
+                    } else if Instant::now() >= quiet_until {
+                        let _ = self.state.compare_exchange(
+                            NodeState::Rejoining as u8,
+                            NodeState::Serving as u8,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
                     }
                 }
                 Err(e) => {
@@ -334,7 +352,8 @@ impl Cluster {
 
     /// Hands every shard over and leaves (SIGTERM): drained, released, the loop stopped, the node marked stopped.
     pub async fn shutdown(&self) {
-        if self.state.swap(NodeState::Draining as u8, Ordering::AcqRel) != NodeState::Serving as u8 {
+        let before = self.state.swap(NodeState::Draining as u8, Ordering::AcqRel);
+        if before != NodeState::Serving as u8 && before != NodeState::Rejoining as u8 {
             return;
         }
         let _ = self.leases.heartbeat(NodeState::Draining.as_str()).await;

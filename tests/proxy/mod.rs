@@ -81,12 +81,15 @@ pub enum Cut {
 }
 
 /// A proxy to a PostgreSQL server that cuts the connection at every `every`-th COMMIT (a simple query `COMMIT` in
-/// the frontend protocol, as tokio-postgres sends it), alternating [`Cut::Before`] and [`Cut::After`].
+/// the frontend protocol, as tokio-postgres sends it), alternating [`Cut::Before`] and [`Cut::After`]; `every` 0
+/// cuts none. It can also play a network partition ([`PgProxy::partition`]).
 pub struct PgProxy {
     pub port: u16,
     /// Cuts made, by kind.
     pub cuts: Arc<Mutex<Vec<Cut>>>,
     pub commits: Arc<AtomicU64>,
+    /// Set: the connections whose start-up message holds this text (all for "") are dropped, new ones refused.
+    partitioned: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl PgProxy {
@@ -96,28 +99,70 @@ impl PgProxy {
             let port = listener.local_addr().expect("its address").port();
             let cuts = Arc::new(Mutex::new(vec![]));
             let commits = Arc::new(AtomicU64::new(0));
+            let (partitioned, watch) = tokio::sync::watch::channel(None::<String>);
             let (c, n) = (cuts.clone(), commits.clone());
             let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = Box::pin(async move {
                 while let Ok((inbound, _)) = listener.accept().await {
-                    let (c, n) = (c.clone(), n.clone());
+                    let (c, n, cut_off) = (c.clone(), n.clone(), watch.clone());
                     tokio::task::spawn_local(async move {
                         if let Ok(out) = TcpStream::connect(("127.0.0.1", server_port)).await {
-                            pipe(inbound, out, every, c, n).await;
+                            pipe(inbound, out, every, c, n, cut_off).await;
                         }
                     });
                 }
             });
-            (Self { port, cuts, commits }, run)
+            (Self { port, cuts, commits, partitioned }, run)
         })
     }
 
     pub fn cuts(&self) -> Vec<Cut> {
         self.cuts.lock().unwrap().clone()
     }
+
+    /// Cuts the connections whose start-up message holds `only` (every connection for `Some("")`) off from the
+    /// database (dropped, and new ones refused), or heals the cut (`None`).
+    pub fn partition(&self, only: Option<&str>) {
+        let _ = self.partitioned.send(only.map(str::to_string));
+    }
 }
 
-/// Relays both ways; reads the client's messages one by one (the startup message has no type byte) to find COMMIT.
-async fn pipe(client: TcpStream, server: TcpStream, every: u64, cuts: Arc<Mutex<Vec<Cut>>>, commits: Arc<AtomicU64>) {
+/// Relays both ways (until a partition that matches the connection); reads the client's messages one by one (the
+/// startup message has no type byte) to find COMMIT.
+async fn pipe(
+    client: TcpStream,
+    server: TcpStream,
+    every: u64,
+    cuts: Arc<Mutex<Vec<Cut>>>,
+    commits: Arc<AtomicU64>,
+    mut partition: tokio::sync::watch::Receiver<Option<String>>,
+) {
+    // The start-up message names the connection (its application_name): read before anything is relayed.
+    let mut client = client;
+    let mut len = [0u8; 4];
+    if client.read_exact(&mut len).await.is_err() {
+        return;
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    let mut startup = vec![0u8; n.saturating_sub(4)];
+    if client.read_exact(&mut startup).await.is_err() {
+        return;
+    }
+    let name = String::from_utf8_lossy(&startup).to_string();
+    let matches = move |p: &Option<String>| p.as_deref().is_some_and(|only| name.contains(only));
+    if matches(&partition.borrow()) {
+        return;
+    }
+    let mut server = server;
+    if server.write_all(&len).await.is_err() || server.write_all(&startup).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        _ = relay(client, server, every, cuts, commits) => {}
+        _ = partition.wait_for(matches) => {}
+    }
+}
+
+async fn relay(client: TcpStream, server: TcpStream, every: u64, cuts: Arc<Mutex<Vec<Cut>>>, commits: Arc<AtomicU64>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     // Set when the server's answers must no longer reach the client (a cut after COMMIT).
@@ -137,19 +182,6 @@ async fn pipe(client: TcpStream, server: TcpStream, every: u64, cuts: Arc<Mutex<
             }
         }
     });
-    // The startup message: length-prefixed, no type byte (an SSLRequest first would be one too; the tests use none).
-    let mut len = [0u8; 4];
-    if cr.read_exact(&mut len).await.is_err() {
-        return;
-    }
-    let n = u32::from_be_bytes(len) as usize;
-    let mut body = vec![0u8; n.saturating_sub(4)];
-    if cr.read_exact(&mut body).await.is_err()
-        || sw.write_all(&len).await.is_err()
-        || sw.write_all(&body).await.is_err()
-    {
-        return;
-    }
     loop {
         let mut head = [0u8; 5];
         if cr.read_exact(&mut head).await.is_err() {
@@ -161,7 +193,7 @@ async fn pipe(client: TcpStream, server: TcpStream, every: u64, cuts: Arc<Mutex<
             break;
         }
         let is_commit = head[0] == b'Q' && body.starts_with(b"COMMIT");
-        let cut = if is_commit {
+        let cut = if is_commit && every > 0 {
             let k = commits.fetch_add(1, Ordering::Relaxed) + 1;
             (k % every == 0).then(|| if (k / every) % 2 == 1 { Cut::Before } else { Cut::After })
         } else {

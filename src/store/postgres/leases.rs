@@ -110,6 +110,14 @@ impl LeaseClient {
         Self { store, client: Arc::new(tokio::sync::Mutex::new(None)) }
     }
 
+    /// The connection's settings: the store's, named apart (`application_name`), so that an operator reading
+    /// `pg_stat_activity` tells the lease connection from the others.
+    fn config(&self) -> tokio_postgres::Config {
+        let mut c = self.store.config().clone();
+        c.application_name(format!("marketflow {} leases", self.store.node()));
+        c
+    }
+
     /// Runs `f` with the connection (opened, or opened again after it broke).
     fn run<T, F>(&self, f: F) -> Read<Result<T, Error>>
     where
@@ -119,7 +127,7 @@ impl LeaseClient {
             + 'static,
     {
         let slot = self.client.clone();
-        let config = self.store.config().clone();
+        let config = self.config();
         self.store.spawn(async move {
             let mut g = slot.lock().await;
             if g.as_ref().is_none_or(|c| c.is_closed()) {

@@ -383,7 +383,9 @@ impl PostgresStore {
             let commit_id: i64 = rand::random::<i64>() & i64::MAX;
             let mut guard = self.writer.lock().await;
             if guard.is_none() {
-                let client = Self::connect_one(&self.config).await?;
+                let mut config = self.config.clone();
+                config.application_name(format!("marketflow {} writer", self.options.node));
+                let client = Self::connect_one(&config).await?;
                 *guard = Some(Writer { client, statements: HashMap::new() });
             }
             let Some(writer) = guard.as_mut() else { return Err(Error::Unavailable("no connection".into())) };
@@ -480,8 +482,15 @@ impl PostgresStore {
         let log = w.statement(leases::LOG_COMMIT).await.map_err(Failure::Before)?;
         let node = self.options.node.clone();
 
+        let fenced_group = !fences.is_empty();
+        if fenced_group {
+            crate::failpoint::pause("pg_before_begin");
+        }
         let transaction = w.client.transaction().await.map_err(Failure::Before)?;
         let tx = &transaction;
+        if fenced_group {
+            crate::failpoint::pause("pg_before_lock");
+        }
         // Locks first, in a fixed order (shards, then counters by key), so that two nodes never deadlock.
         let shard_list: Vec<i16> = fences.keys().map(|s| *s as i16).collect();
         let fenced = async {
@@ -498,6 +507,9 @@ impl PostgresStore {
         let (locked, counted) = futures_util::future::join(fenced, counters).await;
         let locked = locked.map_err(classify_before)?;
         let counted = counted.map_err(classify_before)?;
+        if fenced_group {
+            crate::failpoint::pause("pg_after_lock");
+        }
         let mut lost = Vec::new();
         for row in &locked {
             let shard: i16 = row.get(0);
