@@ -50,6 +50,8 @@
 //! MARKETFLOW_CHAOS_SUBSCRIPTIONS=3000 MARKETFLOW_CHAOS_KILLS=50 cargo test --release --test chaos -- --nocapture
 //! ```
 
+#[path = "proxy/mod.rs"]
+mod proxy;
 mod serve;
 #[path = "world/smtp.rs"]
 mod smtp;
@@ -289,6 +291,9 @@ struct Reply {
     status: u16,
     body: Value,
     retried_lost: bool,
+    /// An earlier attempt was answered 503: it may have done part of its work (a registration stores the account,
+    /// then makes the organization; a node holding no lease for it yet answers 503 for the second half).
+    retried_unavailable: bool,
 }
 
 struct Run {
@@ -297,7 +302,8 @@ struct Run {
     service: String,
     sim: String,
     clock: ScaledClock,
-    serve: Mutex<Serve>,
+    /// The service's processes: one on sled, or the nodes of a cluster on PostgreSQL behind a load balancer.
+    nodes: Vec<Mutex<Serve>>,
     users: Vec<Account>,
     stats: Mutex<Stats>,
     acks: Mutex<Vec<Ack>>,
@@ -414,11 +420,14 @@ impl Run {
         let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.service) };
         let deadline = Instant::now() + CALL_LIMIT;
         let mut wait = Duration::from_millis(20);
-        let mut retried_lost = false;
+        let (mut retried_lost, mut retried_unavailable) = (false, false);
         loop {
             match self.send(method.clone(), &url, bearer, body).await {
-                Got::Answer(503, _, _) => self.stat().unavailable += 1,
-                Got::Answer(status, body, _) => return Ok(Reply { status, body, retried_lost }),
+                Got::Answer(503, _, _) => {
+                    retried_unavailable = true;
+                    self.stat().unavailable += 1
+                }
+                Got::Answer(status, body, _) => return Ok(Reply { status, body, retried_lost, retried_unavailable }),
                 Got::Lost(_) => {
                     retried_lost = true;
                     self.stat().no_answer += 1;
@@ -535,8 +544,8 @@ impl Run {
         let r = self.call("register", Method::POST, "/api/v1/accounts", None, Some(&body)).await?;
         match r.status {
             201 => self.ack(Ack::Account { user }),
-            // An earlier attempt got through, its answer did not.
-            409 if r.retried_lost => {}
+            // An earlier attempt got through, its answer did not (or it stored the account and then answered 503).
+            409 if r.retried_lost || r.retried_unavailable => {}
             s => return Err(format!("register {}: {s} {}", a.email, r.body)),
         }
         self.login(user).await?;
@@ -1064,41 +1073,49 @@ impl Run {
 
     /// Restarts a child that lost the port to the process killed before it; any other exit is a failure.
     fn supervise(&self) -> R<()> {
-        let mut serve = lock(&self.serve);
-        if let Some(status) = serve.exited() {
-            let log = serve.log_tail(20);
-            if !log.contains("cannot listen") {
-                return Err(format!("the service exited by itself with {status}:\n{log}"));
+        for node in &self.nodes {
+            let mut serve = lock(node);
+            if let Some(status) = serve.exited() {
+                let log = serve.log_tail(20);
+                if !log.contains("cannot listen") {
+                    return Err(format!("the service exited by itself with {status}:\n{log}"));
+                }
+                serve.spawn(None);
+                drop(serve);
+                self.stat().port_retries += 1;
             }
-            serve.spawn(None);
-            drop(serve);
-            self.stat().port_retries += 1;
         }
         Ok(())
     }
 
-    async fn ready(&self) -> bool {
+    async fn ready(&self, node: usize) -> bool {
+        let url = lock(&self.nodes[node]).url();
         matches!(
-            self.http.get(format!("{}/readyz", self.service)).timeout(Duration::from_millis(300)).send().await,
+            self.http.get(format!("{url}/readyz")).timeout(Duration::from_millis(300)).send().await,
             Ok(r) if r.status().is_success()
         )
     }
 
+    /// Every node ready.
     async fn ensure_ready(&self) -> R<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            self.supervise()?;
-            if self.ready().await {
-                return Ok(());
+        for node in 0..self.nodes.len() {
+            loop {
+                self.supervise()?;
+                if self.ready(node).await {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("node {node} is not ready:\n{}", lock(&self.nodes[node]).log_tail(20)));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if Instant::now() > deadline {
-                return Err(format!("the service is not ready:\n{}", lock(&self.serve).log_tail(20)));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
-    /// SIGKILLs the service at random moments and starts it again at once, `kills` times over `span`.
+    /// SIGKILLs the service (a node of it, at random) at random moments and starts it again at once, `kills` times
+    /// over `span`.
     async fn killer(self: Arc<Self>, span: Duration) -> R<()> {
         let mut rng = StdRng::seed_from_u64(self.s.seed ^ 0x6b11);
         let mean = span.as_secs_f64() / (self.s.kills as f64 + 1.0);
@@ -1115,9 +1132,10 @@ impl Run {
                 tokio::time::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(20)))
                     .await;
             }
-            let was_ready = self.ready().await;
+            let node = rng.gen_range(0..self.nodes.len());
+            let was_ready = self.ready(node).await;
             {
-                let mut serve = lock(&self.serve);
+                let mut serve = lock(&self.nodes[node]);
                 serve.kill();
                 serve.spawn(None);
             }
@@ -1143,10 +1161,12 @@ impl Run {
 
     fn fail(&self, what: &str, tmp: &mut Option<tempfile::TempDir>) -> ! {
         let kept = tmp.take().map(|t| t.keep().display().to_string()).unwrap_or_default();
-        let serve = lock(&self.serve);
         let mut context = String::new();
-        for log in serve.logs.iter().skip(serve.logs.len().saturating_sub(2)) {
-            context.push_str(&format!("\n--- {}, last lines:\n{}", log.display(), serve::tail(log, 15)));
+        for node in &self.nodes {
+            let serve = lock(node);
+            for log in serve.logs.iter().skip(serve.logs.len().saturating_sub(2)) {
+                context.push_str(&format!("\n--- {}, last lines:\n{}", log.display(), serve::tail(log, 15)));
+            }
         }
         panic!("{what}\n(seed {} from {SEED_ENV}; data and logs kept in {kept}){context}", self.s.seed)
     }
@@ -1576,20 +1596,40 @@ async fn verify(run: &Arc<Run>, errors: &mut Vec<String>) -> R<BTreeMap<String, 
     Ok(numbers)
 }
 
+/// The two runs share the machine's two cores badly: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[actix_rt::test]
 async fn chaos_many_subscriptions_faults_and_sigkills_converge_without_loss() {
+    let _one = SERIAL.lock().await;
+    chaos(1, None).await;
+}
+
+/// The same run on three nodes sharing one PostgreSQL database behind a load balancer (the simulator, the
+/// customers and the operator all go through it), with 2 s leases; each kill takes a node at random.
+#[actix_rt::test]
+async fn chaos_on_three_nodes_and_postgres_converges_without_loss() {
+    let _one = SERIAL.lock().await;
+    let db = marketflow::store::postgres::server::shared().fresh().unwrap_or_else(|e| panic!("{e}"));
+    chaos(3, Some(db)).await;
+}
+
+async fn chaos(node_count: usize, database: Option<String>) {
     let settings = Settings::from_env();
     let started = Instant::now();
     let mut tmp = Some(tempfile::Builder::new().prefix("chaos-").tempdir().expect("a temp dir"));
     let root = tmp.as_ref().unwrap().path().to_path_buf();
-    let (port, sim_port) = (free_port(), free_port());
-    let service = format!("http://127.0.0.1:{port}");
+    let ports: Vec<u16> = (0..node_count).map(|_| free_port()).collect();
+    let sim_port = free_port();
+    let balancer = (node_count > 1).then(|| proxy::Balancer::start(ports.clone()));
+    let service = match &balancer {
+        Some(b) => b.url(),
+        None => format!("http://127.0.0.1:{}", ports[0]),
+    };
     let sim_url = format!("http://127.0.0.1:{sim_port}");
     let mail = smtp::Sink::start();
     let env: Vec<(String, String)> = [
         ("MARKETFLOW_SMTP_URL", mail.url()),
-        ("MARKETFLOW_LISTEN", format!("127.0.0.1:{port}")),
-        ("MARKETFLOW_DATA_DIR", root.join("data").display().to_string()),
         ("MARKETFLOW_PUBLIC_URL", service.clone()),
         ("MARKETFLOW_ALIYUN_ISV_KEY", ISV.into()),
         ("MARKETFLOW_ALIYUN_ENDPOINT", sim_url.clone()),
@@ -1617,9 +1657,30 @@ async fn chaos_many_subscriptions_faults_and_sigkills_converge_without_loss() {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("an HTTP client");
-    let mut serve = Serve::new(&root, port, env);
-    if let Err(e) = serve.start(&http, Duration::from_secs(60)).await {
-        panic!("{e}");
+    let mut nodes = vec![];
+    for (i, port) in ports.iter().enumerate() {
+        let mut env = env.clone();
+        env.push(("MARKETFLOW_LISTEN".into(), format!("127.0.0.1:{port}")));
+        env.push(("MARKETFLOW_DATA_DIR".into(), root.join(format!("data-{i}")).display().to_string()));
+        if let Some(db) = &database {
+            env.extend(
+                [
+                    ("MARKETFLOW_DATABASE_URL", db.clone()),
+                    ("MARKETFLOW_CLUSTER_SECRET", "chaos-cluster-secret-0123".into()),
+                    ("MARKETFLOW_NODE_ID", format!("n{i}")),
+                    ("MARKETFLOW_NODE_URL", format!("http://127.0.0.1:{port}")),
+                    ("MARKETFLOW_LEASE", "2s".into()),
+                ]
+                .map(|(k, v)| (k.to_string(), v)),
+            );
+        }
+        let logs = root.join(format!("logs-{i}"));
+        std::fs::create_dir_all(&logs).expect("a log directory");
+        let mut serve = Serve::new(&logs, *port, env);
+        if let Err(e) = serve.start(&http, Duration::from_secs(60)).await {
+            panic!("{e}");
+        }
+        nodes.push(Mutex::new(serve));
     }
     // The marketplace's clock starts from the service's: its anchor is stored with the data and survives restarts.
     let health: Value = http.get(format!("{service}/healthz")).send().await.unwrap().json().await.unwrap();
@@ -1638,7 +1699,7 @@ async fn chaos_many_subscriptions_faults_and_sigkills_converge_without_loss() {
         service,
         sim: sim_url,
         clock,
-        serve: Mutex::new(serve),
+        nodes,
         users,
         stats: Mutex::default(),
         acks: Mutex::default(),
@@ -1773,11 +1834,12 @@ async fn chaos_many_subscriptions_faults_and_sigkills_converge_without_loss() {
     let instances = lock(&run.model).instances.len();
     let st = std::mem::take(&mut *lock(&run.stats));
     println!(
-        "chaos: {} subscriptions ({} customers: {:?}), {} users; {} kills ({} while starting or recovering, {} port \
+        "chaos ({node_count} node(s), {}): {} subscriptions ({} customers: {:?}), {} users; {} kills ({} while starting or recovering, {} port \
          retries); faults injected {}; SPI repeats: {} duplicated by the marketplace, {} replayed later, {} given-up \
          notices sent again; {} requests without an answer and {} 503s retried; {} usage records; bindings {:?}; \
          operator: {} retries, {} cancels (push found on the bill); end state {numbers:?}; service time {} h {} min \
          at ×{}; customers done after {:?}, all checked after {:?} (seed {})",
+        if database.is_some() { "PostgreSQL" } else { "sled" },
         instances,
         fates.len(),
         st.customers,
@@ -1802,6 +1864,8 @@ async fn chaos_many_subscriptions_faults_and_sigkills_converge_without_loss() {
         started.elapsed(),
         settings.seed
     );
-    let _ = lock(&run.serve).terminate(Duration::from_secs(20));
+    for node in &run.nodes {
+        let _ = lock(node).terminate(Duration::from_secs(20));
+    }
     let _ = sim.stop().await;
 }
