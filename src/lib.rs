@@ -18,6 +18,8 @@
 //!   metering), operators' actions and the audit trail, and the external calls the workflows name.
 //! - [`aliyun`]: the marketplace's protocol, pure: SPI tokens and parameters, Market OpenAPI signatures (V3
 //!   `ACS3-HMAC-SHA256` and legacy RPC HMAC-SHA1) and request/response types.
+//! - [`admin`]: `marketflow migrate`, `export` and `import`, straight on the store.
+//! - [`cluster`]: several nodes on one PostgreSQL database: the lease loop, hand-over, forwarding (HMAC-signed).
 //! - [`ctl`]: the operator CLI (`marketflow ctl`) over the HTTP ops API, tables or JSON.
 //! - [`config`]: defaults < file < environment < flags; secrets that never print.
 //! - [`demo`]: `marketflow demo`, the whole lifecycle walked in one process on a scaled clock.
@@ -54,6 +56,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 pub static malloc_conf: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"thp:always".as_ptr() });
 
+pub mod admin;
 pub mod aliyun;
 pub mod app;
 pub mod clock;

@@ -13,7 +13,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service (HTTP API, SPI, engine) on the embedded sled store.
+    /// Run the service (HTTP API, SPI, engine) on the embedded sled store, or on PostgreSQL with other nodes.
     Serve(Box<ServeArgs>),
     /// Run a local Alibaba Cloud Marketplace (Market OpenAPI, SPI calls, buyers) for development and tests.
     Simulate(marketflow::aliyun::simulator::SimulateArgs),
@@ -21,6 +21,12 @@ enum Command {
     Ctl(marketflow::ctl::CtlArgs),
     /// The service and the marketplace in one process on a scaled clock, walking the whole lifecycle.
     Demo(marketflow::demo::DemoArgs),
+    /// Runs PostgreSQL's migrations (every node also does at start-up) and exits.
+    Migrate(marketflow::admin::MigrateArgs),
+    /// Writes every table of the store to a portable file (a snapshot; on sled, with no service running).
+    Export(marketflow::admin::ExportArgs),
+    /// Reads a file of `export` into an empty store (sled, or PostgreSQL: the way from one to the other).
+    Import(marketflow::admin::ImportArgs),
 }
 
 /// What a newcomer needs from `serve --dev`, on standard output (the log never carries a token): where the
@@ -37,6 +43,20 @@ fn print_dev_banner(public_url: &str, port: u16, made_up: &[(&str, marketflow::c
         let _ = writeln!(out, "  {name}={}", value.expose());
     }
     let _ = out.flush();
+}
+
+/// Says what an administration command did (standard error: an export may write its file to standard output).
+fn admin_result(what: &str, r: Result<String, marketflow::admin::Error>) -> std::process::ExitCode {
+    match r {
+        Ok(done) => {
+            eprintln!("marketflow {what}: {done}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("marketflow {what}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +108,13 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+        Command::Migrate(args) => admin_result("migrate", marketflow::admin::migrate(&args)),
+        Command::Export(args) => {
+            admin_result("export", marketflow::admin::export(&args).map(|n| format!("exported {n} rows")))
+        }
+        Command::Import(args) => {
+            admin_result("import", marketflow::admin::import(&args).map(|n| format!("imported {n} rows")))
         }
         Command::Simulate(args) => {
             init_tracing(marketflow::config::LogFormat::Human);

@@ -105,8 +105,15 @@ pub async fn store(engine: &Engine, r: &UsageRecord) -> Result<Stored, StoreErro
     }
     let mut w = Writes::new();
     USAGE.put(&mut w, r.org_id.as_str(), r.start, &r.record_id, r).map_err(storage)?;
-    engine.write(w).await.map_err(storage)?;
-    Ok(Stored::New)
+    match engine.write(w).await {
+        Ok(()) => Ok(Stored::New),
+        // Another request (on another node) stored this id meanwhile: a repeat if it is the same record.
+        Err(crate::engine::Error::Conflict) => match USAGE.find(engine, &r.record_id).await.map_err(storage)? {
+            Some(old) if same(&old, r) => Ok(Stored::Repeated),
+            _ => Err(StoreError::Conflict),
+        },
+        Err(e) => Err(storage(e)),
+    }
 }
 
 fn same(a: &UsageRecord, b: &UsageRecord) -> bool {

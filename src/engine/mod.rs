@@ -460,6 +460,12 @@ impl Engine {
         Err(Error::Internal(format!("the actor of {key} keeps closing")))
     }
 
+    /// Writes every table of the store in the format of `marketflow export` (`store::dump`), from a snapshot, while
+    /// the service runs; answers the number of rows. Blocking: on sled the snapshot holds commits up while it reads.
+    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<u64, Error> {
+        crate::store::dump::export(&*self.inner.store, out).map_err(Error::from)
+    }
+
     /// Stops accepting inputs, lets queued commits finish and flushes the store.
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);

@@ -274,7 +274,8 @@ impl<V: Serialize + DeserializeOwned> TimedTable<V> {
         }
     }
 
-    /// Writes a row and its id in `w`.
+    /// Writes a row and its id in `w`; the id must be new (a key the store itself refuses to create twice, so that
+    /// two nodes taking the same id at once cannot both write it: the commit answers [`Error::Conflict`]).
     pub fn put(
         &self,
         w: &mut Writes,
@@ -291,7 +292,7 @@ impl<V: Serialize + DeserializeOwned> TimedTable<V> {
         key.extend_from_slice(id.as_bytes());
         let bytes = serde_json::to_vec(value).map_err(|e| Error::Internal(format!("{id}: {e}")))?;
         w.batch.put(Table::Records, key.clone(), bytes);
-        w.batch.put(Table::Index, self.id_key(id), key);
+        w.batch.put_new(Table::Index, self.id_key(id), key);
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use crate::engine::{services, EntityKey, JournalEntry};
 /// The operators' part of the API description.
 #[derive(OpenApi)]
 #[openapi(
-    paths(list, show, journal, timers, action, audit_trail, cluster),
+    paths(list, show, journal, timers, action, audit_trail, cluster, export),
     components(schemas(
         EntityList,
         EntitySummary,
@@ -284,7 +284,64 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/orgs", web::post().to(super::accounts::ops_create_org))
         .route("/entities/{kind}/{id}/actions/{action}", web::post().to(action))
         .route("/audit", web::get().to(audit_trail))
-        .route("/cluster", web::get().to(cluster));
+        .route("/cluster", web::get().to(cluster))
+        .route("/export", web::get().to(export));
+}
+
+/// Hands `Write`s over to the response body in chunks, from a blocking thread.
+struct Chunks {
+    tx: tokio::sync::mpsc::Sender<Result<web::Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = web::Bytes::from(std::mem::take(&mut self.buf));
+            self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the client went away"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Every table of the store as `marketflow export` writes it, from a snapshot taken while the service runs: the
+/// way to back up a running sled store (whose directory no other process may open). On sled the snapshot holds
+/// commits up while it is read; on PostgreSQL it does not.
+#[utoipa::path(get, path = "/api/v1/ops/export", tag = "operators",
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "The dump, `marketflow-export 1`", content_type = "text/plain", body = String),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 503, response = Unavailable),
+    ))]
+async fn export(state: web::Data<AppState>, _op: Operator) -> HttpResponse {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let engine = state.engine.clone();
+    actix_web::rt::task::spawn_blocking(move || {
+        let mut out = Chunks { tx: tx.clone(), buf: vec![] };
+        let r = engine.export(&mut out).map_err(|e| std::io::Error::other(e.to_string()));
+        match r.and_then(|_| std::io::Write::flush(&mut out)) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the export failed");
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header(("content-disposition", "attachment; filename=\"marketflow.export\""))
+        .streaming(body)
 }
 
 /// The nodes sharing this service's database, their heartbeats, and the shards each holds with its epoch and

@@ -66,6 +66,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/api/v1/ops/orgs/{org_id}/metering", Operator),
     r("GET", "/api/v1/ops/finance/pushed-windows", Operator),
     r("GET", "/api/v1/ops/cluster", Operator),
+    r("GET", "/api/v1/ops/export", Operator),
     // Users.
     r("POST", "/api/v1/accounts", Public),
     r("POST", "/api/v1/sessions", Public),

@@ -7,6 +7,7 @@
 //! Group commit lives one level up, in [`committer`], and works for every backend.
 
 pub mod committer;
+pub mod dump;
 pub mod keys;
 pub mod memory;
 pub mod postgres;
@@ -383,6 +384,25 @@ pub trait Store: Send + Sync + 'static {
     /// Flushes and releases the backend (its files and locks); every later call fails with [`Error::Closed`].
     fn close(&self) -> Result<(), Error> {
         self.flush()
+    }
+    /// Calls `f` with every row of every table ([`dump::tables`] order, keys in order) as of one instant, however the
+    /// store is written meanwhile (blocking: for `marketflow export`). This default pages through scans, consistent
+    /// only while nothing writes; the stores override it.
+    fn snapshot(&self, f: &mut dyn FnMut(Table, &[u8], &[u8]) -> Result<(), Error>) -> Result<(), Error> {
+        for table in dump::tables() {
+            let mut start = Bound::Unbounded;
+            loop {
+                let page = wait(self.scan(table, start, Bound::Unbounded, 10_000, false))?;
+                for (k, v) in &page {
+                    f(table, k, v)?;
+                }
+                match page.last() {
+                    Some((k, _)) if page.len() == 10_000 => start = Bound::Excluded(k.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
     }
     /// Whether a failed write must stop every later one (sled: its memory may hold writes the disk does not, the
     /// fsync-gate problem) or only fails its own group (a database rolls the transaction back whole).

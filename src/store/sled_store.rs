@@ -480,6 +480,21 @@ impl Store for SledStore {
         self.sync()
     }
 
+    /// Consistent by holding the writers' lock for the whole read: the committer (the one writer) waits meanwhile,
+    /// so a live export holds commits up for as long as it reads (sled 0.34 has no snapshots of its own).
+    fn snapshot(&self, f: &mut dyn FnMut(Table, &[u8], &[u8]) -> Result<(), Error>) -> Result<(), Error> {
+        let _writers = self.redo.writing.lock().map_err(|_| Error::Backend("redo lock poisoned".into()))?;
+        self.with_open(|Open { tree, .. }| {
+            for table in super::dump::tables() {
+                for item in tree.scan_prefix([table as u8]) {
+                    let (k, v) = item.map_err(backend)?;
+                    f(table, &k[1..], &v)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn max_value_bytes(&self) -> usize {
         MAX_VALUE_BYTES
     }

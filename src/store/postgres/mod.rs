@@ -785,6 +785,58 @@ impl Store for PostgresStore {
         self.block(self.write_group(batches))
     }
 
+    /// One `REPEATABLE READ` transaction: a snapshot of the database while every node goes on writing. Rows are read
+    /// a page at a time, in key order.
+    fn snapshot(&self, f: &mut dyn FnMut(Table, &[u8], &[u8]) -> Result<(), Error>) -> Result<(), Error> {
+        let (tx_rows, mut rx) = tokio::sync::mpsc::channel::<Result<(Table, Vec<u8>, Vec<u8>), Error>>(1024);
+        let config = self.config.clone();
+        let reader = self.handle.spawn(async move {
+            let read = async {
+                let mut client = PostgresStore::connect_one(&config).await?;
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await
+                    .map_err(pg)?;
+                for table in super::dump::tables() {
+                    let name = table_name(table);
+                    let first = format!("SELECT key, value FROM {name} ORDER BY key LIMIT 5000");
+                    let next = format!("SELECT key, value FROM {name} WHERE key > $1 ORDER BY key LIMIT 5000");
+                    let mut after: Option<Vec<u8>> = None;
+                    loop {
+                        let rows = match &after {
+                            None => tx.query(&first, &[]).await,
+                            Some(k) => tx.query(&next, &[k]).await,
+                        }
+                        .map_err(pg)?;
+                        let n = rows.len();
+                        for r in rows {
+                            let (k, v): (Vec<u8>, Vec<u8>) = (r.get(0), r.get(1));
+                            after = Some(k.clone());
+                            if tx_rows.send(Ok((table, k, v))).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        if n < 5000 {
+                            break;
+                        }
+                    }
+                }
+                tx.commit().await.map_err(pg)
+            };
+            if let Err(e) = read.await {
+                let _ = tx_rows.send(Err(e)).await;
+            }
+        });
+        while let Some(row) = super::wait(rx.recv()) {
+            let (table, k, v) = row?;
+            f(table, &k, &v)?;
+        }
+        super::wait(reader).map_err(|e| Error::Backend(format!("the snapshot's reader: {e}")))
+    }
+
     /// Every write was committed by [`Store::write`].
     fn flush(&self) -> Result<(), Error> {
         Ok(())
