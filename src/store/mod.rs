@@ -22,6 +22,9 @@ pub use committer::Committer;
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
+/// What a snapshot hands every row to ([`Store::snapshot`]): its table, key and value.
+pub type RowSink<'a> = dyn FnMut(Table, &[u8], &[u8]) -> Result<(), Error> + 'a;
+
 /// Key-value pairs as scans return them.
 pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -388,7 +391,7 @@ pub trait Store: Send + Sync + 'static {
     /// Calls `f` with every row of every table ([`dump::tables`] order, keys in order) as of one instant, however the
     /// store is written meanwhile (blocking: for `marketflow export`). This default pages through scans, consistent
     /// only while nothing writes; the stores override it.
-    fn snapshot(&self, f: &mut dyn FnMut(Table, &[u8], &[u8]) -> Result<(), Error>) -> Result<(), Error> {
+    fn snapshot(&self, f: &mut RowSink<'_>) -> Result<(), Error> {
         for table in dump::tables() {
             let mut start = Bound::Unbounded;
             loop {

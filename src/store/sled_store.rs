@@ -13,7 +13,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
-use super::{keys, Batch, Error, Op, Read, Store, Table};
+use super::{keys, Batch, Error, Op, Read, RowSink, Store, Table};
 
 /// The largest value the store accepts; well under sled's blob threshold, so every value is in the fsynced log.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -482,7 +482,7 @@ impl Store for SledStore {
 
     /// Consistent by holding the writers' lock for the whole read: the committer (the one writer) waits meanwhile,
     /// so a live export holds commits up for as long as it reads (sled 0.34 has no snapshots of its own).
-    fn snapshot(&self, f: &mut dyn FnMut(Table, &[u8], &[u8]) -> Result<(), Error>) -> Result<(), Error> {
+    fn snapshot(&self, f: &mut RowSink<'_>) -> Result<(), Error> {
         let _writers = self.redo.writing.lock().map_err(|_| Error::Backend("redo lock poisoned".into()))?;
         self.with_open(|Open { tree, .. }| {
             for table in super::dump::tables() {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::shard::{self, Shard};
-use super::{counter_value, Batch, Error, KvPairs, Op, Read, Store, Table};
+use super::{counter_value, Batch, Error, KvPairs, Op, Read, RowSink, Store, Table};
 
 /// Every table of the store, with its name in the database.
 pub const TABLES: [(Table, &str); 10] = [
@@ -787,7 +787,7 @@ impl Store for PostgresStore {
 
     /// One `REPEATABLE READ` transaction: a snapshot of the database while every node goes on writing. Rows are read
     /// a page at a time, in key order.
-    fn snapshot(&self, f: &mut dyn FnMut(Table, &[u8], &[u8]) -> Result<(), Error>) -> Result<(), Error> {
+    fn snapshot(&self, f: &mut RowSink<'_>) -> Result<(), Error> {
         let (tx_rows, mut rx) = tokio::sync::mpsc::channel::<Result<(Table, Vec<u8>, Vec<u8>), Error>>(1024);
         let config = self.config.clone();
         let reader = self.handle.spawn(async move {
