@@ -517,8 +517,8 @@ async fn sled_to_a_file_to_postgres_to_a_file_is_byte_identical_and_a_node_serve
     admin(&["export", "--to", a.to_str().unwrap()], &[data]);
     let db = shared().fresh().unwrap_or_else(|e| panic!("{e}"));
     let database = ("MARKETFLOW_DATABASE_URL", db.clone());
-    admin(&["import", "--from", a.to_str().unwrap()], &[database.clone()]);
-    admin(&["export", "--to", b.to_str().unwrap()], &[database.clone()]);
+    admin(&["import", "--from", a.to_str().unwrap()], std::slice::from_ref(&database));
+    admin(&["export", "--to", b.to_str().unwrap()], std::slice::from_ref(&database));
     let (first, second) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert!(first.len() > 1000, "the fixture has data: {} bytes", first.len());
     assert!(first == second, "sled → file → PostgreSQL → file changed the bytes");
