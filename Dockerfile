@@ -7,6 +7,8 @@ COPY benches ./benches
 COPY tests ./tests
 COPY workflows ./workflows
 COPY config ./config
+COPY templates ./templates
+COPY assets ./assets
 RUN cargo build --release --bin marketflow
 
 FROM debian:bookworm-slim

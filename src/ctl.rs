@@ -87,6 +87,8 @@ pub enum CtlCommand {
     Audit(AuditArgs),
     /// Finance's monthly export: every window pushed to the marketplace in a Beijing month, as CSV (or JSON).
     Finance(FinanceArgs),
+    /// The nodes sharing the database, their heartbeats, and the shards each holds (epochs, leases).
+    Cluster,
 }
 
 /// The flags of `ctl finance`.
@@ -299,6 +301,7 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), Error> {
         CtlCommand::Action(a) => action(&client, a, args.output, out).await,
         CtlCommand::Audit(a) => audit(&client, a, args.output, out).await,
         CtlCommand::Finance(f) => finance(&client, f, args.output, out).await,
+        CtlCommand::Cluster => cluster(&client, args.output, out).await,
     }
 }
 
@@ -773,6 +776,67 @@ async fn audit(client: &Client, a: &AuditArgs, output: Output, out: &mut dyn Wri
     t.write(out, 0)?;
     let n = items.len();
     writeln!(out, "{n} {}", if n == 1 { "action" } else { "actions" })?;
+    Ok(())
+}
+
+/// Nodes (heartbeat age, state, shards held) and the shards' owners, epochs and leases, compressed into runs of
+/// consecutive shards with the same owner.
+async fn cluster(client: &Client, output: Output, out: &mut dyn Write) -> Result<(), Error> {
+    let view = client.get(client.ops_url(&["cluster"], &[])?).await?;
+    if output == Output::Json {
+        return print_json(out, &view);
+    }
+    let now = view["now"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let age = |t: &Value| {
+        let at = t.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        match (now, at) {
+            (Some(n), Some(a)) => format!("{:.1} s", (n - a).num_milliseconds() as f64 / 1000.0),
+            _ => "-".into(),
+        }
+    };
+    writeln!(
+        out,
+        "{} mode, asked {}; lease {} s",
+        view["mode"].as_str().unwrap_or("?"),
+        view["node"].as_str().unwrap_or("?"),
+        view["lease_seconds"]
+    )?;
+    let mut t = Table::new(&["NODE", "STATE", "HEARTBEAT AGO", "SHARDS", "URL"]);
+    for n in array(&view, "nodes") {
+        let name = n["node"].as_str().unwrap_or("-").to_string();
+        let held = view["shards_by_node"][&name].as_u64().unwrap_or(0);
+        t.row(vec![
+            name,
+            n["state"].as_str().unwrap_or("-").into(),
+            age(&n["heartbeat"]),
+            held.to_string(),
+            n["url"].as_str().unwrap_or("-").into(),
+        ]);
+    }
+    t.write(out, 0)?;
+    writeln!(out, "{} shards without a live lease", view["unowned"])?;
+    // Runs of shards with the same owner, for a view that fits a terminal.
+    let mut t = Table::new(&["SHARDS", "OWNER", "EPOCHS", "LEASE ENDS IN"]);
+    let shards = array(&view, "shards");
+    let mut i = 0;
+    while i < shards.len() {
+        let owner = shards[i]["owner"].as_str().unwrap_or("-").to_string();
+        let mut j = i;
+        while j + 1 < shards.len() && shards[j + 1]["owner"].as_str().unwrap_or("-") == owner {
+            j += 1;
+        }
+        let epochs: Vec<i64> = shards[i..=j].iter().filter_map(|s| s["epoch"].as_i64()).collect();
+        let (lo, hi) = (epochs.iter().min().copied().unwrap_or(0), epochs.iter().max().copied().unwrap_or(0));
+        let until = shards[i]["lease_until"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let ends = match (now, until) {
+            (Some(n), Some(u)) => format!("{:.1} s", (u - n).num_milliseconds() as f64 / 1000.0),
+            _ => "-".into(),
+        };
+        let range = if i == j { format!("{i}") } else { format!("{i}-{j}") };
+        t.row(vec![range, owner, if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }, ends]);
+        i = j + 1;
+    }
+    t.write(out, 0)?;
     Ok(())
 }
 

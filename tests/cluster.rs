@@ -280,6 +280,19 @@ async fn any_node_takes_any_request_and_request_ids_reach_the_journal() {
         received += nodes.metric(i, "marketflow_forwarded_in_total").await;
     }
     assert!(received >= 6.0, "every call went through another node: {received} forwarded");
+    // `ctl cluster`: every node serving, the shards' runs and their owners.
+    let out = std::process::Command::new(serve::binary())
+        .args(["ctl", "cluster"])
+        .env_clear()
+        .env("MARKETFLOW_URL", nodes.url(2))
+        .env("MARKETFLOW_OPERATOR_TOKEN", OP)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("postgres mode, asked n2"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains(" serving ")).count(), 3, "{text}");
+    assert!(text.contains("0 shards without a live lease"), "{text}");
 }
 
 #[actix_rt::test]
@@ -546,4 +559,77 @@ async fn sled_to_a_file_to_postgres_to_a_file_is_byte_identical_and_a_node_serve
     );
     let journal_rows = |t: &str| t.lines().filter(|l| l.starts_with("j ")).count();
     assert!(journal_rows(&text) >= journal_rows(&String::from_utf8(first).unwrap()), "the journals are all there");
+}
+
+#[actix_rt::test]
+async fn scripts_cluster_sh_starts_three_nodes_on_a_throwaway_postgres_and_stops_them() {
+    let _one = serial().await;
+    use std::io::BufRead;
+    // Three consecutive free ports for the nodes.
+    let base = (0..200)
+        .map(|_| free_port())
+        .find(|p| *p < 60_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+        .expect("three free ports in a row");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
+    let mut child = std::process::Command::new("bash")
+        .arg(&script)
+        .env("MARKETFLOW_BIN", serve::binary())
+        .env("CLUSTER_BASE_PORT", base.to_string())
+        .env("CLUSTER_SIM_PORT", free_port().to_string())
+        .env("MARKETFLOW_LEASE", "2s")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("the script runs");
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        let mut seen = vec![];
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let ready = line.starts_with("ready");
+            seen.push(line);
+            if ready {
+                break;
+            }
+        }
+        seen
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !lines.is_finished() {
+        assert!(Instant::now() < deadline, "scripts/cluster.sh never said it was ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let printed = lines.join().unwrap();
+    assert!(printed.last().is_some_and(|l| l.starts_with("ready")), "{printed:#?}");
+    let dir = printed[0].rsplit("logs in ").next().unwrap().trim().to_string();
+    for i in 0..3 {
+        assert!(printed.iter().any(|l| l.contains(&format!("http://127.0.0.1:{}/", base + i))), "{printed:#?}");
+    }
+    // All three serve, and share the shards.
+    let http = http();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view: Value = http
+            .get(format!("http://127.0.0.1:{base}/api/v1/ops/cluster"))
+            .bearer_auth("dev-operator-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let by_node = view["shards_by_node"].as_object().cloned().unwrap_or_default();
+        if by_node.len() == 3 && view["unowned"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the nodes never shared the shards: {view}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal(child.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the script did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} was left behind");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", base)).is_ok(), "node 1 still listens");
 }

@@ -725,3 +725,17 @@ async fn metrics_count_entities_by_state_and_time_commits_timers_and_requests() 
     assert_eq!(entities(&m, "organization", "unbound"), 1.0);
     w.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn the_cluster_page_shows_the_one_node_that_holds_every_shard_on_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let b = Browser::new(&w);
+    assert_eq!(b.get("/console/cluster").await.status, 303, "a session first");
+    b.login("Erin").await;
+    let page = b.get("/console/cluster").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("one node on sled: it holds every shard"), "{}", page.body);
+    assert!(page.body.contains("<td class=\"mono\">0–255</td>"), "{}", page.body);
+    assert_eq!(page.body.matches("<tr class=\"node\"").count(), 1);
+}

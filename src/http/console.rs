@@ -69,7 +69,7 @@ const AUDIT_PAGE: usize = 200;
 /// The console's part of the API description.
 #[derive(OpenApi)]
 #[openapi(
-    paths(login_get, login_post, logout_post, list, entity, action_post, timers, audit, asset),
+    paths(login_get, login_post, logout_post, list, entity, action_post, timers, audit, cluster, asset),
     components(schemas(LoginForm, ActionForm, LogoutForm)),
     modifiers(&ConsoleSession),
     tags((name = "console", description = "The operator console: HTML pages and forms with a session cookie"))
@@ -154,6 +154,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("list.html", include_str!("../../templates/console/list.html")),
     ("entity.html", include_str!("../../templates/console/entity.html")),
     ("timers.html", include_str!("../../templates/console/timers.html")),
+    ("cluster.html", include_str!("../../templates/console/cluster.html")),
     ("audit.html", include_str!("../../templates/console/audit.html")),
 ];
 
@@ -1064,6 +1065,71 @@ async fn timers(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     )
 }
 
+/// The nodes, their heartbeats and the shards each holds (PostgreSQL), or the one node holding every shard (sled).
+#[utoipa::path(get, path = "/console/cluster", tag = "console",
+    security(("console_session" = [])),
+    responses(
+        (status = 200, description = "The cluster page (HTML)", content_type = "text/html", body = String),
+        (status = 303, description = "No console session: to `/console/login?next=...`", headers(("Location" = String))),
+        (status = 503, description = "The store is unavailable", content_type = "text/html", body = String),
+    ))]
+async fn cluster(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let op = match require(&state, &req).await {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    let view = match state.cluster_view(state.cluster.as_ref(), &state.config.node_id, &state.config.node_url).await {
+        Ok(v) => v,
+        Err(e) => return message(&state, Some(&op), &Error::Api(e.into()), "/console"),
+    };
+    let now = view.rows.now;
+    let nodes: Vec<Value> = view
+        .rows
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.node, "url": n.url, "state": n.state,
+                "heartbeat": when(n.heartbeat), "heartbeat_ago": span(now - n.heartbeat),
+                "started": when(n.started_at),
+                "shards": view.shards_by_node.get(&n.node).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    // Runs of consecutive shards with the same owner: 256 rows would drown the page.
+    let mut runs: Vec<Value> = vec![];
+    let shards = &view.rows.shards;
+    let mut i = 0;
+    while i < shards.len() {
+        let mut j = i;
+        while j + 1 < shards.len() && shards[j + 1].owner == shards[i].owner {
+            j += 1;
+        }
+        let epochs: Vec<i64> = shards[i..=j].iter().map(|s| s.epoch).collect();
+        let (lo, hi) = (epochs.iter().min().copied().unwrap_or(0), epochs.iter().max().copied().unwrap_or(0));
+        let lease = shards[i].lease_until.map(|u| span(u - now)).unwrap_or_else(|| "-".into());
+        runs.push(json!({
+            "range": if i == j { i.to_string() } else { format!("{i}–{j}") },
+            "owner": shards[i].owner.clone().unwrap_or_else(|| "—".into()),
+            "epochs": if lo == hi { lo.to_string() } else { format!("{lo}–{hi}") },
+            "lease": lease,
+        }));
+        i = j + 1;
+    }
+    render(
+        &state,
+        Some(&op),
+        &op.csrf,
+        "cluster.html",
+        StatusCode::OK,
+        "cluster",
+        json!({
+            "mode": view.mode, "node": view.node, "lease_seconds": view.lease_seconds, "nodes": nodes,
+            "runs": runs, "unowned": view.unowned, "now": when(now),
+        }),
+    )
+}
+
 /// The audit trail of operators' actions, newest first.
 #[utoipa::path(get, path = "/console/audit", tag = "console",
     security(("console_session" = [])),
@@ -1117,6 +1183,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/console/logout").app_data(limit()).route(web::post().to(logout_post)))
         .route("/console/timers", web::get().to(timers))
+        .route("/console/cluster", web::get().to(cluster))
         .route("/console/audit", web::get().to(audit))
         .route("/console/assets/{name}", web::get().to(asset))
         .route("/console/entities/{kind}/{id}", web::get().to(entity))

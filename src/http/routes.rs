@@ -105,6 +105,7 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/console/logout", OperatorPage),
     r("GET", "/console/timers", OperatorPage),
     r("GET", "/console/audit", OperatorPage),
+    r("GET", "/console/cluster", OperatorPage),
     r("GET", "/console/assets/{name}", Public),
     r("GET", "/console/entities/{kind}/{id}", OperatorPage),
     r("POST", "/console/entities/{kind}/{id}/actions/{action}", OperatorPage),
