@@ -170,8 +170,11 @@ impl Application {
             None => Catalog::builtin().map_err(|e| Error::Catalog(e.to_string()))?,
         });
         let registry = registry(&config, store.clone(), catalog.clone())?;
-        let engine_config =
-            EngineConfig { cluster_lease: database.as_ref().map(|_| config.lease), ..Default::default() };
+        let engine_config = EngineConfig {
+            cluster_lease: database.as_ref().map(|_| config.lease),
+            counter_writer: if database.is_some() { config.node_id.clone() } else { String::new() },
+            ..Default::default()
+        };
         let engine = Engine::start(store, clock, registry, engine_config).await?;
         let cluster = match database {
             Some(pg) => {

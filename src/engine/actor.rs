@@ -189,6 +189,8 @@ impl EntityActor {
         let committer = self.engine.inner.committer.clone();
         let mut step = *step;
         let mut batch = step.batch.take().unwrap_or_default();
+        // This node's counters of entities by state (see `by_state::key`).
+        super::by_state::relabel(&mut batch, &self.engine.inner.config.counter_writer);
         // Decided under this node's lease of the shard: the store refuses the commit if the lease moved on.
         let shard = super::shards::Ownership::shard_of(&self.key);
         match self.engine.inner.ownership.fence(shard) {

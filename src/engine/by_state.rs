@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::telemetry::Counts;
-use crate::store::{self, keys, prefix_end, Batch, Store, Table};
+use crate::store::{self, keys, prefix_end, Batch, Op, Store, Table};
 
 /// The counters' keys in [`Table::Meta`]: the prefix, then the kind and the state ([`keys::push_str`]).
 pub const PREFIX: &[u8] = b"entities-by-state/";
@@ -29,33 +29,59 @@ pub const COUNTED: &[u8] = b"entities-by-state.counted";
 /// Records read per page while counting a store without counters.
 const PAGE: usize = 5_000;
 
-/// The counter of entities of `kind` in `state`.
-pub fn key(kind: &str, state: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(PREFIX.len() + kind.len() + state.len() + 2);
+/// The counter of entities of `kind` in `state` that `writer` keeps: the kind, the state, then the writer's name.
+/// [`read`] sums every writer's counters of a (kind, state).
+///
+/// Why a writer's own: every node that shares a database moves these counters with its commits, and a commit holds
+/// a counter's row locked until it is durable; one counter per state would make every node's group commit wait for
+/// every other's. Each node moves its own (an entity that changes hands is counted in by one node and out by
+/// another: each counter may drift below zero, their sum is exact). A node alone (sled) is the writer `""`, whose
+/// counters are the keys of the builds before writers.
+pub fn key(kind: &str, state: &str, writer: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(PREFIX.len() + kind.len() + state.len() + writer.len() + 2);
     k.extend_from_slice(PREFIX);
     keys::push_str(&mut k, kind);
     keys::push_str(&mut k, state);
+    k.extend_from_slice(writer.as_bytes());
     k
 }
 
-/// The kind and state of a counter's key.
+/// The kind and state of a counter's key (whoever its writer is).
 fn parse(key: &[u8]) -> Option<(String, String)> {
-    match keys::split_strs(key.strip_prefix(PREFIX)?).as_slice() {
-        [kind, state, ""] => Some((kind.to_string(), state.to_string())),
-        _ => None,
-    }
+    let rest = key.strip_prefix(PREFIX)?;
+    let a = rest.iter().position(|b| *b == 0)?;
+    let b = a + 1 + rest[a + 1..].iter().position(|b| *b == 0)?;
+    let kind = std::str::from_utf8(&rest[..a]).ok()?;
+    let state = std::str::from_utf8(&rest[a + 1..b]).ok()?;
+    std::str::from_utf8(&rest[b + 1..]).ok().filter(|w| !w.contains('\0'))?;
+    Some((kind.to_string(), state.to_string()))
 }
 
 /// Adds to `batch`, which commits an entity of `kind` now in state `to`, the moves of the counters: from its
-/// previous state `from` (`None`: the entity is new).
+/// previous state `from` (`None`: the entity is new). The step is pure and names no writer: [`relabel`] makes them
+/// the committing node's.
 pub fn count(batch: &mut Batch, kind: &str, from: Option<&str>, to: &str) {
     match from {
         Some(from) if from == to => {}
         Some(from) => {
-            batch.add(Table::Meta, key(kind, from), -1);
-            batch.add(Table::Meta, key(kind, to), 1);
+            batch.add(Table::Meta, key(kind, from, ""), -1);
+            batch.add(Table::Meta, key(kind, to, ""), 1);
         }
-        None => batch.add(Table::Meta, key(kind, to), 1),
+        None => batch.add(Table::Meta, key(kind, to, ""), 1),
+    }
+}
+
+/// Makes a batch's counter moves the counters of `writer` (nothing to do for the writer `""`).
+pub fn relabel(batch: &mut Batch, writer: &str) {
+    if writer.is_empty() {
+        return;
+    }
+    for op in &mut batch.ops {
+        if let Op::Add { table: Table::Meta, key, .. } = op {
+            if key.starts_with(PREFIX) {
+                key.extend_from_slice(writer.as_bytes());
+            }
+        }
     }
 }
 
@@ -69,7 +95,7 @@ pub async fn read(store: &dyn Store) -> Result<Counts, store::Error> {
             let Some(ks) = parse(k) else {
                 return Err(store::Error::Corrupt { what: "entities-by-state key".into(), detail: format!("{k:?}") });
             };
-            counts.insert(ks, store::counter_value(Some(v))?);
+            *counts.entry(ks).or_default() += store::counter_value(Some(v))?;
         }
         match page.last() {
             Some((k, _)) if page.len() == 1_000 => start = Bound::Excluded(k.clone()),
@@ -113,13 +139,14 @@ pub async fn baseline(store: &Arc<dyn Store>) -> Result<(), store::Error> {
         }
     }
     let mut batch = Batch::new();
-    for ks in read(&**store).await?.into_keys() {
-        if !counts.contains_key(&ks) {
-            batch.delete(Table::Meta, key(&ks.0, &ks.1));
-        }
+    // Every counter there is (none should be: they come with the mark), replaced by the count.
+    let stale =
+        store.scan(Table::Meta, Bound::Included(PREFIX.to_vec()), prefix_end(PREFIX), usize::MAX, false).await?;
+    for (k, _) in stale {
+        batch.delete(Table::Meta, k);
     }
     for ((kind, state), n) in &counts {
-        batch.put(Table::Meta, key(kind, state), n.to_be_bytes().to_vec());
+        batch.put(Table::Meta, key(kind, state, ""), n.to_be_bytes().to_vec());
     }
     let mark = serde_json::json!({ "entities": entities, "at": chrono::Utc::now() });
     batch.put(Table::Meta, COUNTED.to_vec(), mark.to_string().into_bytes());
@@ -151,7 +178,10 @@ mod tests {
 
     #[test]
     fn keys_name_kind_and_state_and_read_back() {
-        assert_eq!(parse(&key("subscription", "active")), Some(("subscription".into(), "active".into())));
+        for writer in ["", "node-1"] {
+            assert_eq!(parse(&key("subscription", "active", writer)), Some(("subscription".into(), "active".into())));
+        }
+        assert_eq!(parse(&[PREFIX, b"k\0s\0w\0x"].concat()), None);
         assert_eq!(parse(b"entities-by-state/x"), None);
         assert_eq!(parse(COUNTED), None);
         assert!(!COUNTED.starts_with(PREFIX));
@@ -165,9 +195,11 @@ mod tests {
         count(&mut b, "k", None, "a");
         count(&mut b, "j", None, "a");
         store.apply(&[b]).unwrap();
+        // Another writer moves one of them on: its own counters go below zero, the sums stay exact.
         let mut b = Batch::new();
         count(&mut b, "k", Some("a"), "b");
         count(&mut b, "k", Some("b"), "b");
+        relabel(&mut b, "node-2");
         store.apply(&[b]).unwrap();
         let c = read(&store).await.unwrap();
         assert_eq!((n(&c, "k", "a"), n(&c, "k", "b"), n(&c, "j", "a")), (Some(1), Some(1), Some(1)));
@@ -197,7 +229,7 @@ mod tests {
         entity(old_, 0, "j", "a");
         // A stray counter (a state no entity is in) goes: the scan is the truth.
         let mut stray = Batch::new();
-        stray.add(Table::Meta, key("k", "gone"), 3);
+        stray.add(Table::Meta, key("k", "gone", "node-3"), 3);
         old.apply(&[stray]).unwrap();
         baseline(&old).await.unwrap();
         let c = read(&*old).await.unwrap();

@@ -165,6 +165,9 @@ pub struct EngineConfig {
     /// `None`: this node is alone on its store and holds every shard. `Some(lease)`: it shares a database with
     /// other nodes and holds the shards its lease loop takes (`crate::cluster`), each for this long at a time.
     pub cluster_lease: Option<Duration>,
+    /// Whose counters of entities by state this engine moves (`by_state::key`): the node's name in a cluster, so
+    /// that nodes never wait for each other's counters; `""` alone.
+    pub counter_writer: String,
 }
 
 impl Default for EngineConfig {
@@ -177,6 +180,7 @@ impl Default for EngineConfig {
             timer_batch: 4_096,
             commit: CommitConfig::default(),
             cluster_lease: None,
+            counter_writer: String::new(),
         }
     }
 }
