@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 
 use super::error::{ErrorBody, PayloadTooLarge, Unavailable};
 use super::{ApiError, AppState};
-use crate::cluster::forward::{CallRequest, DeliverRequest, CALL_PATH, DELIVER_PATH};
+use crate::cluster::forward::{CallRequest, DeliverAnswers, DeliverBatch, Delivered, CALL_PATH, DELIVER_PATH};
 use crate::cluster::sign;
 use crate::engine::{request_id, Route};
 
@@ -48,36 +48,39 @@ fn count_refusal(state: &AppState, e: &crate::engine::Error) {
     }
 }
 
-/// An input another node forwarded: delivered here as if it had arrived here, once (never forwarded again);
-/// `not_owner` when this node does not serve the entity's shard (any more).
+/// Inputs another node forwarded (a batch, `{inputs: [{key, input, audit}]}`): each delivered here as if it had
+/// arrived here, all at once (so they share a group commit), never forwarded again; each answered in order with
+/// its outcome or its error (`not_owner` when this node does not serve the entity's shard, any more).
 #[utoipa::path(post, path = "/internal/v1/deliver", tag = "cluster",
     security(("cluster_node" = [])),
-    request_body(content = String, content_type = "application/json", description = "`{key, input, audit}`"),
+    request_body(content = String, content_type = "application/json", description = "`{inputs: [{key, input, audit}]}`"),
     responses(
-        (status = 200, description = "The input's outcome", content_type = "application/json", body = String),
+        (status = 200, description = "`{answers: [{outcome} | {error: {code, message}}]}`, in order",
+            content_type = "application/json", body = String),
         (status = 400, body = ErrorBody, description = "`invalid_json`"),
         (status = 401, body = ErrorBody, description = "`unauthorized`: not signed by a node of this cluster"),
-        (status = 404, body = ErrorBody, description = "`not_found` or `unknown_kind`"),
-        (status = 409, body = ErrorBody, description = "`paused` or `conflict`"),
         (status = 413, response = PayloadTooLarge),
-        (status = 422, body = ErrorBody, description = "`invalid_input`"),
         (status = 503, response = Unavailable),
     ))]
 async fn deliver(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     verify(&state, &req, &body)?;
-    let r: DeliverRequest = parse(&body)?;
+    let batch: DeliverBatch = parse(&body)?;
     if let Some(c) = &state.cluster {
-        c.stats.forwarded_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.stats.forwarded_in.fetch_add(batch.inputs.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
-    let id = r.input.request_id.clone().unwrap_or_else(request_id::generate);
-    let outcome = request_id::scope(id, state.engine.send_forwarded(r.key, r.input, r.audit)).await;
-    match outcome {
-        Ok(o) => Ok(HttpResponse::Ok().json(o)),
-        Err(e) => {
-            count_refusal(&state, &e);
-            Err(e.into())
+    let answers = futures_util::future::join_all(batch.inputs.into_iter().map(|r| {
+        let state = state.clone();
+        async move {
+            let id = r.input.request_id.clone().unwrap_or_else(request_id::generate);
+            let outcome = request_id::scope(id, state.engine.send_forwarded(r.key, r.input, r.audit)).await;
+            if let Err(e) = &outcome {
+                count_refusal(&state, e);
+            }
+            Delivered::of(outcome)
         }
-    }
+    }))
+    .await;
+    Ok(HttpResponse::Ok().json(DeliverAnswers { answers }))
 }
 
 /// An operator's retry or cancel of a call of an entity this node holds, forwarded by the node the operator asked.
