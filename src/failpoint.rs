@@ -26,18 +26,29 @@ pub fn hit_at(name: &str, detail: &str) {
     }
 }
 
+/// Whether the pausepoint `name` is configured (armed or not yet): a code path may take its slower, step-by-step
+/// form only where a test stops the process.
+pub fn pausepoint_set(name: &str) -> bool {
+    pause_config().is_some_and(|(n, _)| n == name)
+}
+
+fn pause_config() -> Option<&'static (String, std::path::PathBuf)> {
+    static ARMED: OnceLock<Option<(String, std::path::PathBuf)>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let name = std::env::var("MARKETFLOW_PAUSEPOINT").ok().filter(|s| !s.is_empty())?;
+            let file = std::env::var("MARKETFLOW_PAUSEPOINT_ARM").ok().filter(|s| !s.is_empty())?;
+            Some((name, file.into()))
+        })
+        .as_ref()
+}
+
 /// Pausepoints, for the fencing tests: with `MARKETFLOW_PAUSEPOINT=<name>` and `MARKETFLOW_PAUSEPOINT_ARM=<file>`,
 /// the first time `name` is reached after the file appears, the process stops itself with SIGSTOP (as a long
 /// garbage-collection pause or a frozen virtual machine would stop it) and removes the file; the test continues
 /// it with SIGCONT. Unarmed (the variables unset, as in production), a pausepoint costs one check of a static.
 pub fn pause(name: &str) {
-    static ARMED: OnceLock<Option<(String, std::path::PathBuf)>> = OnceLock::new();
-    let armed = ARMED.get_or_init(|| {
-        let name = std::env::var("MARKETFLOW_PAUSEPOINT").ok().filter(|s| !s.is_empty())?;
-        let file = std::env::var("MARKETFLOW_PAUSEPOINT_ARM").ok().filter(|s| !s.is_empty())?;
-        Some((name, file.into()))
-    });
-    let Some((armed, file)) = armed else { return };
+    let Some((armed, file)) = pause_config() else { return };
     if armed != name || std::fs::remove_file(file).is_err() {
         return;
     }

@@ -201,6 +201,8 @@ impl Committer {
 /// writes of today's store the fsync is 2 % of the committer's time in a backlog, so there is little to overlap.
 fn run(store: Arc<dyn Store>, rx: Receiver<Request>, config: CommitConfig, stats: Arc<CommitStats>) {
     let max_value = store.max_value_bytes();
+    let linger = store.linger();
+    let mut busy = false;
     let mut group: Vec<Request> = Vec::new();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
@@ -226,8 +228,14 @@ fn run(store: Arc<dyn Store>, rx: Receiver<Request>, config: CommitConfig, stats
             }
             if group.len() < config.max_group && bytes < config.max_group_bytes {
                 next = rx.try_recv().ok();
+                // Under load (the last group was shared), a store whose transactions cost more than their rows
+                // waits a moment for more to join: fewer, larger groups.
+                if next.is_none() && busy && started.elapsed() < linger {
+                    next = rx.recv_timeout(linger.saturating_sub(started.elapsed())).ok();
+                }
             }
         }
+        busy = group.len() > 1;
         if group.is_empty() {
             continue;
         }

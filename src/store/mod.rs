@@ -380,6 +380,11 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), Error>;
+    /// How long the committer may wait for more batches to join a group while it is under load (zero: never).
+    /// Worth it where every transaction has a cost of its own, beside its rows' (a database).
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// The largest value a write takes; a batch with a larger one is refused whole.
     fn max_value_bytes(&self) -> usize {
         usize::MAX

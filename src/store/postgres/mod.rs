@@ -241,8 +241,10 @@ impl PostgresStore {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(5));
         config.application_name(format!("marketflow {}", options.node));
+        // One thread drives every connection: they wait on the network, and each thread more is one more to wake
+        // and switch to on every query (three nodes sharing two cores spent a third of their time switching).
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("marketflow-pg")
             .enable_all()
             .build()
@@ -486,27 +488,80 @@ impl PostgresStore {
         if fenced_group {
             crate::failpoint::pause("pg_before_begin");
         }
-        let transaction = w.client.transaction().await.map_err(Failure::Before)?;
-        let tx = &transaction;
-        if fenced_group {
+        let client = &w.client;
+        let shard_list: Vec<i16> = fences.keys().map(|s| *s as i16).collect();
+        let lock_shard_rows = !shard_list.is_empty() && self.options.fencing;
+        let mut insert_rows = Vec::new();
+        let mut put_rows = Vec::new();
+        let mut delete_rows = Vec::new();
+        for (insert, upsert, delete, tw) in &statements {
+            if !tw.insert.is_empty() {
+                insert_rows.push((insert, *tw, columns(&tw.insert)));
+            }
+            if !tw.put.is_empty() {
+                put_rows.push((upsert, columns(&tw.put)));
+            }
+            if !tw.delete.is_empty() {
+                delete_rows.push((delete, tw.delete.clone()));
+            }
+        }
+        // Two flights, a round trip each, instead of one per statement: the server runs a flight's statements in
+        // the order they were sent. The first: BEGIN, the locks (shard rows, then counters by key: one order, so
+        // that two nodes never deadlock), the keys that must be new, the puts, the deletes and the commit-log row.
+        // Nothing is kept until it is checked: a lease that moved on or a key taken rolls it all back.
+        let split = fenced_group && crate::failpoint::pausepoint_set("pg_before_lock");
+        if split {
+            // The fencing test stops the node with its transaction open and no lock taken: BEGIN on its own.
+            client.batch_execute("BEGIN").await.map_err(Failure::Before)?;
             crate::failpoint::pause("pg_before_lock");
         }
-        // Locks first, in a fixed order (shards, then counters by key), so that two nodes never deadlock.
-        let shard_list: Vec<i16> = fences.keys().map(|s| *s as i16).collect();
-        let fenced = async {
-            if shard_list.is_empty() || !self.options.fencing {
-                // Something the resolution of a lost COMMIT answer can wait on (see `leases::committed`).
-                tx.query(&lock_node, &[&node]).await?;
-                return Ok(vec![]);
+        let begin = async {
+            if split {
+                Ok(())
+            } else {
+                client.batch_execute("BEGIN").await
             }
-            tx.query(&lock_shards, &[&shard_list]).await
         };
-        let counters = futures_util::future::try_join_all(
-            counter_reads.iter().map(|(_, keys, st)| async move { tx.query(st, &[keys]).await }),
+        let locked = async {
+            if lock_shard_rows {
+                client.query(&lock_shards, &[&shard_list]).await
+            } else {
+                // Something the resolution of a lost COMMIT answer can wait on (see `leases::committed`).
+                client.query(&lock_node, &[&node]).await.map(|_| vec![])
+            }
+        };
+        let counted = futures_util::future::try_join_all(
+            counter_reads.iter().map(|(_, keys, st)| async move { client.query(st, &[keys]).await }),
         );
-        let (locked, counted) = futures_util::future::join(fenced, counters).await;
-        let locked = locked.map_err(classify_before)?;
-        let counted = counted.map_err(classify_before)?;
+        let inserted = futures_util::future::try_join_all(
+            insert_rows
+                .iter()
+                .map(|(st, tw, (k, s, v))| async move { client.query(*st, &[k, s, v]).await.map(|rows| (*tw, rows)) }),
+        );
+        let put = futures_util::future::try_join_all(
+            put_rows.iter().map(|(st, (k, s, v))| async move { client.execute(*st, &[k, s, v]).await }),
+        );
+        let deleted = futures_util::future::try_join_all(
+            delete_rows.iter().map(|(st, keys)| async move { client.execute(*st, &[keys]).await }),
+        );
+        let logged = async { client.execute(&log, &[&commit_id, &node]).await };
+        let (began, locked, counted, inserted, written) =
+            futures_util::future::join5(begin, locked, counted, inserted, async {
+                futures_util::future::try_join3(put, deleted, logged).await
+            })
+            .await;
+        let flight = (|| {
+            began?;
+            Ok::<_, tokio_postgres::Error>((locked?, counted?, inserted?, written?))
+        })();
+        let (locked, counted, inserted, _) = match flight {
+            Ok(f) => f,
+            Err(e) => {
+                // The transaction is aborted (or the connection gone): end it, nothing was written.
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(classify_before(e));
+            }
+        };
         if fenced_group {
             crate::failpoint::pause("pg_after_lock");
         }
@@ -521,7 +576,7 @@ impl PostgresStore {
                 lost.push(shard as Shard);
             }
         }
-        if self.options.fencing && locked.len() < shard_list.len() {
+        if lock_shard_rows && locked.len() < shard_list.len() {
             for s in fences.keys() {
                 if !locked.iter().any(|r| r.get::<_, i16>(0) as Shard == *s) {
                     lost.push(*s);
@@ -529,63 +584,18 @@ impl PostgresStore {
             }
         }
         if !lost.is_empty() {
-            let _ = transaction.rollback().await;
+            let _ = client.batch_execute("ROLLBACK").await;
             lost.sort_unstable();
             lost.dedup();
             return Err(Failure::Refused(Error::Fenced { shards: lost }));
         }
-        // Counters: the stored value (locked) plus the group's additions, written as puts.
-        let mut counter_puts: BTreeMap<Table, Vec<Row>> = BTreeMap::new();
-        for ((table, _, _), rows) in counter_reads.iter().zip(counted) {
-            let stored: HashMap<Vec<u8>, Vec<u8>> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            for (key, s, delta) in &by_table[table].add {
-                let n = counter_value(stored.get(key).map(Vec::as_slice))
-                    .map_err(Failure::Refused)?
-                    .checked_add(*delta)
-                    .ok_or_else(|| Failure::Refused(overflow(key, *delta)))?;
-                counter_puts.entry(*table).or_default().push((key.clone(), *s, n.to_be_bytes().to_vec()));
-            }
-        }
-        // The writes, pipelined: keys that must be new first, then puts, deletes and counters, and the log row.
-        let mut inserts = Vec::new();
-        let mut writes = Vec::new();
-        for (insert, upsert, delete, tw) in &statements {
-            if !tw.insert.is_empty() {
-                let (k, s, v) = columns(&tw.insert);
-                inserts.push((tw, async move { tx.query(insert, &[&k, &s, &v]).await }));
-            }
-            let mut puts: Vec<Row> = tw.put.clone();
-            if let Some(table) = by_table.iter().find(|(_, t)| std::ptr::eq(*t, *tw)).map(|(t, _)| *t) {
-                puts.extend(counter_puts.remove(&table).unwrap_or_default());
-            }
-            if !puts.is_empty() {
-                let (k, s, v) = columns(&puts);
-                writes.push(futures_util::future::Either::Left(async move { tx.execute(upsert, &[&k, &s, &v]).await }));
-            }
-            if !tw.delete.is_empty() {
-                let keys = tw.delete.clone();
-                writes.push(futures_util::future::Either::Right(async move { tx.execute(delete, &[&keys]).await }));
-            }
-        }
-        let logged = async { tx.execute(&log, &[&commit_id, &node]).await };
-        let (inserted, written, logged) = futures_util::future::join3(
-            futures_util::future::try_join_all(
-                inserts.into_iter().map(|(tw, f)| async move { f.await.map(|rows| (tw, rows)) }),
-            ),
-            futures_util::future::try_join_all(writes),
-            logged,
-        )
-        .await;
-        let inserted = inserted.map_err(classify_before)?;
-        written.map_err(classify_before)?;
-        logged.map_err(classify_before)?;
         let mut taken: BTreeSet<Vec<u8>> = BTreeSet::new();
         for (tw, rows) in &inserted {
             let got: BTreeSet<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
             taken.extend(tw.insert.iter().map(|(k, _, _)| k.clone()).filter(|k| !got.contains(k)));
         }
         if !taken.is_empty() {
-            let _ = transaction.rollback().await;
+            let _ = client.batch_execute("ROLLBACK").await;
             let refused = batches
                 .iter()
                 .enumerate()
@@ -594,7 +604,37 @@ impl PostgresStore {
                 .collect();
             return Err(Failure::Refused(Error::Conflict { batches: refused }));
         }
-        transaction.commit().await.map_err(|e| match e.as_db_error() {
+        // The second flight: the counters (the stored value, locked, plus the group's additions) and COMMIT.
+        let mut counter_puts = Vec::new();
+        for ((table, _, _), rows) in counter_reads.iter().zip(counted) {
+            let stored: HashMap<Vec<u8>, Vec<u8>> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let mut puts: Vec<Row> = vec![];
+            for (key, s, delta) in &by_table[table].add {
+                let n = match counter_value(stored.get(key).map(Vec::as_slice))
+                    .and_then(|n| n.checked_add(*delta).ok_or_else(|| overflow(key, *delta)))
+                {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(Failure::Refused(e));
+                    }
+                };
+                puts.push((key.clone(), *s, n.to_be_bytes().to_vec()));
+            }
+            let upsert = statements.iter().find(|(_, _, _, tw)| std::ptr::eq(*tw, &by_table[table])).map(|s| &s.1);
+            if let Some(upsert) = upsert {
+                counter_puts.push((upsert, columns(&puts)));
+            }
+        }
+        let counters = futures_util::future::try_join_all(
+            counter_puts.iter().map(|(st, (k, s, v))| async move { client.execute(*st, &[k, s, v]).await }),
+        );
+        let (counters, committed) = futures_util::future::join(counters, client.batch_execute("COMMIT")).await;
+        if let Err(e) = counters {
+            // The transaction was aborted before COMMIT, which then rolled it back.
+            return Err(classify_before(e));
+        }
+        committed.map_err(|e| match e.as_db_error() {
             // The server answered: it did not commit.
             Some(_) if retryable(&e) => Failure::Retry(e),
             Some(_) => Failure::Before(e),
@@ -861,6 +901,12 @@ impl Store for PostgresStore {
 
     fn fail_stop(&self) -> bool {
         false
+    }
+
+    /// A transaction costs PostgreSQL about a millisecond of CPU of its own (the statements' set-up, the commit),
+    /// beside its rows': a group of five paid twice as much per input as a group of thirty-five (BENCHMARKS.md).
+    fn linger(&self) -> Duration {
+        Duration::from_millis(2)
     }
 }
 
