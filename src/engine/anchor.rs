@@ -100,9 +100,10 @@ async fn shared_clock(store: &Arc<dyn Store>, scale: f64) -> Result<Arc<dyn Cloc
                 let mut b = Batch::new();
                 b.put_new(Table::Meta, CLOCK_ANCHOR.to_vec(), serde_json::to_vec(&anchor).map_err(|e| e.to_string())?);
                 match apply(store, b).await {
-                    Ok(()) => return Ok(Arc::new(ScaledClock::new(now, scale))),
-                    // Another node wrote it first: read theirs.
-                    Err(crate::store::Error::Conflict { .. }) => continue,
+                    // Read back either way, and derive the clock from the anchor at the moment the clock is built:
+                    // the write may have taken long, and a clock started from `now` would then run behind every
+                    // other node's by that long.
+                    Ok(()) | Err(crate::store::Error::Conflict { .. }) => continue,
                     Err(e) => return Err(e.to_string()),
                 }
             }
