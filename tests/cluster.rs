@@ -270,7 +270,8 @@ async fn any_node_takes_any_request_and_request_ids_reach_the_journal() {
             .await
             .unwrap();
         assert_eq!(r.headers()["x-request-id"], rid.as_str());
-        assert_eq!(r.status(), 200);
+        let status = r.status();
+        assert_eq!(status, 200, "{}\n{}", r.text().await.unwrap_or_default(), nodes.log((owner + 2) % 3));
         let entries = journal(&nodes, via, &id).await;
         let renewal = entries.iter().find(|e| e["input_id"] == "spi:renewInstance:o-renew").expect("the renewal");
         assert_eq!(renewal["request_id"], rid.as_str(), "the request id travelled through forwarding");
@@ -416,12 +417,19 @@ async fn a_node_cut_off_from_postgres_stops_its_calls_before_its_lease_ends_and_
     let proxy = proxy::PgProxy::start(shared().server().port(), 0);
     let port = proxy.port;
     // Node 0 reaches the database through the proxy; every subscription polls DescribeInstance every service
-    // minute (at ×600, 10 times a second) while it waits for its activation, which never comes (nobody answers:
-    // the attempts fail and are retried, each a call started).
-    let scale = [("MARKETFLOW_TIME_SCALE".to_string(), "600".to_string())];
+    // minute (at ×60, every second) while it waits for its activation, which the marketplace (the simulator) keeps
+    // from coming: each poll a call started and answered. Forty subscriptions made 25 ms apart poll about every
+    // 25 ms, which is how closely the test sees when calls stop.
+    let sim_port = free_port();
+    let extra = [
+        ("MARKETFLOW_TIME_SCALE".to_string(), "60".to_string()),
+        ("MARKETFLOW_ALIYUN_ENDPOINT".to_string(), format!("http://127.0.0.1:{sim_port}")),
+        ("MARKETFLOW_ALIYUN_ACCESS_KEY_ID".to_string(), "sim-ak".to_string()),
+        ("MARKETFLOW_ALIYUN_ACCESS_KEY_SECRET".to_string(), "sim-ak-secret".to_string()),
+    ];
     let nodes = Nodes::start(
         2,
-        |_| scale.to_vec(),
+        |_| extra.to_vec(),
         move |i, db| {
             if i == 0 {
                 db.replace(&format!("127.0.0.1:{}", shared().server().port()), &format!("127.0.0.1:{port}"))
@@ -432,14 +440,36 @@ async fn a_node_cut_off_from_postgres_stops_its_calls_before_its_lease_ends_and_
     )
     .await;
     nodes.wait_balanced(&[0, 1], Duration::from_secs(30)).await;
-    let owners = nodes.owners(1).await;
-    for n in 0..8 {
-        let id = instance_of(&owners, "n0", &"p".repeat(n + 1));
-        assert!(accepted(&spi(&nodes.http, &nodes.url(1), &create(&id)).await));
+    let health: Value = nodes.http.get(format!("{}/healthz", nodes.url(1))).send().await.unwrap().json().await.unwrap();
+    let now =
+        chrono::DateTime::parse_from_rfc3339(health["now"].as_str().unwrap()).unwrap().with_timezone(&chrono::Utc);
+    let clock = std::sync::Arc::new(marketflow::clock::ScaledClock::new(now, 60.0));
+    let mut sc = marketflow::aliyun::simulator::SimulatorConfig::new(
+        nodes.url(1),
+        marketflow::config::Secret::new(ISV),
+        "sim-ak",
+        marketflow::config::Secret::new("sim-ak-secret"),
+        clock,
+    );
+    sc.listen = format!("127.0.0.1:{sim_port}");
+    let never = Duration::from_secs(30 * 86_400);
+    sc.activation_delay = Some((never, never));
+    let sim = marketflow::aliyun::simulator::start(sc).await.expect("the simulator starts");
+    for n in 0..40 {
+        let r = nodes
+            .http
+            .post(format!("http://127.0.0.1:{sim_port}/sim/instances"))
+            .json(&serde_json::json!({"ali_uid": format!("77{n:04}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let before = nodes.metric(0, "marketflow_calls_started_total").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(nodes.metric(0, "marketflow_calls_started_total").await > before, "node 0 makes calls before the cut");
+    let after = nodes.metric(0, "marketflow_calls_started_total").await;
+    assert!(after > before, "node 0 makes calls before the cut: {before} -> {after}\n{}", nodes.log(0));
     let lost_before = nodes.metric(1, "marketflow_shards_lost_total").await;
     let handed_before = nodes.metric(1, "marketflow_shards_handed_over_total").await;
 
@@ -463,7 +493,11 @@ async fn a_node_cut_off_from_postgres_stops_its_calls_before_its_lease_ends_and_
     // after it. Calls stop by 4/5 of a lease after the last renewal, so before that; and they went on until close
     // to it (the cut did not simply stop everything).
     assert!(stopped_after < Duration::from_millis(LEASE_MS * 4 / 5), "calls went on for {stopped_after:?}");
-    assert!(stopped_after > Duration::from_millis(LEASE_MS / 2), "calls stopped at once: {stopped_after:?}");
+    assert!(
+        stopped_after > Duration::from_millis(LEASE_MS / 2),
+        "calls stopped at once: {stopped_after:?}\n{}",
+        nodes.log(0)
+    );
     // Node 1 took every shard meanwhile.
     let owners = nodes.owners(1).await;
     assert!(owners.iter().all(|o| o.as_deref() == Some("n1")), "{owners:?}");
@@ -480,6 +514,7 @@ async fn a_node_cut_off_from_postgres_stops_its_calls_before_its_lease_ends_and_
     let lost = nodes.metric(1, "marketflow_shards_lost_total").await - lost_before;
     let handed = nodes.metric(1, "marketflow_shards_handed_over_total").await - handed_before;
     assert_eq!(lost, handed, "every shard node 1 lost, it handed over: none was stolen");
+    let _ = sim.stop().await;
 }
 
 #[actix_rt::test]

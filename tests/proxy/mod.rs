@@ -54,6 +54,7 @@ impl Balancer {
                         for i in 0..backends.len() {
                             let port = backends[(first + i) % backends.len()];
                             if let Ok(mut out) = TcpStream::connect(("127.0.0.1", port)).await {
+                                let _ = (inbound.set_nodelay(true), out.set_nodelay(true));
                                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                                 return;
                             }
@@ -106,6 +107,9 @@ impl PgProxy {
                     let (c, n, cut_off) = (c.clone(), n.clone(), watch.clone());
                     tokio::task::spawn_local(async move {
                         if let Ok(out) = TcpStream::connect(("127.0.0.1", server_port)).await {
+                            // The relay writes a message at a time: with Nagle's algorithm each would wait for the
+                            // peer's delayed acknowledgement of the one before (40 ms on Linux).
+                            let _ = (inbound.set_nodelay(true), out.set_nodelay(true));
                             pipe(inbound, out, every, c, n, cut_off).await;
                         }
                     });
@@ -215,7 +219,10 @@ async fn relay(client: TcpStream, server: TcpStream, every: u64, cuts: Arc<Mutex
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             break;
         }
-        if sw.write_all(&head).await.is_err() || sw.write_all(&body).await.is_err() {
+        let mut message = Vec::with_capacity(5 + body.len());
+        message.extend_from_slice(&head);
+        message.extend_from_slice(&body);
+        if sw.write_all(&message).await.is_err() {
             break;
         }
     }
