@@ -17,19 +17,15 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use marketflow::aliyun::token::spi_token;
-use support::{median, n, report};
+use support::{median, n};
 
-const ISV_KEY: &str = "bench-isv-key";
+use support::load::{self, healthz, ISV_KEY};
 
 struct Params {
     rounds: usize,
@@ -55,35 +51,6 @@ fn params() -> Params {
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-fn encode(v: &str) -> String {
-    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// The request line and headers of one `createInstance`, signed with the ISV key.
-fn create_instance(host: &str, id: &str) -> Vec<u8> {
-    let mut params: Vec<(String, String)> = [
-        ("action", "createInstance"),
-        ("aliUid", "1234567890"),
-        ("orderBizId", id),
-        ("orderId", &format!("o-{id}")),
-        ("productCode", "cmgj00063418"),
-        ("skuId", "pay-as-you-go"),
-        ("trial", "false"),
-        ("expiredOn", "2099-01-01 00:00:00"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let token = spi_token(&params, ISV_KEY);
-    params.push(("token".into(), token));
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
-    format!("GET /aliyun/spi?{} HTTP/1.1\r\nHost: {host}\r\n\r\n", query.join("&")).into_bytes()
-}
-
-fn healthz(host: &str) -> Vec<u8> {
-    format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
 }
 
 /// The service under test, as deployments run it.
@@ -147,153 +114,20 @@ impl Server {
     }
 }
 
-/// Runs the load generator child and returns what it reported.
-fn load(
-    addr: SocketAddr,
-    what: &str,
-    conns: usize,
-    rate: f64,
-    duration: Duration,
-    prefix: &str,
-) -> HashMap<String, f64> {
-    support::run_child(
-        "load",
-        &[
-            ("BENCH_ADDR", addr.to_string()),
-            ("BENCH_WHAT", what.to_string()),
-            ("BENCH_LOAD_CONNS", conns.to_string()),
-            ("BENCH_LOAD_RATE", rate.to_string()),
-            ("BENCH_LOAD_MILLIS", duration.as_millis().to_string()),
-            ("BENCH_PREFIX", prefix.to_string()),
-        ],
-    )
-}
-
-// ---- the load generator (child process) ----
-
-fn env<T: std::str::FromStr>(name: &str) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} missing or invalid"))
-}
-
-/// Reads one HTTP/1.1 response (headers and a Content-Length body) from `s`; returns its status and body.
-async fn read_response(s: &mut actix_rt::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(u16, Vec<u8>)> {
-    use tokio::io::AsyncReadExt;
-    buf.clear();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).unwrap_or_default();
-            let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok()).flatten()
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return Ok((status, buf[end + 4..end + 4 + len].to_vec()));
-            }
-        }
-        let got = s.read(&mut chunk).await?;
-        if got == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
-        }
-        buf.extend_from_slice(&chunk[..got]);
-    }
-}
-
-fn child_load() {
-    let addr: SocketAddr = env("BENCH_ADDR");
-    let what: String = env("BENCH_WHAT");
-    let conns: usize = env("BENCH_LOAD_CONNS");
-    let rate: f64 = env("BENCH_LOAD_RATE");
-    let duration = Duration::from_millis(env("BENCH_LOAD_MILLIS"));
-    let prefix: String = env("BENCH_PREFIX");
-    // Requests are built before the clock starts, so the client spends its time sending and reading.
-    // Every createInstance is a new instance; a closed loop gets more than it can send in the time.
-    let limit = if rate > 0.0 {
-        (rate * duration.as_secs_f64()).ceil() as usize
-    } else if what == "healthz" {
-        usize::MAX
-    } else {
-        25_000 * (duration.as_millis() as usize).div_ceil(1000)
-    };
-    let host = addr.to_string();
-    let requests: Arc<Vec<Vec<u8>>> = Arc::new(if what == "healthz" {
-        vec![healthz(&host)]
-    } else {
-        (0..limit).map(|i| create_instance(&host, &format!("{prefix}{i}"))).collect()
-    });
-    let (latencies, done, secs) = actix_rt::System::new().block_on(async move {
-        use tokio::io::AsyncWriteExt;
-        let next = Arc::new(AtomicUsize::new(0));
-        let start = Instant::now() + Duration::from_millis(50);
-        let end = start + duration;
-        let tasks: Vec<_> = (0..conns)
-            .map(|_| {
-                let (requests, next, what) = (requests.clone(), next.clone(), what.clone());
-                actix_rt::spawn(async move {
-                    let mut s = actix_rt::net::TcpStream::connect(addr).await.expect("connect");
-                    s.set_nodelay(true).expect("nodelay");
-                    let mut buf = Vec::with_capacity(16 * 1024);
-                    let mut lat = Vec::new();
-                    actix_rt::time::sleep_until(start.into()).await;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= limit {
-                            break;
-                        }
-                        let at = if rate > 0.0 {
-                            let at = start + Duration::from_secs_f64(i as f64 / rate);
-                            actix_rt::time::sleep_until(at.into()).await;
-                            at
-                        } else {
-                            Instant::now()
-                        };
-                        if at >= end {
-                            break;
-                        }
-                        s.write_all(&requests[i % requests.len()]).await.expect("send");
-                        let (status, body) = read_response(&mut s, &mut buf).await.expect("response");
-                        let ok = status == 200
-                            && (what == "healthz" || String::from_utf8_lossy(&body).contains("instanceId"));
-                        assert!(ok, "request {i} answered {status}: {}", String::from_utf8_lossy(&body));
-                        lat.push(at.elapsed().as_secs_f64() * 1e3);
-                    }
-                    lat
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.expect("connection task"));
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let done = all.len();
-        (all, done, secs)
-    });
-    let mut latencies = latencies;
-    report("done", done as f64);
-    report("rate", done as f64 / secs);
-    report("p50", support::percentile(&mut latencies, 50.0));
-    report("p99", support::percentile(&mut latencies, 99.0));
-    report("max", support::percentile(&mut latencies, 100.0));
-}
-
 fn main() {
     if let Some(role) = support::child_role() {
         assert_eq!(role, "load", "unknown child role");
-        return child_load();
+        return load::child_load();
     }
     let p = params();
     let mut rounds = Vec::new();
     for round in 0..p.rounds {
         let tmp = tempfile::tempdir().expect("tempdir");
         let server = Server::start(tmp.path());
-        let health = load(server.addr, "healthz", p.conns_max, 0.0, p.duration, "");
-        let max = load(server.addr, "create", p.conns_max, 0.0, p.duration, &format!("max{round}-"));
-        let fixed = load(server.addr, "create", p.conns_rate, p.rate, p.duration, &format!("fix{round}-"));
+        let addrs = [server.addr];
+        let health = load::load(&addrs, "healthz", p.conns_max, 0.0, p.duration, "");
+        let max = load::load(&addrs, "create", p.conns_max, 0.0, p.duration, &format!("max{round}-"));
+        let fixed = load::load(&addrs, "create", p.conns_rate, p.rate, p.duration, &format!("fix{round}-"));
         server.stop();
         eprintln!("round {round}: healthz {health:?}\n  max {max:?}\n  fixed {fixed:?}");
         rounds.push((health, max, fixed));

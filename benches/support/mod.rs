@@ -2,6 +2,7 @@
 //! baseline, a bulk loader that writes exactly what the engine would, and a steady window of inputs in flight.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod tick;
 
 use std::future::Future;
