@@ -749,8 +749,9 @@ impl Run {
                 b
             }
             // An earlier attempt whose answer was lost is the binding in progress (or made already, so that the
-            // organization is bound): wait for its decision.
-            409 if r.retried_lost => {
+            // organization is bound): wait for its decision. With several nodes a 503 can be such a lost answer
+            // too: the node forwarding it heard nothing back from the owner, which may have taken it.
+            409 if r.retried_lost || r.retried_unavailable => {
                 let v = self
                     .as_user(user, Method::GET, &format!("/api/v1/marketplace/aliyun/subscriptions/{id}"), None)
                     .await?;

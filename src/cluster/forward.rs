@@ -210,9 +210,8 @@ impl Inner {
                     let _ = reply.send(Ok(o));
                 }
                 Delivered::Error { code, message } => match error_of(&code, message) {
-                    Error::NotOwner(why) if !second => {
+                    Error::NotOwner(_) if !second => {
                         self.cluster.stats.not_owner.fetch_add(1, Ordering::Relaxed);
-                        let _ = why;
                         again.push(Queued { request: DeliverRequest { key, input, audit }, reply, second: true });
                     }
                     other => {
