@@ -8,8 +8,10 @@
 //!    epoch), alternating, on a throwaway server started by the bench (`initdb` in a temporary directory).
 //! 2. The service over HTTP (`createInstance`, each a durable transition, load from another process over loopback,
 //!    closed loop): one node on PostgreSQL, then three nodes on one PostgreSQL with the connections spread over all
-//!    three (about two thirds of the inputs are forwarded to their entity's owner). Every process shares the same
-//!    two cores: three nodes are not three machines, and the ratio says what forwarding costs.
+//!    three (about two thirds of the inputs are forwarded to their entity's owner), and the same three nodes with
+//!    each request sent straight to its entity's owner (no forwarding). Every process shares the same two cores:
+//!    three nodes are not three machines; the two ratios tell what forwarding costs from what three processes and
+//!    three transactions for one cost.
 //! 3. `createInstance` at a fixed 1,000 requests per second through any node of three (open loop): the latency.
 //! 4. Failover: three nodes; SIGKILL one; seconds until an input for an entity of its shards is taken again
 //!    (through another node), with the default lease (10 s) and a short one (2 s); the median of several kills.
@@ -380,7 +382,7 @@ fn main() {
 
     // 2. One node and three nodes on PostgreSQL, over HTTP.
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (mut one, mut three, mut fixed) = (vec![], vec![], vec![]);
+    let (mut one, mut three, mut direct, mut fixed) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
         let db = pg.fresh().expect("a database");
         let mut solo = vec![Node::new(tmp.path(), 10 + round, &db, "10s")];
@@ -394,13 +396,33 @@ fn main() {
         wait_balanced(&trio, &[0, 1, 2]);
         let addrs: Vec<SocketAddr> = trio.iter().map(Node::addr).collect();
         let r3 = load::load(&addrs, "create", conns, 0.0, secs, &format!("three{round}-"));
+        // The same three nodes with each request sent to its entity's owner: what three nodes do without
+        // forwarding, to tell its cost from the cost of three processes and three committers on two cores.
+        let o = owners(&trio[0]);
+        let routed: Vec<_> = trio
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let shards: Vec<u16> =
+                    (0..256u16).filter(|s| o[*s as usize].as_deref() == Some(node.id.as_str())).collect();
+                let (addr, per) = (node.addr(), conns.div_ceil(3));
+                let prefix = format!("routed{round}-{i}-");
+                std::thread::spawn(move || load::load_only(&[addr], "create", per, 0.0, secs, &prefix, Some(&shards)))
+            })
+            .collect();
+        let routed: Vec<_> = routed.into_iter().map(|t| t.join().expect("a loader")).collect();
+        let rr = std::collections::HashMap::from([
+            ("rate".to_string(), routed.iter().map(|r| r["rate"]).sum::<f64>()),
+            ("p99".to_string(), routed.iter().map(|r| r["p99"]).fold(0.0, f64::max)),
+        ]);
         let rf = load::load(&addrs, "create", conns.min(64), rate, secs, &format!("fixed{round}-"));
         for n in &mut trio {
             n.stop();
         }
-        eprintln!("round {round}: one node {r1:?}\n  three nodes {r3:?}\n  fixed {rf:?}");
+        eprintln!("round {round}: one node {r1:?}\n  three nodes {r3:?}\n  routed {rr:?}\n  fixed {rf:?}");
         one.push(r1);
         three.push(r3);
+        direct.push(rr);
         fixed.push(rf);
     }
     let h = |v: &[std::collections::HashMap<String, f64>], k: &str| median(v.iter().map(|r| r[k]).collect());
@@ -445,6 +467,13 @@ fn main() {
         n(r3),
         h(&three, "p99"),
         r3 / r1
+    );
+    let rd = h(&direct, "rate");
+    println!(
+        "| the same three nodes, each request sent to its entity's owner (no forwarding; p99 the worst node's) | {} req/s (p99 {:.1} ms) | {:.2} | |",
+        n(rd),
+        h(&direct, "p99"),
+        rd / r1
     );
     println!(
         "| `createInstance` at {} req/s through any node of three (open loop): achieved; p50 / **p99** / max | {} req/s; {:.1} / **{:.1}** / {:.1} ms | | p99 < 50 ms |",

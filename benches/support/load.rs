@@ -55,17 +55,31 @@ pub fn load(
     duration: Duration,
     prefix: &str,
 ) -> HashMap<String, f64> {
-    super::run_child(
-        "load",
-        &[
-            ("BENCH_ADDRS", addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")),
-            ("BENCH_WHAT", what.to_string()),
-            ("BENCH_LOAD_CONNS", conns.to_string()),
-            ("BENCH_LOAD_RATE", rate.to_string()),
-            ("BENCH_LOAD_MILLIS", duration.as_millis().to_string()),
-            ("BENCH_PREFIX", prefix.to_string()),
-        ],
-    )
+    load_only(addrs, what, conns, rate, duration, prefix, None)
+}
+
+/// [`load`], with `createInstance` ids only of `shards` when given.
+pub fn load_only(
+    addrs: &[SocketAddr],
+    what: &str,
+    conns: usize,
+    rate: f64,
+    duration: Duration,
+    prefix: &str,
+    shards: Option<&[u16]>,
+) -> HashMap<String, f64> {
+    let mut env = vec![
+        ("BENCH_ADDRS", addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")),
+        ("BENCH_WHAT", what.to_string()),
+        ("BENCH_LOAD_CONNS", conns.to_string()),
+        ("BENCH_LOAD_RATE", rate.to_string()),
+        ("BENCH_LOAD_MILLIS", duration.as_millis().to_string()),
+        ("BENCH_PREFIX", prefix.to_string()),
+    ];
+    if let Some(s) = shards {
+        env.push(("BENCH_SHARDS", s.iter().map(u16::to_string).collect::<Vec<_>>().join(",")));
+    }
+    super::run_child("load", &env)
 }
 
 // ---- the load generator (child process) ----

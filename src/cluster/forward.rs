@@ -3,8 +3,8 @@
 //! sender reads the owners again and tries once more. No owner yet: `not_owner` to the caller, which the API
 //! answers 503 with `Retry-After`.
 //!
-//! Inputs for one node travel together: while a request to a node is on its way, the inputs that come for it
-//! queue, and go as the next request, one batch (as commits share a group). The receiving node delivers a batch's
+//! Inputs for one node travel together: while requests to a node are on their way (at most two), the inputs that
+//! come for it queue, and go as the next request, one batch (as commits share a group). The receiving node delivers a batch's
 //! inputs at once, so they share its next group commit too. Why: with a request of its own for every input, three
 //! nodes on two cores spent more of their time on the requests between them than on the work (BENCHMARKS.md).
 
@@ -114,9 +114,21 @@ pub struct Forwarder {
 struct Inner {
     cluster: Arc<Cluster>,
     http: reqwest::Client,
-    /// Inputs waiting, by node URL; a URL with a queue has one task sending its batches.
-    queues: Mutex<HashMap<String, Vec<Queued>>>,
+    /// Inputs waiting for a request, and the requests on their way, by node URL.
+    queues: Mutex<HashMap<String, Queue>>,
 }
+
+/// The inputs for one node.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Queued>,
+    /// Tasks sending requests to the node (at most [`IN_FLIGHT`]); each takes what waits when its request is done.
+    senders: usize,
+}
+
+/// Requests on their way to one node at once: two, so that a batch gathers while the one before it is answered,
+/// and the owner gets the next while it commits the last.
+const IN_FLIGHT: usize = 2;
 
 impl Forwarder {
     pub fn new(cluster: Arc<Cluster>) -> Self {
@@ -148,9 +160,13 @@ impl Inner {
         }
         let start = {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-            let waiting = queues.entry(url.clone()).or_default();
-            waiting.push(q);
-            waiting.len() == 1
+            let queue = queues.entry(url.clone()).or_default();
+            queue.waiting.push(q);
+            let start = queue.senders < IN_FLIGHT;
+            if start {
+                queue.senders += 1;
+            }
+            start
         };
         if start {
             let me = self.clone();
@@ -158,18 +174,21 @@ impl Inner {
         }
     }
 
-    /// Sends the inputs queued for `url`, a batch at a time, until none are left.
+    /// Sends the inputs queued for `url`, a batch at a time, until none are left; one of the node's senders.
     async fn drain(self: Arc<Self>, url: String) {
         loop {
             let batch: Vec<Queued> = {
                 let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(waiting) = queues.get_mut(&url) else { return };
-                if waiting.is_empty() {
-                    queues.remove(&url);
+                let Some(queue) = queues.get_mut(&url) else { return };
+                if queue.waiting.is_empty() {
+                    queue.senders = queue.senders.saturating_sub(1);
+                    if queue.senders == 0 {
+                        queues.remove(&url);
+                    }
                     return;
                 }
-                let n = waiting.len().min(BATCH);
-                waiting.drain(..n).collect()
+                let n = queue.waiting.len().min(BATCH);
+                queue.waiting.drain(..n).collect()
             };
             self.send(&url, batch).await;
         }
@@ -191,6 +210,7 @@ impl Inner {
                 return;
             }
         };
+        self.cluster.stats.forward_requests.fetch_add(1, Ordering::Relaxed);
         let answers = match post(&self.cluster, &self.http, url, DELIVER_PATH, body, request_id.as_deref()).await {
             Ok(bytes) => match serde_json::from_slice::<DeliverAnswers>(&bytes) {
                 Ok(a) if a.answers.len() == waiting.len() => a.answers,

@@ -78,6 +78,8 @@ pub struct ClusterStats {
     pub forward_errors: AtomicU64,
     /// Inputs other nodes forwarded here.
     pub forwarded_in: AtomicU64,
+    /// Requests that carried forwarded inputs to other nodes (inputs per request: how well they batch).
+    pub forward_requests: AtomicU64,
     /// `not_owner` answers: given to a forward for a shard this node no longer serves, or received from one.
     pub not_owner: AtomicU64,
     /// Shards nobody held a live lease on at the last look.

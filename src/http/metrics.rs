@@ -304,6 +304,13 @@ fn cluster_families(state: &AppState, out: &mut String) {
     );
     line(
         out,
+        "marketflow_forward_requests_total",
+        "Requests that carried forwarded inputs to other nodes (one carries those queued meanwhile).",
+        "counter",
+        n(|s| &s.forward_requests),
+    );
+    line(
+        out,
         "marketflow_forward_errors_total",
         "Forwards that got no answer from the owner.",
         "counter",
