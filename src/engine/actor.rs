@@ -65,12 +65,19 @@ impl EntityActor {
     }
 
     fn prepare(&mut self, input: &Input, (record, recorded): Reads) -> Result<Prepared, Error> {
-        if !self.loaded {
+        let fresh = !self.loaded;
+        if fresh {
             self.load(record)?;
         }
         let inner = &self.engine.inner;
         let recorded = recorded.transpose()?.flatten();
         if let Some(b) = recorded {
+            // The record and the input's outcome are two reads, not one snapshot: an input found done may have
+            // been committed after the record was read (by a commit this node was told had failed), so a record
+            // read for this input is not kept.
+            if fresh {
+                self.loaded = false;
+            }
             let mut o: Outcome = serde_json::from_slice(&b)
                 .map_err(|e| Error::Internal(format!("a stored outcome of {} does not decode: {e}", self.key)))?;
             o.repeated = true;

@@ -411,7 +411,9 @@ impl PostgresStore {
                     *guard = None;
                     drop(guard);
                     tracing::warn!(error = %describe(&e), commit_id, "the answer to a COMMIT was lost; asking the commit log");
-                    return match self.resolve(commit_id, fences.keys().copied().collect()).await {
+                    // The rows the transaction locked: its shards' (fenced), else this node's.
+                    let locked = if self.options.fencing { fences.keys().copied().collect() } else { vec![] };
+                    return match self.resolve(commit_id, locked).await {
                         Ok(true) => Ok(()),
                         Ok(false) => {
                             Err(Error::Unavailable(format!("the connection broke at COMMIT: {}", describe(&e))))
@@ -630,16 +632,11 @@ impl PostgresStore {
             counter_puts.iter().map(|(st, (k, s, v))| async move { client.execute(*st, &[k, s, v]).await }),
         );
         let (counters, committed) = futures_util::future::join(counters, client.batch_execute("COMMIT")).await;
-        if let Err(e) = counters {
-            // The transaction was aborted before COMMIT, which then rolled it back.
-            return Err(classify_before(e));
-        }
-        committed.map_err(|e| match e.as_db_error() {
-            // The server answered: it did not commit.
-            Some(_) if retryable(&e) => Failure::Retry(e),
-            Some(_) => Failure::Before(e),
-            None => Failure::AtCommit(e),
-        })
+        // COMMIT went out with the counters: whichever of the two failed first, what the server did with it is
+        // known only from a statement's own error (the transaction aborted, COMMIT then rolled it back); a broken
+        // connection or a session ended by the server leaves it unknown, to be asked of the commit log.
+        counters.map_err(at_commit)?;
+        committed.map_err(at_commit)
     }
 
     /// Whether the transaction that wrote `commit_id` committed: read on a new connection after locking the
@@ -703,6 +700,19 @@ enum Failure {
     Before(tokio_postgres::Error),
     /// The answer to COMMIT was lost: it may or may not have committed.
     AtCommit(tokio_postgres::Error),
+}
+
+/// A failure of the flight that carries COMMIT. An `ERROR` answer is the server saying it rolled back; a `FATAL`
+/// one (an immediate shutdown, a session timeout) ends the session whatever point the COMMIT had reached, and a
+/// lost connection says nothing: both are resolved by the commit log. Taking either as "not committed" answered
+/// callers that their input failed when it had been kept, and the actor that read the entity again at once could
+/// read it from before the COMMIT landed and its input's record from after (the PostgreSQL fault test found it).
+fn at_commit(e: tokio_postgres::Error) -> Failure {
+    use tokio_postgres::error::Severity;
+    match e.as_db_error().and_then(|d| d.parsed_severity()) {
+        Some(Severity::Error) => classify_before(e),
+        _ => Failure::AtCommit(e),
+    }
 }
 
 fn classify_before(e: tokio_postgres::Error) -> Failure {
