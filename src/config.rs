@@ -208,6 +208,9 @@ pub struct Config {
     pub cluster_secret: Option<Secret>,
     /// The shard lease (`MARKETFLOW_LEASE`), renewed at a fifth of it.
     pub lease: Duration,
+    /// How often DescribeFailedNotifications is asked for the notices the marketplace gave up on
+    /// (`MARKETFLOW_NOTICE_POLL_INTERVAL`), in service time.
+    pub notice_poll_interval: Duration,
     /// Test-only: commits are not fenced (`MARKETFLOW_UNSAFE_NO_FENCING`), to show that fencing is what keeps
     /// journals whole when a paused node wakes up. Never set it in production.
     pub unsafe_no_fencing: bool,
@@ -251,6 +254,7 @@ impl Default for Config {
             node_url: String::new(),
             cluster_secret: None,
             lease: Duration::from_secs(10),
+            notice_poll_interval: Duration::from_secs(300),
             unsafe_no_fencing: false,
         }
     }
@@ -390,6 +394,9 @@ pub struct ServeArgs {
     /// The shard lease (e.g. 10s), renewed at a fifth of it.
     #[arg(long, env = "MARKETFLOW_LEASE")]
     pub lease: Option<String>,
+    /// How often the notices the marketplace gave up on are fetched (service time, e.g. 5m).
+    #[arg(long, env = "MARKETFLOW_NOTICE_POLL_INTERVAL")]
+    pub notice_poll_interval: Option<String>,
     /// Test-only: do not fence commits (shows what fencing prevents). Never in production.
     #[arg(long, env = "MARKETFLOW_UNSAFE_NO_FENCING", hide = true)]
     pub unsafe_no_fencing: bool,
@@ -492,6 +499,9 @@ impl Config {
         c.cluster_secret = secret(&args.cluster_secret).or(c.cluster_secret);
         if let Some(v) = &args.lease {
             c.lease = duration("MARKETFLOW_LEASE", v)?;
+        }
+        if let Some(v) = &args.notice_poll_interval {
+            c.notice_poll_interval = duration("MARKETFLOW_NOTICE_POLL_INTERVAL", v)?;
         }
         if let Some(v) = &args.node_id {
             c.node_id = v.clone();
@@ -669,6 +679,12 @@ impl Config {
             return Err(Error::Invalid {
                 name: "MARKETFLOW_NODE_ID",
                 message: format!("must be 1 to {OPERATOR_NAME_MAX} of A-Z a-z 0-9 . _ -"),
+            });
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.notice_poll_interval) {
+            return Err(Error::Invalid {
+                name: "MARKETFLOW_NOTICE_POLL_INTERVAL",
+                message: "must be between 1s and 24h".into(),
             });
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.lease) {

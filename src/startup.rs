@@ -110,12 +110,16 @@ pub fn registry(config: &Config, store: Arc<dyn Store>, catalog: Arc<Catalog>) -
     for (kind, timer, d) in &config.timer_overrides {
         r.override_timer(kind, timer, *d);
     }
+    MarketCalls::new(market_client(config)?, crate::engine::records::Records::new(store), catalog).register(&mut r);
+    Ok(r)
+}
+
+/// The Market OpenAPI client: the marketplace's endpoint (or the simulator's) with the AccessKey.
+fn market_client(config: &Config) -> Result<MarketClient, Error> {
     let secret = config.access_key_secret.clone().ok_or_else(|| Error::Market("no AccessKey secret".into()))?;
     let id = config.access_key_id.as_deref().ok_or_else(|| Error::Market("no AccessKey ID".into()))?;
-    let client = MarketClient::new(&config.aliyun_endpoint, id, secret, std::time::Duration::from_secs(10))
-        .map_err(|e| Error::Market(e.to_string()))?;
-    MarketCalls::new(client, crate::engine::records::Records::new(store), catalog).register(&mut r);
-    Ok(r)
+    MarketClient::new(&config.aliyun_endpoint, id, secret, std::time::Duration::from_secs(10))
+        .map_err(|e| Error::Market(e.to_string()))
 }
 
 impl Application {
@@ -211,13 +215,14 @@ impl Application {
         let limiter = http::limits::Limiter::new(config.rate_limits, config.trusted_proxies.clone());
         let rules = [crate::app::accounts::sweep_rules(), http::console::sweep_rules()].concat();
         let swept = crate::engine::sweep::start(&engine, rules, config.sweep_interval);
-        let state = web::Data::new(AppState {
-            app: crate::app::App { engine: engine.clone(), accounts, catalog },
-            config,
-            limiter,
-            swept,
-            cluster: cluster.clone(),
-        });
+        let app = crate::app::App { engine: engine.clone(), accounts, catalog };
+        actix_rt::spawn(crate::app::notices::run_notice_poller(
+            app.clone(),
+            market_client(&config)?,
+            config.public_url.clone(),
+            config.notice_poll_interval,
+        ));
+        let state = web::Data::new(AppState { app, config, limiter, swept, cluster: cluster.clone() });
         let connections = crate::ratelimit::Connections::new(
             state.config.rate_limits.connections,
             state.config.trusted_proxies.clone(),

@@ -286,3 +286,76 @@ async fn the_fullest_organization_still_freezes_expires_and_resumes() {
     assert!(refused.is_empty(), "{refused:?}");
     w.shutdown().await;
 }
+
+/// The unconfirmed notices the simulator lists, by action.
+async fn listed(w: &World) -> Vec<(String, String)> {
+    let v = w.sim(Method::GET, "/sim/notifications", None).await;
+    v["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["confirmed"] == false)
+        .map(|n| (n["notification_request_id"].as_str().unwrap().into(), n["action"].as_str().unwrap().into()))
+        .collect()
+}
+
+/// An expire and a resume the marketplace gave up delivering arrive through DescribeFailedNotifications at the
+/// next poll (every 5 minutes of service time), freeze and unfreeze the organization, and are confirmed; a
+/// notice listed again after its confirmation changes nothing.
+#[actix_rt::test]
+async fn notices_the_marketplace_gave_up_on_are_polled_taken_once_and_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("gia").await;
+    let s = w.subscribe_and_bind(&u, &u.org_id, A).await;
+    w.sim(Method::POST, "/sim/faults", Some(json!({"spi_give_up_rate": 1.0}))).await;
+    w.sim(Method::POST, &format!("/sim/instances/{s}/expire"), None).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let expire = loop {
+        if let Some((id, _)) = listed(&w).await.into_iter().find(|(_, a)| a == "expiredInstance") {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "the given-up expire was never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Never delivered: the organization does not know yet.
+    assert_eq!(w.state(&s).await.as_deref(), Some("active"));
+    assert_eq!(w.org_state(&u.org_id).await, "bound");
+    w.clock.advance(minutes(5));
+    w.wait_org(&u.org_id, "frozen").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !listed(&w).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the taken notice was never confirmed: {:?}", listed(&w).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let expires = |j: &[String]| j.iter().filter(|e| e.starts_with("expire:")).count();
+    let journal = w.journal_events(&s).await;
+    assert_eq!(expires(&journal), 1, "{journal:?}");
+
+    // Listed again (the marketplace's list is at-least-once): taken again, it is the same input and changes
+    // nothing.
+    w.sim(Method::POST, &format!("/sim/notifications/{expire}/relist"), None).await;
+    w.clock.advance(minutes(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !listed(&w).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the relisted notice was never confirmed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Taken a second time as a new input it would journal a second `expire` (from `expired`, which schedules a
+    // check); the same input is answered from its stored outcome and journals nothing.
+    let again = w.journal_events(&s).await;
+    assert_eq!(expires(&again), 1, "a notice taken twice was taken twice: {again:?}");
+    assert_eq!(w.org_state(&u.org_id).await, "frozen");
+
+    // The resume given up the same way unfreezes at the next poll.
+    w.sim(Method::POST, &format!("/sim/instances/{s}/topup"), None).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !listed(&w).await.iter().any(|(_, a)| a == "resumeInstance") {
+        assert!(std::time::Instant::now() < deadline, "the given-up resume was never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    w.clock.advance(minutes(5));
+    w.wait_org(&u.org_id, "bound").await;
+    assert_eq!(w.state(&s).await.as_deref(), Some("active"));
+    w.shutdown().await;
+}

@@ -4,6 +4,8 @@
 //! instance id and the 免登 address, the same for every repetition.
 
 use super::App;
+use crate::aliyun::client::MarketClient;
+use crate::aliyun::market::FailedNotification;
 use crate::aliyun::spi::{beijing_to_utc, SpiRequest};
 use crate::domain::protocol::CreateInstanceReply;
 use crate::domain::subscription::{Subscription, SubscriptionEvent, KIND};
@@ -32,7 +34,42 @@ impl App {
         request: SpiRequest,
         public_url: &str,
     ) -> Result<Option<CreateInstanceReply>, NoticeError> {
+        self.take(request, public_url, None).await
+    }
+
+    /// Takes one notice the marketplace gave up delivering (DescribeFailedNotifications), as if it had arrived:
+    /// under an input id of its notification's, so the same notice listed twice changes nothing the second time.
+    /// A notice that overtook a later one (an old expire after a resume) is absorbed the way a late SPI call is:
+    /// the subscription asks DescribeInstance after every expire and resume (`reconcile`).
+    pub async fn take_failed_notice(&self, notice: &FailedNotification, public_url: &str) -> Result<(), NoticeError> {
+        let params: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&notice.message)
+            .map_err(|e| invalid("invalid_notice", format!("the notice's message is not a JSON object: {e}")))?;
+        let mut pairs: Vec<(String, String)> = params
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect();
+        if !pairs.iter().any(|(k, _)| k == "action") && !notice.action.is_empty() {
+            pairs.push(("action".into(), notice.action.clone()));
+        }
+        let request = SpiRequest::parse(&pairs).map_err(|e| invalid(e.code(), e.to_string()))?;
+        self.take(request, public_url, Some(&notice.notification_request_id)).await.map(|_| ())
+    }
+
+    async fn take(
+        &self,
+        request: SpiRequest,
+        public_url: &str,
+        notification: Option<&str>,
+    ) -> Result<Option<CreateInstanceReply>, NoticeError> {
         let action = request.action();
+        // SPI calls of these actions carry no id of their own; a failed notification does.
+        let fresh = |action: &str| match notification {
+            Some(id) => format!("spi:{action}:notice:{id}"),
+            None => fresh(action),
+        };
         let instance = instance_of(&request).ok_or_else(|| invalid("invalid_parameter", "no instance id"))?;
         let key = EntityKey::new(KIND, &instance).map_err(|e| invalid("invalid_parameter", e.to_string()))?;
         let public = public_url.trim_end_matches('/');
@@ -117,5 +154,104 @@ fn instance_of(r: &SpiRequest) -> Option<String> {
             Some(order_biz_id.to_string())
         }
         other => other.instance_id().map(|i| i.to_string()),
+    }
+}
+
+/// What one pass over the marketplace's failed notices did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NoticePass {
+    /// Listed by DescribeFailedNotifications.
+    pub listed: usize,
+    /// Taken (or found taken already) and confirmed.
+    pub confirmed: usize,
+    /// Left for the next pass: refused as malformed, or not taken or confirmed now.
+    pub left: usize,
+}
+
+/// Largest page asked of DescribeFailedNotifications, and the most pages read in one pass (the rest wait for the
+/// next pass, so a backlog never turns into a burst).
+const PAGE_SIZE: u32 = 50;
+const MAX_PAGES: u32 = 20;
+
+/// Reads the failed notices (page by page, a pause between pages), takes each as if it had arrived, and confirms
+/// each one taken, so the marketplace stops listing it. A notice is confirmed only after its input was committed:
+/// a crash in between lists it again, and taking it again changes nothing.
+pub async fn poll_failed_notices(app: &App, client: &MarketClient, public_url: &str) -> NoticePass {
+    let mut pass = NoticePass::default();
+    let mut notices = Vec::new();
+    for page in 1..=MAX_PAGES {
+        match client.describe_failed_notifications(page, PAGE_SIZE).await {
+            Ok(r) => {
+                let last = r.notification_list.len() < PAGE_SIZE as usize
+                    || (page as u64) * u64::from(PAGE_SIZE) >= r.total_count;
+                notices.extend(r.notification_list);
+                if last {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, page, "DescribeFailedNotifications failed; the next pass asks again");
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    pass.listed = notices.len();
+    for notice in &notices {
+        let id = &notice.notification_request_id;
+        match app.take_failed_notice(notice, public_url).await {
+            Ok(()) => match client.confirm_notification(id).await {
+                Ok(_) => {
+                    pass.confirmed += 1;
+                    tracing::info!(notification = %id, action = %notice.action, "a notice the marketplace gave up on was taken");
+                }
+                Err(e) => {
+                    pass.left += 1;
+                    tracing::warn!(notification = %id, error = %e, "taken, but ConfirmNotification failed; listed again next pass");
+                }
+            },
+            Err(NoticeError::Invalid { code, message }) => {
+                pass.left += 1;
+                tracing::error!(notification = %id, code, %message, "a failed notice cannot be taken; left unconfirmed for a person");
+            }
+            Err(NoticeError::Engine(e)) => {
+                pass.left += 1;
+                tracing::warn!(notification = %id, error = %e, "a failed notice could not be taken now; the next pass tries again");
+            }
+        }
+    }
+    pass
+}
+
+/// Polls every `interval` of service time while this node serves shard 0 (one node of a cluster polls; alone,
+/// a node serves every shard). The first pass runs at start: notices given up while the service was down are
+/// the ones most worth having.
+pub async fn run_notice_poller(app: App, client: MarketClient, public_url: String, interval: std::time::Duration) {
+    let clock = app.engine.clock().clone();
+    let interval = chrono::TimeDelta::from_std(interval).unwrap_or(chrono::TimeDelta::minutes(5));
+    loop {
+        if app.engine.stopping() {
+            return;
+        }
+        if app.engine.ownership().serves(0) {
+            let pass = poll_failed_notices(&app, &client, &public_url).await;
+            if pass.listed > 0 {
+                tracing::info!(
+                    listed = pass.listed,
+                    confirmed = pass.confirmed,
+                    left = pass.left,
+                    "failed notices polled"
+                );
+            }
+        }
+        let next = clock.now() + interval;
+        // Service time: on a manual clock only an advance gets there, so the clock is looked at often.
+        while clock.now() < next {
+            if app.engine.stopping() {
+                return;
+            }
+            let wait = clock.real_until(next).unwrap_or(std::time::Duration::from_millis(100));
+            tokio::time::sleep(wait.min(std::time::Duration::from_millis(500))).await;
+        }
     }
 }

@@ -12,7 +12,8 @@
 //! | `GET /sim/instances/{id}/sso-url` | `{url, instance_id, time_stamp}`: the signed 免登 link |
 //! | `GET /sim/metering?instance_id=` | accepted metering records with their RequestIds, and totals per Key |
 //! | `GET`/`POST /sim/faults` | fault injection (see [`Faults`]); `GET` also counts what was injected |
-//! | `GET /sim/notifications` | orderPay notices the service did not acknowledge |
+//! | `GET /sim/notifications` | notices the marketplace gave up on (confirmed or not) |
+//! | `POST /sim/notifications/{id}/relist` | lists a confirmed notice again (at-least-once, as the real one may) |
 
 use std::collections::BTreeMap;
 
@@ -355,6 +356,19 @@ async fn notifications(shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "notifications": list }))
 }
 
+/// Lists a confirmed notice again: DescribeFailedNotifications is at-least-once, and the service must take a notice
+/// it sees twice once.
+async fn relist(shared: web::Data<Shared>, id: web::Path<String>) -> Result<HttpResponse, SimError> {
+    let mut state = shared.lock();
+    let n = state
+        .notifications
+        .iter_mut()
+        .find(|n| n.id == *id)
+        .ok_or_else(|| SimError::new(StatusCode::NOT_FOUND, "not_found", format!("no notification {id}")))?;
+    n.confirmed = false;
+    Ok(HttpResponse::Ok().json(json!({ "notification_request_id": n.id, "confirmed": false })))
+}
+
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/sim/instances", web::post().to(open))
         .route("/sim/instances", web::get().to(list))
@@ -366,7 +380,8 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/sim/metering", web::get().to(metering))
         .route("/sim/faults", web::get().to(get_faults))
         .route("/sim/faults", web::post().to(set_faults))
-        .route("/sim/notifications", web::get().to(notifications));
+        .route("/sim/notifications", web::get().to(notifications))
+        .route("/sim/notifications/{id}/relist", web::post().to(relist));
 }
 
 #[cfg(test)]

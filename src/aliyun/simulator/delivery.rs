@@ -9,8 +9,9 @@
 //! Requests are GETs with every parameter in the query, as in the SPI docs' examples, and the MD5
 //! token over all of them ([`crate::aliyun::token::spi_token`]). Retries: createInstance up to
 //! 120 times while the answer is not a non-zero instanceId (the documented limit); the other
-//! actions up to [`NOTICE_ATTEMPTS`] times until `{"success": true}`; an orderPay that never
-//! succeeds becomes a failed notification (DescribeFailedNotifications). Backoffs are short and
+//! actions up to [`NOTICE_ATTEMPTS`] times until `{"success": true}`; a notice that never
+//! succeeds (or that the `spi_give_up_rate` fault gives up on) becomes a failed notification
+//! (DescribeFailedNotifications). Backoffs are short and
 //! in real time: the point is to exercise the service's idempotency, not to wait for hours.
 
 use std::collections::HashMap;
@@ -411,6 +412,11 @@ fn is_success(body: &Value) -> bool {
 
 async fn deliver_notice(shared: &Shared, instance: &str, action: SpiAction, params: &[(String, String)]) {
     let name = action.as_str();
+    if shared.lock().draw_give_up() {
+        log(shared, instance, format!("spi.{name}.given_up"), Some("not delivered (injected fault)".into()));
+        give_up(shared, action, params);
+        return;
+    }
     for attempt in 1..=NOTICE_ATTEMPTS {
         let answer = send(shared, params).await;
         let ok =
@@ -425,23 +431,28 @@ async fn deliver_notice(shared: &Shared, instance: &str, action: SpiAction, para
             tokio::time::sleep(backoff(attempt)).await;
         }
     }
+    log(shared, instance, format!("spi.{name}.gave_up"), Some(format!("no success after {NOTICE_ATTEMPTS} attempts")));
+    give_up(shared, action, params);
+}
+
+/// Lists a notice for DescribeFailedNotifications: its parameters without the token, under the orderPay's
+/// `requestId` or a new id of its own for the other actions.
+fn give_up(shared: &Shared, action: SpiAction, params: &[(String, String)]) {
     let now = shared.now();
-    let mut state = shared.lock();
-    if let Some(i) = state.instances.get_mut(instance) {
-        i.log(now, format!("spi.{name}.gave_up"), Some(format!("no success after {NOTICE_ATTEMPTS} attempts")));
-    }
-    if action == SpiAction::OrderPay {
-        let message: serde_json::Map<String, Value> =
-            params.iter().filter(|(k, _)| k != "token").map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-        let id = params.iter().find(|(k, _)| k == "requestId").map(|(_, v)| v.clone()).unwrap_or_default();
-        state.notifications.push(Notification {
-            id,
-            action: name.to_string(),
-            created_at: now,
-            message: Value::Object(message).to_string(),
-            confirmed: false,
-        });
-    }
+    let message: serde_json::Map<String, Value> =
+        params.iter().filter(|(k, _)| k != "token").map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let id = params
+        .iter()
+        .find(|(k, _)| k == "requestId")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    shared.lock().notifications.push(Notification {
+        id,
+        action: action.as_str().to_string(),
+        created_at: now,
+        message: Value::Object(message).to_string(),
+        confirmed: false,
+    });
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ pub struct MeteringValue {
     pub metering_assit: Option<String>,
 }
 
-/// An orderPay notice the service did not acknowledge, for DescribeFailedNotifications.
+/// A notice the service did not acknowledge (or that was given up on), for DescribeFailedNotifications.
 #[derive(Debug, Clone)]
 pub(crate) struct Notification {
     pub id: String,
@@ -193,6 +193,10 @@ pub struct Faults {
     /// together may arrive in any order.
     #[serde(default)]
     pub spi_reorder: bool,
+    /// Share of notices (every action but createInstance) the marketplace gives up on without delivering them:
+    /// they wait in DescribeFailedNotifications, as a notice does once its retries are spent (0–1).
+    #[serde(default)]
+    pub spi_give_up_rate: f64,
     /// Seeds the fault decisions, so a run can be repeated.
     #[serde(default)]
     pub seed: Option<u64>,
@@ -209,6 +213,8 @@ pub struct Injected {
     pub spi_duplicates: u64,
     /// SPI calls sent out of their instance's queue after a random delay.
     pub spi_reordered: u64,
+    /// Notices given up on at once (listed by DescribeFailedNotifications, never delivered).
+    pub spi_given_up: u64,
 }
 
 /// Longest injected Market API delay (a typo should not hang a test for hours).
@@ -225,6 +231,7 @@ impl Faults {
         };
         rate("openapi_error_rate", self.openapi_error_rate)?;
         rate("spi_duplicate_rate", self.spi_duplicate_rate)?;
+        rate("spi_give_up_rate", self.spi_give_up_rate)?;
         if self.openapi_slow_ms > MAX_SLOW_MS {
             return Err(format!("openapi_slow_ms must be at most {MAX_SLOW_MS}, got {}", self.openapi_slow_ms));
         }
@@ -349,6 +356,13 @@ impl State {
             self.faults.spi_duplicate_rate > 0.0 && self.fault_rng.gen::<f64>() < self.faults.spi_duplicate_rate;
         self.injected.spi_duplicates += u64::from(duplicate);
         duplicate
+    }
+
+    /// Draws whether a notice is given up on without being delivered.
+    pub fn draw_give_up(&mut self) -> bool {
+        let give_up = self.faults.spi_give_up_rate > 0.0 && self.fault_rng.gen::<f64>() < self.faults.spi_give_up_rate;
+        self.injected.spi_given_up += u64::from(give_up);
+        give_up
     }
 
     /// A random delivery delay for reordered SPI calls, in real milliseconds.
