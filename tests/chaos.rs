@@ -620,8 +620,9 @@ impl Run {
         let r = self.as_user(who, Method::POST, &format!("/api/v1/invitations/{inv}/accept"), None).await?;
         match r.status {
             200 => self.ack(Ack::Member { org: org.to_string(), user: who, role }),
-            // The accept got through before a kill and took the invitation with it: a member already.
-            404 if r.retried_lost => {
+            // The accept got through before a kill and took the invitation with it: a member already. With several
+            // nodes a 503 can be such a lost answer too (the forwarding node heard nothing back from the owner).
+            404 if r.retried_lost || r.retried_unavailable => {
                 let e = self.entity("organization", org).await?.unwrap_or_default();
                 if e["data"]["members"][self.user_id(who).as_str()].is_null() {
                     return Err(format!("accepting {inv}: 404 after a lost answer, and not a member: {e}"));
