@@ -397,6 +397,9 @@ pub struct ServeArgs {
     /// How often the notices the marketplace gave up on are fetched (service time, e.g. 5m).
     #[arg(long, env = "MARKETFLOW_NOTICE_POLL_INTERVAL")]
     pub notice_poll_interval: Option<String>,
+    /// How often every live subscription is checked with DescribeInstance (service time, e.g. 1h).
+    #[arg(long, env = "MARKETFLOW_RECONCILE_INTERVAL")]
+    pub reconcile_interval: Option<String>,
     /// Test-only: do not fence commits (shows what fencing prevents). Never in production.
     #[arg(long, env = "MARKETFLOW_UNSAFE_NO_FENCING", hide = true)]
     pub unsafe_no_fencing: bool,
@@ -502,6 +505,17 @@ impl Config {
         }
         if let Some(v) = &args.notice_poll_interval {
             c.notice_poll_interval = duration("MARKETFLOW_NOTICE_POLL_INTERVAL", v)?;
+        }
+        if let Some(v) = &args.reconcile_interval {
+            let d = duration("MARKETFLOW_RECONCILE_INTERVAL", v)?;
+            if !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400)).contains(&d) {
+                return Err(Error::Invalid {
+                    name: "MARKETFLOW_RECONCILE_INTERVAL",
+                    message: "must be between 1m and 7d".into(),
+                });
+            }
+            // The subscription's `check` timer: one rule, whether set here or in the file's [timers.subscription].
+            c.timer_overrides.push(("subscription".into(), "check".into(), d));
         }
         if let Some(v) = &args.node_id {
             c.node_id = v.clone();

@@ -444,7 +444,9 @@ async fn the_list_filters_and_pages() {
     assert_eq!(ids("kind=organization").await, [owner.org_id.as_str()]);
     assert_eq!(ids("kind=subscription&state=opening").await, [opening.as_str()]);
     assert_eq!(ids("kind=subscription&state=active").await, [active.as_str()]);
-    assert_eq!(ids("kind=subscription&waiting_on_timer=true").await, [opening.as_str()]);
+    // The opening one waits on its activation poll, the active one on its periodic check.
+    assert_eq!(ids("kind=subscription&waiting_on_timer=true").await, both);
+    assert_eq!(ids("kind=organization&waiting_on_timer=true").await, Vec::<String>::new());
     assert_eq!(ids("needs_attention=true").await, [opening.as_str()]);
     assert_eq!(ids("kind=subscription&min_time_in_state=10m").await, [active.as_str()]);
     assert_eq!(ids("kind=&state=&min_time_in_state=&limit=").await, ids("").await, "empty fields are no filter");

@@ -5,6 +5,7 @@ use crate::world;
 
 use std::time::Duration;
 
+use marketflow::clock::Clock;
 use reqwest::Method;
 use serde_json::json;
 use world::*;
@@ -357,5 +358,42 @@ async fn notices_the_marketplace_gave_up_on_are_polled_taken_once_and_confirmed(
     w.clock.advance(minutes(5));
     w.wait_org(&u.org_id, "bound").await;
     assert_eq!(w.state(&s).await.as_deref(), Some("active"));
+    w.shutdown().await;
+}
+
+/// A release whose notice was lost outright (never delivered, never listed) is found by the periodic check within
+/// the interval: the subscription is released, its organization's switch window opens from the discovery, the
+/// journal says it was drift, and `/metrics` counts it.
+#[actix_rt::test]
+async fn a_release_whose_notice_was_lost_is_found_by_the_periodic_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let u = w.user("lou").await;
+    let s = w.subscribe_and_bind(&u, &u.org_id, A).await;
+    let (_, e) = w.entity(&s).await;
+    let due: chrono::DateTime<chrono::Utc> = e["data"]["check_due"].as_str().expect("a check is due").parse().unwrap();
+    let now = w.clock.now();
+    assert!(due > now && due <= now + chrono::TimeDelta::hours(1), "the check is within the hour: {due} vs {now}");
+    w.sim(Method::POST, "/sim/faults", Some(json!({"spi_drop_rate": 1.0}))).await;
+    w.sim(Method::POST, &format!("/sim/instances/{s}/close"), None).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = w.sim(Method::GET, &format!("/sim/instances/{s}"), None).await;
+        if v.to_string().contains("spi.releaseInstance.dropped") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the release was never dropped: {v}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(w.state(&s).await.as_deref(), Some("active"), "the lost release never arrived");
+    w.clock.set(due + chrono::TimeDelta::seconds(1));
+    w.wait_state(&s, "released").await;
+    w.wait_org(&u.org_id, "window").await;
+    let journal = w.journal_events(&s).await;
+    assert!(journal.iter().any(|e| e == "describe_instance.ok:released"), "{journal:?}");
+    let metrics =
+        w.http.get(format!("{}/metrics", w.service)).bearer_auth(OP).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("marketflow_drift_total{kind=\"released\"} 1"), "{metrics}");
+    assert!(metrics.contains("marketflow_drift_total{kind=\"expired\"} 0"), "{metrics}");
     w.shutdown().await;
 }

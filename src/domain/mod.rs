@@ -60,6 +60,15 @@ use std::sync::Arc;
 
 use crate::engine::workflow::DynWorkflow;
 
+/// What the workflows count on `/metrics` ([`crate::engine::Cx::count`]): family, help text, and the kinds shown
+/// at 0 before their first event.
+pub const COUNTED: &[(&str, &str, &[&str])] = &[(
+    "drift",
+    "Corrections made because DescribeInstance disagreed with the notices received (a notice lost or overtaken), \
+     by what the subscription became.",
+    subscription::DRIFT_KINDS,
+)];
+
 /// Every workflow of the service, to register with the engine.
 pub fn workflows() -> Vec<Arc<dyn DynWorkflow>> {
     vec![

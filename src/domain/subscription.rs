@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::binding::Refusal;
@@ -21,6 +21,9 @@ use crate::engine::{Cx, Reject, Signal, Workflow};
 
 /// The entity kind.
 pub const KIND: &str = super::protocol::SUBSCRIPTION;
+
+/// What a check with DescribeInstance can correct, as counted on `/metrics` (`marketflow_drift_total{kind}`).
+pub const DRIFT_KINDS: &[&str] = &["expired", "resumed", "released"];
 
 /// What the marketplace told us (and when), kept as the subscription's data.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -45,6 +48,11 @@ pub struct Subscription {
     pub marketplace_status: Option<String>,
     pub polls: u32,
     pub poll_failures: u32,
+    /// Periodic checks with DescribeInstance made while live, and when the next one is due.
+    #[serde(default)]
+    pub checks: u32,
+    #[serde(default)]
+    pub check_due: Option<DateTime<Utc>>,
     pub last_poll_error: Option<String>,
     /// orderPay notices taken (their request ids).
     #[serde(default)]
@@ -104,6 +112,42 @@ fn metering(cx: &mut Cx<'_, Subscription>, start: bool) -> Result<(), Reject> {
     cx.tell(key, &event)
 }
 
+/// How often a live subscription is checked with DescribeInstance: the `check` timer's duration
+/// (`MARKETFLOW_RECONCILE_INTERVAL`, default 1 h).
+fn check_interval(cx: &Cx<'_, Subscription>) -> TimeDelta {
+    cx.definition
+        .timers
+        .get("check")
+        .and_then(|d| TimeDelta::from_std(*d).ok())
+        .filter(|d| *d >= TimeDelta::seconds(1))
+        .unwrap_or(TimeDelta::hours(1))
+}
+
+/// A stable number of an instance id (FNV-1a: the same in every build and process), its place in the interval.
+fn place(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The next instant after `now` at this subscription's own place in the interval: each live subscription is
+/// checked once per interval at an instant of its own, so N subscriptions make N checks spread evenly over it.
+pub fn next_check(id: &str, now: DateTime<Utc>, interval: TimeDelta) -> DateTime<Utc> {
+    let period = interval.num_milliseconds().max(1000);
+    let phase = (place(id) % period as u64) as i64;
+    let t = now.timestamp_millis();
+    let mut at = t - t.rem_euclid(period) + phase;
+    if at <= t {
+        at += period;
+    }
+    DateTime::from_timestamp_millis(at).unwrap_or(now + interval)
+}
+
+/// Sets the periodic check at this subscription's next place in the interval.
+fn arm_check(cx: &mut Cx<'_, Subscription>) {
+    let at = next_check(&cx.key.id, cx.now, check_interval(cx));
+    cx.data.check_due = Some(at);
+    cx.set_timer_at("check", at);
+}
+
 /// Runs `workflows/subscription.toml`.
 pub struct SubscriptionWorkflow;
 
@@ -158,6 +202,7 @@ impl Workflow for SubscriptionWorkflow {
                 "record_renewal",
                 "record_upgrade",
                 "schedule_reconcile",
+                "periodic_check",
                 "reconciled_resume",
                 "reserve_binding",
                 "refuse_already_bound",
@@ -266,6 +311,28 @@ impl Workflow for SubscriptionWorkflow {
                 }
                 cx.data.marketplace_status = Some(status);
                 cx.data.last_poll_error = None;
+                // A subscription of a build before the periodic checks gets its first one here.
+                if matches!(cx.target, "active" | "expired") && cx.data.check_due.is_none() {
+                    arm_check(cx);
+                }
+            }
+            ("periodic_check", _) => {
+                let interval = check_interval(cx);
+                let late = cx.data.check_due.map(|d| cx.now - d).unwrap_or_default();
+                if late > interval / 4 {
+                    // After downtime every check that fell due meanwhile fires at once; each goes to a place of its
+                    // own in the next quarter of the interval instead, so the marketplace never sees a burst.
+                    let quarter = (interval / 4).num_milliseconds().max(1);
+                    let at = cx.now + TimeDelta::milliseconds((place(&cx.key.id) % quarter as u64) as i64);
+                    cx.data.check_due = Some(at);
+                    cx.set_timer_at("check", at);
+                    cx.note(format!("the periodic check is {} min late (downtime): moved to {at}", late.num_minutes()));
+                } else {
+                    cx.data.checks += 1;
+                    let id = cx.key.id.clone();
+                    cx.request("describe_instance", &DescribeInstance { instance_id: id })?;
+                    arm_check(cx);
+                }
             }
             ("record_poll_failure", Signal::CallFailed { error, .. }) => {
                 cx.data.poll_failures += 1;
@@ -279,6 +346,7 @@ impl Workflow for SubscriptionWorkflow {
                 cx.note(format!("orderPay {request_id} for order {order_id}"));
             }
             ("activate", _) => {
+                arm_check(cx);
                 cx.data.activated_at = Some(now);
                 let waited = cx.data.created_at.map(|c| (now - c).num_seconds()).unwrap_or(0);
                 cx.note(format!("activated after {waited} s"));
@@ -290,10 +358,12 @@ impl Workflow for SubscriptionWorkflow {
                 cx.data.expired_at = Some(now);
                 notify_org(cx, |instance_id| OrganizationEvent::ChannelSuspended { instance_id })?;
                 metering(cx, false)?;
+                arm_check(cx);
                 if matches!(signal, Signal::Event(_)) {
                     cx.note("expiredInstance: closed by the marketplace for arrears");
                 } else {
-                    cx.note("the marketplace reports EXPIRED: an expiredInstance was missed or overtaken");
+                    cx.count("drift", "expired");
+                    cx.note("drift: the marketplace reports EXPIRED: an expiredInstance was missed or overtaken");
                 }
             }
             ("schedule_reconcile", _) => cx.set_timer("reconcile"),
@@ -365,12 +435,15 @@ impl Workflow for SubscriptionWorkflow {
                 cx.data.resumed_at = Some(now);
                 notify_org(cx, |instance_id| OrganizationEvent::ChannelResumed { instance_id })?;
                 metering(cx, true)?;
-                cx.note("the marketplace reports OPENED: a resumeInstance was missed or overtaken");
+                arm_check(cx);
+                cx.count("drift", "resumed");
+                cx.note("drift: the marketplace reports OPENED: a resumeInstance was missed or overtaken");
             }
             ("resume", Signal::Event(E::Resume { sku_id })) => {
                 cx.data.resumed_at = Some(now);
                 notify_org(cx, |instance_id| OrganizationEvent::ChannelResumed { instance_id })?;
                 metering(cx, true)?;
+                arm_check(cx);
                 cx.data.sku_id = Some(sku_id.clone());
                 cx.note("resumeInstance: arrears cleared");
             }
@@ -382,7 +455,8 @@ impl Workflow for SubscriptionWorkflow {
                     cx.data.is_refund = Some(*is_refund);
                     cx.note(format!("releaseInstance (refund: {is_refund})"));
                 } else {
-                    cx.note("the marketplace reports the instance CLOSED");
+                    cx.count("drift", "released");
+                    cx.note("drift: the marketplace reports the instance CLOSED: a releaseInstance was missed");
                 }
             }
             ("record_renewal", Signal::Event(E::Renew { order_id, expired_on })) => {
@@ -475,7 +549,47 @@ mod tests {
         };
         let s = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &ok, later).unwrap();
         assert_eq!(s.outcome.state, "active");
-        assert!(s.record.unwrap().timers.is_empty());
+        // The wait's timers are cancelled; the periodic check is set at this instance's place in the hour.
+        let rec = s.record.unwrap();
+        assert_eq!(rec.timers.keys().collect::<Vec<_>>(), ["check"]);
+        let due = rec.timers["check"].due;
+        assert!(due > later && due <= later + chrono::TimeDelta::hours(1), "{due}");
+        assert_eq!(due, next_check("9001", later, chrono::TimeDelta::hours(1)));
+
+        // On time: DescribeInstance, and the next check an hour later at the same place.
+        let check = |seq| Input {
+            id: format!("check-{seq}"),
+            event: Event::Timer { name: "check".into(), set_seq: seq },
+            cause: Cause::Timer { name: "check".into() },
+            request_id: None,
+        };
+        let s = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &check(rec.timers["check"].set_seq), due).unwrap();
+        assert_eq!(s.calls.iter().map(|c| c.call.as_str()).collect::<Vec<_>>(), ["describe_instance"]);
+        let rec = s.record.unwrap();
+        assert_eq!(rec.timers["check"].due, due + chrono::TimeDelta::hours(1));
+
+        // Two hours late (the service was down): no call now; the check moves into the next quarter hour.
+        let late = due + chrono::TimeDelta::hours(3);
+        let s = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &check(rec.timers["check"].set_seq), late).unwrap();
+        assert!(s.calls.is_empty());
+        let moved = s.record.unwrap().timers["check"].due;
+        assert!(moved >= late && moved < late + chrono::TimeDelta::minutes(15), "{moved}");
+    }
+
+    #[test]
+    fn checks_are_spread_evenly_over_the_interval() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap();
+        let hour = chrono::TimeDelta::hours(1);
+        let mut quarters = [0u32; 4];
+        for n in 0..4000u64 {
+            let id = (1_000_000_000_000_000 + n * 7919).to_string();
+            let at = next_check(&id, now, hour);
+            assert!(at > now && at <= now + hour, "{id}: {at}");
+            assert_eq!(next_check(&id, now, hour), at, "the same place every time");
+            quarters[((at - now).num_seconds() / 900).min(3) as usize] += 1;
+        }
+        // 1,000 expected in each quarter; a burst would put most in one.
+        assert!(quarters.iter().all(|q| (800..=1200).contains(q)), "{quarters:?}");
     }
 
     #[test]

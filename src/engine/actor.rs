@@ -228,6 +228,7 @@ impl EntityActor {
             Ok(()) => {
                 act.record = step.record;
                 act.last_active = Instant::now();
+                act.engine.inner.stats.count_marks(&step.marks);
                 act.engine.after_commit(step.messages, step.calls);
                 Ok(step.outcome)
             }

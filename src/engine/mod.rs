@@ -203,6 +203,25 @@ pub struct EngineStats {
     pub actors_started: AtomicU64,
     pub actors_stopped: AtomicU64,
     pub overloaded: AtomicU64,
+    /// What workflows counted ([`Cx::count`]): (family, label) → transitions, durable ones only.
+    pub marks: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), u64>>,
+}
+
+impl EngineStats {
+    pub(crate) fn count_marks(&self, marks: &[(&'static str, String)]) {
+        if marks.is_empty() {
+            return;
+        }
+        let mut m = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        for (family, label) in marks {
+            *m.entry((family, label.clone())).or_default() += 1;
+        }
+    }
+
+    /// The counts of [`Cx::count`], in order.
+    pub fn marks(&self) -> Vec<((&'static str, String), u64)> {
+        self.marks.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 pub(crate) struct Inner {

@@ -25,6 +25,8 @@ pub struct Step {
     pub calls: Vec<CallRow>,
     /// The input was a timer or call result that no longer applies (already consumed, or cancelled).
     pub stale: bool,
+    /// What the workflow asked to count on `/metrics` ([`crate::engine::Cx::count`]), once durable.
+    pub marks: Vec<(&'static str, String)>,
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {
@@ -55,6 +57,7 @@ pub fn step(
         messages: vec![],
         calls: vec![],
         stale: true,
+        marks: vec![],
     };
     // A timer or call result must still be pending, or it is a leftover (cancelled, or consumed already).
     match (&input.event, record) {
@@ -138,6 +141,7 @@ pub fn step(
 
     let mut messages = Vec::new();
     let mut calls = Vec::new();
+    let mut marks = Vec::new();
     let outcome = match decided {
         DecideOutput::Ignored { event } => {
             entry.event = event;
@@ -157,6 +161,7 @@ pub fn step(
                     messages: vec![],
                     calls: vec![],
                     stale: false,
+                    marks: vec![],
                 });
             }
             Outcome {
@@ -188,6 +193,7 @@ pub fn step(
                     messages: vec![],
                     calls: vec![],
                     stale: false,
+                    marks: vec![],
                 });
             }
             Outcome {
@@ -283,6 +289,7 @@ pub fn step(
             }
             rec.state = to.clone();
             rec.data = data;
+            marks = effects.marks;
             Outcome {
                 status: Status::Accepted,
                 code: None,
@@ -301,7 +308,7 @@ pub fn step(
     if !input.event.consumed_by_record() {
         batch.put(Table::Idempotency, idempotency_key(key, &input.id), encode(&outcome)?);
     }
-    Ok(Step { outcome, batch: Some(batch), record: Some(rec), messages, calls, stale: false })
+    Ok(Step { outcome, batch: Some(batch), record: Some(rec), messages, calls, stale: false, marks })
 }
 
 /// The timers-table row of an entity's named timer.
@@ -370,7 +377,15 @@ fn control(
     by_state::count(&mut batch, &key.kind, Some(&record.state), &rec.state);
     batch.put(Table::Journal, journal_key(key, rec.seq), encode(&entry)?);
     batch.put(Table::Idempotency, idempotency_key(key, &input.id), encode(&outcome)?);
-    Ok(Step { outcome, batch: Some(batch), record: Some(rec), messages: vec![], calls: vec![], stale: false })
+    Ok(Step {
+        outcome,
+        batch: Some(batch),
+        record: Some(rec),
+        messages: vec![],
+        calls: vec![],
+        stale: false,
+        marks: vec![],
+    })
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub struct Effects {
     /// Writes to the index table, committed with the transition (derived lookups such as "the organizations of
     /// a user" that must never disagree with the entity that owns them); `None` deletes.
     pub index: Vec<(String, Option<Value>)>,
+    /// Events worth counting on `/metrics` (family, label), counted once the transition is durable.
+    pub marks: Vec<(&'static str, String)>,
 }
 
 /// The context of one guard or action.
@@ -109,6 +111,11 @@ impl<D> Cx<'_, D> {
         self.fx.calls.push((name.to_string(), body));
         Ok(())
     }
+    /// Counts this transition on `/metrics` as `marketflow_{family}_total{kind="{label}"}` once it is durable
+    /// (per node, from its start: a counter, as Prometheus expects).
+    pub fn count(&mut self, family: &'static str, label: impl Into<String>) {
+        self.fx.marks.push((family, label.into()));
+    }
     pub fn index_put(&mut self, key: String, value: Value) {
         self.fx.index.push((key, Some(value)));
     }
@@ -159,7 +166,7 @@ pub struct DecideInput<'a> {
 #[derive(Debug, Clone)]
 pub enum DecideOutput {
     /// A transition ran: the new state and data and its effects.
-    Transition { event: String, to: String, data: Value, effects: Effects, line: usize },
+    Transition { event: String, to: String, data: Value, effects: Box<Effects>, line: usize },
     /// No transition matched.
     Ignored { event: String },
     /// An action refused the input.
@@ -235,7 +242,7 @@ impl<W: Workflow> DynWorkflow for W {
                 }
             }
             let data = serde_json::to_value(&data).map_err(|e| DecideError::BadData(e.to_string()))?;
-            return Ok(DecideOutput::Transition { event, to: target, data, effects: fx, line: t.line });
+            return Ok(DecideOutput::Transition { event, to: target, data, effects: Box::new(fx), line: t.line });
         }
         Ok(DecideOutput::Ignored { event })
     }

@@ -1536,6 +1536,7 @@ mod diagram {
                     "reconciled_resume",
                     "record_renewal",
                     "record_upgrade",
+                    "periodic_check",
                     "reserve_binding",
                     "refuse_already_bound",
                     "refuse_not_active",
@@ -1575,7 +1576,7 @@ mod diagram {
             // Edges out of the current state are marked.
             assert!(svg.contains("<g class=\"edge from-current\" data-from=\"active\" data-to=\"expired\""), "{svg}");
             // active stays active on bind, renew, ...: listed under the node.
-            assert!(svg.contains("stays on: order_paid, resume, reconcile, describe_instance.ok"), "{svg}");
+            assert!(svg.contains("stays on: order_paid, resume, reconcile, check, describe_instance.ok"), "{svg}");
         }
 
         #[test]

@@ -217,6 +217,31 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         }
         None => tracing::warn!("counting pending timers, messages and calls failed"),
     }
+    // What the workflows count (`Cx::count`), a family each; the families the domain declares are shown at 0
+    // before their first event, so an alert on their increase has a series to watch.
+    let mut marks: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
+    for (family, help, labels) in crate::domain::COUNTED {
+        let f = marks.entry(family).or_default();
+        for l in *labels {
+            f.insert(l.to_string(), 0);
+        }
+        let _ = help;
+    }
+    for ((family, label), n) in state.engine.stats().marks() {
+        marks.entry(family).or_default().insert(label, n);
+    }
+    for (family, labels) in marks {
+        let help = crate::domain::COUNTED
+            .iter()
+            .find(|(f, _, _)| *f == family)
+            .map(|(_, h, _)| *h)
+            .unwrap_or("Transitions a workflow counted, by kind.");
+        let name = format!("marketflow_{family}_total");
+        header(&mut out, &name, help, "counter");
+        for (label, n) in labels {
+            let _ = writeln!(out, "{name}{{kind=\"{label}\"}} {n}");
+        }
+    }
     header(&mut out, "marketflow_swept_records_total", "Ended records deleted by the sweeper, by kind.", "counter");
     let mut swept: BTreeMap<&str, u64> = BTreeMap::new();
     for (kind, n) in state.swept.counts() {

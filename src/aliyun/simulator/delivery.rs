@@ -412,6 +412,10 @@ fn is_success(body: &Value) -> bool {
 
 async fn deliver_notice(shared: &Shared, instance: &str, action: SpiAction, params: &[(String, String)]) {
     let name = action.as_str();
+    if shared.lock().draw_drop() {
+        log(shared, instance, format!("spi.{name}.dropped"), Some("lost (injected fault)".into()));
+        return;
+    }
     if shared.lock().draw_give_up() {
         log(shared, instance, format!("spi.{name}.given_up"), Some("not delivered (injected fault)".into()));
         give_up(shared, action, params);

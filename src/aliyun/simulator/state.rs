@@ -197,6 +197,10 @@ pub struct Faults {
     /// they wait in DescribeFailedNotifications, as a notice does once its retries are spent (0–1).
     #[serde(default)]
     pub spi_give_up_rate: f64,
+    /// Share of notices (every action but createInstance) lost outright: never delivered, never listed; only a
+    /// DescribeInstance shows what happened (0–1).
+    #[serde(default)]
+    pub spi_drop_rate: f64,
     /// Seeds the fault decisions, so a run can be repeated.
     #[serde(default)]
     pub seed: Option<u64>,
@@ -215,6 +219,8 @@ pub struct Injected {
     pub spi_reordered: u64,
     /// Notices given up on at once (listed by DescribeFailedNotifications, never delivered).
     pub spi_given_up: u64,
+    /// Notices lost outright.
+    pub spi_dropped: u64,
 }
 
 /// Longest injected Market API delay (a typo should not hang a test for hours).
@@ -232,6 +238,7 @@ impl Faults {
         rate("openapi_error_rate", self.openapi_error_rate)?;
         rate("spi_duplicate_rate", self.spi_duplicate_rate)?;
         rate("spi_give_up_rate", self.spi_give_up_rate)?;
+        rate("spi_drop_rate", self.spi_drop_rate)?;
         if self.openapi_slow_ms > MAX_SLOW_MS {
             return Err(format!("openapi_slow_ms must be at most {MAX_SLOW_MS}, got {}", self.openapi_slow_ms));
         }
@@ -363,6 +370,13 @@ impl State {
         let give_up = self.faults.spi_give_up_rate > 0.0 && self.fault_rng.gen::<f64>() < self.faults.spi_give_up_rate;
         self.injected.spi_given_up += u64::from(give_up);
         give_up
+    }
+
+    /// Draws whether a notice is lost outright.
+    pub fn draw_drop(&mut self) -> bool {
+        let drop = self.faults.spi_drop_rate > 0.0 && self.fault_rng.gen::<f64>() < self.faults.spi_drop_rate;
+        self.injected.spi_dropped += u64::from(drop);
+        drop
     }
 
     /// A random delivery delay for reordered SPI calls, in real milliseconds.
