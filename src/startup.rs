@@ -71,6 +71,7 @@ pub const BUILTIN_WORKFLOWS: &[(&str, &str)] = &[
     ("workflows/subscription.toml", include_str!("../workflows/subscription.toml")),
     ("workflows/organization.toml", include_str!("../workflows/organization.toml")),
     ("workflows/metering.toml", include_str!("../workflows/metering.toml")),
+    ("workflows/subscription-v1.toml", include_str!("../workflows/subscription-v1.toml")),
 ];
 
 /// Parts of the application a test supplies instead of the configuration.

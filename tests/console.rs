@@ -502,7 +502,7 @@ async fn the_entity_page_and_actions_audited_with_the_operator_name() {
     let p = b.get(&path).await;
     assert_eq!(p.status, 200, "{}", p.body);
     assert!(p.body.contains("id=\"entity-state\" data-state=\"opening\""), "{}", p.body);
-    assert!(p.body.contains("subscription v1"), "the definition and version");
+    assert!(p.body.contains("subscription v2"), "the definition and version");
     assert!(p.body.contains("<svg class=\"diagram\""), "an inline diagram");
     assert_eq!(p.body.matches("data-current=\"true\"").count(), 1, "one current state");
     assert!(p.body.contains("data-state=\"opening\" data-current=\"true\""));

@@ -168,7 +168,7 @@ async fn entities_list_filters_pages_and_prints_json() {
     let col = header.find("STATE").unwrap();
     assert_eq!(&line(&all, "91001")[col..col + "opening".len()], "opening", "{all}");
     assert_eq!(&line(&all, "91002")[col..col + "released".len()], "released", "{all}");
-    assert!(line(&all, "91001").contains("subscription@1"), "{all}");
+    assert!(line(&all, "91001").contains("subscription@2"), "{all}");
     assert!(line(&all, "91001").contains("activation-poll in 1 min (+1 more)"), "{all}");
     assert!(all.contains("2 entities"), "{all}");
     assert!(all.lines().all(|l| l == l.trim_end()), "no trailing blanks:\n{all}");
@@ -224,7 +224,7 @@ async fn entity_show_and_journal_say_where_it_stands_and_why() {
     let show = s.ctl(&["entity", "show", "subscription/91001"]).await;
     assert_eq!(show.lines().next(), Some("subscription/91001"), "{show}");
     assert!(line(&show, "state").contains("opening  (for 0 s, since 2026-11-27T08:00:00Z)"), "{show}");
-    assert!(line(&show, "definition").contains("subscription@1"), "{show}");
+    assert!(line(&show, "definition").contains("subscription@2"), "{show}");
     assert!(line(&show, "paused").ends_with("no"), "{show}");
     assert!(line(&show, "needs attention").ends_with("no"), "{show}");
     assert!(line(&show, "activation-poll").contains("2026-11-27T08:01:00Z  in 1 min"), "{show}");

@@ -273,6 +273,17 @@ async fn a_data_directory_of_an_earlier_build_opens_and_carries_on() {
         )
         .await;
     assert_eq!(sub["binding"]["org_id"], s("alice_org").as_str(), "{sub}");
+    // The old build had no periodic checks: its live subscription gets its first one at start-up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let path = format!("/api/v1/ops/entities/subscription/{}", s("instance"));
+        let e = svc.expect(200, Method::GET, &path, Some(OP), None).await;
+        if e["timers"].as_array().unwrap().iter().any(|t| t["name"] == "check") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old build's subscription never got its periodic check: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // New work on top: a new user registers, verifies from the mail and is invited.
     let (st, reg) = svc

@@ -225,15 +225,32 @@ pub async fn poll_failed_notices(app: &App, client: &MarketClient, public_url: &
 
 /// Polls every `interval` of service time while this node serves shard 0 (one node of a cluster polls; alone,
 /// a node serves every shard). The first pass runs at start: notices given up while the service was down are
-/// the ones most worth having.
+/// the ones most worth having. Before it, the live subscriptions of an earlier build get their periodic checks
+/// ([`start_older_checks`]).
 pub async fn run_notice_poller(app: App, client: MarketClient, public_url: String, interval: std::time::Duration) {
     let clock = app.engine.clock().clone();
+    let mut older_checks_started = false;
     let interval = chrono::TimeDelta::from_std(interval).unwrap_or(chrono::TimeDelta::minutes(5));
     loop {
         if app.engine.stopping() {
             return;
         }
         if app.engine.ownership().serves(0) {
+            if !older_checks_started {
+                match start_older_checks(&app).await {
+                    Ok(0) => older_checks_started = true,
+                    Ok(n) => {
+                        older_checks_started = true;
+                        tracing::info!(
+                            subscriptions = n,
+                            "periodic checks started for subscriptions of an earlier build"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "starting the periodic checks of older subscriptions failed; at the next pass")
+                    }
+                }
+            }
             let pass = poll_failed_notices(&app, &client, &public_url).await;
             if pass.listed > 0 {
                 tracing::info!(
@@ -254,4 +271,44 @@ pub async fn run_notice_poller(app: App, client: MarketClient, public_url: Strin
             tokio::time::sleep(wait.min(std::time::Duration::from_millis(500))).await;
         }
     }
+}
+
+/// Starts the periodic checks of the live subscriptions a build before them left without one: each gets the
+/// input `start-checks` once (its id makes a second start-up's input a repeat). Run at start-up by the node
+/// that serves shard 0; a page at a time, so a large store is walked without a burst of commits.
+pub async fn start_older_checks(app: &App) -> Result<usize, crate::engine::Error> {
+    use crate::domain::subscription::State;
+    use crate::engine::inspect::EntityFilter;
+    let mut started = 0;
+    for state in [State::Active, State::Expired] {
+        let filter =
+            EntityFilter { kind: Some(KIND.into()), state: Some(state.as_str().into()), ..EntityFilter::default() };
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = app.engine.list_entities(&filter, cursor.as_deref(), 500).await?;
+            for record in &page.items {
+                if record.data.get("check_due").is_some_and(|d| !d.is_null()) {
+                    continue;
+                }
+                let key =
+                    EntityKey::new(KIND, &record.id).map_err(|e| crate::engine::Error::Internal(e.to_string()))?;
+                let body = serde_json::to_value(SubscriptionEvent::StartChecks)
+                    .map_err(|e| crate::engine::Error::Internal(e.to_string()))?;
+                let input =
+                    Input::domain("start-checks", body, Cause::System { detail: "periodic checks start".into() });
+                match app.engine.send(key, input).await {
+                    Ok(o) if o.status == Status::Accepted && !o.repeated => started += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(instance = %record.id, error = %e, "could not start the periodic checks; at the next start")
+                    }
+                }
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+    }
+    Ok(started)
 }

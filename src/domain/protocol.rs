@@ -120,6 +120,8 @@ pub enum SubscriptionEvent {
         #[serde(default)]
         extra: BTreeMap<String, String>,
     },
+    /// At start-up, for a live subscription of a build before the periodic checks: start them.
+    StartChecks,
 }
 
 /// What happens to an organization.

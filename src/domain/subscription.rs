@@ -179,6 +179,7 @@ impl Workflow for SubscriptionWorkflow {
                 "release",
                 "renew",
                 "upgrade",
+                "start_checks",
                 "bind",
                 "binding_confirmed",
                 "binding_refused",
@@ -203,6 +204,7 @@ impl Workflow for SubscriptionWorkflow {
                 "record_upgrade",
                 "schedule_reconcile",
                 "periodic_check",
+                "arm_check",
                 "reconciled_resume",
                 "reserve_binding",
                 "refuse_already_bound",
@@ -224,6 +226,7 @@ impl Workflow for SubscriptionWorkflow {
             SubscriptionEvent::Release { .. } => "release",
             SubscriptionEvent::Renew { .. } => "renew",
             SubscriptionEvent::Upgrade { .. } => "upgrade",
+            SubscriptionEvent::StartChecks => "start_checks",
             SubscriptionEvent::Bind { .. } => "bind",
             SubscriptionEvent::BindingConfirmed { .. } => "binding_confirmed",
             SubscriptionEvent::BindingRefused { .. } => "binding_refused",
@@ -314,6 +317,12 @@ impl Workflow for SubscriptionWorkflow {
                 // A subscription of a build before the periodic checks gets its first one here.
                 if matches!(cx.target, "active" | "expired") && cx.data.check_due.is_none() {
                     arm_check(cx);
+                }
+            }
+            ("arm_check", _) => {
+                if cx.data.check_due.is_none() {
+                    arm_check(cx);
+                    cx.note("periodic checks start (a subscription of a build before them)");
                 }
             }
             ("periodic_check", _) => {

@@ -93,6 +93,15 @@ impl EntityActor {
         let def = match &self.record {
             None => reg.current.clone(),
             Some(r) => match reg.versions.get(&r.version) {
+                // The current definition declares that instances of this version go on with it.
+                Some(d)
+                    if d.fingerprint == r.fingerprint
+                        && d.name == r.definition
+                        && reg.current.name == r.definition
+                        && reg.current.upgrades_from.contains(&r.version) =>
+                {
+                    reg.current.clone()
+                }
                 Some(d) if d.fingerprint == r.fingerprint && d.name == r.definition => d.clone(),
                 Some(d) => {
                     return Err(Error::DefinitionMismatch(format!(

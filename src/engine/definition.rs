@@ -113,6 +113,11 @@ pub struct Definition {
     pub timers: BTreeMap<String, Duration>,
     pub calls: BTreeMap<String, RetryPolicy>,
     pub transitions: Vec<Transition>,
+    /// Older versions whose running instances move to this one at their next input (`upgrades_from = [1]`): the
+    /// author declares that this graph keeps every state of theirs and means the same by it. Said in the file,
+    /// journaled when it happens: never a silent switch.
+    #[serde(default)]
+    pub upgrades_from: BTreeSet<u32>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +125,8 @@ pub struct Definition {
 struct RawDefinition {
     name: Spanned<String>,
     version: Spanned<u32>,
+    #[serde(default)]
+    upgrades_from: Vec<Spanned<u32>>,
     description: Option<String>,
     initial: Spanned<String>,
     #[serde(default)]
@@ -348,9 +355,18 @@ impl Definition {
             }
         }
 
+        let mut upgrades_from = BTreeSet::new();
+        for v in &raw.upgrades_from {
+            if *v.get_ref() >= *raw.version.get_ref() {
+                return cx
+                    .err(v.span(), format!("`upgrades_from` names version {}, not older than this one", v.get_ref()));
+            }
+            upgrades_from.insert(*v.get_ref());
+        }
         let mut def = Definition {
             name: raw.name.get_ref().clone(),
             version: *raw.version.get_ref(),
+            upgrades_from,
             description: raw.description,
             fingerprint: String::new(),
             file: file.to_string(),
@@ -375,6 +391,11 @@ impl Definition {
             "transitions": self.transitions.iter()
                 .map(|t| (&t.from, &t.on, &t.to, &t.guard, &t.actions)).collect::<Vec<_>>(),
         });
+        // Only where declared, so the definitions written before it keep their fingerprints.
+        let mut graph = graph;
+        if !self.upgrades_from.is_empty() {
+            graph["upgrades_from"] = serde_json::json!(self.upgrades_from);
+        }
         let digest = Sha256::digest(graph.to_string().as_bytes());
         hex::encode(&digest[..12])
     }
@@ -545,6 +566,19 @@ to = "done"
         }
         let e = r.add_definition("organization.toml", &renamed).unwrap_err().to_string();
         assert!(e.contains("state `suspended` is not a state of the implementation"), "{e}");
+    }
+
+    #[test]
+    fn upgrades_from_names_only_older_versions_and_counts_in_the_fingerprint_only_when_declared() {
+        let plain = Definition::parse("a", GOOD, &catalog()).unwrap();
+        assert!(plain.upgrades_from.is_empty());
+        let v2 = GOOD.replacen("version = 1", "version = 2\nupgrades_from = [1]", 1);
+        let d = Definition::parse("b", &v2, &catalog()).unwrap();
+        assert_eq!(d.upgrades_from, BTreeSet::from([1]));
+        let v2_plain = GOOD.replacen("version = 1", "version = 2", 1);
+        assert_ne!(d.fingerprint, Definition::parse("c", &v2_plain, &catalog()).unwrap().fingerprint);
+        let e = error_of(&GOOD.replacen("version = 1", "version = 2\nupgrades_from = [2]", 1));
+        assert!(e.message.contains("not older than this one"), "{e}");
     }
 
     fn error_of(src: &str) -> Error {

@@ -300,6 +300,15 @@ pub fn step(
             }
         }
     };
+    if rec.version != def.version || rec.fingerprint != def.fingerprint {
+        // Only a definition that names the pinned version in `upgrades_from` gets here (the actor checks it).
+        entry.notes.push(format!(
+            "moves from {} v{} to v{} (which declares `upgrades_from = [{}]`)",
+            rec.definition, rec.version, def.version, rec.version
+        ));
+        rec.version = def.version;
+        rec.fingerprint = def.fingerprint.clone();
+    }
     rec.seq = seq;
     rec.updated_at = now;
     batch.put(Table::Entities, key.prefix(), encode(&rec)?);

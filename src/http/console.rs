@@ -1506,6 +1506,7 @@ mod diagram {
                     "release",
                     "renew",
                     "upgrade",
+                    "start_checks",
                     "bind",
                     "binding_confirmed",
                     "binding_refused",
@@ -1537,6 +1538,7 @@ mod diagram {
                     "record_renewal",
                     "record_upgrade",
                     "periodic_check",
+                    "arm_check",
                     "reserve_binding",
                     "refuse_already_bound",
                     "refuse_not_active",
@@ -1576,7 +1578,10 @@ mod diagram {
             // Edges out of the current state are marked.
             assert!(svg.contains("<g class=\"edge from-current\" data-from=\"active\" data-to=\"expired\""), "{svg}");
             // active stays active on bind, renew, ...: listed under the node.
-            assert!(svg.contains("stays on: order_paid, resume, reconcile, check, describe_instance.ok"), "{svg}");
+            assert!(
+                svg.contains("stays on: order_paid, resume, reconcile, check, start_checks, describe_instance.ok"),
+                "{svg}"
+            );
         }
 
         #[test]
