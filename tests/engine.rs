@@ -364,3 +364,41 @@ async fn a_store_of_an_earlier_build_has_its_entities_counted_by_state_when_the_
     assert_eq!(by_state(&engine.entities_by_state().await.unwrap()), [0, 19, 11]);
     engine.shutdown();
 }
+
+/// Answers after a real delay.
+struct Slow(Duration, std::sync::atomic::AtomicU32);
+
+impl CallHandler for Slow {
+    fn call(
+        &self,
+        _call: &str,
+        request: serde_json::Value,
+    ) -> futures_util::future::BoxFuture<'static, Result<serde_json::Value, CallError>> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        let d = self.0;
+        Box::pin(async move {
+            tokio::time::sleep(d).await;
+            Ok(json!({ "ok": true, "echo": request }))
+        })
+    }
+}
+
+/// A call's timeout is real time whatever the clock's scale: the world on the other end answers in real time. At
+/// ×600 the ledger's 2 s notify timeout would be 3.3 ms of real time if it ran on the service clock, and a call
+/// answered in 300 ms would end `unknown`; it is answered, once.
+#[actix_rt::test]
+async fn a_call_timeout_is_real_time_on_a_scaled_clock() {
+    let slow = Arc::new(Slow(Duration::from_millis(300), Default::default()));
+    let clock = marketflow::clock::ScaledClock::new(Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap(), 600.0);
+    let store = TestStore::sled();
+    let engine = Engine::start(store.open(), Arc::new(clock), registry(slow.clone()), EngineConfig::default())
+        .await
+        .expect("engine starts");
+    engine.send(key("s"), ev("o", json!({"type": "open", "amount": 1}))).await.unwrap();
+    engine.send(key("s"), ev("p", json!({"type": "ping"}))).await.unwrap();
+    eventually("notified", || account(&engine, "s").unwrap().1.notified == 1).await;
+    let data = account(&engine, "s").unwrap().1;
+    assert_eq!(data.notify_failed, 0, "{data:?}");
+    assert_eq!(slow.1.load(Ordering::SeqCst), 1, "one attempt, answered");
+    engine.shutdown();
+}
