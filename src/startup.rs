@@ -312,8 +312,12 @@ impl Application {
 /// Starts the local marketplace for `serve --dev` on the service's clock and points the client at it.
 async fn start_dev_simulator(config: &mut Config, clock: Arc<dyn Clock>) -> Result<RunningSimulator, Error> {
     let missing = || Error::Simulator("development secrets are missing".into());
+    // The newcomer's instances survive a restart of `serve --dev`, beside the service's own data.
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Simulator(format!("{}: {e}", config.data_dir.display())))?;
     let sc = SimulatorConfig {
         listen: config.simulator_listen.clone(),
+        state_file: Some(config.data_dir.join("dev-marketplace.json")),
         ..SimulatorConfig::new(
             config.public_url.clone(),
             config.isv_key.clone().ok_or_else(missing)?,

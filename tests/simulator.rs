@@ -96,6 +96,8 @@ async fn spi_endpoint(req: HttpRequest, body: web::Bytes, rx: web::Data<Receiver
 
 struct Harness {
     clock: ManualClock,
+    /// How the simulator was started, to start it again ([`Harness::restart`]).
+    config: SimulatorConfig,
     sim: Option<RunningSimulator>,
     sim_url: String,
     receiver: Arc<Receiver>,
@@ -112,6 +114,10 @@ async fn harness() -> Harness {
 }
 
 async fn harness_with(behaviour: Behaviour) -> Harness {
+    harness_kept(behaviour, None).await
+}
+
+async fn harness_kept(behaviour: Behaviour, state_file: Option<std::path::PathBuf>) -> Harness {
     let receiver = Arc::new(Receiver { behaviour: Mutex::new(behaviour), ..Receiver::default() });
     let data = web::Data::from(receiver.clone());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -144,9 +150,10 @@ async fn harness_with(behaviour: Behaviour) -> Harness {
             Arc::new(clock.clone()),
         )
     };
-    let sim = simulator::start(config).await.expect("the simulator starts");
+    let config = SimulatorConfig { state_file, ..config };
+    let sim = simulator::start(config.clone()).await.expect("the simulator starts");
     let sim_url = sim.base_url().to_string();
-    Harness { clock, sim: Some(sim), sim_url, receiver, receiver_handle, http: reqwest::Client::new() }
+    Harness { clock, config, sim: Some(sim), sim_url, receiver, receiver_handle, http: reqwest::Client::new() }
 }
 
 /// Polls `f` every 20 ms (real time) until it yields, for at most 10 s.
@@ -165,6 +172,15 @@ where
 }
 
 impl Harness {
+    /// Stops the simulator and starts it again on the same port, clock and state file.
+    async fn restart(&mut self) {
+        let sim = self.sim.take().expect("running");
+        let port = sim.port();
+        sim.stop().await.expect("stops");
+        let config = SimulatorConfig { listen: format!("127.0.0.1:{port}"), ..self.config.clone() };
+        self.sim = Some(simulator::start(config).await.expect("starts again"));
+    }
+
     fn client(&self) -> MarketClient {
         self.client_with(AK_ID, AK_SECRET)
     }
@@ -630,4 +646,31 @@ async fn bad_buyer_input_gets_clear_errors() {
     assert_eq!((s, health["now"].as_str()), (200, Some("2026-11-27T08:00:00+00:00")));
     assert_eq!(h.clock.now(), start_time());
     h.stop().await;
+}
+
+/// `serve --dev` keeps the marketplace in its data directory: stopped and started again, the simulator still
+/// knows an opened instance (DescribeInstance says OPENED, the 免登 link is signed as before) and one still
+/// opening opens when its time comes.
+#[actix_rt::test]
+async fn a_kept_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dev-marketplace.json");
+    let mut h = harness_kept(Behaviour::default(), Some(file.clone())).await;
+    let opened = h.open(json!({"ali_uid": "1234567890", "activation_after_seconds": 60})).await;
+    h.wait_for_calls("createInstance", 1).await;
+    h.advance(60).await;
+    h.wait_for_status(&opened, "OPENED").await;
+    let opening = h.open(json!({"ali_uid": "1234567891", "activation_after_seconds": 600})).await;
+    h.wait_for_calls("createInstance", 2).await;
+    let (_, before) = h.call("GET", &format!("/sim/instances/{opened}/sso-url"), None).await;
+
+    h.restart().await;
+    assert!(file.exists(), "the state was written to {}", file.display());
+    let client = h.client();
+    assert_eq!(client.describe_instance(&opened).await.unwrap().status, Some(InstanceStatus::Opened));
+    assert_eq!(h.instance(&opening).await["status"], "OPENING");
+    let (_, after) = h.call("GET", &format!("/sim/instances/{opened}/sso-url"), None).await;
+    assert_eq!(after["instance_id"], before["instance_id"], "{before} {after}");
+    h.advance(600).await;
+    h.wait_for_status(&opening, "OPENED").await;
 }

@@ -99,6 +99,9 @@ pub struct SimulatorConfig {
     pub seed: Option<u64>,
     /// Send orderPay when an instance opens (the buyer can override this per instance).
     pub order_pay: bool,
+    /// Where the marketplace's instances are kept across restarts (`serve --dev` keeps them in its data
+    /// directory); `None` keeps them in memory only.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl SimulatorConfig {
@@ -122,6 +125,7 @@ impl SimulatorConfig {
             activation_delay: None,
             seed: None,
             order_pay: true,
+            state_file: None,
         }
     }
 }
@@ -156,6 +160,8 @@ pub enum Error {
     HttpClient(String),
     #[error("the simulator's HTTP server failed: {0}")]
     Server(std::io::Error),
+    #[error("the kept state cannot be read: {0}")]
+    State(String),
 }
 
 /// What the handlers and the SPI caller share.
@@ -324,7 +330,7 @@ pub async fn start(config: SimulatorConfig) -> Result<RunningSimulator, Error> {
         clock: config.clock.clone(),
         activation_delay,
         order_pay: config.order_pay,
-        state: Mutex::new(state::State::new(config.seed)),
+        state: Mutex::new(load_state(config.seed, config.state_file.as_deref())?),
         jobs: jobs_tx,
         http,
     });
@@ -338,11 +344,68 @@ pub async fn start(config: SimulatorConfig) -> Result<RunningSimulator, Error> {
         .run();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let handle = SimulatorHandle { server: server.handle(), shutdown: Arc::new(shutdown_tx) };
-    let driver = tokio::spawn(delivery::drive(shared, jobs_rx, shutdown_rx));
+    let saver =
+        config.state_file.clone().map(|file| tokio::spawn(keep_state(shared.clone(), file, shutdown_rx.clone())));
+    let driver = tokio::spawn(async move {
+        delivery::drive(shared, jobs_rx, shutdown_rx).await;
+        if let Some(saver) = saver {
+            let _ = saver.await;
+        }
+    });
     let server = tokio::spawn(server);
     tracing::info!(listen = %config.listen, base_url = %base_url, service_url = %config.service_url,
         product_code = %config.product_code, time_scale = config.clock.scale(), "marketplace simulator serving");
     Ok(RunningSimulator { port: addr.port(), base_url, handle, server, driver })
+}
+
+/// The state an earlier run kept in `file`, or a new one.
+fn load_state(seed: Option<u64>, file: Option<&std::path::Path>) -> Result<state::State, Error> {
+    let mut st = state::State::new(seed);
+    if let Some(file) = file {
+        match std::fs::read(file) {
+            Ok(bytes) => {
+                let saved: state::Saved = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::State(format!("{}: {e} (move it away to start with an empty marketplace)", file.display()))
+                })?;
+                tracing::info!(file = %file.display(), instances = saved.instances.len(), "the marketplace's instances are back");
+                st.restore(saved);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::State(format!("{}: {e}", file.display()))),
+        }
+    }
+    Ok(st)
+}
+
+/// Writes the state to `file` whenever it changed (looked at twice a second, and once more when stopping): a
+/// temporary file renamed over the old one, so a crash leaves the last whole copy.
+async fn keep_state(shared: Arc<Shared>, file: std::path::PathBuf, mut shutdown: watch::Receiver<bool>) {
+    let mut last: Vec<u8> = Vec::new();
+    loop {
+        let stopping = *shutdown.borrow();
+        let saved = shared.lock().saved();
+        match serde_json::to_vec(&saved) {
+            Ok(bytes) if bytes != last => {
+                let tmp = file.with_extension("tmp");
+                let written = std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, &file));
+                match written {
+                    Ok(()) => last = bytes,
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "could not keep the marketplace's state")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the marketplace's state does not encode"),
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 async fn healthz(shared: web::Data<Shared>) -> HttpResponse {
@@ -468,6 +531,7 @@ impl SimulateArgs {
             activation_delay: Some(activation_delay),
             seed: self.seed,
             order_pay: !self.no_order_pay,
+            state_file: None,
         })
     }
 }

@@ -74,7 +74,7 @@ impl Status {
 }
 
 /// One line of an instance's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TimelineEntry {
     /// Service time (the simulator's clock).
     pub at: DateTime<Utc>,
@@ -87,7 +87,7 @@ pub struct TimelineEntry {
 
 /// A purchased instance. `order_biz_id` is its marketplace identity (and, by the SPI doc's
 /// recommendation, the instanceId the service answers).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Instance {
     /// 云市场业务ID; also the instance's ID in the simulator's API.
     pub instance_id: String,
@@ -140,7 +140,7 @@ impl Instance {
 }
 
 /// One accepted metering record, as tests read it back.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MeteringLogEntry {
     /// The RequestId of the PushMeteringData call that carried it.
     pub request_id: String,
@@ -158,7 +158,7 @@ pub struct MeteringLogEntry {
     pub duplicate: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MeteringValue {
     pub key: String,
     pub value: u64,
@@ -166,7 +166,7 @@ pub struct MeteringValue {
 }
 
 /// A notice the service did not acknowledge (or that was given up on), for DescribeFailedNotifications.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Notification {
     pub id: String,
     pub action: String,
@@ -295,7 +295,46 @@ pub(crate) struct State {
     pub fault_rng: StdRng,
 }
 
+/// What `serve --dev` keeps of the marketplace in its data directory, so that a newcomer's instances are still
+/// there after a restart: instances, their aliases, accepted metering, and failed notices. Not kept: fault
+/// settings, seen nonces (a signature's timestamp window outlives no restart that matters) and SPI calls in flight
+/// (the service's polls and periodic checks ask DescribeInstance anyway).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Saved {
+    pub instances: BTreeMap<String, Instance>,
+    pub aliases: HashMap<String, String>,
+    pub metering: Vec<MeteringLogEntry>,
+    pub last_push: HashMap<String, DateTime<Utc>>,
+    pub notifications: Vec<Notification>,
+    pub activations: BTreeSet<(DateTime<Utc>, String)>,
+}
+
 impl State {
+    /// A copy of what is kept across restarts.
+    pub fn saved(&self) -> Saved {
+        Saved {
+            instances: self.instances.clone(),
+            aliases: self.aliases.clone(),
+            metering: self.metering.clone(),
+            last_push: self.last_push.clone(),
+            notifications: self.notifications.clone(),
+            activations: self.activations.clone(),
+        }
+    }
+
+    /// Takes back what an earlier run kept; the calls it had in flight are gone with it.
+    pub fn restore(&mut self, saved: Saved) {
+        self.instances = saved.instances;
+        for i in self.instances.values_mut() {
+            i.pending_spi = 0;
+        }
+        self.aliases = saved.aliases;
+        self.metering = saved.metering;
+        self.last_push = saved.last_push;
+        self.notifications = saved.notifications;
+        self.activations = saved.activations;
+    }
+
     pub fn new(seed: Option<u64>) -> Self {
         let rng = match seed {
             Some(s) => StdRng::seed_from_u64(s),
