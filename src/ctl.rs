@@ -87,8 +87,42 @@ pub enum CtlCommand {
     Audit(AuditArgs),
     /// Finance's monthly export: every window pushed to the marketplace in a Beijing month, as CSV (or JSON).
     Finance(FinanceArgs),
+    /// Billing windows whose push has an unknown outcome, resolved in bulk (see `windows resolve --help`).
+    Windows {
+        #[command(subcommand)]
+        command: WindowsCommand,
+    },
     /// The nodes sharing the database, their heartbeats, and the shards each holds (epochs, leases).
     Cluster,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum WindowsCommand {
+    /// Resolve windows of unknown outcome picked by hour, by instances, or both: `mark-pushed` (the marketplace's
+    /// bill shows them), `push-again` (it does not) or `cancel`. `--dry-run` lists them and changes nothing.
+    Resolve(ResolveArgs),
+}
+
+/// The flags of `ctl windows resolve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResolveArgs {
+    /// `mark-pushed`, `push-again` or `cancel`.
+    pub resolution: String,
+    /// Windows starting at this hour (RFC 3339, e.g. 2026-11-27T08:00:00Z).
+    #[arg(long)]
+    pub hour: Option<String>,
+    /// Windows of this instance (repeat for several).
+    #[arg(long = "instance", value_name = "INSTANCE_ID")]
+    pub instances: Vec<String>,
+    /// Why: recorded with each window and in the audit trail.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// `mark-pushed`: the request id of the bill's record.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// List what would be resolved; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The flags of `ctl finance`.
@@ -301,6 +335,9 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), Error> {
         CtlCommand::Action(a) => action(&client, a, args.output, out).await,
         CtlCommand::Audit(a) => audit(&client, a, args.output, out).await,
         CtlCommand::Finance(f) => finance(&client, f, args.output, out).await,
+        CtlCommand::Windows { command: WindowsCommand::Resolve(r) } => {
+            resolve_windows(&client, r, args.output, out).await
+        }
         CtlCommand::Cluster => cluster(&client, args.output, out).await,
     }
 }
@@ -841,6 +878,36 @@ async fn cluster(client: &Client, output: Output, out: &mut dyn Write) -> Result
 }
 
 /// CSV as the service makes it (one renderer, the service's), or its JSON with `--output json`.
+async fn resolve_windows(client: &Client, r: &ResolveArgs, output: Output, out: &mut dyn Write) -> Result<(), Error> {
+    let body = json!({
+        "resolution": r.resolution, "hour": r.hour, "instances": r.instances, "reason": r.reason,
+        "request_id": r.request_id, "dry_run": r.dry_run,
+    });
+    let answer = client.post(client.ops_url(&["windows", "resolve"], &[])?, body).await?;
+    if output == Output::Json {
+        return print_json(out, &answer);
+    }
+    let windows = array(&answer, "windows");
+    let verb = if answer["dry_run"] == true { "would be resolved as" } else { "resolved as" };
+    writeln!(out, "{} window(s) {verb} {}", windows.len(), answer["resolution"].as_str().unwrap_or("?"))?;
+    if windows.is_empty() {
+        return Ok(());
+    }
+    let mut t = Table::new(&["WINDOW", "INSTANCE", "UNITS", "CALL", "LAST ERROR"]);
+    for w in &windows {
+        let text = |k: &str| w[k].as_str().unwrap_or("-").to_string();
+        t.row(vec![
+            time_text(w, "window_start"),
+            text("instance_id"),
+            w["units"].to_string(),
+            text("call_id"),
+            text("last_error"),
+        ]);
+    }
+    t.write(out, 0)?;
+    Ok(())
+}
+
 async fn finance(client: &Client, f: &FinanceArgs, output: Output, out: &mut dyn Write) -> Result<(), Error> {
     let mut query: Vec<(&str, String)> = f.month.iter().map(|m| ("month", m.clone())).collect();
     if output == Output::Json {

@@ -299,3 +299,126 @@ async fn the_monthly_finance_export_lists_every_pushed_window() {
     assert_eq!((st, v["code"].as_str()), (400, Some("invalid_format")), "{v}");
     w.shutdown().await;
 }
+
+/// The binary's `ctl` flags, as `main` flattens them.
+#[derive(clap::Parser)]
+struct Ctl {
+    #[command(flatten)]
+    args: marketflow::ctl::CtlArgs,
+}
+
+/// Windows whose push timed out (the marketplace may have billed them) wait for a person. An operator resolves
+/// them in bulk: a dry run by hour lists both and changes nothing; one, picked by instance, is marked pushed with
+/// the bill's request id; `ctl` lists the other; cancelled by hour, it is failed. Bad requests change nothing, and
+/// the audit trail says who did what and why.
+#[actix_rt::test]
+async fn windows_of_unknown_outcome_are_resolved_in_bulk_with_a_dry_run_and_an_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = World::new(dir.path()).await;
+    // Pushes time out after 300 ms here, so a slow marketplace leaves their outcome unknown.
+    let defs = dir.path().join("workflows");
+    std::fs::create_dir_all(&defs).unwrap();
+    for (file, source) in marketflow::startup::BUILTIN_WORKFLOWS {
+        let name = std::path::Path::new(file).file_name().unwrap();
+        let source = match file.ends_with("/metering.toml") {
+            true => source.replace("timeout = \"20s\"", "timeout = \"300ms\""),
+            false => source.to_string(),
+        };
+        std::fs::write(defs.join(name), source).unwrap();
+    }
+    w.workflows_dir = Some(defs);
+    w.restart_service().await;
+    let (ua, ub) = (w.user("una").await, w.user("ben").await);
+    let sa = w.subscribe_and_bind(&ua, &ua.org_id, "1999000000000011").await;
+    let sb = w.subscribe_and_bind(&ub, &ub.org_id, "1999000000000012").await;
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    w.clock.set(h0 + TimeDelta::minutes(6));
+    w.metering_settled(&sa).await;
+    w.metering_settled(&sb).await;
+    w.clock.set(h0 + TimeDelta::hours(1));
+    for (n, u) in [&ua, &ub].into_iter().enumerate() {
+        let (st, _) =
+            w.usage(&format!("u-{n}"), &u.org_id, "c1", "performance", 1.0, h0, h0 + TimeDelta::hours(1)).await;
+        assert_eq!(st, 201);
+    }
+    w.sim(Method::POST, "/sim/faults", Some(json!({"openapi_slow_ms": 1500}))).await;
+    w.clock.set(h0 + TimeDelta::hours(1) + TimeDelta::minutes(6));
+    for s in [&sa, &sb] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while w.metering(s).await["needs_attention"] != true {
+            assert!(std::time::Instant::now() < deadline, "{s}: {}", w.metering(s).await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    w.sim(Method::POST, "/sim/faults", Some(json!({"openapi_slow_ms": 0}))).await;
+    let resolve = |body: Value| w.api(Method::POST, "/api/v1/ops/windows/resolve", Some(OP), Some(body));
+    let hour = h0.to_rfc3339();
+
+    // Refused, and nothing changes: no selector, an unknown resolution, no reason, a request id for a cancel.
+    for (body, code) in [
+        (json!({"resolution": "cancel", "reason": "r"}), "selector_required"),
+        (json!({"resolution": "forget", "hour": hour, "reason": "r"}), "unknown_resolution"),
+        (json!({"resolution": "cancel", "hour": hour}), "reason_required"),
+        (json!({"resolution": "cancel", "hour": hour, "reason": "r", "request_id": "x"}), "invalid_parameter"),
+        (json!({"resolution": "cancel", "instances": ["a/b"], "reason": "r"}), "invalid_entity"),
+    ] {
+        let (st, v) = resolve(body.clone()).await;
+        assert_eq!((st, v["code"].as_str()), (400, Some(code)), "{body}: {v}");
+    }
+    let (st, _) = w.api(Method::POST, "/api/v1/ops/windows/resolve", None, Some(json!({}))).await;
+    assert_eq!(st, 401);
+
+    // A dry run by hour: both, 1250 units each, nothing changed.
+    let (st, v) =
+        resolve(json!({"resolution": "mark-pushed", "hour": hour, "reason": "checking", "dry_run": true})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["dry_run"], true);
+    let listed: Vec<_> = v["windows"].as_array().unwrap().iter().map(|x| x["instance_id"].as_str().unwrap()).collect();
+    let mut both = vec![sa.as_str(), sb.as_str()];
+    both.sort();
+    assert_eq!(listed, both, "{v}");
+    assert!(v["windows"].as_array().unwrap().iter().all(|x| x["units"] == 1250), "{v}");
+    for s in [&sa, &sb] {
+        assert_eq!(w.metering(s).await["needs_attention"], true, "a dry run changed {s}");
+    }
+
+    // One instance, marked pushed with the bill's request id.
+    let body = json!({"resolution": "mark-pushed", "instances": [sa], "reason": "on the bill of 27 Nov",
+                      "request_id": "bill-0001"});
+    let (st, v) = resolve(body).await;
+    assert_eq!((st, v["windows"].as_array().unwrap().len()), (200, 1), "{v}");
+    let m = w.metering_settled(&sa).await;
+    let window = m["data"]["windows"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((window["status"].as_str(), window["request_id"].as_str()), (Some("pushed"), Some("bill-0001")), "{m}");
+    assert_eq!(m["needs_attention"], false, "{m}");
+
+    // `ctl` lists what is left for that hour.
+    let argv =
+        ["ctl", "--url", &w.service, "--token", OP, "windows", "resolve", "cancel", "--hour", &hour, "--dry-run"];
+    let args = <Ctl as clap::Parser>::try_parse_from(argv).unwrap().args;
+    let mut out = Vec::new();
+    marketflow::ctl::run(args, &mut out).await.unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.starts_with("1 window(s) would be resolved as cancel"), "{out}");
+    assert!(out.contains(sb.as_str()) && !out.contains(sa.as_str()), "{out}");
+
+    // The rest of the hour, cancelled: failed, with the operator's reason.
+    let (st, v) = resolve(json!({"resolution": "cancel", "hour": hour, "reason": "not on the bill, too late"})).await;
+    assert_eq!((st, v["windows"].as_array().unwrap().len()), (200, 1), "{v}");
+    let m = w.metering_settled(&sb).await;
+    let window = m["data"]["windows"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(window["status"], "failed", "{m}");
+    assert!(window["error"].as_str().unwrap().contains("not on the bill, too late"), "{window}");
+
+    // The audit trail: who resolved which window and why.
+    let (_, trail) = w.api(Method::GET, "/api/v1/ops/audit", Some(OP), None).await;
+    let rows: Vec<(String, String)> = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap().to_string(), e["reason"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(rows.contains(&("window:mark-pushed".into(), "on the bill of 27 Nov".into())), "{trail}");
+    assert!(rows.contains(&("window:cancel".into(), "not on the bill, too late".into())), "{trail}");
+    w.shutdown().await;
+}

@@ -17,6 +17,7 @@ pub mod orgs;
 pub mod sso;
 pub mod subscriptions;
 pub mod usage;
+pub mod windows;
 
 pub use error::{AppError, Kind};
 

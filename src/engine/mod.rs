@@ -273,11 +273,16 @@ pub trait Forward: Send + Sync {
 }
 
 /// What an operator does to an external call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallAction {
     Retry,
     Cancel,
+    /// Only for a call that needs attention: the operator found that it took effect (a push whose answer was lost
+    /// is on the marketplace's bill) and gives the answer its workflow takes as the call's success.
+    Complete {
+        response: serde_json::Value,
+    },
 }
 
 /// The handle to the engine; cheap to clone, shared by HTTP handlers, actors and background services.

@@ -481,6 +481,18 @@ impl Engine {
                 self.deliver_call_result(&row, Err(why), Some(audit)).await;
                 Ok(())
             }
+            super::CallAction::Complete { response } => {
+                // A call still running or waiting for its retry may yet answer for itself.
+                if row.status != CallStatus::NeedsAttention {
+                    return Err(Error::InvalidInput(format!(
+                        "call {} does not need attention ({:?}): only such a call can be marked done",
+                        row.id, row.status
+                    )));
+                }
+                let audit = super::audit::Audit { call: Some(row.id.clone()), ..audit.clone() };
+                self.deliver_call_result(&row, Ok(response), Some(audit)).await;
+                Ok(())
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use crate::engine::{services, EntityKey, JournalEntry};
 /// The operators' part of the API description.
 #[derive(OpenApi)]
 #[openapi(
-    paths(list, show, journal, timers, action, audit_trail, cluster, export),
+    paths(list, show, journal, timers, action, resolve_windows, audit_trail, cluster, export),
     components(schemas(
         EntityList,
         EntitySummary,
@@ -24,6 +24,9 @@ use crate::engine::{services, EntityKey, JournalEntry};
         TimersList,
         ActionBody,
         ActionDone,
+        ResolveBody,
+        crate::app::windows::WindowsResolved,
+        crate::app::windows::UnknownWindow,
         ActionResult,
         AuditTrail,
         AuditEntry,
@@ -283,6 +286,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/timers", web::get().to(timers))
         .route("/orgs", web::post().to(super::accounts::ops_create_org))
         .route("/entities/{kind}/{id}/actions/{action}", web::post().to(action))
+        .route("/windows/resolve", web::post().to(resolve_windows))
         .route("/audit", web::get().to(audit_trail))
         .route("/cluster", web::get().to(cluster))
         .route("/export", web::get().to(export));
@@ -370,6 +374,7 @@ pub struct ActionBody {
 }
 
 pub use crate::app::ops::ActionDone;
+use crate::app::windows::WindowsResolved;
 pub use crate::engine::audit::{ActionResult, AuditEntry};
 
 /// Steers one entity: `retry` / `cancel` an external call, `pause` / `resume` the entity, `freeze` / `unfreeze`
@@ -418,6 +423,68 @@ async fn action(
     let key = entity_key(&kind, &id)?;
     let reason = crate::app::ops::reason(body.reason)?;
     Ok(HttpResponse::Ok().json(state.act(&op.name, &key, &action, reason, body.call_id).await?))
+}
+
+/// Which windows of unknown outcome to resolve, and how.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveBody {
+    /// `mark-pushed` (the marketplace's bill shows it), `push-again` (it does not) or `cancel`.
+    resolution: String,
+    /// Windows starting at this hour (RFC 3339).
+    hour: Option<DateTime<Utc>>,
+    /// Windows of these instances. With `hour`, both must match; at least one of the two is required.
+    #[serde(default)]
+    instances: Vec<String>,
+    /// Why (1 to 500 characters); kept in each window's journal and the audit trail. Not needed for a dry run.
+    reason: Option<String>,
+    /// `mark-pushed` only: the request id of the bill's record, kept with the window.
+    request_id: Option<String>,
+    /// List what would be resolved, change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Resolves windows whose push has an unknown outcome, in bulk: by hour, by instances, or both. Each window is
+/// resolved as the single-call action would (`mark-pushed` delivers the push's success with the bill's request id,
+/// `push-again` is a retry, `cancel` fails the window), audited as `window:<resolution>`.
+#[utoipa::path(post, path = "/api/v1/ops/windows/resolve", tag = "operators",
+    request_body = ResolveBody,
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = WindowsResolved),
+        (status = 400, body = ErrorBody,
+            description = "`invalid_json`, `reason_required`, `selector_required`, `unknown_resolution`, `invalid_parameter` or `invalid_entity`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    ))]
+async fn resolve_windows(
+    state: web::Data<AppState>,
+    op: Operator,
+    body: web::Json<ResolveBody>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::app::windows::{Resolution, Selector};
+    let body = body.into_inner();
+    let resolution = Resolution::parse(&body.resolution)?;
+    // A dry run changes nothing and audits nothing: it needs no reason.
+    let reason = match body.dry_run {
+        true => body.reason.unwrap_or_default(),
+        false => crate::app::ops::reason(body.reason)?,
+    };
+    let mut instances = std::collections::BTreeSet::new();
+    for i in body.instances {
+        // An instance id is an entity id: the same shape check as every other path that names one.
+        let key = entity_key(crate::domain::metering::KIND, &i)?;
+        instances.insert(key.id);
+    }
+    if body.request_id.as_ref().is_some_and(|r| r.is_empty() || r.len() > 128) {
+        return Err(crate::app::AppError::invalid("invalid_parameter", "request_id: 1 to 128 characters").into());
+    }
+    let selector = Selector { hour: body.hour, instances };
+    Ok(HttpResponse::Ok()
+        .json(state.resolve_windows(&op.name, &selector, resolution, reason, body.request_id, body.dry_run).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -38,6 +38,8 @@ pub struct World {
     pub operator_tokens: Option<String>,
     /// The SMTP server the service mails verification links to.
     pub mail: smtp::Sink,
+    /// `MARKETFLOW_WORKFLOWS_DIR` of the next start (the built-in definitions unless a test sets one).
+    pub workflows_dir: Option<PathBuf>,
 }
 
 impl World {
@@ -76,6 +78,7 @@ impl World {
             operator_token: OP.to_string(),
             operator_tokens: named.map(String::from),
             mail: smtp::Sink::start(),
+            workflows_dir: None,
         };
         w.start_service(Some(listener)).await;
         w
@@ -96,6 +99,7 @@ impl World {
             smtp_url: Some(Secret::new(self.mail.url())),
             // Ended records go within a moment of the manual clock passing their time.
             sweep_interval: Duration::from_millis(50),
+            workflows_dir: self.workflows_dir.clone(),
             ..Config::default()
         };
         let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
