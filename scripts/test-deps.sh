@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing, from Debian's packages: PostgreSQL's server programs (the
 # tests start throwaway servers of their own: initdb in a temporary directory, run as the `postgres` user when we
-# are root). Nothing is installed when it is there already. `.ci/run` and `scripts/test.sh` call it.
+# are root), and promtool (the `prometheus` package) for the alert rules' tests. Nothing is installed when it is there already. `.ci/run` and `scripts/test.sh` call it.
 set -euo pipefail
 
 have_postgres() {
@@ -27,3 +27,14 @@ if ! have_postgres; then
   install postgresql
 fi
 have_postgres || { echo "PostgreSQL's initdb is still missing after installing it" >&2; exit 1; }
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing promtool (Debian's prometheus package) for the alert rules' tests" >&2
+  install prometheus
+  # Only promtool is wanted: a server the package may have started would hold :9090, the local marketplace's
+  # default port.
+  if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus prometheus-node-exporter 2>/dev/null || true; fi
+  pkill -x prometheus 2>/dev/null || true
+  pkill -x prometheus-node-exporter 2>/dev/null || true
+fi
+command -v promtool >/dev/null 2>&1 || { echo "promtool is still missing after installing prometheus" >&2; exit 1; }

@@ -23,6 +23,8 @@ mod console;
 mod ctl;
 #[path = "demo.rs"]
 mod demo;
+#[path = "deploy_files.rs"]
+mod deploy;
 #[path = "engine.rs"]
 mod engine;
 #[path = "lifecycle.rs"]

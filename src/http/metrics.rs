@@ -242,6 +242,16 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             let _ = writeln!(out, "{name}{{kind=\"{label}\"}} {n}");
         }
     }
+    header(
+        &mut out,
+        "marketflow_market_api_errors_total",
+        "Failed Market API calls (DescribeInstance, PushMeteringData) by class: auth (a wrong or revoked AccessKey), \
+         throttled, unavailable, unknown_outcome (no answer: a push needs a person), refused.",
+        "counter",
+    );
+    for (class, n) in crate::app::calls::errors_by_class() {
+        let _ = writeln!(out, "marketflow_market_api_errors_total{{class=\"{class}\"}} {n}");
+    }
     header(&mut out, "marketflow_swept_records_total", "Ended records deleted by the sweeper, by kind.", "counter");
     let mut swept: BTreeMap<&str, u64> = BTreeMap::new();
     for (kind, n) in state.swept.counts() {
