@@ -741,3 +741,64 @@ async fn the_cluster_page_shows_the_one_node_that_holds_every_shard_on_sled() {
     assert!(page.body.contains("<td class=\"mono\">0–255</td>"), "{}", page.body);
     assert_eq!(page.body.matches("<tr class=\"node\"").count(), 1);
 }
+
+/// The windows whose push has an unknown outcome, on their page: listed, previewed (nothing changes), resolved in
+/// bulk as the operator, a form without its token refused; the audit trail names the console's operator.
+#[actix_rt::test]
+async fn windows_of_unknown_outcome_are_listed_previewed_and_resolved_from_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, sa, sb, h0) = crate::metering::two_windows_of_unknown_outcome(dir.path()).await;
+    let b = Browser::new(&w);
+    b.login("Wen Ops").await;
+    let rows = |p: &Page| -> Vec<String> {
+        p.body
+            .split("<tr class=\"window\"")
+            .skip(1)
+            .filter_map(|row| attr_after(&format!("<tr{row}"), "<tr", "data-instance"))
+            .collect()
+    };
+    let mut both = vec![sa.clone(), sb.clone()];
+    both.sort();
+    let page = b.get("/console/windows").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(rows(&page), both, "{}", page.body);
+    let csrf = page.csrf();
+    let hour = h0.to_rfc3339();
+
+    // A preview by hour: both, and nothing changes.
+    let preview = [("csrf", csrf.as_str()), ("resolution", "cancel"), ("hour", &hour), ("dry_run", "true")];
+    let p = b.post("/console/windows", &preview, None).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p.body.contains("data-status=\"ok\" data-count=\"2\""), "{}", p.body);
+    assert!(p.body.contains("would be resolved as cancel"), "{}", p.body);
+    assert_eq!(rows(&p), both);
+
+    // Without the form's token: refused, nothing done.
+    let p = b.post("/console/windows", &[("resolution", "cancel"), ("hour", &hour), ("reason", "x")], None).await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    // Without a reason: refused with its code.
+    let p = b.post("/console/windows", &[("csrf", &csrf), ("resolution", "cancel"), ("hour", &hour)], None).await;
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.body.contains("data-status=\"refused\"") && p.body.contains("reason_required"), "{}", p.body);
+
+    // Resolved for one instance: one left on the page.
+    let resolve = [
+        ("csrf", csrf.as_str()),
+        ("resolution", "cancel"),
+        ("instances", sa.as_str()),
+        ("reason", "not on the bill"),
+        ("dry_run", "false"),
+    ];
+    let p = b.post("/console/windows", &resolve, None).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p.body.contains("data-status=\"ok\" data-count=\"1\""), "{}", p.body);
+    assert_eq!(rows(&p), std::slice::from_ref(&sb), "{}", p.body);
+    let (_, trail) = w.api(reqwest::Method::GET, "/api/v1/ops/audit", Some(OP), None).await;
+    let first = &trail["items"][0];
+    assert_eq!(
+        (first["operator"].as_str(), first["action"].as_str()),
+        (Some("Wen Ops"), Some("window:cancel")),
+        "{trail}"
+    );
+    w.shutdown().await;
+}

@@ -311,12 +311,15 @@ struct Ctl {
 /// them in bulk: a dry run by hour lists both and changes nothing; one, picked by instance, is marked pushed with
 /// the bill's request id; `ctl` lists the other; cancelled by hour, it is failed. Bad requests change nothing, and
 /// the audit trail says who did what and why.
-#[actix_rt::test]
-async fn windows_of_unknown_outcome_are_resolved_in_bulk_with_a_dry_run_and_an_audit_trail() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut w = World::new(dir.path()).await;
+/// Two bound subscriptions of two organizations whose pushes of the hour `h0` timed out (their outcome unknown,
+/// both needing a person), with pushes timing out after 300 ms in this world. Answers the world, the two
+/// instances and the hour.
+pub(crate) async fn two_windows_of_unknown_outcome(
+    dir: &std::path::Path,
+) -> (World, String, String, chrono::DateTime<chrono::Utc>) {
+    let mut w = World::new(dir).await;
     // Pushes time out after 300 ms here, so a slow marketplace leaves their outcome unknown.
-    let defs = dir.path().join("workflows");
+    let defs = dir.join("workflows");
     std::fs::create_dir_all(&defs).unwrap();
     for (file, source) in marketflow::startup::BUILTIN_WORKFLOWS {
         let name = std::path::Path::new(file).file_name().unwrap();
@@ -351,6 +354,13 @@ async fn windows_of_unknown_outcome_are_resolved_in_bulk_with_a_dry_run_and_an_a
         }
     }
     w.sim(Method::POST, "/sim/faults", Some(json!({"openapi_slow_ms": 0}))).await;
+    (w, sa, sb, h0)
+}
+
+#[actix_rt::test]
+async fn windows_of_unknown_outcome_are_resolved_in_bulk_with_a_dry_run_and_an_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, sa, sb, h0) = two_windows_of_unknown_outcome(dir.path()).await;
     let resolve = |body: Value| w.api(Method::POST, "/api/v1/ops/windows/resolve", Some(OP), Some(body));
     let hour = h0.to_rfc3339();
 

@@ -69,8 +69,8 @@ const AUDIT_PAGE: usize = 200;
 /// The console's part of the API description.
 #[derive(OpenApi)]
 #[openapi(
-    paths(login_get, login_post, logout_post, list, entity, action_post, timers, audit, cluster, asset),
-    components(schemas(LoginForm, ActionForm, LogoutForm)),
+    paths(login_get, login_post, logout_post, list, entity, action_post, timers, windows_get, windows_post, audit, cluster, asset),
+    components(schemas(LoginForm, ActionForm, LogoutForm, WindowsForm)),
     modifiers(&ConsoleSession),
     tags((name = "console", description = "The operator console: HTML pages and forms with a session cookie"))
 )]
@@ -156,6 +156,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("timers.html", include_str!("../../templates/console/timers.html")),
     ("cluster.html", include_str!("../../templates/console/cluster.html")),
     ("audit.html", include_str!("../../templates/console/audit.html")),
+    ("windows.html", include_str!("../../templates/console/windows.html")),
 ];
 
 /// An asset: name under `/console/assets/`, content type, body.
@@ -1065,6 +1066,151 @@ async fn timers(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     )
 }
 
+/// The bulk resolution form of windows of unknown outcome.
+#[derive(Debug, Default, ToSchema, serde::Serialize)]
+pub struct WindowsForm {
+    /// `mark-pushed`, `push-again` or `cancel`.
+    pub resolution: String,
+    /// Windows starting at this hour (RFC 3339).
+    pub hour: String,
+    /// Windows of these instances: one per line, or comma-separated.
+    pub instances: String,
+    /// Why (1 to 500 characters; not needed to preview).
+    pub reason: String,
+    /// `mark-pushed`: the bill's request id.
+    pub request_id: String,
+    /// `true`: preview, change nothing.
+    pub dry_run: String,
+    /// The session's form token.
+    pub csrf: String,
+}
+
+/// The windows whose push has an unknown outcome, and the form that resolves them in bulk.
+#[utoipa::path(get, path = "/console/windows", tag = "console",
+    security(("console_session" = [])),
+    responses(
+        (status = 200, description = "The windows page (HTML)", content_type = "text/html", body = String),
+        (status = 303, description = "No console session: to `/console/login?next=...`", headers(("Location" = String))),
+        (status = 503, description = "The store is unavailable", content_type = "text/html", body = String),
+    ))]
+async fn windows_get(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let op = match require(&state, &req).await {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    let form = WindowsForm { resolution: "mark-pushed".into(), ..WindowsForm::default() };
+    windows_page(&state, &op, StatusCode::OK, &form, Value::Null).await
+}
+
+/// Resolves (or previews) windows of unknown outcome as the logged-in operator, exactly as
+/// `POST /api/v1/ops/windows/resolve` does, and shows what was done with the windows left.
+#[utoipa::path(post, path = "/console/windows", tag = "console",
+    request_body(content = WindowsForm, content_type = "application/x-www-form-urlencoded"),
+    security(("console_session" = [])),
+    responses(
+        (status = 200, description = "Done or previewed: `#resolve-result[data-status=ok]` with the count; audited",
+            content_type = "text/html", body = String),
+        (status = 303, description = "No console session: to `/console/login`", headers(("Location" = String))),
+        (status = 400, description = "`invalid_form`, `invalid_hour`, `invalid_entity`, `reason_required`, `selector_required`, `unknown_resolution` or `invalid_parameter`",
+            content_type = "text/html", body = String),
+        (status = 403, description = "`csrf_failed`: nothing was done", content_type = "text/html", body = String),
+        (status = 413, description = "The form is over 16 KiB", content_type = "text/plain", body = String),
+        (status = 503, description = "The store is unavailable: nothing was done", content_type = "text/html", body = String),
+    ))]
+async fn windows_post(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    use crate::app::windows::{Resolution, Selector};
+    let op = match require(&state, &req).await {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    let f = match fields(&body) {
+        Ok(f) => f,
+        Err(e) => return message(&state, Some(&op), &e, "/console/windows"),
+    };
+    let get = |k: &str| super::web::param(&f, k).unwrap_or_default().trim().to_string();
+    let form = WindowsForm {
+        resolution: get("resolution"),
+        hour: get("hour"),
+        instances: get("instances"),
+        reason: get("reason"),
+        request_id: get("request_id"),
+        dry_run: get("dry_run"),
+        csrf: get("csrf"),
+    };
+    if let Err(e) = check_form(&state, &req, &op, &form.csrf) {
+        return message(&state, Some(&op), &e, "/console/windows");
+    }
+    let dry_run = form.dry_run == "true";
+    let resolved = async {
+        let resolution = Resolution::parse(&form.resolution)?;
+        let hour = match form.hour.as_str() {
+            "" => None,
+            h => Some(DateTime::parse_from_rfc3339(h).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+                crate::app::AppError::invalid("invalid_hour", format!("hour: not an RFC 3339 time ({e})"))
+            })?),
+        };
+        let mut instances = std::collections::BTreeSet::new();
+        for i in form.instances.split(|c: char| c == ',' || c.is_whitespace()).filter(|i| !i.is_empty()) {
+            let key = EntityKey::new(crate::domain::metering::KIND, i)
+                .map_err(|e| crate::app::AppError::invalid("invalid_entity", e.to_string()))?;
+            instances.insert(key.id);
+        }
+        let reason = if dry_run { form.reason.clone() } else { crate::app::ops::reason(Some(form.reason.clone()))? };
+        let request_id = Some(form.request_id.clone()).filter(|r| !r.is_empty());
+        state.resolve_windows(&op.name, &Selector { hour, instances }, resolution, reason, request_id, dry_run).await
+    }
+    .await;
+    let (status, result) = match resolved {
+        Ok(r) => (
+            StatusCode::OK,
+            json!({"status": "ok", "count": r.windows.len(), "dry_run": r.dry_run, "resolution": r.resolution}),
+        ),
+        Err(e) => {
+            let e = ApiError::from(e);
+            let refused = json!({"status": "refused", "count": 0, "dry_run": dry_run, "resolution": form.resolution,
+                                 "code": e.code, "message": e.message});
+            (e.status, refused)
+        }
+    };
+    windows_page(&state, &op, status, &form, result).await
+}
+
+async fn windows_page(
+    state: &AppState,
+    op: &Operator,
+    status: StatusCode,
+    form: &WindowsForm,
+    result: Value,
+) -> HttpResponse {
+    let windows = match state.unknown_windows(&crate::app::windows::Selector::default()).await {
+        Ok(w) => w,
+        Err(e) => return message(state, Some(op), &Error::Api(e.into()), "/console"),
+    };
+    let rows: Vec<Value> = windows
+        .iter()
+        .map(|w| {
+            json!({
+                "instance_id": w.instance_id, "start": iso(w.window_start), "start_text": when(w.window_start),
+                "units": w.units, "attempts": w.attempts, "last_error": w.last_error.clone().unwrap_or_default(),
+                "href": entity_href(crate::domain::metering::KIND, &w.instance_id),
+            })
+        })
+        .collect();
+    let form = json!({
+        "resolution": form.resolution, "hour": form.hour, "instances": form.instances, "reason": form.reason,
+        "request_id": form.request_id,
+    });
+    render(
+        state,
+        Some(op),
+        &op.csrf,
+        "windows.html",
+        status,
+        "windows",
+        json!({ "windows": rows, "form": form, "result": result }),
+    )
+}
+
 /// The nodes, their heartbeats and the shards each holds (PostgreSQL), or the one node holding every shard (sled).
 #[utoipa::path(get, path = "/console/cluster", tag = "console",
     security(("console_session" = [])),
@@ -1183,6 +1329,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/console/logout").app_data(limit()).route(web::post().to(logout_post)))
         .route("/console/timers", web::get().to(timers))
+        .service(
+            web::resource("/console/windows")
+                .app_data(limit())
+                .route(web::get().to(windows_get))
+                .route(web::post().to(windows_post)),
+        )
         .route("/console/cluster", web::get().to(cluster))
         .route("/console/audit", web::get().to(audit))
         .route("/console/assets/{name}", web::get().to(asset))

@@ -105,6 +105,8 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/console/login", Public),
     r("POST", "/console/logout", OperatorPage),
     r("GET", "/console/timers", OperatorPage),
+    r("GET", "/console/windows", OperatorPage),
+    r("POST", "/console/windows", OperatorPage),
     r("GET", "/console/audit", OperatorPage),
     r("GET", "/console/cluster", OperatorPage),
     r("GET", "/console/assets/{name}", Public),
