@@ -258,6 +258,9 @@ struct Stats {
     port_retries: usize,
     /// Given-up notices sent again by this test, as the marketplace's long retry schedule would.
     resent: usize,
+    /// Notices the marketplace gave up on at once (fault) or lost outright: left to the service's own means
+    /// (DescribeFailedNotifications, the periodic DescribeInstance check), never sent again by this test.
+    left_to_the_service: usize,
     /// SPI calls sent again on purpose, later (duplicates out of order).
     replays: usize,
     /// Requests that got no answer (the service was down) and were sent again.
@@ -668,6 +671,7 @@ impl Run {
         }
         let seen = v["timeline"].as_array().map(|t| t.len()).unwrap_or(0);
         let (ok, gave_up) = (format!("spi.{}.ok", act.spi()), format!("spi.{}.gave_up", act.spi()));
+        let (given_up, dropped) = (format!("spi.{}.given_up", act.spi()), format!("spi.{}.dropped", act.spi()));
         let deadline = Instant::now() + WAIT_LIMIT;
         let inst = loop {
             let inst = self.sim_instance(id).await?;
@@ -681,6 +685,10 @@ impl Run {
             if events.contains(&gave_up.as_str()) {
                 self.spi(&spi_params(&inst, act.spi())).await?;
                 self.stat().resent += 1;
+                break inst;
+            }
+            if events.contains(&given_up.as_str()) || events.contains(&dropped.as_str()) {
+                self.stat().left_to_the_service += 1;
                 break inst;
             }
             if Instant::now() > deadline {
@@ -1155,7 +1163,8 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             slow = !slow;
             let body = json!({"openapi_error_rate": 0.15, "openapi_slow_ms": if slow { 150 } else { 0 },
-                              "spi_duplicate_rate": 0.2, "spi_reorder": true});
+                              "spi_duplicate_rate": 0.2, "spi_reorder": true,
+                              "spi_give_up_rate": 0.05, "spi_drop_rate": 0.03});
             self.sim_call(Method::POST, "/sim/faults", Some(body)).await?;
         }
         Ok(())
@@ -1838,7 +1847,7 @@ async fn chaos(node_count: usize, database: Option<String>) {
     println!(
         "chaos ({node_count} node(s), {}): {} subscriptions ({} customers: {:?}), {} users; {} kills ({} while starting or recovering, {} port \
          retries); faults injected {}; SPI repeats: {} duplicated by the marketplace, {} replayed later, {} given-up \
-         notices sent again; {} requests without an answer and {} 503s retried; {} usage records; bindings {:?}; \
+         notices sent again; {} notices given up or lost, left to the service's polls and checks; {} requests without an answer and {} 503s retried; {} usage records; bindings {:?}; \
          operator: {} retries, {} cancels (push found on the bill); end state {numbers:?}; service time {} h {} min \
          at ×{}; customers done after {:?}, all checked after {:?} (seed {})",
         if database.is_some() { "PostgreSQL" } else { "sled" },
@@ -1853,6 +1862,7 @@ async fn chaos(node_count: usize, database: Option<String>) {
         injected["injected"]["spi_duplicates"],
         st.replays,
         st.resent,
+        st.left_to_the_service,
         st.no_answer,
         st.unavailable,
         st.usage_records,
