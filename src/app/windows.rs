@@ -63,6 +63,19 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// From what an operator typed: each instance id checked as an entity id (`invalid_entity`).
+    pub fn parse<'a>(
+        hour: Option<DateTime<Utc>>,
+        instances: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, AppError> {
+        let mut ids = BTreeSet::new();
+        for i in instances {
+            let key = EntityKey::new(KIND, i).map_err(|e| AppError::invalid("invalid_entity", e.to_string()))?;
+            ids.insert(key.id);
+        }
+        Ok(Self { hour, instances: ids })
+    }
+
     fn admits(&self, push: &PushMetering) -> bool {
         self.hour.is_none_or(|h| push.window_start == h)
             && (self.instances.is_empty() || self.instances.contains(&push.instance_id))
@@ -133,22 +146,27 @@ impl App {
     }
 
     /// Resolves the windows `selector` picks as `resolution` says, each audited as `operator`'s with `reason`
-    /// (`request_id`: the bill's, for `mark-pushed`); with `dry_run` only lists them. A window resolved meanwhile
-    /// by someone else is skipped, not an error.
+    /// (required unless `dry_run`, which only lists them; `request_id`: the bill's, for `mark-pushed`). A window
+    /// resolved meanwhile by someone else is skipped, not an error.
     pub async fn resolve_windows(
         &self,
         operator: &str,
         selector: &Selector,
         resolution: Resolution,
-        reason: String,
+        reason: Option<String>,
         request_id: Option<String>,
         dry_run: bool,
     ) -> Result<WindowsResolved, AppError> {
+        // A dry run changes nothing and audits nothing: it needs no reason.
+        let reason = if dry_run { reason.unwrap_or_default() } else { super::ops::reason(reason)? };
         if selector.hour.is_none() && selector.instances.is_empty() {
             return Err(AppError::invalid("selector_required", "name an hour, instances, or both"));
         }
         if request_id.is_some() && resolution != Resolution::MarkPushed {
             return Err(AppError::invalid("invalid_parameter", "request_id goes with mark-pushed only"));
+        }
+        if request_id.as_ref().is_some_and(|r| r.is_empty() || r.len() > 128) {
+            return Err(AppError::invalid("invalid_parameter", "request_id: 1 to 128 characters"));
         }
         let windows = self.unknown_windows(selector).await?;
         if dry_run {

@@ -314,12 +314,6 @@ impl Workflow for SubscriptionWorkflow {
                 }
                 cx.data.marketplace_status = Some(status);
                 cx.data.last_poll_error = None;
-                // A subscription of a build before the periodic checks gets its first one here.
-                if matches!(State::parse(cx.target), Some(State::Active | State::Expired))
-                    && cx.data.check_due.is_none()
-                {
-                    arm_check(cx);
-                }
             }
             ("arm_check", _) => {
                 if cx.data.check_due.is_none() {

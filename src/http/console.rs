@@ -1149,15 +1149,11 @@ async fn windows_post(state: web::Data<AppState>, req: HttpRequest, body: web::B
                 crate::app::AppError::invalid("invalid_hour", format!("hour: not an RFC 3339 time ({e})"))
             })?),
         };
-        let mut instances = std::collections::BTreeSet::new();
-        for i in form.instances.split(|c: char| c == ',' || c.is_whitespace()).filter(|i| !i.is_empty()) {
-            let key = EntityKey::new(crate::domain::metering::KIND, i)
-                .map_err(|e| crate::app::AppError::invalid("invalid_entity", e.to_string()))?;
-            instances.insert(key.id);
-        }
-        let reason = if dry_run { form.reason.clone() } else { crate::app::ops::reason(Some(form.reason.clone()))? };
+        let instances = form.instances.split(|c: char| c == ',' || c.is_whitespace()).filter(|i| !i.is_empty());
+        let selector = Selector::parse(hour, instances)?;
         let request_id = Some(form.request_id.clone()).filter(|r| !r.is_empty());
-        state.resolve_windows(&op.name, &Selector { hour, instances }, resolution, reason, request_id, dry_run).await
+        let reason = Some(form.reason.clone());
+        state.resolve_windows(&op.name, &selector, resolution, reason, request_id, dry_run).await
     }
     .await;
     let (status, result) = match resolved {

@@ -468,23 +468,10 @@ async fn resolve_windows(
     use crate::app::windows::{Resolution, Selector};
     let body = body.into_inner();
     let resolution = Resolution::parse(&body.resolution)?;
-    // A dry run changes nothing and audits nothing: it needs no reason.
-    let reason = match body.dry_run {
-        true => body.reason.unwrap_or_default(),
-        false => crate::app::ops::reason(body.reason)?,
-    };
-    let mut instances = std::collections::BTreeSet::new();
-    for i in body.instances {
-        // An instance id is an entity id: the same shape check as every other path that names one.
-        let key = entity_key(crate::domain::metering::KIND, &i)?;
-        instances.insert(key.id);
-    }
-    if body.request_id.as_ref().is_some_and(|r| r.is_empty() || r.len() > 128) {
-        return Err(crate::app::AppError::invalid("invalid_parameter", "request_id: 1 to 128 characters").into());
-    }
-    let selector = Selector { hour: body.hour, instances };
-    Ok(HttpResponse::Ok()
-        .json(state.resolve_windows(&op.name, &selector, resolution, reason, body.request_id, body.dry_run).await?))
+    let selector = Selector::parse(body.hour, body.instances.iter().map(String::as_str))?;
+    Ok(HttpResponse::Ok().json(
+        state.resolve_windows(&op.name, &selector, resolution, body.reason, body.request_id, body.dry_run).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -24,20 +24,7 @@ pub const HEADER: &str = "marketflow-export 1";
 
 /// Every table, in the order of the file (their letters' byte order).
 pub fn tables() -> Vec<Table> {
-    let mut t = vec![
-        Table::Entities,
-        Table::Journal,
-        Table::Timers,
-        Table::TimerIndex,
-        Table::Idempotency,
-        Table::Outbox,
-        Table::Effects,
-        Table::Meta,
-        Table::Records,
-        Table::Index,
-    ];
-    t.sort_by_key(|t| *t as u8);
-    t
+    Table::ALL.to_vec()
 }
 
 fn table_of(letter: &str) -> Option<Table> {

@@ -27,7 +27,7 @@ fn bound(table: Table, b: Bound<Vec<u8>>, unbounded_end: bool) -> Bound<(Table, 
         Bound::Excluded(k) => Bound::Excluded((table, k)),
         Bound::Unbounded if unbounded_end => {
             // The next table's first key, or the end of everything.
-            let next = all_tables().into_iter().find(|t| *t as u8 > table as u8);
+            let next = Table::ALL.into_iter().find(|t| *t as u8 > table as u8);
             match next {
                 Some(t) => Bound::Excluded((t, Vec::new())),
                 None => Bound::Unbounded,
@@ -35,23 +35,6 @@ fn bound(table: Table, b: Bound<Vec<u8>>, unbounded_end: bool) -> Bound<(Table, 
         }
         Bound::Unbounded => Bound::Included((table, Vec::new())),
     }
-}
-
-fn all_tables() -> Vec<Table> {
-    let mut t = vec![
-        Table::Entities,
-        Table::Journal,
-        Table::Timers,
-        Table::TimerIndex,
-        Table::Idempotency,
-        Table::Outbox,
-        Table::Effects,
-        Table::Meta,
-        Table::Records,
-        Table::Index,
-    ];
-    t.sort_by_key(|t| *t as u8);
-    t
 }
 
 impl Store for MemoryStore {

@@ -54,6 +54,22 @@ pub enum Table {
     Index = b'n',
 }
 
+impl Table {
+    /// Every table, in their letters' byte order (the order of an export file and of a scan over all of them).
+    pub const ALL: [Table; 10] = [
+        Table::TimerIndex,
+        Table::Entities,
+        Table::Idempotency,
+        Table::Journal,
+        Table::Meta,
+        Table::Index,
+        Table::Outbox,
+        Table::Records,
+        Table::Timers,
+        Table::Effects,
+    ];
+}
+
 /// One write of a batch.
 ///
 /// [`Op::Add`] adds `delta` to the counter at `key`: a value of 8 bytes, a big-endian `i64` ([`counter_value`]),
@@ -629,5 +645,19 @@ pub(crate) mod contract_tests {
         assert_eq!(prefix_end(b"ab"), Bound::Excluded(b"ac".to_vec()));
         assert_eq!(prefix_end(&[1, 0xff]), Bound::Excluded(vec![2]));
         assert_eq!(prefix_end(&[0xff]), Bound::Unbounded);
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::Table;
+
+    #[test]
+    fn all_tables_once_in_their_letters_order() {
+        let letters: Vec<u8> = Table::ALL.iter().map(|t| *t as u8).collect();
+        let mut sorted = letters.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(letters, sorted);
     }
 }
