@@ -94,6 +94,27 @@ pub enum CtlCommand {
     },
     /// The nodes sharing the database, their heartbeats, and the shards each holds (epochs, leases).
     Cluster,
+    /// Metering pushes: whether they are held, and this node's batches (`pushes hold|release --reason`).
+    Pushes {
+        #[command(subcommand)]
+        command: Option<PushesCommand>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PushesCommand {
+    /// Hold every push (an incident switch): windows are still metered and wait, unsent.
+    Hold {
+        /// Why: kept in the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Release held pushes: they go out in batches.
+    Release {
+        /// Why: kept in the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -339,7 +360,46 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), Error> {
             resolve_windows(&client, r, args.output, out).await
         }
         CtlCommand::Cluster => cluster(&client, args.output, out).await,
+        CtlCommand::Pushes { command } => pushes(&client, command.as_ref(), args.output, out).await,
     }
+}
+
+/// The hold on pushes and this node's batches; `hold` and `release` flip the hold first.
+async fn pushes(
+    client: &Client,
+    command: Option<&PushesCommand>,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    if let Some(c) = command {
+        let (switch, reason) = match c {
+            PushesCommand::Hold { reason } => ("hold", reason),
+            PushesCommand::Release { reason } => ("release", reason),
+        };
+        client.post(client.ops_url(&["pushes", switch], &[])?, json!({ "reason": reason })).await?;
+    }
+    let view = client.get(client.ops_url(&["pushes"], &[])?).await?;
+    if output == Output::Json {
+        return print_json(out, &view);
+    }
+    let hold = &view["hold"];
+    if hold["held"] == true {
+        writeln!(
+            out,
+            "pushes HELD since {} by {}: {}",
+            hold["since"].as_str().unwrap_or("?"),
+            hold["operator"].as_str().unwrap_or("?"),
+            hold["reason"].as_str().unwrap_or("?")
+        )?;
+    } else {
+        writeln!(out, "pushes flowing")?;
+    }
+    writeln!(
+        out,
+        "this node: {} call(s) carrying {} window(s), {} split(s), {} window(s) waiting",
+        view["calls"], view["records"], view["splits"], view["waiting"]
+    )?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------

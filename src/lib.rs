@@ -17,7 +17,8 @@
 //!   invitations, the billing overview), subscriptions (visibility, binding options, binding), usage (records,
 //!   metering), operators' actions and the audit trail, the bulk resolution of windows of unknown outcome
 //!   (`app::windows`), the marketplace's notices (SPI, and the failed ones fetched with DescribeFailedNotifications:
-//!   `app::notices`), and the external calls the workflows name.
+//!   `app::notices`), the metering pushes gathered into batches of 100 and paced 60 s per instance, with the
+//!   operators' hold (`app::pushes`), and the external calls the workflows name.
 //! - [`aliyun`]: the marketplace's protocol, pure: SPI tokens and parameters, Market OpenAPI signatures (V3
 //!   `ACS3-HMAC-SHA256` and legacy RPC HMAC-SHA1) and request/response types.
 //! - [`admin`]: `marketflow migrate`, `export` and `import`, straight on the store.

@@ -95,7 +95,12 @@ pub struct Application {
 }
 
 /// The registry of the service's workflows, from the built-in definitions or a directory.
-pub fn registry(config: &Config, store: Arc<dyn Store>, catalog: Arc<Catalog>) -> Result<Registry, Error> {
+pub fn registry(
+    config: &Config,
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    clock: Arc<dyn Clock>,
+) -> Result<Registry, Error> {
     let mut r = Registry::new();
     for wf in crate::domain::workflows() {
         r.add_workflow(wf);
@@ -111,7 +116,9 @@ pub fn registry(config: &Config, store: Arc<dyn Store>, catalog: Arc<Catalog>) -
     for (kind, timer, d) in &config.timer_overrides {
         r.override_timer(kind, timer, *d);
     }
-    MarketCalls::new(market_client(config)?, crate::engine::records::Records::new(store), catalog).register(&mut r);
+    let records = crate::engine::records::Records::new(store);
+    MarketCalls::new(market_client(config)?, records, catalog, clock, crate::app::pushes::PushConfig::default())
+        .register(&mut r);
     Ok(r)
 }
 
@@ -174,7 +181,7 @@ impl Application {
                 .and_then(|t| Catalog::parse(&t).map_err(|e| Error::Catalog(e.to_string())))?,
             None => Catalog::builtin().map_err(|e| Error::Catalog(e.to_string()))?,
         });
-        let registry = registry(&config, store.clone(), catalog.clone())?;
+        let registry = registry(&config, store.clone(), catalog.clone(), clock.clone())?;
         let engine_config = EngineConfig {
             cluster_lease: database.as_ref().map(|_| config.lease),
             counter_writer: if database.is_some() { config.node_id.clone() } else { String::new() },

@@ -185,6 +185,7 @@ fn fill(route: &Route, f: &Fixture) -> (String, bool) {
                 "kind" => ("subscription".to_string(), false),
                 "id" => (f.instance.clone(), false),
                 "action" => ("pause".to_string(), false),
+                "switch" => ("hold".to_string(), false),
                 "name" if route.path.starts_with("/console/") => ("console.css".to_string(), false),
                 "name" => ("app.css".to_string(), false),
                 other => panic!(

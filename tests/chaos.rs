@@ -1460,6 +1460,21 @@ async fn verify(run: &Arc<Run>, errors: &mut Vec<String>) -> R<BTreeMap<String, 
                     got.len()
                 )),
                 "empty" | "too_short" if got.is_empty() => {}
+                "not_billable" if got.is_empty() => {
+                    // Only right if the marketplace ended the instance before the window's hour: it bills no usage
+                    // from the hour after a close or an expiry.
+                    let (_, inst) = run.sim_call(Method::GET, &format!("/sim/instances/{id}"), None).await?;
+                    let ended = [&inst["closed_at"], &inst["expired_at"]].into_iter().filter_map(parse_time).min();
+                    match ended {
+                        Some(t) if start >= t.duration_trunc(TimeDelta::hours(1)).unwrap() + TimeDelta::hours(1) => {
+                            *numbers.entry("windows refused after a close, not billable".into()).or_default() += 1;
+                        }
+                        _ => errors.push(format!(
+                            "metering {id}: window {start} – {end} is `not_billable`, but the marketplace ended the \
+                             instance at {ended:?}: {inst}"
+                        )),
+                    }
+                }
                 other => errors.push(format!(
                     "metering {id}: window {start} – {end} is `{other}` at the end ({} records at the marketplace)",
                     got.len()

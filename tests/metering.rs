@@ -432,3 +432,316 @@ async fn windows_of_unknown_outcome_are_resolved_in_bulk_with_a_dry_run_and_an_a
     assert!(rows.contains(&("window:cancel".into(), "not on the bill, too late".into())), "{trail}");
     w.shutdown().await;
 }
+
+/// `n` subscriptions, each bound by `owner` to an organization of its own made for them by an operator (cheap: no
+/// password hashing per subscription), all active; answers (instance, organization) pairs.
+async fn many_bound(w: &World, owner: &TestUser, n: usize) -> Vec<(String, String)> {
+    let mut orgs = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = json!({"name": format!("org {i}"), "owner_email": owner.email});
+        let (st, v) = w.api(Method::POST, "/api/v1/ops/orgs", Some(OP), Some(body)).await;
+        assert_eq!(st, 201, "{v}");
+        orgs.push(v["org_id"].as_str().unwrap().to_string());
+    }
+    let mut instances = Vec::with_capacity(n);
+    for i in 0..n {
+        instances.push(w.open(&format!("19990000{i:08}"), 60).await);
+    }
+    // Activation: a poll a minute; two minutes activate every one of them.
+    for _ in 0..3 {
+        w.clock.advance(Duration::from_secs(60));
+        for s in &instances {
+            w.quiet("subscription", s).await;
+        }
+    }
+    let mut pairs = Vec::with_capacity(n);
+    for (s, org) in instances.into_iter().zip(orgs) {
+        w.wait_state(&s, "active").await;
+        w.sso(owner, &s).await;
+        let path = format!("/api/v1/marketplace/aliyun/subscriptions/{s}/binding");
+        let (st, v) = w.api(Method::POST, &path, Some(&owner.token), Some(json!({"org_id": org}))).await;
+        assert_eq!(st, 202, "{v}");
+        pairs.push((s, org));
+    }
+    for (s, _) in &pairs {
+        assert_eq!(w.binding_decided(owner, s).await.0, "bound");
+    }
+    pairs
+}
+
+/// Waits until every window of these subscriptions is settled.
+async fn all_settled(w: &World, pairs: &[(String, String)]) {
+    for (s, _) in pairs {
+        w.metering_settled(s).await;
+    }
+}
+
+/// The marketplace's log of accepted records, grouped by the call (RequestId) that carried them.
+async fn calls_received(w: &World) -> std::collections::BTreeMap<String, Vec<Value>> {
+    let got = w.sim(Method::GET, "/sim/metering", None).await;
+    let mut calls: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for r in got["records"].as_array().unwrap() {
+        calls.entry(r["request_id"].as_str().unwrap().to_string()).or_default().push(r.clone());
+    }
+    calls
+}
+
+/// Batched pushes: the hourly burst of 250 bound subscriptions goes out in 3 calls of at most 100 windows, each
+/// instance once, every window exact.
+#[actix_rt::test]
+async fn two_hundred_fifty_subscriptions_push_their_hour_in_three_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let owner = w.user("pat").await;
+    let pairs = many_bound(&w, &owner, 250).await;
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    w.clock.set(h0 + TimeDelta::minutes(6));
+    all_settled(&w, &pairs).await;
+    w.clock.set(h0 + TimeDelta::hours(1));
+    for (i, (_, org)) in pairs.iter().enumerate() {
+        let (st, v) = w.usage(&format!("u-{i}"), org, "c1", "performance", 1.0, h0, h0 + TimeDelta::hours(1)).await;
+        assert_eq!(st, 201, "{v}");
+    }
+    w.clock.set(h0 + TimeDelta::hours(1) + TimeDelta::minutes(6));
+    all_settled(&w, &pairs).await;
+    let calls = calls_received(&w).await;
+    assert_eq!(calls.len(), 3, "250 windows in 3 calls: {:?}", calls.values().map(Vec::len).collect::<Vec<_>>());
+    let mut seen = std::collections::BTreeSet::new();
+    for records in calls.values() {
+        assert!(records.len() <= 100, "{} records in one call", records.len());
+        for r in records {
+            assert!(seen.insert(r["instance_id"].as_str().unwrap().to_string()), "an instance twice: {r}");
+            assert_eq!(units(r), 1250, "{r}");
+            assert_eq!(r["start_time"].as_i64().unwrap(), h0.timestamp());
+        }
+    }
+    assert_eq!(seen.len(), 250);
+    for (s, _) in pairs.iter().take(3) {
+        let m = w.metering(s).await;
+        let window = m["data"]["windows"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(window["status"], "pushed", "{m}");
+        assert!(calls.contains_key(window["request_id"].as_str().unwrap()), "{window}");
+    }
+    w.shutdown().await;
+}
+
+/// An operator holds every push (audited): windows keep being metered and wait, not in flight, and go out once
+/// released. No instance goes in two calls within 60 s: released half a minute after its hour's push, a
+/// subscription's last window waits for the marketplace's 60 s.
+#[actix_rt::test]
+async fn held_pushes_wait_and_an_instance_is_never_pushed_twice_within_60_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let owner = w.user("hal").await;
+    let pairs = many_bound(&w, &owner, 3).await;
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    w.clock.set(h0 + TimeDelta::minutes(6));
+    all_settled(&w, &pairs).await;
+
+    let hold = |switch: &'static str, reason: Option<&'static str>| {
+        let path = format!("/api/v1/ops/pushes/{switch}");
+        let w = &w;
+        async move { w.api(Method::POST, &path, Some(OP), Some(json!({ "reason": reason }))).await }
+    };
+    let (st, v) = hold("hold", None).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("reason_required")), "{v}");
+    let (st, v) = hold("pause", Some("x")).await;
+    assert_eq!(st, 404, "{v}");
+    let (st, _) = w.api(Method::POST, "/api/v1/ops/pushes/hold", None, Some(json!({"reason": "x"}))).await;
+    assert_eq!(st, 401);
+    let (st, v) = hold("hold", Some("the marketplace bills twice: incident 42")).await;
+    assert_eq!((st, v["held"].as_bool()), (200, Some(true)), "{v}");
+
+    // An hour of usage; its windows are metered, and held.
+    let h1 = h0 + TimeDelta::hours(1);
+    w.clock.set(h1);
+    for (i, (_, org)) in pairs.iter().enumerate() {
+        let (st, _) = w.usage(&format!("u-{i}"), org, "c1", "performance", 1.0, h0, h1).await;
+        assert_eq!(st, 201);
+    }
+    w.clock.set(h1 + TimeDelta::minutes(6));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    'held: loop {
+        let mut all = true;
+        for (s, _) in &pairs {
+            let m = w.metering(s).await;
+            all &= m["data"]["windows"].as_array().unwrap().last().unwrap()["status"] == "pushing";
+            assert!(m["pending_calls"].as_array().unwrap().iter().all(|c| c["status"] == "pending"), "{m}");
+        }
+        if all {
+            break 'held;
+        }
+        assert!(std::time::Instant::now() < deadline, "the windows were never metered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Given every chance to leak out (the hold is read once a second), nothing went.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(calls_received(&w).await.is_empty(), "a held push went out");
+    let (_, p) = w.api(Method::GET, "/api/v1/ops/pushes", Some(OP), None).await;
+    assert_eq!(p["hold"]["held"], true, "{p}");
+
+    // `ctl pushes` tells it; `ctl pushes release` releases it, and the windows go in one call.
+    let ctl = |argv: Vec<String>| async move {
+        let args = <Ctl as clap::Parser>::try_parse_from(argv).unwrap().args;
+        let mut out = Vec::new();
+        marketflow::ctl::run(args, &mut out).await.unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let base = ["ctl", "--url", &w.service, "--token", OP].map(String::from).to_vec();
+    let out = ctl([base.clone(), vec!["pushes".into()]].concat()).await;
+    assert!(out.starts_with("pushes HELD since") && out.contains("incident 42"), "{out}");
+    let release = ["pushes", "release", "--reason", "incident 42 closed"].map(String::from).to_vec();
+    let out = ctl([base.clone(), release].concat()).await;
+    assert!(out.starts_with("pushes flowing"), "{out}");
+    all_settled(&w, &pairs).await;
+    let calls = calls_received(&w).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls.values().next().unwrap().len(), 3);
+    let trail = w.audit().await;
+    let actions: Vec<_> =
+        trail.iter().map(|e| (e["action"].as_str().unwrap(), e["entity"].as_str().unwrap())).collect();
+    assert!(actions.contains(&("hold-pushes", "service/pushes")), "{trail:?}");
+    assert!(actions.contains(&("release-pushes", "service/pushes")), "{trail:?}");
+
+    // The next hour's windows go at its 5th minute; the subscriptions close half a minute later, and their last
+    // windows (6 minutes, 5.5 minutes) wait until 60 s have passed since the previous call.
+    let h2 = h1 + TimeDelta::hours(1);
+    let last = h2 + TimeDelta::minutes(5) + TimeDelta::seconds(30);
+    w.clock.set(h2);
+    for (i, (_, org)) in pairs.iter().enumerate() {
+        let (st, _) = w.usage(&format!("v-{i}"), org, "c1", "performance", 1.0, h1, h2).await;
+        assert_eq!(st, 201);
+    }
+    w.clock.set(h2 + TimeDelta::minutes(5));
+    all_settled(&w, &pairs).await;
+    assert_eq!(calls_received(&w).await.len(), 2);
+    w.clock.set(last);
+    for (i, (s, org)) in pairs.iter().enumerate() {
+        let (st, _) = w.usage(&format!("x-{i}"), org, "c1", "performance", 1.0, h2, last).await;
+        assert_eq!(st, 201);
+        w.close(s).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut all = true;
+        for (s, _) in &pairs {
+            let m = w.metering(s).await;
+            let window = m["data"]["windows"].as_array().unwrap().last().unwrap().clone();
+            all &= window["end"] == json!(last) && window["status"] == "pushing";
+        }
+        if all {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the last windows were never metered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(calls_received(&w).await.len(), 2, "a last window went within 60 s of its hour's");
+    w.clock.advance(Duration::from_secs(30));
+    all_settled(&w, &pairs).await;
+    let calls = calls_received(&w).await;
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let mut by_instance: std::collections::BTreeMap<String, Vec<chrono::DateTime<chrono::Utc>>> = Default::default();
+    for r in calls.values().flatten() {
+        let at = chrono::DateTime::parse_from_rfc3339(r["received_at"].as_str().unwrap()).unwrap().to_utc();
+        by_instance.entry(r["instance_id"].as_str().unwrap().to_string()).or_default().push(at);
+    }
+    for (instance, mut at) in by_instance {
+        at.sort();
+        assert_eq!(at.len(), 3, "{instance}");
+        assert!(at.windows(2).all(|p| p[1] - p[0] >= TimeDelta::seconds(60)), "{instance} within 60 s: {at:?}");
+    }
+    w.shutdown().await;
+}
+
+/// A batch refused on its merits (one instance closed by the marketplace, its notice lost) is split in halves and
+/// sent again after the marketplace's 60 s until the refused window stands alone: the others are pushed, it fails.
+/// When the periodic check finds the subscription closed, that window is `not_billable`, nobody's work.
+#[actix_rt::test]
+async fn a_refused_batch_is_split_to_find_the_refused_window() {
+    let dir = tempfile::tempdir().unwrap();
+    // No periodic check and no failed-notice poll before the pushes: the close stays unknown until the poll.
+    let w = World::with_config(dir.path(), |c| {
+        c.timer_overrides.push(("subscription".into(), "check".into(), Duration::from_secs(24 * 3600)));
+        c.notice_poll_interval = Duration::from_secs(4 * 3600);
+    })
+    .await;
+    let owner = w.user("rex").await;
+    let pairs = many_bound(&w, &owner, 4).await;
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    w.clock.set(h0 + TimeDelta::minutes(6));
+    all_settled(&w, &pairs).await;
+    // The marketplace closes the last one in the first hour; it gives up on the releaseInstance notice, which
+    // waits in DescribeFailedNotifications. Usage of the hour after is not billed, and pushing it is refused.
+    let closed = pairs[3].0.clone();
+    w.sim(Method::POST, "/sim/faults", Some(json!({"spi_give_up_rate": 1.0, "seed": 3}))).await;
+    w.sim(Method::POST, &format!("/sim/instances/{closed}/close"), None).await;
+    let h1 = h0 + TimeDelta::hours(1);
+    w.clock.set(h1 + TimeDelta::minutes(6));
+    all_settled(&w, &pairs).await;
+    w.sim(Method::POST, "/sim/faults", Some(json!({"spi_give_up_rate": 0.0}))).await;
+    assert_eq!(w.state(&closed).await.as_deref(), Some("active"), "the close went unnoticed");
+    w.clock.set(h1 + TimeDelta::hours(1));
+    for (i, (_, org)) in pairs.iter().enumerate() {
+        let (st, _) = w.usage(&format!("u-{i}"), org, "c1", "performance", 1.0, h1, h1 + TimeDelta::hours(1)).await;
+        assert_eq!(st, 201);
+    }
+    w.clock.set(h1 + TimeDelta::hours(1) + TimeDelta::minutes(6));
+    // Refused whole; halves after 61 s; the half with the closed instance refused again; quarters after 61 s more.
+    let mut round = 0;
+    'split: loop {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            let mut done = true;
+            for (s, _) in &pairs {
+                let m = w.metering(s).await;
+                let last = m["data"]["windows"].as_array().unwrap().last().unwrap().clone();
+                done &= last["start"] == json!(h1) && last["status"] != "pushing" && last["status"] != "metering";
+            }
+            if done {
+                break 'split;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        round += 1;
+        assert!(round <= 6, "the split never ended");
+        w.clock.advance(Duration::from_secs(61));
+    }
+    all_settled(&w, &pairs).await;
+    let calls = calls_received(&w).await;
+    let pushed: Vec<&str> = calls
+        .values()
+        .flatten()
+        .filter(|r| r["start_time"].as_i64() == Some(h1.timestamp()))
+        .map(|r| r["instance_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(pushed.len(), 3, "{calls:?}");
+    assert!(!pushed.contains(&closed.as_str()), "{calls:?}");
+    for (s, _) in &pairs[..3] {
+        let m = w.metering(s).await;
+        assert_eq!(m["data"]["windows"].as_array().unwrap().last().unwrap()["status"], "pushed", "{m}");
+    }
+    let m = w.metering(&closed).await;
+    let window = m["data"]["windows"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(window["status"], "failed", "{m}");
+    assert!(window["error"].as_str().unwrap().contains("InvalidMetering.InstanceClosed"), "{window}");
+
+    // The failed-notice poll takes the given-up releaseInstance: released, and the refused window not billable.
+    w.clock.set(h0 + TimeDelta::hours(4));
+    w.wait_state(&closed, "released").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = w.metering(&closed).await;
+        let status = m["data"]["windows"].as_array().unwrap().iter().find(|x| x["start"] == window["start"]).unwrap()
+            ["status"]
+            .clone();
+        if status == "not_billable" {
+            assert_eq!(m["data"]["totals"]["windows_not_billable"], 1, "{m}");
+            assert_eq!(m["data"]["totals"]["windows_failed"], 0, "{m}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.shutdown().await;
+}

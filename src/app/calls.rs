@@ -5,12 +5,10 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use crate::aliyun::client::{Error as ClientError, MarketClient};
-use crate::aliyun::market::{LongIdString, MeteringEntity, MeteringRecord};
+use super::call_errors::call_error;
+use crate::aliyun::client::MarketClient;
 use crate::domain::pricing::Catalog;
-use crate::domain::protocol::{
-    DescribeInstance, InstanceDescribed, MeterWindow, MeteredItem, MeteringPushed, PushMetering, WindowMetered,
-};
+use crate::domain::protocol::{DescribeInstance, InstanceDescribed, MeterWindow, MeteredItem, WindowMetered};
 use crate::engine::records::Records;
 use crate::engine::{CallError, CallHandler, Registry};
 
@@ -22,63 +20,21 @@ pub struct MarketCalls {
     records: Records,
     /// Prices of CU types.
     catalog: Arc<Catalog>,
-}
-
-/// Why Market API calls failed, by class, for `/metrics` (`marketflow_market_api_errors_total{class}`): a revoked
-/// or wrong AccessKey fails every call with `auth`, which an alert must see before the windows' deadlines pass.
-/// Per process, from its start (a counter).
-pub const ERROR_CLASSES: &[&str] = &["auth", "throttled", "unavailable", "unknown_outcome", "refused"];
-
-static ERRORS: [std::sync::atomic::AtomicU64; 5] = [const { std::sync::atomic::AtomicU64::new(0) }; 5];
-
-/// The class of a failed call (one of [`ERROR_CLASSES`]).
-fn class(e: &ClientError) -> &'static str {
-    let code = e.code().unwrap_or("");
-    if code.starts_with("InvalidAccessKeyId")
-        || code.starts_with("SignatureDoesNotMatch")
-        || code.starts_with("IncompleteSignature")
-        || code.starts_with("InvalidTimeStamp")
-        || code.starts_with("Forbidden")
-    {
-        "auth"
-    } else if code.starts_with("Throttling") {
-        "throttled"
-    } else if e.outcome_unknown() {
-        "unknown_outcome"
-    } else if e.is_retryable() {
-        "unavailable"
-    } else {
-        "refused"
-    }
-}
-
-/// Failed Market API calls by class since the process started, in [`ERROR_CLASSES`]' order.
-pub fn errors_by_class() -> Vec<(&'static str, u64)> {
-    ERROR_CLASSES.iter().zip(&ERRORS).map(|(c, n)| (*c, n.load(std::sync::atomic::Ordering::Relaxed))).collect()
-}
-
-fn call_error(e: ClientError) -> CallError {
-    let class = class(&e);
-    if let Some(i) = ERROR_CLASSES.iter().position(|c| *c == class) {
-        ERRORS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    let message = match (e.code(), e.request_id()) {
-        (Some(code), Some(rid)) => format!("{code}: {e} (RequestId {rid})"),
-        (Some(code), None) => format!("{code}: {e}"),
-        _ => e.to_string(),
-    };
-    if e.outcome_unknown() {
-        CallError::unknown(message)
-    } else if e.is_retryable() {
-        CallError::retryable(message)
-    } else {
-        CallError::permanent(message)
-    }
+    /// Gathers the windows' pushes into batches (`app::pushes`).
+    pusher: super::pushes::Pusher,
 }
 
 impl MarketCalls {
-    pub fn new(client: MarketClient, records: Records, catalog: Arc<Catalog>) -> Self {
-        Self { client: Arc::new(client), records, catalog }
+    pub fn new(
+        client: MarketClient,
+        records: Records,
+        catalog: Arc<Catalog>,
+        clock: Arc<dyn crate::clock::Clock>,
+        push: super::pushes::PushConfig,
+    ) -> Self {
+        let client = Arc::new(client);
+        let pusher = super::pushes::Pusher::new(client.clone(), clock, records.clone(), push);
+        Self { client, records, catalog, pusher }
     }
 
     /// Registers a handler for every call this type performs.
@@ -102,6 +58,7 @@ impl CallHandler for MarketCalls {
         let call = call.to_string();
         let records = self.records.clone();
         let catalog = self.catalog.clone();
+        let pusher = self.pusher.clone();
         Box::pin(async move {
             let answer = |v: Result<Value, serde_json::Error>| v.map_err(|e| CallError::permanent(e.to_string()));
             match call.as_str() {
@@ -127,27 +84,37 @@ impl CallHandler for MarketCalls {
                         .collect();
                     answer(serde_json::to_value(WindowMetered { start, end, items, records: records.len() as u64 }))
                 }
-                "push_metering_data" => {
-                    let push: PushMetering = typed(request)?;
-                    let record = MeteringRecord {
-                        instance_id: LongIdString(push.instance_id),
-                        start_time: push.start,
-                        end_time: push.end,
-                        entities: push
-                            .entities
-                            .into_iter()
-                            .map(|e| MeteringEntity { key: e.key, value: e.value, metering_assist: Some(e.assit) })
-                            .collect(),
-                        serial_no: None,
-                    };
-                    let r = client.push_metering_data(&[record]).await.map_err(call_error)?;
-                    answer(serde_json::to_value(MeteringPushed {
-                        request_id: Some(r.request_id),
-                        window_start: Some(push.window_start),
-                    }))
-                }
+                "push_metering_data" => pusher.send(None, request, std::time::Duration::from_secs(20)).await,
                 other => Err(CallError::permanent(format!("no such call `{other}`"))),
             }
         })
+    }
+
+    /// Pushes wait for a seat in a batch (`app::pushes`); other calls go at once.
+    fn admit(&self, call: &str, request: &Value) -> BoxFuture<'static, Option<crate::engine::Ticket>> {
+        match call {
+            "push_metering_data" => self.pusher.admit(request),
+            _ => Box::pin(std::future::ready(None)),
+        }
+    }
+
+    fn call_admitted(
+        &self,
+        ticket: crate::engine::Ticket,
+        call: &str,
+        request: Value,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'static, Result<Value, CallError>> {
+        match call {
+            "push_metering_data" => self.pusher.send(Some(ticket), request, timeout),
+            _ => {
+                let call = self.call(call, request);
+                Box::pin(async move {
+                    tokio::time::timeout(timeout, call)
+                        .await
+                        .unwrap_or_else(|_| Err(CallError::unknown(format!("timed out after {timeout:?}"))))
+                })
+            }
+        }
     }
 }

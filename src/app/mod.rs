@@ -7,6 +7,7 @@
 //! engine's typed record tables (`crate::engine::records`).
 
 pub mod accounts;
+pub mod call_errors;
 pub mod calls;
 pub mod cluster;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod finance;
 pub mod notices;
 pub mod ops;
 pub mod orgs;
+pub mod pushes;
 pub mod sso;
 pub mod subscriptions;
 pub mod usage;

@@ -68,7 +68,8 @@ pub struct Window {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub org: OrgId,
-    /// `metering`, `pushing`, `pushed`, `empty` (no usage), `failed`, `too_short` (≤ 5 min, cannot be pushed).
+    /// `metering`, `pushing`, `pushed`, `empty` (no usage), `failed`, `too_short` (≤ 5 min, cannot be pushed),
+    /// `not_billable` (refused by the marketplace because the subscription was closed or expired: nobody's work).
     pub status: String,
     #[serde(default)]
     pub items: Vec<Item>,
@@ -80,6 +81,9 @@ pub struct Window {
     pub pushed_at: Option<DateTime<Utc>>,
     /// Usage records that overlapped the window.
     pub records: u64,
+    /// The marketplace refused the push on its merits (not a failure to meter or to reach it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
 }
 
 /// Totals over every window.
@@ -89,6 +93,11 @@ pub struct Totals {
     pub units_pushed: u64,
     pub windows_failed: u64,
     pub units_failed: u64,
+    /// Refused after the subscription was closed or expired (the marketplace bills no usage then).
+    #[serde(default)]
+    pub windows_not_billable: u64,
+    #[serde(default)]
+    pub units_not_billable: u64,
 }
 
 /// The metering entity's data.
@@ -191,6 +200,23 @@ impl Workflow for MeteringWorkflow {
             ("stop_period", Signal::Event(MeteringEvent::Stop { at })) => {
                 cx.data.until = Some(*at);
                 cx.note(format!("billing stops at {at}"));
+                // The windows refused since the last one the marketplace took were refused because it had
+                // closed or expired the subscription before we heard of it: not billable, not a person's work.
+                let last_pushed = cx.data.windows.iter().filter(|w| w.status == "pushed").map(|w| w.start).max();
+                let mut moved = Vec::new();
+                for w in cx.data.windows.iter_mut() {
+                    if w.status == "failed" && w.refused && last_pushed.is_none_or(|p| w.start > p) {
+                        w.status = "not_billable".into();
+                        cx.data.totals.windows_failed = cx.data.totals.windows_failed.saturating_sub(1);
+                        cx.data.totals.units_failed = cx.data.totals.units_failed.saturating_sub(w.units);
+                        cx.data.totals.windows_not_billable += 1;
+                        cx.data.totals.units_not_billable += w.units;
+                        moved.push(w.start);
+                    }
+                }
+                for start in moved {
+                    cx.note(format!("window from {start} refused because the subscription had ended: not billable"));
+                }
             }
             ("close_windows", _) => close_windows(cx)?,
             ("price_window", Signal::CallOk { response, .. }) => {
@@ -243,16 +269,39 @@ impl Workflow for MeteringWorkflow {
                     cx.note(format!("pushed {units} units (RequestId {rid})"));
                 }
             }
-            ("window_failed", Signal::CallFailed { call, error }) => {
-                // The failed call's request is not in the signal; the window is the oldest unfinished one.
-                let phase = if call == "meter_window" { "metering" } else { "pushing" };
-                if let Some(w) = cx.data.windows.iter_mut().find(|w| w.status == phase) {
-                    w.status = "failed".into();
+            ("window_failed", Signal::CallFailed { call, error, request, by_operator }) => {
+                let pushing = call == "push_metering_data";
+                let start = request.as_ref().and_then(|r| {
+                    if pushing {
+                        serde_json::from_value::<PushMetering>(r.clone()).ok().map(|p| p.window_start)
+                    } else {
+                        serde_json::from_value::<MeterWindow>(r.clone()).ok().map(|m| m.start)
+                    }
+                });
+                let phase = if pushing { "pushing" } else { "metering" };
+                // A result recorded by an earlier build carries no request: the oldest unfinished window.
+                let i = match start {
+                    Some(s) => window_index(cx.data, s).filter(|i| cx.data.windows[*i].status == phase),
+                    None => cx.data.windows.iter().position(|w| w.status == phase),
+                };
+                let stopped = cx.data.until.is_some();
+                if let Some(i) = i {
+                    let w = &mut cx.data.windows[i];
                     w.error = Some(error.clone());
+                    // Refused by the marketplace, not cancelled by an operator (who decided it, and why).
+                    w.refused = pushing && !by_operator;
                     let units = w.units;
-                    cx.data.totals.windows_failed += 1;
-                    cx.data.totals.units_failed += units;
-                    cx.note(format!("window failed for good ({call}): {error}"));
+                    if w.refused && stopped {
+                        w.status = "not_billable".into();
+                        cx.data.totals.windows_not_billable += 1;
+                        cx.data.totals.units_not_billable += units;
+                        cx.note(format!("window refused after the subscription ended: not billable ({error})"));
+                    } else {
+                        w.status = "failed".into();
+                        cx.data.totals.windows_failed += 1;
+                        cx.data.totals.units_failed += units;
+                        cx.note(format!("window failed for good ({call}): {error}"));
+                    }
                 }
             }
             (other, _) => {
@@ -317,6 +366,7 @@ fn push_window(cx: &mut Cx<'_, Metering>, org: &OrgId, start: DateTime<Utc>, end
         error: None,
         pushed_at: None,
         records: 0,
+        refused: false,
     });
     if too_short {
         cx.note(format!("window {start} – {end} is 5 minutes or less: the marketplace cannot take it"));

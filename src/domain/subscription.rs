@@ -548,6 +548,8 @@ mod tests {
                 call: "describe_instance".into(),
                 call_id: s.calls[0].id.clone(),
                 result: Ok(json!({"status": "OPENED"})),
+                request: None,
+                by_operator: false,
             },
             cause: Cause::Call { call: "describe_instance".into() },
             request_id: None,

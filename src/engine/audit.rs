@@ -100,6 +100,20 @@ impl Audit {
 }
 
 impl super::Engine {
+    /// Commits `w` with the audit row of an operator's action on something that is not an entity (the service's
+    /// hold on pushes): one commit, so that neither is kept without the other.
+    pub async fn write_audited(
+        &self,
+        w: Writes,
+        subject: &EntityKey,
+        audit: &Audit,
+        result: &ActionResult,
+    ) -> Result<(), Error> {
+        let mut batch = w.into_batch();
+        audit.put(&mut batch, subject, self.inner.clock.now(), result);
+        self.inner.committer.commit(batch).await.map_err(Error::from)
+    }
+
     /// The newest `limit` entries of the audit trail.
     pub async fn audit_trail(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
         let mut items: Vec<AuditEntry> =

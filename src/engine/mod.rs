@@ -31,7 +31,7 @@ use tokio::sync::{Notify, Semaphore};
 
 pub use definition::Definition;
 pub use model::*;
-pub use registry::{CallError, CallHandler, Registry};
+pub use registry::{CallError, CallHandler, Registry, Ticket};
 pub use workflow::{Cx, Effects, Reject, Signal, Workflow};
 
 use crate::clock::Clock;

@@ -151,8 +151,18 @@ pub enum Event {
     Domain { body: Value },
     /// A named timer fired; `set_seq` tells this setting from earlier ones of the same name.
     Timer { name: String, set_seq: u64 },
-    /// An external call finished: its response, or why it failed for good.
-    CallResult { call: String, call_id: String, result: Result<Value, String> },
+    /// An external call finished: its response, or why it failed for good. A failure carries the call's request,
+    /// so that the workflow knows which of its calls of that name failed (several can be out at once).
+    CallResult {
+        call: String,
+        call_id: String,
+        result: Result<Value, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<Value>,
+        /// An operator settled the call (a cancel, or a push marked done), not the outside world.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_operator: bool,
+    },
     /// An operator steers the engine itself (`pause`, `resume`); no workflow decides it.
     Control { action: String },
 }

@@ -33,9 +33,39 @@ impl CallError {
     }
 }
 
+/// A call's seat in something its handler forms before sending (a batch); see [`CallHandler::admit`]. Dropped
+/// without being used (the attempt could not be recorded, the shard moved), it gives the seat up.
+pub type Ticket = Box<dyn std::any::Any + Send>;
+
 /// Performs external calls (the marketplace client, in production).
 pub trait CallHandler: Send + Sync + 'static {
     fn call(&self, call: &str, request: Value) -> BoxFuture<'static, Result<Value, CallError>>;
+
+    /// Waits until the call may be attempted, before the engine records the attempt. A handler that paces its
+    /// calls or gathers them into batches holds them here, so that a call kept waiting (paced, or held by an
+    /// operator) is not in flight: a crash meanwhile leaves it to be resumed, not an unknown outcome. A ticket
+    /// goes to [`CallHandler::call_admitted`] once the attempt is durable. By default every call goes at once.
+    fn admit(&self, _call: &str, _request: &Value) -> BoxFuture<'static, Option<Ticket>> {
+        Box::pin(std::future::ready(None))
+    }
+
+    /// Performs a call that [`CallHandler::admit`] gave a ticket. The handler applies `timeout` to what it sends
+    /// (not to its own waiting: a batch split after a refusal waits the marketplace's 60 s between its calls), and
+    /// answers a timeout as an unknown outcome.
+    fn call_admitted(
+        &self,
+        _ticket: Ticket,
+        call: &str,
+        request: Value,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Value, CallError>> {
+        let call = self.call(call, request);
+        Box::pin(async move {
+            tokio::time::timeout(timeout, call)
+                .await
+                .unwrap_or_else(|_| Err(CallError::unknown(format!("timed out after {timeout:?}"))))
+        })
+    }
 }
 
 /// A workflow kind with its definitions.

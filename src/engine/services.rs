@@ -21,8 +21,11 @@ pub struct Services {
     timers_in_flight: Mutex<HashSet<Vec<u8>>>,
     /// Timer rows whose delivery failed transiently (paused entity, overload), with when to try again.
     timers_deferred: Mutex<HashMap<Vec<u8>, Instant>>,
-    /// Calls being run right now.
+    /// Calls being run right now (including those waiting to be admitted).
     calls_in_flight: Mutex<HashSet<String>>,
+    /// Of those, the calls their handler still holds back (paced, or pushes an operator holds): nothing of theirs
+    /// has gone out, so a hand-over does not wait for them.
+    calls_waiting: Mutex<HashSet<String>>,
     /// Messages waiting for delivery, per sender, in send order; a sender with a queue has one worker draining it.
     outbox_queues: Mutex<HashMap<EntityKey, std::collections::VecDeque<OutboxRow>>>,
     /// Told each fired timer's lateness in service milliseconds (the `/metrics` histogram), once installed.
@@ -174,11 +177,13 @@ impl Engine {
         ownership.leave(shards);
         let until = Instant::now() + deadline;
         loop {
-            let busy = shards.iter().map(|s| ownership.busy(*s)).sum::<usize>()
-                + lock(&self.inner.services.calls_in_flight)
+            let busy = shards.iter().map(|s| ownership.busy(*s)).sum::<usize>() + {
+                let waiting = lock(&self.inner.services.calls_waiting);
+                lock(&self.inner.services.calls_in_flight)
                     .iter()
-                    .filter(|id| shard_of_id(id).is_some_and(|s| shards.contains(&s)))
-                    .count();
+                    .filter(|id| !waiting.contains(*id) && shard_of_id(id).is_some_and(|s| shards.contains(&s)))
+                    .count()
+            };
             if busy == 0 || Instant::now() >= until {
                 if busy > 0 {
                     tracing::warn!(busy, "handing shards over with work still in flight");
@@ -316,11 +321,31 @@ impl Engine {
             done(&row.id);
             return;
         };
+        let shard = super::shards::Ownership::shard_of(&row.entity);
+        // The handler may hold the call back (pacing, batching, an operator's hold on pushes); while it waits,
+        // nothing is recorded, and a shard lost or a stop meanwhile ends the wait.
+        lock(&inner.services.calls_waiting).insert(row.id.clone());
+        let admit = handler.admit(&row.call, &row.request);
+        tokio::pin!(admit);
+        let ticket = loop {
+            tokio::select! {
+                biased;
+                t = &mut admit => break t,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if inner.ownership.epoch(shard).is_none() || inner.stopping.load(Ordering::Acquire) {
+                        lock(&inner.services.calls_waiting).remove(&row.id);
+                        done(&row.id);
+                        return;
+                    }
+                }
+            }
+        };
+        lock(&inner.services.calls_waiting).remove(&row.id);
         // A node whose leases may be running out (cut off from the database) starts nothing the outside world
         // sees: the node taking its shards over must never be calling at the same time. It waits for a renewal;
         // a shard it loses meanwhile is the new owner's to resume.
-        let shard = super::shards::Ownership::shard_of(&row.entity);
         loop {
+            // A return from here on drops the ticket: its seat is given up.
             if inner.ownership.epoch(shard).is_none() || inner.stopping.load(Ordering::Acquire) {
                 done(&row.id);
                 return;
@@ -345,9 +370,12 @@ impl Engine {
                 return;
             }
         }
-        let result = match tokio::time::timeout(policy.timeout, handler.call(&row.call, row.request.clone())).await {
-            Ok(r) => r,
-            Err(_) => Err(super::CallError::unknown(format!("timed out after {:?}", policy.timeout))),
+        let result = match ticket {
+            Some(ticket) => handler.call_admitted(ticket, &row.call, row.request.clone(), policy.timeout).await,
+            None => match tokio::time::timeout(policy.timeout, handler.call(&row.call, row.request.clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(super::CallError::unknown(format!("timed out after {:?}", policy.timeout))),
+            },
         };
         crate::failpoint::hit_at("after_call", &row.call);
         let delivered = match result {
@@ -428,7 +456,13 @@ impl Engine {
     ) {
         let input = Input {
             id: format!("call:{}", row.id),
-            event: Event::CallResult { call: row.call.clone(), call_id: row.id.clone(), result },
+            event: Event::CallResult {
+                call: row.call.clone(),
+                call_id: row.id.clone(),
+                request: result.is_err().then(|| row.request.clone()),
+                by_operator: audit.is_some(),
+                result,
+            },
             cause: Cause::Call { call: row.call.clone() },
             request_id: None,
         };

@@ -31,8 +31,18 @@ impl Reject {
 pub enum Signal<E> {
     Event(E),
     Timer(String),
-    CallOk { call: String, response: Value },
-    CallFailed { call: String, error: String },
+    CallOk {
+        call: String,
+        response: Value,
+    },
+    /// A call failed for good; `request` is what it asked (absent in results recorded by earlier builds).
+    CallFailed {
+        call: String,
+        error: String,
+        request: Option<Value>,
+        /// An operator cancelled it; the outside world did not refuse it.
+        by_operator: bool,
+    },
 }
 
 /// What actions ask the engine to do after the commit.
@@ -207,9 +217,15 @@ impl<W: Workflow> DynWorkflow for W {
             Event::CallResult { call, result: Ok(v), .. } => {
                 (Signal::CallOk { call: call.clone(), response: v.clone() }, call_event(call, true))
             }
-            Event::CallResult { call, result: Err(e), .. } => {
-                (Signal::CallFailed { call: call.clone(), error: e.clone() }, call_event(call, false))
-            }
+            Event::CallResult { call, result: Err(e), request, by_operator, .. } => (
+                Signal::CallFailed {
+                    call: call.clone(),
+                    error: e.clone(),
+                    request: request.clone(),
+                    by_operator: *by_operator,
+                },
+                call_event(call, false),
+            ),
             Event::Control { action } => {
                 return Err(DecideError::BadEvent(format!("`{action}` is not a workflow event")))
             }

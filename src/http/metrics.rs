@@ -249,8 +249,36 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
          throttled, unavailable, unknown_outcome (no answer: a push needs a person), refused.",
         "counter",
     );
-    for (class, n) in crate::app::calls::errors_by_class() {
+    for (class, n) in crate::app::call_errors::errors_by_class() {
         let _ = writeln!(out, "marketflow_market_api_errors_total{{class=\"{class}\"}} {n}");
+    }
+    let (calls, records, splits, waiting) = crate::app::pushes::stats();
+    // Read from the store, not from this node's last look (a node with nothing to push does not look).
+    let held = state.push_hold().await.map(|h| h.held).unwrap_or(false);
+    for (name, help, kind, n) in [
+        (
+            "marketflow_push_calls_total",
+            "PushMeteringData calls this node made (each carries up to 100 windows).",
+            "counter",
+            calls,
+        ),
+        ("marketflow_push_records_total", "Windows those calls carried.", "counter", records),
+        (
+            "marketflow_push_splits_total",
+            "Refused batches split in halves to find the refused window.",
+            "counter",
+            splits,
+        ),
+        (
+            "marketflow_pushes_waiting",
+            "Windows waiting for a seat in a batch (held, paced or gathering).",
+            "gauge",
+            waiting,
+        ),
+        ("marketflow_pushes_held", "1 while an operator holds every push (service-wide).", "gauge", held as u64),
+    ] {
+        header(&mut out, name, help, kind);
+        let _ = writeln!(out, "{name} {n}");
     }
     header(&mut out, "marketflow_swept_records_total", "Ended records deleted by the sweeper, by kind.", "counter");
     let mut swept: BTreeMap<&str, u64> = BTreeMap::new();

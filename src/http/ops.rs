@@ -16,7 +16,7 @@ use crate::engine::{services, EntityKey, JournalEntry};
 /// The operators' part of the API description.
 #[derive(OpenApi)]
 #[openapi(
-    paths(list, show, journal, timers, action, resolve_windows, audit_trail, cluster, export),
+    paths(list, show, journal, timers, action, resolve_windows, pushes, hold_pushes, audit_trail, cluster, export),
     components(schemas(
         EntityList,
         EntitySummary,
@@ -27,6 +27,9 @@ use crate::engine::{services, EntityKey, JournalEntry};
         ResolveBody,
         crate::app::windows::WindowsResolved,
         crate::app::windows::UnknownWindow,
+        crate::app::pushes::PushHold,
+        PushesView,
+        HoldBody,
         ActionResult,
         AuditTrail,
         AuditEntry,
@@ -287,6 +290,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/orgs", web::post().to(super::accounts::ops_create_org))
         .route("/entities/{kind}/{id}/actions/{action}", web::post().to(action))
         .route("/windows/resolve", web::post().to(resolve_windows))
+        .route("/pushes", web::get().to(pushes))
+        .route("/pushes/{switch}", web::post().to(hold_pushes))
         .route("/audit", web::get().to(audit_trail))
         .route("/cluster", web::get().to(cluster))
         .route("/export", web::get().to(export));
@@ -472,6 +477,73 @@ async fn resolve_windows(
     Ok(HttpResponse::Ok().json(
         state.resolve_windows(&op.name, &selector, resolution, body.reason, body.request_id, body.dry_run).await?,
     ))
+}
+
+/// The pushes of this node and the service-wide hold.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PushesView {
+    pub hold: crate::app::pushes::PushHold,
+    /// `PushMeteringData` calls this node made since it started.
+    pub calls: u64,
+    /// Windows those calls carried.
+    pub records: u64,
+    /// Refused batches split to find the refused record.
+    pub splits: u64,
+    /// Windows waiting for a seat in a batch now (held, paced, or gathering).
+    pub waiting: u64,
+}
+
+/// Whether pushes are held (service-wide), and this node's pushes so far.
+#[utoipa::path(get, path = "/api/v1/ops/pushes", tag = "operators",
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = PushesView),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 503, response = Unavailable),
+    ))]
+async fn pushes(state: web::Data<AppState>, _op: Operator) -> Result<HttpResponse, ApiError> {
+    let (calls, records, splits, waiting) = crate::app::pushes::stats();
+    Ok(HttpResponse::Ok().json(PushesView { hold: state.push_hold().await?, calls, records, splits, waiting }))
+}
+
+/// Why an operator holds or releases the pushes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldBody {
+    /// 1 to 500 characters, kept in the audit trail.
+    reason: Option<String>,
+}
+
+/// Holds every metering push (`hold`: an incident switch) or releases them (`release`), audited. Held windows are
+/// still metered and wait, unsent and not in flight; released, they go out in batches. Holding what is held
+/// changes nothing.
+#[utoipa::path(post, path = "/api/v1/ops/pushes/{switch}", tag = "operators",
+    params(("switch" = String, Path, description = "`hold` or `release`")),
+    request_body = HoldBody,
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = crate::app::pushes::PushHold),
+        (status = 400, body = ErrorBody, description = "`invalid_json` or `reason_required`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 404, body = ErrorBody, description = "`not_found`: neither `hold` nor `release`"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    ))]
+async fn hold_pushes(
+    state: web::Data<AppState>,
+    op: Operator,
+    switch: web::Path<String>,
+    body: web::Json<HoldBody>,
+) -> Result<HttpResponse, ApiError> {
+    let hold = match switch.as_str() {
+        "hold" => true,
+        "release" => false,
+        other => return Err(ApiError::not_found(format!("no switch `{other}`: `hold` or `release`"))),
+    };
+    let reason = crate::app::ops::reason(body.into_inner().reason)?;
+    Ok(HttpResponse::Ok().json(state.hold_pushes(&op.name, hold, reason).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -63,6 +63,8 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/ops/orgs", Operator),
     r("POST", "/api/v1/ops/entities/{kind}/{id}/actions/{action}", Operator),
     r("POST", "/api/v1/ops/windows/resolve", Operator),
+    r("GET", "/api/v1/ops/pushes", Operator),
+    r("POST", "/api/v1/ops/pushes/{switch}", Operator),
     r("GET", "/api/v1/ops/audit", Operator),
     r("GET", "/api/v1/ops/orgs/{org_id}/metering", Operator),
     r("GET", "/api/v1/ops/finance/pushed-windows", Operator),

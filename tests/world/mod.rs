@@ -40,6 +40,8 @@ pub struct World {
     pub mail: smtp::Sink,
     /// `MARKETFLOW_WORKFLOWS_DIR` of the next start (the built-in definitions unless a test sets one).
     pub workflows_dir: Option<PathBuf>,
+    /// Changes a test makes to the configuration of every start.
+    pub tweak: Option<fn(&mut Config)>,
 }
 
 impl World {
@@ -47,8 +49,17 @@ impl World {
         Self::with_operator_tokens(dir, None).await
     }
 
+    /// As [`World::new`], with the configuration changed by `tweak` (from the first start on).
+    pub async fn with_config(dir: &Path, tweak: fn(&mut Config)) -> Self {
+        Self::build(dir, None, Some(tweak)).await
+    }
+
     /// As [`World::new`], with named operator tokens (`name:token,...`) beside the shared `OP`.
     pub async fn with_operator_tokens(dir: &Path, named: Option<&str>) -> Self {
+        Self::build(dir, named, None).await
+    }
+
+    async fn build(dir: &Path, named: Option<&str>, tweak: Option<fn(&mut Config)>) -> Self {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap());
         // The service's listener is bound first, so its port is known to the simulator and cannot be taken.
         let listener = TcpListener::bind("127.0.0.1:0").expect("a listener");
@@ -79,6 +90,7 @@ impl World {
             operator_tokens: named.map(String::from),
             mail: smtp::Sink::start(),
             workflows_dir: None,
+            tweak,
         };
         w.start_service(Some(listener)).await;
         w
@@ -102,6 +114,10 @@ impl World {
             workflows_dir: self.workflows_dir.clone(),
             ..Config::default()
         };
+        let mut config = config;
+        if let Some(tweak) = self.tweak {
+            tweak(&mut config);
+        }
         let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
         let mut listener = listener;
         // A restart binds the same port again and opens the same store: the old server has released the port,

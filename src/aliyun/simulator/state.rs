@@ -434,9 +434,11 @@ impl State {
     /// Checks a PushMeteringData call against the documented rules and, if it passes, records
     /// it. Rules, in order: the generic limits (≤ 100 records, window > 5 min, Entities with a Key
     /// and `meteringAssit`); each Key is a documented one; each `meteringAssit` belongs to this
-    /// product (`<productCode>-<Key>-<n>`); each InstanceId is an instance of this product; each
-    /// record arrives before the end of the hour after its usage; at most one accepted call per
-    /// instance per 60 s of service time.
+    /// product (`<productCode>-<Key>-<n>`); each InstanceId is an instance of this product; no usage
+    /// after the hour its instance closed or expired in (documented as not billed; refused here,
+    /// `InvalidMetering.InstanceClosed`); each record arrives before the end of the hour after its
+    /// usage; at most one accepted call per instance per 60 s of service time. One record refused
+    /// refuses the whole call; the service never reads from the message which one it was.
     pub fn accept_metering(
         &mut self,
         request: &PushMeteringDataRequest,
@@ -479,6 +481,30 @@ impl State {
                     ),
                 )
             })?;
+            if let Some(instance) = self.instances.get(&key) {
+                let ended = match instance.status {
+                    Status::Closed => instance.closed_at,
+                    Status::Expired => instance.expired_at,
+                    _ => None,
+                };
+                // Usage after the hour in which the instance closed or expired is not billed (expiry at 12:20:
+                // 12:00–13:00 still billed, 13:00–14:00 not), and the marketplace refuses it.
+                if let Some(ended) = ended {
+                    let billed_until = ended.timestamp().div_euclid(3600).saturating_add(1).saturating_mul(3600);
+                    if record.start_time >= billed_until {
+                        return Err(Failure::new(
+                            400,
+                            "InvalidMetering.InstanceClosed",
+                            format!(
+                                "record {index}: instance {} is {} since {ended}; usage from {} is not billed",
+                                record.instance_id.0,
+                                instance.status.as_str(),
+                                fmt_epoch(billed_until)
+                            ),
+                        ));
+                    }
+                }
+            }
             let deadline = push_deadline(record.end_time);
             if now.timestamp() >= deadline {
                 return Err(Failure::new(
