@@ -211,6 +211,9 @@ pub struct Config {
     /// How often DescribeFailedNotifications is asked for the notices the marketplace gave up on
     /// (`MARKETFLOW_NOTICE_POLL_INTERVAL`), in service time.
     pub notice_poll_interval: Duration,
+    /// The longest a window waits for its metering push's batch to fill (`MARKETFLOW_PUSH_LINGER`, real time); a
+    /// batch also goes when full (100) or when no new window came for a tenth of this.
+    pub push_linger: Duration,
     /// Test-only: commits are not fenced (`MARKETFLOW_UNSAFE_NO_FENCING`), to show that fencing is what keeps
     /// journals whole when a paused node wakes up. Never set it in production.
     pub unsafe_no_fencing: bool,
@@ -255,6 +258,7 @@ impl Default for Config {
             cluster_secret: None,
             lease: Duration::from_secs(10),
             notice_poll_interval: Duration::from_secs(300),
+            push_linger: Duration::from_secs(2),
             unsafe_no_fencing: false,
         }
     }
@@ -397,6 +401,9 @@ pub struct ServeArgs {
     /// How often the notices the marketplace gave up on are fetched (service time, e.g. 5m).
     #[arg(long, env = "MARKETFLOW_NOTICE_POLL_INTERVAL")]
     pub notice_poll_interval: Option<String>,
+    /// The longest a metering push waits for its batch to fill (real time, e.g. 2s).
+    #[arg(long, env = "MARKETFLOW_PUSH_LINGER")]
+    pub push_linger: Option<String>,
     /// How often every live subscription is checked with DescribeInstance (service time, e.g. 1h).
     #[arg(long, env = "MARKETFLOW_RECONCILE_INTERVAL")]
     pub reconcile_interval: Option<String>,
@@ -505,6 +512,9 @@ impl Config {
         }
         if let Some(v) = &args.notice_poll_interval {
             c.notice_poll_interval = duration("MARKETFLOW_NOTICE_POLL_INTERVAL", v)?;
+        }
+        if let Some(v) = &args.push_linger {
+            c.push_linger = duration("MARKETFLOW_PUSH_LINGER", v)?;
         }
         if let Some(v) = &args.reconcile_interval {
             let d = duration("MARKETFLOW_RECONCILE_INTERVAL", v)?;
@@ -693,6 +703,12 @@ impl Config {
             return Err(Error::Invalid {
                 name: "MARKETFLOW_NODE_ID",
                 message: format!("must be 1 to {OPERATOR_NAME_MAX} of A-Z a-z 0-9 . _ -"),
+            });
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.push_linger) {
+            return Err(Error::Invalid {
+                name: "MARKETFLOW_PUSH_LINGER",
+                message: "must be between 10ms and 60s".into(),
             });
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&self.notice_poll_interval) {

@@ -117,8 +117,14 @@ pub fn registry(
         r.override_timer(kind, timer, *d);
     }
     let records = crate::engine::records::Records::new(store);
-    MarketCalls::new(market_client(config)?, records, catalog, clock, crate::app::pushes::PushConfig::default())
-        .register(&mut r);
+    MarketCalls::new(
+        market_client(config)?,
+        records,
+        catalog,
+        clock,
+        crate::app::pushes::PushConfig::with_linger(config.push_linger),
+    )
+    .register(&mut r);
     Ok(r)
 }
 

@@ -55,9 +55,16 @@ pub struct PushConfig {
     pub gather: Duration,
 }
 
+impl PushConfig {
+    /// Batches that wait at most `linger` for more windows, and go after a tenth of it without a new one.
+    pub fn with_linger(linger: Duration) -> Self {
+        Self { quiet: (linger / 10).max(Duration::from_millis(5)), linger, gather: Duration::from_secs(5) }
+    }
+}
+
 impl Default for PushConfig {
     fn default() -> Self {
-        Self { quiet: Duration::from_millis(200), linger: Duration::from_secs(2), gather: Duration::from_secs(5) }
+        Self::with_linger(Duration::from_secs(2))
     }
 }
 
