@@ -24,7 +24,7 @@
 //! is looked up in the marketplace's bill (`/sim/metering`), after a short grace for a request still on its way
 //! ([`BILL_GRACE`]), and cancelled if it is there, retried if not; other calls out of attempts are retried. The
 //! service is SIGKILLed `MARKETFLOW_CHAOS_KILLS` times at random moments (a third of them right after a start,
-//! while sled opens and the engine recovers) and started again at once.
+//! while sled opens and the engine recovers; one in the hourly burst of batched pushes) and started again at once.
 //!
 //! # What must hold at the end
 //! After the kills, with the faults off, once every switch window has closed and nothing is due:
@@ -254,6 +254,8 @@ struct Stats {
     kills: usize,
     /// Kills that landed before the service was ready (while it started or recovered).
     kills_while_starting: usize,
+    /// Kills aimed at the hourly burst of pushes.
+    kills_in_burst: usize,
     /// Starts that lost the port to the process killed just before and were made again.
     port_retries: usize,
     /// Given-up notices sent again by this test, as the marketplace's long retry schedule would.
@@ -1129,9 +1131,17 @@ impl Run {
     async fn killer(self: Arc<Self>, span: Duration) -> R<()> {
         let mut rng = StdRng::seed_from_u64(self.s.seed ^ 0x6b11);
         let mean = span.as_secs_f64() / (self.s.kills as f64 + 1.0);
-        for _ in 0..self.s.kills {
-            // A third of the kills come right after the previous start: while sled opens, the engine recovers.
-            let delay = if rng.gen_bool(0.3) {
+        for k in 0..self.s.kills {
+            // A third of the kills come right after the previous start: while sled opens, the engine recovers. One,
+            // halfway, is aimed at the hourly burst: the 5th minute of the next hour, when every subscription's window
+            // is metered and pushed in batches, so that a batch in flight dies with the process.
+            let aimed = k == self.s.kills / 2;
+            let delay = if aimed {
+                let now = self.clock.now();
+                let burst = now.duration_trunc(TimeDelta::hours(1)).unwrap_or(now) + TimeDelta::minutes(65);
+                let burst = if burst - now > TimeDelta::hours(1) { burst - TimeDelta::hours(1) } else { burst };
+                self.s.real(burst - now) + Duration::from_millis(rng.gen_range(100..=600))
+            } else if rng.gen_bool(0.3) {
                 Duration::from_millis(rng.gen_range(0..=25))
             } else {
                 Duration::from_secs_f64(mean * rng.gen_range(0.3..1.7))
@@ -1152,6 +1162,7 @@ impl Run {
             let mut st = self.stat();
             st.kills += 1;
             st.kills_while_starting += usize::from(!was_ready);
+            st.kills_in_burst += usize::from(aimed);
         }
         Ok(())
     }
@@ -1860,7 +1871,7 @@ async fn chaos(node_count: usize, database: Option<String>) {
     let instances = lock(&run.model).instances.len();
     let st = std::mem::take(&mut *lock(&run.stats));
     println!(
-        "chaos ({node_count} node(s), {}): {} subscriptions ({} customers: {:?}), {} users; {} kills ({} while starting or recovering, {} port \
+        "chaos ({node_count} node(s), {}): {} subscriptions ({} customers: {:?}), {} users; {} kills ({} while starting or recovering, {} in an hourly burst of pushes, {} port \
          retries); faults injected {}; SPI repeats: {} duplicated by the marketplace, {} replayed later, {} given-up \
          notices sent again; {} notices given up or lost, left to the service's polls and checks; {} requests without an answer and {} 503s retried; {} usage records; bindings {:?}; \
          operator: {} retries, {} cancels (push found on the bill); end state {numbers:?}; service time {} h {} min \
@@ -1872,6 +1883,7 @@ async fn chaos(node_count: usize, database: Option<String>) {
         settings.users,
         st.kills,
         st.kills_while_starting,
+        st.kills_in_burst,
         st.port_retries,
         injected["injected"],
         injected["injected"]["spi_duplicates"],

@@ -103,6 +103,12 @@ fn notify_org(cx: &mut Cx<'_, Subscription>, event: fn(String) -> OrganizationEv
     Ok(())
 }
 
+/// The marketplace's status as a notice tells it (the marketplace sends each notice once it has changed the
+/// instance), so that what operators and buyers read follows the marketplace between two DescribeInstance answers.
+fn follow_marketplace(cx: &mut Cx<'_, Subscription>, status: &str) {
+    cx.data.marketplace_status = Some(status.to_string());
+}
+
 /// Starts or stops the usage billing of this subscription (its metering entity, same id).
 fn metering(cx: &mut Cx<'_, Subscription>, start: bool) -> Result<(), Reject> {
     let Some(org) = cx.data.org.clone() else { return Ok(()) };
@@ -350,8 +356,12 @@ impl Workflow for SubscriptionWorkflow {
                 }
                 cx.note(format!("orderPay {request_id} for order {order_id}"));
             }
-            ("activate", _) => {
+            ("activate", signal) => {
                 arm_check(cx);
+                if matches!(signal, Signal::Event(E::OrderPaid { .. })) {
+                    // orderPay is sent once the marketplace has opened the instance: what DescribeInstance says.
+                    follow_marketplace(cx, "OPENED");
+                }
                 cx.data.activated_at = Some(now);
                 let waited = cx.data.created_at.map(|c| (now - c).num_seconds()).unwrap_or(0);
                 cx.note(format!("activated after {waited} s"));
@@ -361,6 +371,7 @@ impl Workflow for SubscriptionWorkflow {
             }
             ("expire", signal) => {
                 cx.data.expired_at = Some(now);
+                follow_marketplace(cx, "EXPIRED");
                 notify_org(cx, |instance_id| OrganizationEvent::ChannelSuspended { instance_id })?;
                 metering(cx, false)?;
                 arm_check(cx);
@@ -446,6 +457,7 @@ impl Workflow for SubscriptionWorkflow {
             }
             ("resume", Signal::Event(E::Resume { sku_id })) => {
                 cx.data.resumed_at = Some(now);
+                follow_marketplace(cx, "OPENED");
                 notify_org(cx, |instance_id| OrganizationEvent::ChannelResumed { instance_id })?;
                 metering(cx, true)?;
                 arm_check(cx);
@@ -454,6 +466,7 @@ impl Workflow for SubscriptionWorkflow {
             }
             ("release", signal) => {
                 cx.data.released_at = Some(now);
+                follow_marketplace(cx, "CLOSED");
                 notify_org(cx, |instance_id| OrganizationEvent::ChannelReleased { instance_id })?;
                 metering(cx, false)?;
                 if let Signal::Event(E::Release { is_refund, .. }) = signal {
@@ -597,6 +610,31 @@ mod tests {
         }
         // 1,000 expected in each quarter; a burst would put most in one.
         assert!(quarters.iter().all(|q| (800..=1200).contains(q)), "{quarters:?}");
+    }
+
+    #[test]
+    fn marketplace_status_follows_the_notices() {
+        let d = def();
+        let key = EntityKey::new(KIND, "9001").unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 8, 0, 0).unwrap();
+        let rec = step(&SubscriptionWorkflow, &d, &key, None, &create(), now).unwrap().record.unwrap();
+        let notice = |id: &str, body: serde_json::Value, action: &str| {
+            Input::domain(id, body, Cause::Spi { action: action.into() })
+        };
+        let status = |r: &crate::engine::EntityRecord| r.data["marketplace_status"].as_str().map(String::from);
+        assert_eq!(status(&rec), None);
+        let pay = notice("p", json!({"type": "order_paid", "request_id": "rq-1", "order_id": "o-1"}), "orderPay");
+        let rec = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &pay, now).unwrap().record.unwrap();
+        assert_eq!((rec.state.as_str(), status(&rec).as_deref()), ("active", Some("OPENED")));
+        let expire = notice("e", json!({"type": "expire"}), "expiredInstance");
+        let rec = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &expire, now).unwrap().record.unwrap();
+        assert_eq!((rec.state.as_str(), status(&rec).as_deref()), ("expired", Some("EXPIRED")));
+        let resume = notice("u", json!({"type": "resume", "sku_id": "sku"}), "resumeInstance");
+        let rec = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &resume, now).unwrap().record.unwrap();
+        assert_eq!((rec.state.as_str(), status(&rec).as_deref()), ("active", Some("OPENED")));
+        let release = notice("r", json!({"type": "release", "is_refund": false, "order_id": null}), "releaseInstance");
+        let rec = step(&SubscriptionWorkflow, &d, &key, Some(&rec), &release, now).unwrap().record.unwrap();
+        assert_eq!((rec.state.as_str(), status(&rec).as_deref()), ("released", Some("CLOSED")));
     }
 
     #[test]
