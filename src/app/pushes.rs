@@ -228,7 +228,12 @@ impl Pusher {
         };
         if !self.shared.started.swap(true, Ordering::AcqRel) {
             let shared = self.shared.clone();
-            tokio::spawn(async move { form_batches(shared).await });
+            // The loop never ends; should it panic, it is started again, or every push of the node would wait.
+            tokio::spawn(async move {
+                while let Err(e) = tokio::spawn(form_batches(shared.clone())).await {
+                    tracing::error!(error = %e, "the loop that forms metering batches died; starting it again");
+                }
+            });
         }
         let (tx, rx) = oneshot::channel();
         {
@@ -296,6 +301,13 @@ impl Pusher {
     }
 }
 
+/// Whether an instance last carried at `at` (`DateTime::MAX_UTC`: seated, not yet sent) may go in a call at `now`.
+/// Checked arithmetic: the seated marker is the latest time there is, and a panic here would end the loop that
+/// forms every batch of the node.
+fn free_at(at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    at.checked_add_signed(SPACING).is_some_and(|free| free <= now)
+}
+
 /// Whether an operator holds the pushes; a store that cannot answer counts as held (nothing can be recorded
 /// then either).
 async fn held(records: &Records) -> bool {
@@ -346,7 +358,7 @@ async fn form_batches(shared: Arc<Shared>) {
         {
             let mut st = shared.lock();
             if st.pruned.is_none_or(|p| now - p >= SPACING) {
-                st.recent.retain(|_, at| *at + SPACING > now);
+                st.recent.retain(|_, at| !free_at(*at, now));
                 st.pruned = Some(now);
             }
             let mut i = 0;
@@ -369,12 +381,11 @@ async fn form_batches(shared: Arc<Shared>) {
                     continue;
                 }
                 if let Some(at) = st.recent.get(&a.instance) {
-                    if *at == DateTime::<Utc>::MAX_UTC {
-                        continue;
-                    }
-                    if *at + SPACING > now {
-                        let free = *at + SPACING;
-                        next_service = Some(next_service.map_or(free, |n| n.min(free)));
+                    if !free_at(*at, now) {
+                        // Seated and not yet sent (no time), or sent less than 60 s ago (free then).
+                        if let Some(free) = at.checked_add_signed(SPACING) {
+                            next_service = Some(next_service.map_or(free, |n| n.min(free)));
+                        }
                         continue;
                     }
                 }
@@ -504,7 +515,7 @@ async fn send_group(shared: Arc<Shared>, group: Vec<Deposit>) {
                 tracing::warn!(records = group.len(), error = %e, "a batch was refused; splitting it to find the record");
                 let mut first = group;
                 let second = first.split_off(first.len() / 2);
-                let again = now + SPACING;
+                let again = now.checked_add_signed(SPACING).unwrap_or(now);
                 let mut st = shared.lock();
                 st.resends.push((again, first));
                 st.resends.push((again, second));
@@ -554,5 +565,27 @@ impl App {
         let result = ActionResult { paused: Some(hold), ..Default::default() };
         self.engine.write_audited(w, &hold_subject(), &audit, &result).await?;
         Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seated_instance_is_never_free_and_its_marker_does_not_overflow() {
+        let now = Utc::now();
+        assert!(!free_at(DateTime::<Utc>::MAX_UTC, now));
+        assert!(!free_at(now - TimeDelta::seconds(59), now));
+        assert!(free_at(now - SPACING, now));
+        // Pruning keeps seated instances and recent ones, drops the free (the loop once died on this).
+        let mut recent: HashMap<String, DateTime<Utc>> = HashMap::new();
+        recent.insert("seated".into(), DateTime::<Utc>::MAX_UTC);
+        recent.insert("recent".into(), now - TimeDelta::seconds(10));
+        recent.insert("old".into(), now - TimeDelta::minutes(5));
+        recent.retain(|_, at| !free_at(*at, now));
+        let mut kept: Vec<_> = recent.into_keys().collect();
+        kept.sort();
+        assert_eq!(kept, ["recent", "seated"]);
     }
 }
