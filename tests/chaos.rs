@@ -1677,6 +1677,8 @@ async fn chaos(node_count: usize, database: Option<String>) {
         ("MARKETFLOW_TIME_SCALE", settings.scale.to_string()),
         // A service hour is a few seconds here: the 免登 link must survive a busy machine's scheduling delays.
         ("MARKETFLOW_SSO_WINDOW", "1h".into()),
+        // Batches wait for more windows in real time: 2 s would be 20 service minutes of the hour a window has left.
+        ("MARKETFLOW_PUSH_LINGER", "200ms".into()),
         // Every customer of the run is one client address (loopback): the per-address limits are not under test.
         (
             "MARKETFLOW_RATE_LIMITS",

@@ -81,7 +81,8 @@ pub struct Window {
     pub pushed_at: Option<DateTime<Utc>>,
     /// Usage records that overlapped the window.
     pub records: u64,
-    /// The marketplace refused the push on its merits (not a failure to meter or to reach it).
+    /// The marketplace refused the push on its merits before the window's deadline (not a failure to meter or to
+    /// reach it, not an operator's cancel, not a push that came too late).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refused: bool,
 }
@@ -288,8 +289,9 @@ impl Workflow for MeteringWorkflow {
                 if let Some(i) = i {
                     let w = &mut cx.data.windows[i];
                     w.error = Some(error.clone());
-                    // Refused by the marketplace, not cancelled by an operator (who decided it, and why).
-                    w.refused = pushing && !by_operator;
+                    // Refused by the marketplace on its merits before the window's deadline: not cancelled by an
+                    // operator (who decided it, and why), and not lost by pushing too late (a loss a person must see).
+                    w.refused = pushing && !by_operator && now < w.deadline;
                     let units = w.units;
                     if w.refused && stopped {
                         w.status = "not_billable".into();
