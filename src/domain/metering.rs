@@ -355,7 +355,8 @@ fn close_windows(cx: &mut Cx<'_, Metering>) -> Result<(), Reject> {
 
 fn push_window(cx: &mut Cx<'_, Metering>, org: &OrgId, start: DateTime<Utc>, end: DateTime<Utc>) {
     let deadline = floor_hour(end) + TimeDelta::hours(if floor_hour(end) == end { 1 } else { 2 });
-    let too_short = end - start <= MIN_WINDOW;
+    // In whole seconds, as the window is pushed: 5 min 0.3 s goes out as 300 s, which the marketplace refuses.
+    let too_short = end.timestamp() - start.timestamp() <= MIN_WINDOW.num_seconds();
     cx.data.windows.push(Window {
         start,
         end,
