@@ -48,8 +48,21 @@ fn pause_config() -> Option<&'static (String, std::path::PathBuf)> {
 /// garbage-collection pause or a frozen virtual machine would stop it) and removes the file; the test continues
 /// it with SIGCONT. Unarmed (the variables unset, as in production), a pausepoint costs one check of a static.
 pub fn pause(name: &str) {
+    pause_when(name, |_| true)
+}
+
+/// [`pause`], but a file with content pauses only the step for which `matches(content)` holds: a node's commits
+/// of other entities (a call's retry, a timer) pass, and the test stops exactly the commit it aimed at.
+pub fn pause_when(name: &str, matches: impl FnOnce(&[u8]) -> bool) {
     let Some((armed, file)) = pause_config() else { return };
-    if armed != name || std::fs::remove_file(file).is_err() {
+    if armed != name {
+        return;
+    }
+    let Ok(content) = std::fs::read(file) else { return };
+    if !content.is_empty() && !matches(&content) {
+        return;
+    }
+    if std::fs::remove_file(file).is_err() {
         return;
     }
     eprintln!("marketflow: pausepoint `{name}` reached: stopping this process (SIGSTOP)");

@@ -350,8 +350,9 @@ async fn pause_past_the_lease(pausepoint: &str, fencing: bool) -> (Vec<String>, 
         assert!(accepted(&spi(&nodes.http, &nodes.url(0), &renew(&id, &order)).await));
         acked.push(format!("spi:renewInstance:{order}"));
     }
-    // Armed: the next commit of an entity on node 0 stops the process in the middle of it.
-    std::fs::write(&arm_path, b"").unwrap();
+    // Armed: the commit on node 0 that writes the renewal `o-paused` stops the process in the middle of it (the
+    // subscription's calls fail and are retried meanwhile: their commits pass).
+    std::fs::write(&arm_path, b"o-paused").unwrap();
     let pid = nodes.nodes[0].pid().unwrap();
     let (http, url, paused_id) = (nodes.http.clone(), nodes.url(0), id.clone());
     let paused = actix_rt::spawn(async move { spi(&http, &url, &renew(&paused_id, "o-paused")).await });

@@ -487,8 +487,14 @@ impl PostgresStore {
         let node = self.options.node.clone();
 
         let fenced_group = !fences.is_empty();
+        // A pausepoint's file names bytes the aimed commit writes (see `failpoint::pause_when`).
+        let aimed = |needle: &[u8]| {
+            by_table
+                .values()
+                .any(|tw| tw.put.iter().chain(&tw.insert).any(|(_, _, v)| v.windows(needle.len()).any(|w| w == needle)))
+        };
         if fenced_group {
-            crate::failpoint::pause("pg_before_begin");
+            crate::failpoint::pause_when("pg_before_begin", aimed);
         }
         let client = &w.client;
         let shard_list: Vec<i16> = fences.keys().map(|s| *s as i16).collect();
@@ -515,7 +521,7 @@ impl PostgresStore {
         if split {
             // The fencing test stops the node with its transaction open and no lock taken: BEGIN on its own.
             client.batch_execute("BEGIN").await.map_err(Failure::Before)?;
-            crate::failpoint::pause("pg_before_lock");
+            crate::failpoint::pause_when("pg_before_lock", aimed);
         }
         let begin = async {
             if split {
@@ -565,7 +571,7 @@ impl PostgresStore {
             }
         };
         if fenced_group {
-            crate::failpoint::pause("pg_after_lock");
+            crate::failpoint::pause_when("pg_after_lock", aimed);
         }
         let mut lost = Vec::new();
         for row in &locked {
