@@ -214,6 +214,12 @@ pub struct Config {
     /// The longest a window waits for its metering push's batch to fill (`MARKETFLOW_PUSH_LINGER`, real time); a
     /// batch also goes when full (100) or when no new window came for a tenth of this.
     pub push_linger: Duration,
+    /// How long the outcome of an input is kept to answer its repetition (`MARKETFLOW_RETENTION_IDEMPOTENCY`,
+    /// service time): far beyond the marketplace's retries.
+    pub retention_idempotency: Duration,
+    /// How long journals, usage records and the audit trail are kept (`MARKETFLOW_RETENTION_RECORDS`, service
+    /// time): billing records.
+    pub retention_records: Duration,
     /// Test-only: commits are not fenced (`MARKETFLOW_UNSAFE_NO_FENCING`), to show that fencing is what keeps
     /// journals whole when a paused node wakes up. Never set it in production.
     pub unsafe_no_fencing: bool,
@@ -259,6 +265,8 @@ impl Default for Config {
             lease: Duration::from_secs(10),
             notice_poll_interval: Duration::from_secs(300),
             push_linger: Duration::from_secs(2),
+            retention_idempotency: Duration::from_secs(30 * 86_400),
+            retention_records: Duration::from_secs(400 * 86_400),
             unsafe_no_fencing: false,
         }
     }
@@ -407,6 +415,12 @@ pub struct ServeArgs {
     /// How often every live subscription is checked with DescribeInstance (service time, e.g. 1h).
     #[arg(long, env = "MARKETFLOW_RECONCILE_INTERVAL")]
     pub reconcile_interval: Option<String>,
+    /// How long the outcome of an input is kept to answer its repetition (service time, e.g. 30d).
+    #[arg(long, env = "MARKETFLOW_RETENTION_IDEMPOTENCY")]
+    pub retention_idempotency: Option<String>,
+    /// How long journals, usage records and the audit trail are kept (service time, e.g. 400d).
+    #[arg(long, env = "MARKETFLOW_RETENTION_RECORDS")]
+    pub retention_records: Option<String>,
     /// Test-only: do not fence commits (shows what fencing prevents). Never in production.
     #[arg(long, env = "MARKETFLOW_UNSAFE_NO_FENCING", hide = true)]
     pub unsafe_no_fencing: bool,
@@ -515,6 +529,12 @@ impl Config {
         }
         if let Some(v) = &args.push_linger {
             c.push_linger = duration("MARKETFLOW_PUSH_LINGER", v)?;
+        }
+        if let Some(v) = &args.retention_idempotency {
+            c.retention_idempotency = duration("MARKETFLOW_RETENTION_IDEMPOTENCY", v)?;
+        }
+        if let Some(v) = &args.retention_records {
+            c.retention_records = duration("MARKETFLOW_RETENTION_RECORDS", v)?;
         }
         if let Some(v) = &args.reconcile_interval {
             let d = duration("MARKETFLOW_RECONCILE_INTERVAL", v)?;
@@ -703,6 +723,23 @@ impl Config {
             return Err(Error::Invalid {
                 name: "MARKETFLOW_NODE_ID",
                 message: format!("must be 1 to {OPERATOR_NAME_MAX} of A-Z a-z 0-9 . _ -"),
+            });
+        }
+        // An hour at least: the marketplace retries a notice for hours, and a journal younger than the windows it
+        // bills would lose their story.
+        for (name, d) in [
+            ("MARKETFLOW_RETENTION_IDEMPOTENCY", self.retention_idempotency),
+            ("MARKETFLOW_RETENTION_RECORDS", self.retention_records),
+        ] {
+            if !(Duration::from_secs(3600)..=Duration::from_secs(100 * 365 * 86_400)).contains(&d) {
+                return Err(Error::Invalid { name, message: "must be between 1h and 100 years".into() });
+            }
+        }
+        if self.retention_idempotency > self.retention_records {
+            return Err(Error::Invalid {
+                name: "MARKETFLOW_RETENTION_IDEMPOTENCY",
+                message: "must not be longer than MARKETFLOW_RETENTION_RECORDS (an outcome outlives its journal entry)"
+                    .into(),
             });
         }
         if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.push_linger) {

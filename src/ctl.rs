@@ -99,6 +99,36 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: Option<PushesCommand>,
     },
+    /// What needs a person: every cause with its count and next step, and the concerns (`--cause` narrows them);
+    /// `attention dismiss` removes one, audited.
+    Attention {
+        #[command(subcommand)]
+        command: Option<AttentionCommand>,
+        /// Only concerns of this cause.
+        #[arg(long)]
+        cause: Option<String>,
+        /// At most this many concerns (1–1000; default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AttentionCommand {
+    /// Dismiss one concern (dealt with outside marketflow): it comes back only if it arises again.
+    Dismiss {
+        /// The entity, `kind/id`.
+        entity: EntityRef,
+        /// The concern's cause.
+        #[arg(long)]
+        cause: String,
+        /// The concern's subject (a window's start, a call's id), as `ctl attention` prints it.
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// Why: kept in the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -173,9 +203,12 @@ pub struct ListArgs {
     /// Only entities with at least one pending timer.
     #[arg(long)]
     pub waiting_on_timer: bool,
-    /// Only entities with an external call out of attempts.
+    /// Only entities that need a person (any cause; `ctl attention` lists the causes).
     #[arg(long)]
     pub needs_attention: bool,
+    /// Only entities with a concern of this cause (e.g. `window_failed`).
+    #[arg(long)]
+    pub cause: Option<String>,
     /// Only entities in their state at least this long (e.g. `10m`, `2h`), on the service's clock.
     #[arg(long, value_name = "DURATION")]
     pub min_time_in_state: Option<String>,
@@ -361,7 +394,61 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), Error> {
         }
         CtlCommand::Cluster => cluster(&client, args.output, out).await,
         CtlCommand::Pushes { command } => pushes(&client, command.as_ref(), args.output, out).await,
+        CtlCommand::Attention {
+            command: Some(AttentionCommand::Dismiss { entity, cause, subject, reason }), ..
+        } => {
+            let url = client.ops_url(&["entities", &entity.kind, &entity.id, "attention", "dismiss"], &[])?;
+            client.post(url, json!({ "cause": cause, "subject": subject, "reason": reason })).await?;
+            let about = if subject.is_empty() { String::new() } else { format!(" [{subject}]") };
+            writeln!(out, "dismissed {cause}{about} of {entity}")?;
+            Ok(())
+        }
+        CtlCommand::Attention { command: None, cause, limit } => {
+            attention(&client, cause.as_deref(), *limit, args.output, out).await
+        }
     }
+}
+
+/// Every cause with its count and next step, then the concerns.
+async fn attention(
+    client: &Client,
+    cause: Option<&str>,
+    limit: Option<usize>,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let mut q: Vec<(&str, String)> = Vec::new();
+    if let Some(c) = cause {
+        q.push(("cause", c.to_string()));
+    }
+    if let Some(l) = limit {
+        q.push(("limit", l.to_string()));
+    }
+    let view = client.get(client.ops_url(&["attention"], &q)?).await?;
+    if output == Output::Json {
+        return print_json(out, &view);
+    }
+    let mut t = Table::new(&["CAUSE", "NOW", "NEXT STEP"]);
+    for c in array(&view, "causes") {
+        t.row(vec![text(&c, "cause"), c["count"].to_string(), text(&c, "next_step")]);
+    }
+    t.write(out, 0)?;
+    let items = array(&view, "items");
+    section(out, "Concerns", items.len())?;
+    for i in &items {
+        let subject = text(i, "subject");
+        let about = if subject.is_empty() || subject == "-" { String::new() } else { format!(" [{subject}]") };
+        writeln!(
+            out,
+            "  {}/{} {}{about} since {}",
+            text(i, "kind"),
+            text(i, "id"),
+            text(i, "cause"),
+            text(i, "since")
+        )?;
+        writeln!(out, "    {}", text(i, "next_step"))?;
+    }
+    Ok(())
 }
 
 /// The hold on pushes and this node's batches; `hold` and `release` flip the hold first.
@@ -611,6 +698,9 @@ async fn entities_list(client: &Client, a: &ListArgs, output: Output, out: &mut 
     if a.needs_attention {
         query.push(("needs_attention", "true".into()));
     }
+    if let Some(c) = &a.cause {
+        query.push(("cause", c.clone()));
+    }
     if let Some(d) = &a.min_time_in_state {
         query.push(("min_time_in_state", d.clone()));
     }
@@ -707,6 +797,16 @@ async fn entity_show(client: &Client, e: &EntityRef, output: Output, out: &mut d
     head.row(vec!["journal".into(), format!("{} entries (ctl entity journal {e})", text(&view, "seq"))]);
     writeln!(out, "{}/{}", text(&view, "kind"), text(&view, "id"))?;
     head.write(out, 2)?;
+
+    let concerns = array(&view, "attention");
+    if !concerns.is_empty() {
+        section(out, "Needs attention", concerns.len())?;
+        for c in &concerns {
+            let subject = text(c, "subject");
+            let about = if subject.is_empty() || subject == "-" { String::new() } else { format!(" [{subject}]") };
+            writeln!(out, "  {}{about}: {}", text(c, "cause"), text(c, "next_step"))?;
+        }
+    }
 
     let timers = array(&view, "timers");
     section(out, "Timers", timers.len())?;

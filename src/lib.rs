@@ -8,8 +8,9 @@
 //!   directory, durable timers, the outbox between entities, external calls with retry policies, inspection;
 //!   typed record tables (`engine::records`: every key and value shape of the records beside the workflows),
 //!   the operators' audit trail written in the commit of their action (`engine::audit`), entities by state as
-//!   counters kept with the commits (`engine::by_state`), the sweeper of ended records, its own telemetry, the
-//!   clock anchor. Only the engine reaches the store.
+//!   counters kept with the commits (`engine::by_state`), what needs a person indexed with the commit that
+//!   raises it (`engine::attention`), the sweeper of ended records, retention of journals and outcomes
+//!   (`engine::retention`), its own telemetry, the clock anchor. Only the engine reaches the store.
 //!
 //! - [`app`]: the use cases the JSON API, the pages and the console call, one function each on `app::App`
 //!   with typed inputs and results and one error (`app::AppError {kind, code}`): accounts (users, sessions with

@@ -227,8 +227,20 @@ impl Application {
         let accounts =
             crate::app::accounts::Accounts::new(engine.clone(), config.rate_limits.account, mailer, &config.public_url);
         let limiter = http::limits::Limiter::new(config.rate_limits, config.trusted_proxies.clone());
-        let rules = [crate::app::accounts::sweep_rules(), http::console::sweep_rules()].concat();
+        let keep = |d: std::time::Duration| chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+        let rules = [
+            crate::app::accounts::sweep_rules(),
+            http::console::sweep_rules(),
+            crate::engine::audit::sweep_rules(keep(config.retention_records)),
+            crate::app::usage::sweep_rules(keep(config.retention_records)),
+        ]
+        .concat();
         let swept = crate::engine::sweep::start(&engine, rules, config.sweep_interval);
+        let retention = crate::engine::retention::Retention {
+            idempotency: keep(config.retention_idempotency),
+            records: keep(config.retention_records),
+        };
+        let retained = crate::engine::retention::start(&engine, retention, config.sweep_interval);
         let app = crate::app::App { engine: engine.clone(), accounts, catalog };
         actix_rt::spawn(crate::app::notices::run_notice_poller(
             app.clone(),
@@ -236,7 +248,7 @@ impl Application {
             config.public_url.clone(),
             config.notice_poll_interval,
         ));
-        let state = web::Data::new(AppState { app, config, limiter, swept, cluster: cluster.clone() });
+        let state = web::Data::new(AppState { app, config, limiter, swept, retained, cluster: cluster.clone() });
         let connections = crate::ratelimit::Connections::new(
             state.config.rate_limits.connections,
             state.config.trusted_proxies.clone(),

@@ -1439,7 +1439,7 @@ async fn verify(run: &Arc<Run>, errors: &mut Vec<String>) -> R<BTreeMap<String, 
             let cancelled_on_bill =
                 cancelled.contains(&key) && w["error"].as_str().is_some_and(|e| e.contains("cancelled"));
             match status {
-                "pushed" | "failed" if got.len() > 1 => {
+                "pushed" | "failed" | "cancelled" if got.len() > 1 => {
                     errors.push(format!("metering {id}: window {start} – {end} pushed {} times: {got:?}", got.len()))
                 }
                 "pushed" if got.len() == 1 => {
@@ -1461,7 +1461,7 @@ async fn verify(run: &Arc<Run>, errors: &mut Vec<String>) -> R<BTreeMap<String, 
                 "pushed" => errors.push(format!(
                     "metering {id}: window {start} – {end} is pushed but the marketplace has no record of it"
                 )),
-                "failed" if cancelled_on_bill && got.len() == 1 => {
+                "cancelled" if cancelled_on_bill && got.len() == 1 => {
                     *numbers.entry("windows settled by the operator (on the bill)".into()).or_default() += 1;
                     matched.insert(key);
                 }

@@ -802,3 +802,131 @@ async fn windows_of_unknown_outcome_are_listed_previewed_and_resolved_from_the_c
     );
     w.shutdown().await;
 }
+
+/// Every cause of attention in the API, `ctl` and the console: a subscription past its activation deadline, one
+/// the marketplace does not know; each with its next step, counted on `/metrics`, listed by cause; one dismissed
+/// from the console (audited, and it stays dismissed while the same concern lasts), the other settled by the
+/// marketplace opening the instance late.
+#[actix_rt::test]
+async fn every_cause_of_attention_shows_in_the_api_ctl_and_console_and_goes_when_settled_or_dismissed() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    // Opened by the marketplace only after an hour: past the 15-minute activation deadline.
+    let late = w.open("1688000000000971", 3600).await;
+    w.pass_minutes(&late, 16).await;
+    w.wait_state(&late, "activation_failed").await;
+    // A createInstance for an instance the marketplace has no record of: DescribeInstance answers not found.
+    let q = world::signed(&[
+        ("action", "createInstance"),
+        ("aliUid", "100000971"),
+        ("orderBizId", "97100"),
+        ("orderId", "971001"),
+        ("productCode", "cmgj00063418"),
+        ("skuId", "payg"),
+        ("trial", "false"),
+        ("expiredOn", "2099-01-01 00:00:00"),
+    ]);
+    let r = w.http.get(format!("{}/aliyun/spi?{q}", w.service)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let unknown = "97100";
+    until(&w, &format!("subscription/{unknown}"), Duration::from_secs(60), |v| {
+        v["attention"].as_array().is_some_and(|a| a.iter().any(|c| c["cause"] == "instance_not_found"))
+    })
+    .await;
+
+    // The API: every cause described and counted, the concerns with their next step.
+    let (st, a) = w.api(Method::GET, "/api/v1/ops/attention", Some(OP), None).await;
+    assert_eq!(st, 200, "{a}");
+    let causes: BTreeMap<String, u64> = a["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["cause"].as_str().unwrap().to_string(), c["count"].as_u64().unwrap()))
+        .collect();
+    let expected: BTreeMap<String, u64> = [
+        ("activation_overdue", 1),
+        ("call_out_of_attempts", 0),
+        ("call_outcome_unknown", 0),
+        ("instance_not_found", 1),
+        ("message_undeliverable", 0),
+        ("window_failed", 0),
+    ]
+    .into_iter()
+    .map(|(c, n)| (c.to_string(), n))
+    .collect();
+    assert_eq!(causes, expected, "{a}");
+    assert!(a["causes"].as_array().unwrap().iter().all(|c| !c["covers"].as_str().unwrap().is_empty()), "{a}");
+    let by_id = |id: &str| a["items"].as_array().unwrap().iter().find(|i| i["id"] == id).cloned().unwrap_or_default();
+    assert_eq!(by_id(&late)["cause"], "activation_overdue", "{a}");
+    assert!(by_id(&late)["next_step"].as_str().unwrap().contains("a late OPENED still activates it"), "{a}");
+    assert!(by_id(unknown)["next_step"].as_str().unwrap().contains("InvalidInstanceId.NotFound"), "{a}");
+    let (_, list) = w.api(Method::GET, "/api/v1/ops/entities?cause=instance_not_found", Some(OP), None).await;
+    let ids: Vec<&str> = list["items"].as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids, [unknown], "{list}");
+    let (_, list) = w.api(Method::GET, "/api/v1/ops/entities?needs_attention=true", Some(OP), None).await;
+    let mut ids: Vec<&str> = list["items"].as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
+    ids.sort();
+    let mut both = vec![late.as_str(), unknown];
+    both.sort();
+    assert_eq!(ids, both, "{list}");
+    let (st, v) = w.api(Method::GET, "/api/v1/ops/entities?cause=bored", Some(OP), None).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("unknown_cause")), "{v}");
+    let metrics = w.http.get(format!("{}/metrics", w.service)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("marketflow_needs_attention{cause=\"activation_overdue\"} 1"), "{metrics}");
+    assert!(metrics.contains("marketflow_needs_attention{cause=\"window_failed\"} 0"), "{metrics}");
+    assert!(metrics.contains("marketflow_drift_total{kind=\"not_found\"} 1"), "{metrics}");
+
+    // `ctl`: the causes with their counts, the concerns; the list by cause.
+    let out = crate::ops::ctl(&w, "alice", &["attention"]).await.unwrap();
+    assert!(
+        out.contains("activation_overdue") && out.contains(&format!("subscription/{unknown} instance_not_found")),
+        "{out}"
+    );
+    let out = crate::ops::ctl(&w, "alice", &["entities", "list", "--cause", "activation_overdue"]).await.unwrap();
+    assert!(out.contains(&format!("subscription/{late}")) && !out.contains(unknown), "{out}");
+
+    // The console: the filter by cause, what each cause covers, and the entity's concerns with a dismiss button.
+    let b = Browser::new(&w);
+    b.login("Wen Ops").await;
+    let page = b.get("/console?cause=activation_overdue").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(listed(&page), std::slice::from_ref(&late), "{}", page.body);
+    assert!(page.body.contains("data-cause=\"instance_not_found\" data-count=\"1\""), "{}", page.body);
+    let page = b.get("/console?cause=bored").await;
+    assert_eq!((page.status, page.code_of("filter-error").as_deref()), (400, Some("unknown_cause")));
+    let page = b.get(&format!("/console/entities/subscription/{unknown}")).await;
+    assert!(page.body.contains("class=\"concern\" data-cause=\"instance_not_found\""), "{}", page.body);
+    let csrf = page.csrf();
+    let path = format!("/console/entities/subscription/{unknown}/actions/dismiss");
+    let form = [("csrf", csrf.as_str()), ("cause", "instance_not_found"), ("subject", ""), ("reason", "a test order")];
+    let done = b.post(&path, &form, None).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("data-status=\"ok\""), "{}", done.body);
+    assert!(!done.body.contains("class=\"concern\""), "{}", done.body);
+    assert!(w.audit_trail().await.contains(&("Wen Ops".into(), "dismiss:instance_not_found".into())));
+    let (st, v) = w
+        .api(
+            Method::POST,
+            &format!("/api/v1/ops/entities/subscription/{unknown}/attention/dismiss"),
+            Some(OP),
+            Some(json!({ "cause": "instance_not_found", "reason": "again" })),
+        )
+        .await;
+    assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "dismissed already: {v}");
+    // Another poll answers not found again: the same concern, not a new one; it stays dismissed.
+    let (_, v) = w.entity(unknown).await;
+    let failures = v["data"]["poll_failures"].as_u64().unwrap();
+    until(&w, &format!("subscription/{unknown}"), Duration::from_secs(60), |v| {
+        v["data"]["poll_failures"].as_u64().unwrap() > failures
+    })
+    .await;
+    let (_, a) = w.api(Method::GET, "/api/v1/ops/attention?cause=instance_not_found", Some(OP), None).await;
+    assert_eq!(a["items"], json!([]), "{a}");
+
+    // The marketplace opens the late one: active, and its concern is settled by that very transition.
+    until(&w, &format!("subscription/{late}"), Duration::from_secs(600), |v| v["state"] == "active").await;
+    let (_, a) = w.api(Method::GET, "/api/v1/ops/attention?cause=activation_overdue", Some(OP), None).await;
+    let ids: Vec<&str> = a["items"].as_array().unwrap().iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, [unknown], "the unknown instance passed its own deadline meanwhile; the late one is settled: {a}");
+    w.shutdown().await;
+}

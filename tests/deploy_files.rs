@@ -42,7 +42,7 @@ fn promtool(args: &[&str]) -> String {
 #[actix_rt::test]
 async fn alerts_pass_promtool_read_served_series_and_link_their_runbook() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(promtool(&["check", "rules", "alerts.yml"]).contains("SUCCESS: 12 rules found"));
+    assert!(promtool(&["check", "rules", "alerts.yml"]).contains("SUCCESS: 13 rules found"));
     assert!(promtool(&["test", "rules", "alerts.test.yml"]).contains("SUCCESS"));
 
     let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
@@ -81,6 +81,6 @@ async fn alerts_pass_promtool_read_served_series_and_link_their_runbook() {
             assert!(anchors.contains(&name.to_lowercase()), "docs/runbook.md has no section {name}");
         }
     }
-    assert_eq!(alert_names, 12);
+    assert_eq!(alert_names, 13);
     w.shutdown().await;
 }

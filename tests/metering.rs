@@ -391,6 +391,16 @@ async fn windows_of_unknown_outcome_are_resolved_in_bulk_with_a_dry_run_and_an_a
     for s in [&sa, &sb] {
         assert_eq!(w.metering(s).await["needs_attention"], true, "a dry run changed {s}");
     }
+    // Both are in the attention index, under the cause of an unknown outcome, with the next step in words.
+    let a = attention(&w, "call_outcome_unknown").await;
+    let count = |a: &Value, cause: &str| {
+        a["causes"].as_array().unwrap().iter().find(|c| c["cause"] == cause).map(|c| c["count"].clone())
+    };
+    assert_eq!(count(&a, "call_outcome_unknown"), Some(json!(2)), "{a}");
+    let mut ids: Vec<&str> = a["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, both, "{a}");
+    assert!(a["items"][0]["next_step"].as_str().unwrap().contains("check the marketplace"), "{a}");
 
     // One instance, marked pushed with the bill's request id.
     let body = json!({"resolution": "mark-pushed", "instances": [sa], "reason": "on the bill of 27 Nov",
@@ -412,13 +422,17 @@ async fn windows_of_unknown_outcome_are_resolved_in_bulk_with_a_dry_run_and_an_a
     assert!(out.starts_with("1 window(s) would be resolved as cancel"), "{out}");
     assert!(out.contains(sb.as_str()) && !out.contains(sa.as_str()), "{out}");
 
-    // The rest of the hour, cancelled: failed, with the operator's reason.
+    // The rest of the hour, cancelled, with the operator's reason.
     let (st, v) = resolve(json!({"resolution": "cancel", "hour": hour, "reason": "not on the bill, too late"})).await;
     assert_eq!((st, v["windows"].as_array().unwrap().len()), (200, 1), "{v}");
     let m = w.metering_settled(&sb).await;
     let window = m["data"]["windows"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(window["status"], "failed", "{m}");
+    assert_eq!(window["status"], "cancelled", "{m}");
     assert!(window["error"].as_str().unwrap().contains("not on the bill, too late"), "{window}");
+    assert_eq!(m["needs_attention"], false, "an operator's cancel is settled, not a failure to look at: {m}");
+    let a = attention(&w, "call_outcome_unknown").await;
+    assert_eq!(count(&a, "call_outcome_unknown"), Some(json!(0)), "{a}");
+    assert_eq!(count(&a, "window_failed"), Some(json!(0)), "{a}");
 
     // The audit trail: who resolved which window and why.
     let (_, trail) = w.api(Method::GET, "/api/v1/ops/audit", Some(OP), None).await;
@@ -431,6 +445,13 @@ async fn windows_of_unknown_outcome_are_resolved_in_bulk_with_a_dry_run_and_an_a
     assert!(rows.contains(&("window:mark-pushed".into(), "on the bill of 27 Nov".into())), "{trail}");
     assert!(rows.contains(&("window:cancel".into(), "not on the bill, too late".into())), "{trail}");
     w.shutdown().await;
+}
+
+/// What needs attention, every cause counted and the concerns of `cause` listed (`GET /api/v1/ops/attention`).
+async fn attention(w: &World, cause: &str) -> Value {
+    let (st, v) = w.api(Method::GET, &format!("/api/v1/ops/attention?cause={cause}"), Some(OP), None).await;
+    assert_eq!(st, 200, "{v}");
+    v
 }
 
 /// `n` subscriptions, each bound by `owner` to an organization of its own made for them by an operator (cheap: no
@@ -735,6 +756,14 @@ async fn a_refused_batch_is_split_to_find_the_refused_window() {
     let window = m["data"]["windows"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(window["status"], "failed", "{m}");
     assert!(window["error"].as_str().unwrap().contains("InvalidMetering.InstanceClosed"), "{window}");
+    // A person must see it: the attention index holds the window, its units and why.
+    let a = attention(&w, "window_failed").await;
+    let items = a["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{a}");
+    assert_eq!((items[0]["kind"].as_str(), items[0]["id"].as_str()), (Some("metering"), Some(closed.as_str())), "{a}");
+    let start = chrono::DateTime::parse_from_rfc3339(window["start"].as_str().unwrap()).unwrap();
+    assert_eq!(items[0]["subject"], start.to_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "{a}");
+    assert!(items[0]["next_step"].as_str().unwrap().contains("InvalidMetering.InstanceClosed"), "{a}");
 
     // The failed-notice poll takes the given-up releaseInstance: released, and the refused window not billable.
     w.clock.set(h0 + TimeDelta::hours(4));
@@ -748,10 +777,135 @@ async fn a_refused_batch_is_split_to_find_the_refused_window() {
         if status == "not_billable" {
             assert_eq!(m["data"]["totals"]["windows_not_billable"], 1, "{m}");
             assert_eq!(m["data"]["totals"]["windows_failed"], 0, "{m}");
+            // Not billable is nobody's work: the transition that found it settled the concern.
+            let a = attention(&w, "window_failed").await;
+            assert_eq!(a["items"].as_array().map(Vec::len), Some(0), "{a}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{m}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    w.shutdown().await;
+}
+
+/// A series of `/metrics`, summed over its labels matching `labels` (e.g. `table="journal"`).
+async fn metric(w: &World, name: &str, labels: &str) -> f64 {
+    let text = w.http.get(format!("{}/metrics", w.service)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// The stored rows of `table` once retention has passed over the whole journal twice more (the count follows a
+/// pass; the sweeper of usage and audit records runs at the same interval).
+async fn rows_after_retention(w: &World, table: &str) -> u64 {
+    let start = metric(w, "marketflow_retention_cycles_total", "").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(w, "marketflow_retention_cycles_total", "").await < start + 2.0 {
+        assert!(std::time::Instant::now() < deadline, "retention made no pass");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    metric(w, "marketflow_store_records", &format!("table=\"{table}\"")).await as u64
+}
+
+/// Retention: fifty bound subscriptions billed hour after hour, with journals, usage records, the audit trail and
+/// inputs' outcomes kept two hours (outcomes one): once the horizon is reached the stored rows stay flat while
+/// every hour adds as many as ever; an operator's audit row and the createInstance outcomes go at their time.
+#[actix_rt::test]
+async fn retention_keeps_the_stored_rows_flat_once_the_horizon_is_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::with_config(dir.path(), |c| {
+        c.retention_idempotency = Duration::from_secs(3600);
+        c.retention_records = Duration::from_secs(2 * 3600);
+        c.sweep_interval = Duration::from_millis(20);
+    })
+    .await;
+    let owner = w.user("rita").await;
+    let pairs = many_bound(&w, &owner, 50).await;
+    let (st, v) = w
+        .api(
+            Method::POST,
+            &format!("/api/v1/ops/entities/subscription/{}/actions/pause", pairs[0].0),
+            Some(OP),
+            Some(json!({"reason": "looking at it"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = w
+        .api(
+            Method::POST,
+            &format!("/api/v1/ops/entities/subscription/{}/actions/resume", pairs[0].0),
+            Some(OP),
+            Some(json!({"reason": "done"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(w.audit().await.len(), 2);
+    let outcomes = rows_after_retention(&w, "idempotency").await;
+    assert!(outcomes >= 50, "the createInstance outcomes are kept an hour: {outcomes}");
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    let written = |w: &World| {
+        let pairs = pairs.clone();
+        let (http, service) = (w.http.clone(), w.service.clone());
+        async move {
+            let mut n = 0;
+            for (s, org) in &pairs {
+                for (kind, id) in [("subscription", s), ("metering", s), ("organization", org)] {
+                    let v: Value = http
+                        .get(format!("{service}/api/v1/ops/entities/{kind}/{id}"))
+                        .bearer_auth(OP)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    n += v["seq"].as_u64().unwrap();
+                }
+            }
+            n
+        }
+    };
+    let mut seen = Vec::new();
+    for h in 0..7 {
+        let hs = h0 + TimeDelta::hours(h);
+        w.clock.set(hs + TimeDelta::hours(1));
+        for (i, (_, org)) in pairs.iter().enumerate() {
+            let (st, v) =
+                w.usage(&format!("u-{h}-{i}"), org, "c1", "performance", 1.0, hs, hs + TimeDelta::hours(1)).await;
+            assert_eq!(st, 201, "{v}");
+        }
+        w.clock.set(hs + TimeDelta::hours(1) + TimeDelta::minutes(6));
+        all_settled(&w, &pairs).await;
+        let mut row = vec![written(&w).await];
+        for table in ["journal", "records", "index", "idempotency"] {
+            row.push(rows_after_retention(&w, table).await);
+        }
+        println!(
+            "hour {h}: entries written {}, rows journal {} records {} index {} idempotency {}",
+            row[0], row[1], row[2], row[3], row[4]
+        );
+        seen.push(row);
+    }
+    // Every hour writes as much as the one before...
+    let per_hour = seen[6][0] - seen[5][0];
+    assert!(per_hour >= 150 && seen[6][0] - seen[3][0] >= 3 * per_hour - 10, "{seen:?}");
+    // ...and from the third hour on (the horizon is two), what is stored stays flat.
+    for t in 1..5 {
+        let (a, b) = (seen[3][t], seen[6][t]);
+        assert!(b <= a + a / 20 + 10, "table {t} grew from {a} to {b} after the horizon: {seen:?}");
+    }
+    assert!(seen[6][1] < seen[6][0], "the journal holds less than was ever written: {seen:?}");
+    let left = rows_after_retention(&w, "idempotency").await;
+    assert!(left < 50, "the createInstance outcomes went after an hour: {outcomes} then {left}");
+    assert!(w.audit().await.is_empty(), "the audit rows went after two hours");
+    assert!(metric(&w, "marketflow_journal_trimmed_total", "").await > 0.0);
+    assert!(metric(&w, "marketflow_store_bytes", "").await > 0.0);
+    // Usage records of the last two hours are kept; older ones, and their ids, are gone.
+    let (st, v) = w
+        .usage("u-6-0", &pairs[0].1, "c1", "performance", 1.0, h0 + TimeDelta::hours(6), h0 + TimeDelta::hours(7))
+        .await;
+    assert_eq!(st, 200, "a repeat of a kept record: {v}");
     w.shutdown().await;
 }

@@ -20,7 +20,7 @@ struct Cli {
 }
 
 /// Runs `ctl` as operator `name`, the way the binary parses its argv; answers what it printed.
-async fn ctl(w: &World, name: &str, argv: &[&str]) -> Result<String, ctl::Error> {
+pub(crate) async fn ctl(w: &World, name: &str, argv: &[&str]) -> Result<String, ctl::Error> {
     let mut full = vec!["ctl", "--url", &w.service, "--token", OP, "--operator", name];
     full.extend_from_slice(argv);
     let args = Cli::try_parse_from(full).unwrap_or_else(|e| panic!("{argv:?} does not parse: {e}")).args;
@@ -99,6 +99,17 @@ async fn retry_and_cancel_a_failed_call_with_the_audit_trail() {
     assert_eq!(ids, [id.as_str()], "{list}");
     let out = ctl(&w, "alice", &["entities", "list", "--needs-attention"]).await.unwrap();
     assert!(out.contains(&entity), "{out}");
+    // Under its cause, with the call and its last error in the next step.
+    let v = show(&w, &entity).await;
+    let concern = &v["attention"][0];
+    assert_eq!(
+        (concern["cause"].as_str(), concern["subject"].as_str()),
+        (Some("call_out_of_attempts"), Some(call.as_str())),
+        "{v}"
+    );
+    assert!(concern["next_step"].as_str().unwrap().contains("retry or cancel"), "{v}");
+    let (_, list) = w.api(Method::GET, "/api/v1/ops/entities?cause=call_out_of_attempts", Some(OP), None).await;
+    assert_eq!(list["items"][0]["id"], id.as_str(), "{list}");
 
     // Refusals change nothing: no token, the service's token, no reason, an unknown action, an unknown call.
     let body = json!({ "reason": "marketplace back", "call_id": call });
@@ -145,6 +156,7 @@ async fn retry_and_cancel_a_failed_call_with_the_audit_trail() {
     })
     .await;
     assert_eq!(v["state"], "opening", "not opened yet in the marketplace: {v}");
+    assert_eq!(v["attention"], json!([]), "the retry settled the concern: {v}");
     assert!(v["data"]["polls"].as_u64().unwrap_or(0) >= 1, "the retried poll counted: {v}");
 
     // Fail it again, then cancel it through the API as operator carol.
@@ -157,6 +169,7 @@ async fn retry_and_cancel_a_failed_call_with_the_audit_trail() {
     assert_eq!(v["result"]["calls"], json!([second]), "{v}");
     let v = show(&w, &entity).await;
     assert_eq!(v["needs_attention"], false, "{v}");
+    assert_eq!(v["attention"], json!([]), "the cancel settled the concern: {v}");
     assert!(v["pending_calls"].as_array().is_some_and(|c| c.is_empty()), "{v}");
     assert_eq!(v["state"], "opening", "the workflow goes on waiting for its next poll: {v}");
 

@@ -89,6 +89,12 @@ pub fn parse(
     Ok(UsageRecord { record_id, org_id, resource_id, cu_type, milli_cu, start, end, received_at: now })
 }
 
+/// Usage records whose interval ended more than `keep` ago (service time) are swept with their id's lookup: they
+/// are the billing records of windows long pushed (`MARKETFLOW_RETENTION_RECORDS`).
+pub fn sweep_rules(keep: TimeDelta) -> Vec<crate::engine::sweep::Rule> {
+    vec![USAGE.sweep("usage", "end", keep, "record_id")]
+}
+
 /// Whether a record was new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {

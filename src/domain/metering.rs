@@ -12,7 +12,7 @@ pub use super::protocol::MeteringEvent;
 pub use super::protocol::MeteringState as State;
 use super::protocol::{MeterWindow, MeteredItem, MeteringPushed, PushMetering, PushedItem, WindowMetered};
 use crate::engine::definition::Catalog;
-use crate::engine::{Cx, Reject, Signal, Workflow};
+use crate::engine::{AttentionCause, Concern, Cx, Reject, Signal, Workflow};
 
 /// The entity kind (one per subscription, same id).
 pub const KIND: &str = super::protocol::METERING;
@@ -68,8 +68,9 @@ pub struct Window {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub org: OrgId,
-    /// `metering`, `pushing`, `pushed`, `empty` (no usage), `failed`, `too_short` (≤ 5 min, cannot be pushed),
-    /// `not_billable` (refused by the marketplace because the subscription was closed or expired: nobody's work).
+    /// `metering`, `pushing`, `pushed`, `empty` (no usage), `failed`, `cancelled` (given up by an operator),
+    /// `too_short` (≤ 5 min, cannot be pushed), `not_billable` (refused by the marketplace because the subscription
+    /// was closed or expired: nobody's work).
     pub status: String,
     #[serde(default)]
     pub items: Vec<Item>,
@@ -99,6 +100,11 @@ pub struct Totals {
     pub windows_not_billable: u64,
     #[serde(default)]
     pub units_not_billable: u64,
+    /// Given up by an operator (found on the bill already, or written off), with their reason in the window.
+    #[serde(default)]
+    pub windows_cancelled: u64,
+    #[serde(default)]
+    pub units_cancelled: u64,
 }
 
 /// The metering entity's data.
@@ -135,9 +141,42 @@ fn window_index(d: &Metering, start: DateTime<Utc>) -> Option<usize> {
     d.windows.iter().position(|w| w.start == start)
 }
 
+/// A window the marketplace will not bill: refused on its merits, or lost past its deadline.
+pub const WINDOW_FAILED: &str = "window_failed";
+
 impl Workflow for MeteringWorkflow {
     type Data = Metering;
     type Event = MeteringEvent;
+
+    fn attention(&self, _state: &str, data: &Metering) -> Vec<Concern> {
+        data.windows
+            .iter()
+            .filter(|w| w.status == "failed")
+            .map(|w| {
+                let why = w.error.as_deref().unwrap_or("no error recorded");
+                let what = if w.refused { "refused by the marketplace" } else { "not pushed before its deadline" };
+                Concern {
+                    cause: WINDOW_FAILED,
+                    subject: w.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    next_step: format!(
+                        "{} units of {} – {} {what} ({why}): they are not on the marketplace's bill; bill them another \
+                         way or write them off, then dismiss",
+                        w.units,
+                        w.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        w.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    fn causes(&self) -> Vec<AttentionCause> {
+        vec![AttentionCause {
+            name: WINDOW_FAILED,
+            covers: "a usage window the marketplace will not bill: refused on its merits, or past its deadline",
+            next_step: "read the window's error; bill its units another way or write them off, then dismiss it",
+        }]
+    }
 
     fn kind(&self) -> &'static str {
         KIND
@@ -293,7 +332,12 @@ impl Workflow for MeteringWorkflow {
                     // operator (who decided it, and why), and not lost by pushing too late (a loss a person must see).
                     w.refused = pushing && !by_operator && now < w.deadline;
                     let units = w.units;
-                    if w.refused && stopped {
+                    if *by_operator {
+                        w.status = "cancelled".into();
+                        cx.data.totals.windows_cancelled += 1;
+                        cx.data.totals.units_cancelled += units;
+                        cx.note(format!("window cancelled by an operator ({call}): {error}"));
+                    } else if w.refused && stopped {
                         w.status = "not_billable".into();
                         cx.data.totals.windows_not_billable += 1;
                         cx.data.totals.units_not_billable += units;

@@ -17,13 +17,21 @@ use super::protocol::{
 use crate::aliyun::spi::{AliUid, OrderBizId, OrderId, ProductCode, RequestId, SkuId};
 use crate::engine::definition::Catalog;
 use crate::engine::EntityKey;
-use crate::engine::{Cx, Reject, Signal, Workflow};
+use crate::engine::{AttentionCause, Concern, Cx, Reject, Signal, Workflow};
 
 /// The entity kind.
 pub const KIND: &str = super::protocol::SUBSCRIPTION;
 
-/// What a check with DescribeInstance can correct, as counted on `/metrics` (`marketflow_drift_total{kind}`).
-pub const DRIFT_KINDS: &[&str] = &["expired", "resumed", "released"];
+/// What a check with DescribeInstance can find, as counted on `/metrics` (`marketflow_drift_total{kind}`): three
+/// corrections, and an instance the marketplace does not know (which needs a person).
+pub const DRIFT_KINDS: &[&str] = &["expired", "resumed", "released", "not_found"];
+
+/// The error code of DescribeInstance for an instance the marketplace does not know.
+const NOT_FOUND: &str = "InvalidInstanceId.NotFound";
+/// Not opened within the activation deadline.
+pub const ACTIVATION_OVERDUE: &str = "activation_overdue";
+/// A live subscription the marketplace does not know.
+pub const INSTANCE_NOT_FOUND: &str = "instance_not_found";
 
 /// What the marketplace told us (and when), kept as the subscription's data.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -54,6 +62,10 @@ pub struct Subscription {
     #[serde(default)]
     pub check_due: Option<DateTime<Utc>>,
     pub last_poll_error: Option<String>,
+    /// Since when DescribeInstance answers that the marketplace has no such instance (a live subscription it does
+    /// not know: a person must find out why); cleared by the next answer that knows it.
+    #[serde(default)]
+    pub not_found_since: Option<DateTime<Utc>>,
     /// orderPay notices taken (their request ids).
     #[serde(default)]
     pub payments: Vec<RequestId>,
@@ -169,6 +181,51 @@ fn reported(signal: &Signal<SubscriptionEvent>) -> Option<String> {
 impl Workflow for SubscriptionWorkflow {
     type Data = Subscription;
     type Event = SubscriptionEvent;
+
+    fn attention(&self, state: &str, data: &Subscription) -> Vec<Concern> {
+        let mut out = Vec::new();
+        if state == State::ActivationFailed.as_str() {
+            let since = data.created_at.map(|c| c.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            out.push(Concern {
+                cause: ACTIVATION_OVERDUE,
+                subject: String::new(),
+                next_step: format!(
+                    "created {} and not opened within the activation deadline (polled {} times{}); look the instance \
+                     up in the marketplace: a late OPENED still activates it, a CLOSED releases it",
+                    since.as_deref().unwrap_or("at an unknown time"),
+                    data.polls,
+                    data.last_poll_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default(),
+                ),
+            });
+        }
+        if let (Some(since), false) = (data.not_found_since, state == State::Released.as_str()) {
+            out.push(Concern {
+                cause: INSTANCE_NOT_FOUND,
+                subject: String::new(),
+                next_step: format!(
+                    "DescribeInstance has answered {NOT_FOUND} since {}: the marketplace does not know this live \
+                     subscription; check the instance id with the marketplace (a wrong product, a deleted instance)",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            });
+        }
+        out
+    }
+
+    fn causes(&self) -> Vec<AttentionCause> {
+        vec![
+            AttentionCause {
+                name: ACTIVATION_OVERDUE,
+                covers: "a subscription the marketplace did not open within the activation deadline",
+                next_step: "look the instance up in the marketplace; polling goes on, a late OPENED activates it",
+            },
+            AttentionCause {
+                name: INSTANCE_NOT_FOUND,
+                covers: "a live subscription whose instance the marketplace does not know (DescribeInstance)",
+                next_step: "check the instance with the marketplace; nothing changes on our side until it answers",
+            },
+        ]
+    }
 
     fn kind(&self) -> &'static str {
         KIND
@@ -320,6 +377,7 @@ impl Workflow for SubscriptionWorkflow {
                 }
                 cx.data.marketplace_status = Some(status);
                 cx.data.last_poll_error = None;
+                cx.data.not_found_since = None;
             }
             ("arm_check", _) => {
                 if cx.data.check_due.is_none() {
@@ -345,7 +403,12 @@ impl Workflow for SubscriptionWorkflow {
                     arm_check(cx);
                 }
             }
-            ("record_poll_failure", Signal::CallFailed { error, .. }) => {
+            ("record_poll_failure", Signal::CallFailed { error, by_operator, .. }) => {
+                if error.starts_with(NOT_FOUND) && !by_operator && cx.data.not_found_since.is_none() {
+                    cx.data.not_found_since = Some(now);
+                    cx.count("drift", "not_found");
+                    cx.note("drift: the marketplace does not know this instance (DescribeInstance: not found)");
+                }
                 cx.data.poll_failures += 1;
                 cx.data.last_poll_error = Some(error.clone());
                 cx.note(format!("DescribeInstance failed: {error}"));

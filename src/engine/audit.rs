@@ -99,6 +99,12 @@ impl Audit {
     }
 }
 
+/// The audit trail's retention: entries older than `keep` (service time) are swept ([`super::sweep`]).
+pub fn sweep_rules(keep: chrono::TimeDelta) -> Vec<super::sweep::Rule> {
+    use super::sweep::RuleClock::Service;
+    vec![AUDIT.sweep("audit", "at", keep, Service), LEGACY_AUDIT.sweep("audit", "at", keep, Service)]
+}
+
 impl super::Engine {
     /// Commits `w` with the audit row of an operator's action on something that is not an entity (the service's
     /// hold on pushes): one commit, so that neither is kept without the other.

@@ -18,8 +18,10 @@ pub struct EntityFilter {
     pub state: Option<String>,
     /// Only entities with at least one pending timer.
     pub waiting_on_timer: bool,
-    /// Only entities with a call out of attempts.
+    /// Only entities that need a person (any cause of [`super::attention`]).
     pub needs_attention: bool,
+    /// Only entities with a concern of this cause.
+    pub cause: Option<String>,
     /// Only entities that have been in their state at least this long.
     pub min_time_in_state: Option<chrono::TimeDelta>,
 }
@@ -74,11 +76,25 @@ pub struct EntityView {
     pub pending_messages: Vec<OutboxRow>,
     pub pending_calls: Vec<CallRow>,
     pub needs_attention: bool,
+    /// Why it needs a person, each concern with its next step.
+    pub attention: Vec<super::attention::AttentionRow>,
     pub last_error: Option<String>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(b).map_err(|e| Error::Internal(format!("stored value does not decode: {e}")))
+}
+
+/// Whether a record passes the filter's conditions on the record itself.
+fn keeps(filter: &EntityFilter, r: &EntityRecord, now: DateTime<Utc>) -> bool {
+    !(filter.state.as_ref().is_some_and(|s| *s != r.state)
+        || (filter.waiting_on_timer && r.timers.is_empty())
+        || filter.min_time_in_state.is_some_and(|d| now - r.state_since < d))
+}
+
+fn page_of(items: Vec<EntityRecord>, limit: usize) -> Page<EntityRecord> {
+    let next_cursor = if items.len() == limit { items.last().map(|r| format!("{}/{}", r.kind, r.id)) } else { None };
+    Page { items, next_cursor }
 }
 
 impl Engine {
@@ -119,7 +135,8 @@ impl Engine {
             }
         }
         timers.sort_by_key(|t| t.due);
-        let needs_attention = calls.iter().any(|c| c.status == CallStatus::NeedsAttention);
+        let attention = self.attention_of(key).await?;
+        let needs_attention = !attention.is_empty() || calls.iter().any(|c| c.status == CallStatus::NeedsAttention);
         let last_error = calls.iter().filter_map(|c| c.last_error.clone()).next_back();
         Ok(EntityView {
             kind: r.kind,
@@ -139,6 +156,7 @@ impl Engine {
             pending_messages: msgs,
             pending_calls: calls,
             needs_attention,
+            attention,
             last_error,
         })
     }
@@ -162,6 +180,16 @@ impl Engine {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page<EntityRecord>, Error> {
+        let after = match cursor {
+            Some(c) => {
+                let (kind, id) = c.split_once('/').ok_or_else(|| Error::InvalidInput("bad cursor".into()))?;
+                Some(EntityKey { kind: kind.into(), id: id.into() })
+            }
+            None => None,
+        };
+        if filter.needs_attention || filter.cause.is_some() {
+            return self.scan_attention(filter, after, limit).await;
+        }
         let prefix = match &filter.kind {
             Some(k) => {
                 let mut p = Vec::new();
@@ -170,11 +198,8 @@ impl Engine {
             }
             None => Vec::new(),
         };
-        let mut start = match cursor {
-            Some(c) => {
-                let (kind, id) = c.split_once('/').ok_or_else(|| Error::InvalidInput("bad cursor".into()))?;
-                Bound::Excluded(EntityKey { kind: kind.into(), id: id.into() }.prefix())
-            }
+        let mut start = match &after {
+            Some(k) => Bound::Excluded(k.prefix()),
             None => Bound::Included(prefix.clone()),
         };
         let end = prefix_end(&prefix);
@@ -189,18 +214,8 @@ impl Engine {
             for (k, v) in &page {
                 last_key = Some(k.clone());
                 let r: EntityRecord = decode(v)?;
-                if filter.state.as_ref().is_some_and(|s| *s != r.state)
-                    || (filter.waiting_on_timer && r.timers.is_empty())
-                    || filter.min_time_in_state.is_some_and(|d| now - r.state_since < d)
-                {
+                if !keeps(filter, &r, now) {
                     continue;
-                }
-                if filter.needs_attention {
-                    let key = EntityKey { kind: r.kind.clone(), id: r.id.clone() };
-                    let (_, calls) = pending_effects(self, &key).await?;
-                    if !calls.iter().any(|c| c.status == CallStatus::NeedsAttention) {
-                        continue;
-                    }
                 }
                 items.push(r);
                 if items.len() == limit {
@@ -212,9 +227,33 @@ impl Engine {
                 _ => break,
             }
         }
-        let next_cursor =
-            if items.len() == limit { items.last().map(|r| format!("{}/{}", r.kind, r.id)) } else { None };
-        Ok(Page { items, next_cursor })
+        Ok(page_of(items, limit))
+    }
+
+    /// The entities with a concern, from the attention index (never a scan of every entity).
+    async fn scan_attention(
+        &self,
+        filter: &EntityFilter,
+        after: Option<EntityKey>,
+        limit: usize,
+    ) -> Result<Page<EntityRecord>, Error> {
+        let keys = self.attention_entities(filter.cause.as_deref(), filter.kind.as_deref()).await?;
+        let now = self.inner.clock.now();
+        let mut items = Vec::new();
+        let range = match &after {
+            Some(a) => keys.range((Bound::Excluded(a.clone()), Bound::Unbounded)),
+            None => keys.range(..),
+        };
+        for key in range {
+            let Some(r) = self.record(key).await? else { continue };
+            if keeps(filter, &r, now) {
+                items.push(r);
+                if items.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(page_of(items, limit))
     }
 
     /// An entity's journal from sequence number `after` (exclusive), at most `limit`.

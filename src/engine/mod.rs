@@ -8,6 +8,7 @@
 
 pub mod actor;
 pub mod anchor;
+pub mod attention;
 pub mod audit;
 pub mod by_state;
 pub mod definition;
@@ -16,6 +17,7 @@ pub mod model;
 pub mod records;
 pub mod registry;
 pub mod request_id;
+pub mod retention;
 pub mod services;
 pub mod shards;
 pub mod step;
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 
+pub use attention::{Cause as AttentionCause, Concern};
 pub use definition::Definition;
 pub use model::*;
 pub use registry::{CallError, CallHandler, Registry, Ticket};
@@ -146,6 +149,9 @@ pub enum StartError {
     /// The store failed while the engine prepared it (counting a store of an earlier build by state).
     #[error("the engine cannot prepare the store: {0}")]
     Storage(crate::store::Error),
+    /// Indexing the concerns of a store of an earlier build failed.
+    #[error("the engine cannot index what needs attention: {0}")]
+    Attention(String),
 }
 
 /// Tuning of the engine.
@@ -338,6 +344,8 @@ impl Engine {
                 Engine { inner }.lose(shards);
             }
         }));
+        // Before timers and calls run: a store of an earlier build gets its concerns indexed once.
+        engine.index_attention_once().await.map_err(|e| StartError::Attention(e.to_string()))?;
         services::start(&engine);
         Ok(engine)
     }

@@ -158,7 +158,7 @@ impl<V> RecordTable<V> {
         clock: super::sweep::RuleClock,
     ) -> super::sweep::Rule {
         debug_assert_eq!(self.space, Space::Records, "{} is an index", self.prefix);
-        super::sweep::Rule { kind, prefix: self.prefix, field, grace, clock }
+        super::sweep::Rule { kind, prefix: self.prefix, field, grace, clock, id_index: None }
     }
 
     /// Whether a row exists (whatever its value).
@@ -262,6 +262,25 @@ impl<V: Serialize + DeserializeOwned> TimedTable<V> {
 
     fn id_key(&self, id: &str) -> Vec<u8> {
         format!("{}{id}", self.id_prefix).into_bytes()
+    }
+
+    /// The sweeper's rule for this table: rows whose `field` plus `grace` has passed (service time) are deleted with
+    /// their id's lookup, whose value names the id in `id_field` ([`super::sweep`]).
+    pub fn sweep(
+        &self,
+        kind: &'static str,
+        field: &'static str,
+        grace: chrono::TimeDelta,
+        id_field: &'static str,
+    ) -> super::sweep::Rule {
+        super::sweep::Rule {
+            kind,
+            prefix: self.prefix,
+            field,
+            grace,
+            clock: super::sweep::RuleClock::Service,
+            id_index: Some((self.id_prefix, id_field)),
+        }
     }
 
     /// The row stored under `id`, if any.

@@ -217,4 +217,16 @@ impl Registry {
     pub fn handler(&self, call: &str) -> Option<Arc<dyn CallHandler>> {
         self.handlers.get(call).cloned()
     }
+
+    /// The causes of attention the workflows declare, in kind order.
+    pub fn attention_causes(&self) -> Vec<super::attention::Cause> {
+        let mut kinds: Vec<_> = self.workflows.iter().collect();
+        kinds.sort_by_key(|(k, _)| k.as_str());
+        kinds.into_iter().flat_map(|(_, w)| w.causes()).collect()
+    }
+
+    /// The concerns of an entity of `kind` in `state` with `data` (none for a kind no workflow runs).
+    pub fn concerns(&self, kind: &str, state: &str, data: &Value) -> Vec<super::attention::Concern> {
+        self.workflows.get(kind).map(|w| w.concerns(state, data)).unwrap_or_default()
+    }
 }

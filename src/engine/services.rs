@@ -53,7 +53,7 @@ pub fn start(engine: &Engine) {
 
 /// Reads rows of a work table: every row when this node holds every shard, else those of `shards` (or of the
 /// shards this node holds, for `None`).
-async fn scan_work(
+pub(super) async fn scan_work(
     engine: &Engine,
     table: Table,
     shards: Option<&[Shard]>,
@@ -107,6 +107,8 @@ async fn recover(engine: &Engine, shards: Option<Vec<Shard>>) -> Result<(), Erro
                         if let Ok(v) = serde_json::to_vec(&row) {
                             let mut b = Batch::new();
                             b.put(Table::Effects, row.key(), v);
+                            let now = engine.inner.clock.now();
+                            super::attention::raise(&mut b, &row.entity, &super::attention::of_call(&row, true), now);
                             if let Err(e) = engine.commit_for(&row.entity, b).await {
                                 tracing::error!(id = %row.id, error = %e, "could not record an interrupted call");
                             }
@@ -278,6 +280,7 @@ impl Engine {
                     self.inner.stats.messages_delivered.fetch_add(1, Ordering::Relaxed);
                     let mut b = Batch::new();
                     b.delete(Table::Outbox, row.key());
+                    super::attention::settle(&mut b, &row.from, super::attention::MESSAGE_UNDELIVERABLE, &row.id);
                     if let Err(e) = self.commit_for(&row.from, b).await {
                         tracing::warn!(message = %row.id, error = %e, "could not remove a delivered message");
                     }
@@ -291,6 +294,12 @@ impl Engine {
                 Err(e) => {
                     tracing::error!(message = %row.id, to = %row.to, error = %e,
                         "message cannot be delivered; it stays in the outbox for operators");
+                    let mut b = Batch::new();
+                    let concern = super::attention::of_message(&row, &e.to_string());
+                    super::attention::raise(&mut b, &row.from, &concern, self.inner.clock.now());
+                    if let Err(e) = self.commit_for(&row.from, b).await {
+                        tracing::warn!(message = %row.id, error = %e, "could not record an undeliverable message");
+                    }
                     return false;
                 }
             }
@@ -396,6 +405,7 @@ impl Engine {
                 if let Ok(v) = serde_json::to_vec(&row) {
                     b.put(Table::Effects, row.key(), v);
                 }
+                super::attention::raise(&mut b, &row.entity, &super::attention::of_call(&row, true), inner.clock.now());
                 done(&row.id);
                 if let Err(err) = self.commit_for(&row.entity, b).await {
                     tracing::error!(id = %row.id, error = %err, "could not record a call with unknown outcome");
@@ -431,6 +441,7 @@ impl Engine {
                     inner.stats.calls_needing_attention.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(call = %row.call, id = %row.id, attempts = row.attempts, error = %e.message,
                         "external call out of attempts; needs an operator");
+                    super::attention::raise(&mut b, &row.entity, &super::attention::of_call(&row, false), now);
                 }
                 if let Ok(v) = serde_json::to_vec(&row) {
                     b.put(Table::Effects, row.key(), v);
@@ -552,6 +563,7 @@ impl Engine {
             row.attempts = 0;
         }
         b.put(Table::Effects, row.key(), serde_json::to_vec(&row).map_err(|e| Error::Internal(e.to_string()))?);
+        super::attention::settle_call(&mut b, &row.entity, &row.id);
         let audit = super::audit::Audit { call: Some(row.id.clone()), ..audit.clone() };
         audit.put(&mut b, &row.entity, self.inner.clock.now(), &Default::default());
         self.commit_for(&row.entity, b).await?;

@@ -132,9 +132,13 @@ pub fn step(
                 batch.delete(Table::Timers, timer_row(key, name, &t, now).key());
             }
         }
-        Event::CallResult { call_id, .. } => {
+        Event::CallResult { call_id, by_operator, .. } => {
             rec.calls.retain(|c| c != call_id);
             batch.delete(Table::Effects, call_id.as_bytes().to_vec());
+            if *by_operator {
+                // Only an operator settles a call that needs attention (or its retry, which settles it there).
+                super::attention::settle_call(&mut batch, key, call_id);
+            }
         }
         Event::Domain { .. } | Event::Control { .. } => {}
     }
@@ -263,6 +267,13 @@ pub fn step(
                 batch.put(Table::Outbox, row.key(), encode(&row)?);
                 entry.messages.push(format!("{} to {}", row.id, row.to));
                 messages.push(row);
+            }
+            for (concern, raised) in &effects.attention {
+                if *raised {
+                    super::attention::raise(&mut batch, key, concern, now);
+                } else {
+                    super::attention::settle(&mut batch, key, concern.cause, &concern.subject);
+                }
             }
             for (k, v) in &effects.index {
                 match v {

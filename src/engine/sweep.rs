@@ -30,6 +30,8 @@ pub struct Rule {
     pub grace: TimeDelta,
     /// The clock the field was written with: the engine's (service time) or the wall clock.
     pub clock: RuleClock,
+    /// A lookup of the record by id in the index table, deleted with it: `(index prefix, id field)`.
+    pub id_index: Option<(&'static str, &'static str)>,
 }
 
 /// Which clock a rule's times are on.
@@ -41,8 +43,11 @@ pub enum RuleClock {
     Wall,
 }
 
-/// Records read per rule per pass.
+/// Records read per rule per slice.
 pub const SLICE: usize = 1_000;
+/// Slices per rule per pass: a long table (usage records past their retention) is worked through a bounded slice
+/// at a time, each its own commit, so the committer is never held up for long.
+const SLICES_PER_PASS: usize = 20;
 
 /// Records deleted so far, per rule, in the rules' order.
 #[derive(Debug, Default)]
@@ -70,13 +75,18 @@ pub fn start(engine: &Engine, rules: Vec<Rule>, every: Duration) -> Arc<SweepSta
                 return;
             }
             for (i, rule) in rules.iter().enumerate() {
-                match pass(&engine, rule, cursors[i].take()).await {
-                    Ok((deleted, next)) => {
-                        stats.swept[i].1.fetch_add(deleted, Ordering::Relaxed);
-                        cursors[i] = next;
+                for _ in 0..SLICES_PER_PASS {
+                    match pass(&engine, rule, cursors[i].take()).await {
+                        Ok((deleted, next)) => {
+                            stats.swept[i].1.fetch_add(deleted, Ordering::Relaxed);
+                            cursors[i] = next;
+                        }
+                        Err(e) => {
+                            tracing::warn!(kind = rule.kind, error = %e, "sweeping ended records failed; retried next pass");
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(kind = rule.kind, error = %e, "sweeping ended records failed; retried next pass")
+                    if cursors[i].is_none() || engine.stopping() {
+                        break;
                     }
                 }
             }
@@ -104,14 +114,20 @@ async fn pass(engine: &Engine, rule: &Rule, from: Option<Vec<u8>>) -> Result<(u6
     let mut batch = Batch::new();
     let mut deleted = 0;
     for (key, value) in &rows {
-        let until = serde_json::from_slice::<serde_json::Value>(value)
-            .ok()
+        let value = serde_json::from_slice::<serde_json::Value>(value).ok();
+        let until = value
+            .as_ref()
             .and_then(|v| v.get(rule.field).cloned())
             .and_then(|t| serde_json::from_value::<DateTime<Utc>>(t).ok());
         // A record without a readable time is left alone: better kept than lost. Strictly after: a check that
         // admits its time itself (the 免登 window's `<=`) must still find the record then.
         if until.is_some_and(|t| t + rule.grace < now) {
             batch.delete(Table::Records, key.clone());
+            if let Some((prefix, field)) = rule.id_index {
+                if let Some(id) = value.as_ref().and_then(|v| v.get(field)).and_then(|i| i.as_str()) {
+                    batch.delete(Table::Index, format!("{prefix}{id}").into_bytes());
+                }
+            }
             deleted += 1;
         }
     }

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::attention::{Cause, Concern};
 use super::definition::{call_event, Catalog, Definition};
 use super::model::{EntityKey, Event};
 
@@ -64,6 +65,8 @@ pub struct Effects {
     pub index: Vec<(String, Option<Value>)>,
     /// Events worth counting on `/metrics` (family, label), counted once the transition is durable.
     pub marks: Vec<(&'static str, String)>,
+    /// Concerns raised (`true`) or settled by the transition, indexed with its commit (filled by the engine).
+    pub attention: Vec<(Concern, bool)>,
 }
 
 /// The context of one guard or action.
@@ -150,6 +153,17 @@ pub trait Workflow: Send + Sync + 'static {
     fn guard(&self, name: &str, cx: &Cx<'_, Self::Data>, signal: &Signal<Self::Event>) -> bool;
     /// Runs an action; an `Err` rejects the whole input.
     fn action(&self, name: &str, cx: &mut Cx<'_, Self::Data>, signal: &Signal<Self::Event>) -> Result<(), Reject>;
+
+    /// What in this state and data needs a person (see [`super::attention`]): a pure function of them, so that
+    /// the engine can diff it around every transition and index only the change.
+    fn attention(&self, _state: &str, _data: &Self::Data) -> Vec<Concern> {
+        Vec::new()
+    }
+
+    /// The causes [`Workflow::attention`] may name, described for the console, `ctl` and `/metrics`.
+    fn causes(&self) -> Vec<Cause> {
+        Vec::new()
+    }
 }
 
 /// What the engine needs from a workflow, with the types erased to JSON.
@@ -160,6 +174,9 @@ pub trait DynWorkflow: Send + Sync + 'static {
     fn decide(&self, input: DecideInput<'_>) -> Result<DecideOutput, DecideError>;
     /// A new entity's data.
     fn initial_data(&self) -> Value;
+    /// [`Workflow::attention`] over stored data (none when it does not decode).
+    fn concerns(&self, state: &str, data: &Value) -> Vec<Concern>;
+    fn causes(&self) -> Vec<Cause>;
 }
 
 /// Everything a decision may look at.
@@ -205,6 +222,14 @@ impl<W: Workflow> DynWorkflow for W {
         serde_json::to_value(W::Data::default()).unwrap_or(Value::Null)
     }
 
+    fn concerns(&self, state: &str, data: &Value) -> Vec<Concern> {
+        serde_json::from_value::<W::Data>(data.clone()).map(|d| self.attention(state, &d)).unwrap_or_default()
+    }
+
+    fn causes(&self) -> Vec<Cause> {
+        Workflow::causes(self)
+    }
+
     fn decide(&self, input: DecideInput<'_>) -> Result<DecideOutput, DecideError> {
         let (signal, event) = match input.event {
             Event::Domain { body } => {
@@ -232,12 +257,13 @@ impl<W: Workflow> DynWorkflow for W {
         };
         let data: W::Data =
             serde_json::from_value(input.data.clone()).map_err(|e| DecideError::BadData(e.to_string()))?;
+        let before = &data;
         let name = event.clone();
         let candidates: Vec<_> = input.definition.candidates(input.state, &name).collect();
         for t in candidates {
             let target = t.to.clone().unwrap_or_else(|| input.state.to_string());
             let mut fx = Effects::default();
-            let mut data = data.clone();
+            let mut data = before.clone();
             let mut cx = Cx {
                 key: input.key,
                 now: input.now,
@@ -257,6 +283,8 @@ impl<W: Workflow> DynWorkflow for W {
                     return Ok(DecideOutput::Rejected { event, reject });
                 }
             }
+            fx.attention =
+                super::attention::changes(self.attention(input.state, before), self.attention(&target, &data));
             let data = serde_json::to_value(&data).map_err(|e| DecideError::BadData(e.to_string()))?;
             return Ok(DecideOutput::Transition { event, to: target, data, effects: Box::new(fx), line: t.line });
         }

@@ -600,8 +600,10 @@ pub struct ListQuery {
     pub state: Option<String>,
     /// `true` (or `on`): only entities with a pending timer.
     pub waiting_on_timer: Option<String>,
-    /// `true` (or `on`): only entities with an external call out of attempts.
+    /// `true` (or `on`): only entities that need a person (any cause).
     pub needs_attention: Option<String>,
+    /// Only entities with a concern of this cause (e.g. `window_failed`).
+    pub cause: Option<String>,
     /// e.g. `10m`: only entities in their state at least this long.
     pub min_time_in_state: Option<String>,
     /// Page size, 1 to 1000 (default 50).
@@ -618,6 +620,7 @@ impl ListQuery {
             state: get("state"),
             waiting_on_timer: get("waiting_on_timer"),
             needs_attention: get("needs_attention"),
+            cause: get("cause"),
             min_time_in_state: get("min_time_in_state"),
             limit: get("limit"),
             cursor: get("cursor"),
@@ -650,6 +653,7 @@ impl ListQuery {
             state: self.state.clone(),
             waiting_on_timer: on(&self.waiting_on_timer),
             needs_attention: on(&self.needs_attention),
+            cause: self.cause.as_deref().map(|c| state.cause(c)).transpose()?.map(|c| c.as_str().to_string()),
             min_time_in_state,
         };
         Ok((filter, limit))
@@ -662,6 +666,7 @@ impl ListQuery {
             ("state", &self.state),
             ("waiting_on_timer", &self.waiting_on_timer),
             ("needs_attention", &self.needs_attention),
+            ("cause", &self.cause),
             ("min_time_in_state", &self.min_time_in_state),
             ("limit", &self.limit),
         ];
@@ -741,12 +746,23 @@ async fn list(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     states.sort();
     states.dedup();
     let on = |v: &Option<String>| v.is_some();
+    // Every cause with its count, so that the filter says what "needs attention" covers.
+    let causes: Vec<Value> = match state.attention(None, 1).await {
+        Ok(a) => a
+            .causes
+            .iter()
+            .map(|c| json!({ "name": c.cause, "covers": c.covers, "next_step": c.next_step, "count": c.count }))
+            .collect(),
+        Err(_) => vec![],
+    };
     let extra = json!({
+        "causes": causes,
         "filter": {
             "kind": query.kind.clone().unwrap_or_default(),
             "state": query.state.clone().unwrap_or_default(),
             "waiting_on_timer": on(&query.waiting_on_timer),
             "needs_attention": on(&query.needs_attention),
+            "cause": query.cause.clone().unwrap_or_default(),
             "min_time_in_state": query.min_time_in_state.clone().unwrap_or_default(),
             "limit": query.limit.clone().unwrap_or_else(|| "50".into()),
         },
@@ -916,6 +932,9 @@ async fn entity_context(
             "key": key.to_string(), "kind": view.kind, "id": view.id, "state": view.state,
             "kind_href": format!("/console?{}", encode_query([("kind", view.kind.as_str())])),
             "paused": view.paused, "terminal": view.terminal, "needs_attention": view.needs_attention,
+            "attention": view.attention.iter().map(|a| json!({
+                "cause": a.cause, "subject": a.subject, "next_step": a.next_step, "since": when(a.since),
+            })).collect::<Vec<_>>(),
             "last_error": view.last_error, "definition": view.definition, "version": view.version,
             "fingerprint": view.fingerprint, "definition_file": file,
             "definition_loaded": definition.as_ref().is_some_and(|d| d.fingerprint == view.fingerprint),
@@ -1014,6 +1033,7 @@ async fn action_post(
     let acted = match (EntityKey::new(&kind, &id), crate::app::ops::reason(Some(form.reason))) {
         (Err(e), _) => Err(ApiError::bad_request("invalid_entity", e.to_string())),
         (_, Err(e)) => Err(e.into()),
+        (Ok(key), Ok(reason)) if action == "dismiss" => dismiss(&state, &op.name, &key, &body, reason).await,
         (Ok(key), Ok(reason)) => state.act(&op.name, &key, &action, reason, form.call_id).await.map_err(ApiError::from),
     };
     let (status, done) = match acted {
@@ -1021,6 +1041,25 @@ async fn action_post(
         Err(e) => (e.status, Done::Refused { action, error: Error::Api(e) }),
     };
     entity_page(&state, &op, &kind, &id, None, status, Some(done)).await
+}
+
+/// The console's dismissal of one concern (its cause and subject from the form): the ops API's use case.
+async fn dismiss(
+    state: &AppState,
+    operator: &str,
+    key: &EntityKey,
+    body: &[u8],
+    reason: String,
+) -> Result<ActionDone, ApiError> {
+    let f = fields(body).map_err(|_| ApiError::bad_request("invalid_form", "the form does not decode"))?;
+    let cause = state.cause(super::web::param(&f, "cause").unwrap_or_default())?;
+    let subject = super::web::param(&f, "subject").unwrap_or_default();
+    state.dismiss_attention(operator, key, &cause, subject, reason).await?;
+    Ok(ActionDone {
+        entity: key.to_string(),
+        action: format!("dismiss:{}", cause.as_str()),
+        result: Default::default(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------

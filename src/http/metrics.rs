@@ -280,6 +280,38 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         header(&mut out, name, help, kind);
         let _ = writeln!(out, "{name} {n}");
     }
+    let r = &state.retained;
+    line(
+        &mut out,
+        "marketflow_journal_trimmed_total",
+        "Journal entries past MARKETFLOW_RETENTION_RECORDS deleted.",
+        "counter",
+        r.journal_trimmed.load(Ordering::Relaxed),
+    );
+    line(
+        &mut out,
+        "marketflow_outcomes_trimmed_total",
+        "Stored input outcomes past MARKETFLOW_RETENTION_IDEMPOTENCY deleted.",
+        "counter",
+        r.outcomes_trimmed.load(Ordering::Relaxed),
+    );
+    line(
+        &mut out,
+        "marketflow_retention_cycles_total",
+        "Passes of retention over the whole journal table, each followed by a count of the tables.",
+        "counter",
+        r.cycles.load(Ordering::Relaxed),
+    );
+    // The families are always described; their samples appear once retention has counted (moments after start).
+    let records = r.records.lock().map(|g| g.clone()).unwrap_or_default();
+    header(&mut out, "marketflow_store_records", "Stored rows by table, when last counted.", "gauge");
+    for (table, n) in &records {
+        let _ = writeln!(out, "marketflow_store_records{{table=\"{table}\"}} {n}");
+    }
+    header(&mut out, "marketflow_store_bytes", "The store's size in bytes, when last counted.", "gauge");
+    if !records.is_empty() {
+        let _ = writeln!(out, "marketflow_store_bytes {}", r.bytes.load(Ordering::Relaxed));
+    }
     header(&mut out, "marketflow_swept_records_total", "Ended records deleted by the sweeper, by kind.", "counter");
     let mut swept: BTreeMap<&str, u64> = BTreeMap::new();
     for (kind, n) in state.swept.counts() {
@@ -415,6 +447,17 @@ async fn engine_families(engine: &Engine, out: &mut String) {
     t.group_size.render(out, "marketflow_commit_group_size", "");
     header(out, "marketflow_timer_lateness_seconds", "How late timers fired, service seconds.", "histogram");
     t.timer_lateness.render(out, "marketflow_timer_lateness_seconds", "");
+    if let Ok(counts) = engine.attention_counts().await {
+        header(
+            out,
+            "marketflow_needs_attention",
+            "Concerns that need a person, by cause (the attention index).",
+            "gauge",
+        );
+        for (cause, n) in counts {
+            let _ = writeln!(out, "marketflow_needs_attention{{cause=\"{}\"}} {n}", label(cause));
+        }
+    }
     let Some(all) = engine.entities_by_state().await else { return };
     header(out, "marketflow_entities", "Entities by kind and state (stored, live or not).", "gauge");
     for ((kind, state), n) in all {

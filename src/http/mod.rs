@@ -37,6 +37,8 @@ pub struct AppState {
     pub config: Config,
     /// Records deleted by the sweeper of ended records, for `/metrics`.
     pub swept: std::sync::Arc<crate::engine::sweep::SweepStats>,
+    /// What retention trimmed, and the store's rows by table and bytes when last counted, for `/metrics`.
+    pub retained: std::sync::Arc<crate::engine::retention::RetentionStats>,
     /// The rate limits' buckets (per route class and client).
     pub limiter: limits::Limiter,
     /// This node's part in a cluster (PostgreSQL); `None` on sled.

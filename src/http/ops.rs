@@ -16,8 +16,26 @@ use crate::engine::{services, EntityKey, JournalEntry};
 /// The operators' part of the API description.
 #[derive(OpenApi)]
 #[openapi(
-    paths(list, show, journal, timers, action, resolve_windows, pushes, hold_pushes, audit_trail, cluster, export),
+    paths(
+        list,
+        show,
+        journal,
+        timers,
+        action,
+        resolve_windows,
+        pushes,
+        hold_pushes,
+        audit_trail,
+        attention,
+        dismiss,
+        cluster,
+        export
+    ),
     components(schemas(
+        crate::app::attention::AttentionSummary,
+        crate::app::attention::CauseCount,
+        crate::engine::attention::AttentionRow,
+        DismissBody,
         EntityList,
         EntitySummary,
         TimerSummary,
@@ -52,9 +70,11 @@ struct ListQuery {
     /// Only entities with a pending timer.
     #[serde(default)]
     waiting_on_timer: bool,
-    /// Only entities with an external call out of attempts.
+    /// Only entities that need a person (any cause; see `GET /api/v1/ops/attention`).
     #[serde(default)]
     needs_attention: bool,
+    /// Only entities with a concern of this cause, e.g. `window_failed`.
+    cause: Option<String>,
     /// e.g. `10m`: only entities in their state at least this long.
     min_time_in_state: Option<String>,
     /// Page size, 1 to 1000 (default 50).
@@ -114,7 +134,7 @@ fn entity_key(kind: &str, id: &str) -> Result<EntityKey, ApiError> {
     responses(
         (status = 200, body = EntityList),
         (status = 400, body = ErrorBody,
-            description = "`invalid_query`, `invalid_limit`, `unknown_kind` or `invalid_duration`"),
+            description = "`invalid_query`, `invalid_limit`, `unknown_kind`, `unknown_cause` or `invalid_duration`"),
         (status = 401, response = Unauthorized),
         (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
         (status = 422, body = ErrorBody, description = "`invalid_input`: the cursor is not one this API gave"),
@@ -143,6 +163,7 @@ async fn list(state: web::Data<AppState>, _op: Operator, q: web::Query<ListQuery
         state: q.state,
         waiting_on_timer: q.waiting_on_timer,
         needs_attention: q.needs_attention,
+        cause: q.cause.as_deref().map(|c| state.cause(c)).transpose()?.map(|c| c.as_str().to_string()),
         min_time_in_state,
     };
     let page = state.engine.list_entities(&filter, q.cursor.as_deref(), limit).await?;
@@ -293,6 +314,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/pushes", web::get().to(pushes))
         .route("/pushes/{switch}", web::post().to(hold_pushes))
         .route("/audit", web::get().to(audit_trail))
+        .route("/attention", web::get().to(attention))
+        .route("/entities/{kind}/{id}/attention/dismiss", web::post().to(dismiss))
         .route("/cluster", web::get().to(cluster))
         .route("/export", web::get().to(export));
 }
@@ -577,4 +600,81 @@ async fn audit_trail(
 ) -> Result<HttpResponse, ApiError> {
     let items = state.audit_trail(q.limit.unwrap_or(100).clamp(1, 1000)).await?;
     Ok(HttpResponse::Ok().json(AuditTrail { items }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AttentionQuery {
+    /// Only concerns of this cause.
+    cause: Option<String>,
+    /// At most this many concerns (clamped to 1..=1000; default 100).
+    limit: Option<usize>,
+}
+
+/// What needs a person: every cause with what it covers, its next step and its count now, and the concerns
+/// themselves (of one cause, or all), each with its entity, subject, next step and since when.
+#[utoipa::path(get, path = "/api/v1/ops/attention", tag = "operators", params(AttentionQuery),
+    security(("operator" = [])),
+    responses(
+        (status = 200, body = crate::app::attention::AttentionSummary),
+        (status = 400, body = ErrorBody, description = "`invalid_query` or `unknown_cause`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 503, response = Unavailable),
+    ))]
+async fn attention(
+    state: web::Data<AppState>,
+    _op: Operator,
+    q: web::Query<AttentionQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let cause = q.cause.as_deref().map(|c| state.cause(c)).transpose()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(HttpResponse::Ok().json(state.attention(cause.as_ref(), limit).await?))
+}
+
+/// Which concern to dismiss, and why.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DismissBody {
+    /// The concern's cause, e.g. `window_failed`.
+    cause: String,
+    /// The concern's subject (a window's start, a call's id); empty or absent for the entity as a whole.
+    #[serde(default)]
+    subject: String,
+    /// 1 to 500 characters, kept in the audit trail.
+    reason: Option<String>,
+}
+
+/// Dismisses one concern of an entity, audited as `dismiss:<cause>`: it leaves the list and the counts until it
+/// arises again. For what a person has dealt with outside marketflow (a refused window billed another way).
+#[utoipa::path(post, path = "/api/v1/ops/entities/{kind}/{id}/attention/dismiss", tag = "operators",
+    params(
+        ("kind" = String, Path, description = "`subscription`, `organization` or `metering`"),
+        ("id" = String, Path, description = "the entity's id within its kind"),
+    ),
+    request_body = DismissBody,
+    security(("operator" = [])),
+    responses(
+        (status = 204, description = "Dismissed"),
+        (status = 400, body = ErrorBody, description = "`invalid_entity`, `invalid_json`, `unknown_cause` or `reason_required`"),
+        (status = 401, response = Unauthorized),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the token is not the operator's"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such concern (settled, or dismissed already)"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    ))]
+async fn dismiss(
+    state: web::Data<AppState>,
+    op: Operator,
+    path: web::Path<(String, String)>,
+    body: web::Json<DismissBody>,
+) -> Result<HttpResponse, ApiError> {
+    let (kind, id) = path.into_inner();
+    let key = entity_key(&kind, &id)?;
+    let body = body.into_inner();
+    let cause = state.cause(&body.cause)?;
+    let reason = crate::app::ops::reason(body.reason)?;
+    state.dismiss_attention(&op.name, &key, &cause, &body.subject, reason).await?;
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -66,6 +66,8 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/api/v1/ops/pushes", Operator),
     r("POST", "/api/v1/ops/pushes/{switch}", Operator),
     r("GET", "/api/v1/ops/audit", Operator),
+    r("GET", "/api/v1/ops/attention", Operator),
+    r("POST", "/api/v1/ops/entities/{kind}/{id}/attention/dismiss", Operator),
     r("GET", "/api/v1/ops/orgs/{org_id}/metering", Operator),
     r("GET", "/api/v1/ops/finance/pushed-windows", Operator),
     r("GET", "/api/v1/ops/cluster", Operator),

@@ -73,6 +73,13 @@ impl Store for MemoryStore {
         Read::ready(Ok(g.range(start..).take_while(|((t, k), _)| *t == table && k.starts_with(prefix)).count() as u64))
     }
 
+    fn size_bytes(&self) -> Read<Result<u64, Error>> {
+        let Ok(g) = self.data.read() else {
+            return Read::ready(Err(Error::Backend("memory store lock poisoned".into())));
+        };
+        Read::ready(Ok(g.iter().map(|((_, k), v)| (k.len() + v.len()) as u64).sum()))
+    }
+
     /// Counters are read, added to and put under the write lock ([`super::resolve_adds`]): exact, as nobody can
     /// write between the read and the put.
     fn write(&self, batches: &[Batch]) -> Result<(), Error> {

@@ -68,6 +68,22 @@ impl Table {
         Table::Timers,
         Table::Effects,
     ];
+
+    /// Its name on `/metrics` (`marketflow_store_records{table}`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Entities => "entities",
+            Table::Journal => "journal",
+            Table::Timers => "timers",
+            Table::TimerIndex => "timer_index",
+            Table::Idempotency => "idempotency",
+            Table::Outbox => "outbox",
+            Table::Effects => "effects",
+            Table::Meta => "meta",
+            Table::Records => "records",
+            Table::Index => "index",
+        }
+    }
 }
 
 /// One write of a batch.
@@ -382,6 +398,8 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Counts keys of a table with a prefix (for metrics and tests; may be slow: a blocking pool's thread asks).
     fn count_prefix(&self, table: Table, prefix: &[u8]) -> Read<Result<u64, Error>>;
+    /// The bytes the store takes (files on disk, the database's size), for `/metrics`.
+    fn size_bytes(&self) -> Read<Result<u64, Error>>;
     /// Brings a key into the backend's cache ahead of a write of it, on the caller's thread (sled: the committer,
     /// the one serial stage, then finds the leaf in memory); a backend without such a cache does nothing.
     fn prefetch(&self, _table: Table, _key: &[u8]) {}

@@ -423,6 +423,10 @@ impl Store for SledStore {
         }))
     }
 
+    fn size_bytes(&self) -> Read<Result<u64, Error>> {
+        Read::ready(self.with(|db, _| db.size_on_disk().map_err(backend)))
+    }
+
     /// The read-ahead the actors do for the committer (BENCHMARKS.md, round 4): an error here is the commit's to
     /// report.
     fn prefetch(&self, table: Table, key: &[u8]) {

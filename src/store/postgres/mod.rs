@@ -803,6 +803,15 @@ impl Store for PostgresStore {
         self.spawn(async move { scan(&pool, table, Some(shards), start, end, limit, false).await })
     }
 
+    fn size_bytes(&self) -> Read<Result<u64, Error>> {
+        let pool = self.pool.clone();
+        self.spawn(async move {
+            let c = PostgresStore::conn(&pool).await?;
+            let row = c.query_one("SELECT pg_database_size(current_database())", &[]).await.map_err(pg)?;
+            Ok(row.get::<_, i64>(0).max(0) as u64)
+        })
+    }
+
     fn count_prefix(&self, table: Table, prefix: &[u8]) -> Read<Result<u64, Error>> {
         let pool = self.pool.clone();
         let start = prefix.to_vec();
