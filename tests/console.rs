@@ -930,3 +930,55 @@ async fn every_cause_of_attention_shows_in_the_api_ctl_and_console_and_goes_when
     assert_eq!(ids, [unknown], "the unknown instance passed its own deadline meanwhile; the late one is settled: {a}");
     w.shutdown().await;
 }
+
+/// The incident switch on every push, from the console: held and released as the logged-in operator, audited with
+/// their name and reason, the same hold the API reads; refusals (no reason, a forged form, an unknown switch) change
+/// nothing.
+#[actix_rt::test]
+async fn pushes_are_held_and_released_from_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let b = Browser::new(&w);
+    b.login("Wen Ops").await;
+    let page = b.get("/console/windows").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("id=\"pushes\" data-held=\"false\""), "{}", page.body);
+    let csrf = page.csrf();
+    let held = || async {
+        let (_, v) = w.api(Method::GET, "/api/v1/ops/pushes", Some(OP), None).await;
+        v["hold"]["held"].clone()
+    };
+
+    let p = b.post("/console/pushes/hold", &[("csrf", &csrf), ("reason", "")], None).await;
+    assert_eq!((p.status, p.code_of("pushes-result").as_deref()), (400, Some("reason_required")), "{}", p.body);
+    let p = b.post("/console/pushes/hold", &[("csrf", "forged"), ("reason", "x")], None).await;
+    assert_eq!(p.status, 403, "{}", p.body);
+    let p = b.post("/console/pushes/pause", &[("csrf", &csrf), ("reason", "x")], None).await;
+    assert_eq!((p.status, p.code_of("pushes-result").as_deref()), (404, Some("not_found")), "{}", p.body);
+    assert_eq!(held().await, false);
+    assert!(w.audit().await.is_empty(), "refusals are not audited");
+
+    let p = b.post("/console/pushes/hold", &[("csrf", &csrf), ("reason", "marketplace incident 42")], None).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(
+        p.body.contains("id=\"pushes\" data-held=\"true\"") && p.body.contains("marketplace incident 42"),
+        "{}",
+        p.body
+    );
+    assert_eq!(held().await, true);
+    let p = b.post("/console/pushes/release", &[("csrf", &csrf), ("reason", "incident over")], None).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p.body.contains("id=\"pushes\" data-held=\"false\""), "{}", p.body);
+    assert_eq!(held().await, false);
+    let trail: Vec<(String, String)> = w
+        .audit()
+        .await
+        .iter()
+        .map(|e| (e["operator"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        trail,
+        [("Wen Ops".to_string(), "release-pushes".to_string()), ("Wen Ops".to_string(), "hold-pushes".to_string())]
+    );
+    w.shutdown().await;
+}

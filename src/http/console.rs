@@ -69,7 +69,7 @@ const AUDIT_PAGE: usize = 200;
 /// The console's part of the API description.
 #[derive(OpenApi)]
 #[openapi(
-    paths(login_get, login_post, logout_post, list, entity, action_post, timers, windows_get, windows_post, audit, cluster, asset),
+    paths(login_get, login_post, logout_post, list, entity, action_post, timers, windows_get, windows_post, pushes_post, audit, cluster, asset),
     components(schemas(LoginForm, ActionForm, LogoutForm, WindowsForm)),
     modifiers(&ConsoleSession),
     tags((name = "console", description = "The operator console: HTML pages and forms with a session cookie"))
@@ -1138,7 +1138,57 @@ async fn windows_get(state: web::Data<AppState>, req: HttpRequest) -> HttpRespon
         Err(r) => return *r,
     };
     let form = WindowsForm { resolution: "mark-pushed".into(), ..WindowsForm::default() };
-    windows_page(&state, &op, StatusCode::OK, &form, Value::Null).await
+    windows_page(&state, &op, StatusCode::OK, &form, Value::Null, Value::Null).await
+}
+
+/// Holds every metering push (`hold`) or releases them (`release`) as the logged-in operator, exactly as
+/// `POST /api/v1/ops/pushes/{switch}` does (audited), and shows the windows page with the outcome.
+#[utoipa::path(post, path = "/console/pushes/{switch}", tag = "console",
+    params(("switch" = String, Path, description = "`hold` or `release`")),
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    security(("console_session" = [])),
+    responses(
+        (status = 200, description = "Done: `#pushes-result[data-status=ok]`; audited with the operator's name",
+            content_type = "text/html", body = String),
+        (status = 303, description = "No console session: to `/console/login`", headers(("Location" = String))),
+        (status = 400, description = "`invalid_form` or `reason_required`", content_type = "text/html", body = String),
+        (status = 403, description = "`csrf_failed`: nothing was done", content_type = "text/html", body = String),
+        (status = 404, description = "`not_found`: neither `hold` nor `release`", content_type = "text/html", body = String),
+        (status = 413, description = "The form is over 16 KiB", content_type = "text/plain", body = String),
+        (status = 503, description = "The store is unavailable: nothing was done", content_type = "text/html", body = String),
+    ))]
+async fn pushes_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    switch: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let op = match require(&state, &req).await {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    let f = match fields(&body) {
+        Ok(f) => f,
+        Err(e) => return message(&state, Some(&op), &e, "/console/windows"),
+    };
+    if let Err(e) = check_form(&state, &req, &op, super::web::param(&f, "csrf").unwrap_or_default()) {
+        return message(&state, Some(&op), &e, "/console/windows");
+    }
+    let done = match switch.as_str() {
+        "hold" | "release" => {
+            let reason = super::web::param(&f, "reason").unwrap_or_default().to_string();
+            state.hold_pushes(&op.name, switch.as_str() == "hold", reason).await.map_err(ApiError::from)
+        }
+        other => Err(ApiError::not_found(format!("no switch `{other}`: `hold` or `release`"))),
+    };
+    let (status, result) = match done {
+        Ok(h) => (StatusCode::OK, json!({ "status": "ok", "switch": switch.as_str(), "held": h.held })),
+        Err(e) => {
+            (e.status, json!({ "status": "refused", "switch": switch.as_str(), "code": e.code, "message": e.message }))
+        }
+    };
+    let form = WindowsForm { resolution: "mark-pushed".into(), ..WindowsForm::default() };
+    windows_page(&state, &op, status, &form, Value::Null, result).await
 }
 
 /// Resolves (or previews) windows of unknown outcome as the logged-in operator, exactly as
@@ -1207,7 +1257,7 @@ async fn windows_post(state: web::Data<AppState>, req: HttpRequest, body: web::B
             (e.status, refused)
         }
     };
-    windows_page(&state, &op, status, &form, result).await
+    windows_page(&state, &op, status, &form, result, Value::Null).await
 }
 
 async fn windows_page(
@@ -1216,9 +1266,16 @@ async fn windows_page(
     status: StatusCode,
     form: &WindowsForm,
     result: Value,
+    pushes_result: Value,
 ) -> HttpResponse {
     let windows = match state.unknown_windows(&crate::app::windows::Selector::default()).await {
         Ok(w) => w,
+        Err(e) => return message(state, Some(op), &Error::Api(e.into()), "/console"),
+    };
+    let hold = match state.push_hold().await {
+        Ok(h) => json!({
+            "held": h.held, "since": h.since.map(when), "operator": h.operator, "reason": h.reason,
+        }),
         Err(e) => return message(state, Some(op), &Error::Api(e.into()), "/console"),
     };
     let rows: Vec<Value> = windows
@@ -1242,7 +1299,7 @@ async fn windows_page(
         "windows.html",
         status,
         "windows",
-        json!({ "windows": rows, "form": form, "result": result }),
+        json!({ "windows": rows, "form": form, "result": result, "hold": hold, "pushes_result": pushes_result }),
     )
 }
 
@@ -1370,6 +1427,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(windows_get))
                 .route(web::post().to(windows_post)),
         )
+        .service(web::resource("/console/pushes/{switch}").app_data(limit()).route(web::post().to(pushes_post)))
         .route("/console/cluster", web::get().to(cluster))
         .route("/console/audit", web::get().to(audit))
         .route("/console/assets/{name}", web::get().to(asset))

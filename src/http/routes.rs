@@ -111,6 +111,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/console/timers", OperatorPage),
     r("GET", "/console/windows", OperatorPage),
     r("POST", "/console/windows", OperatorPage),
+    r("POST", "/console/pushes/{switch}", OperatorPage),
     r("GET", "/console/audit", OperatorPage),
     r("GET", "/console/cluster", OperatorPage),
     r("GET", "/console/assets/{name}", Public),
