@@ -849,6 +849,7 @@ async fn every_cause_of_attention_shows_in_the_api_ctl_and_console_and_goes_when
         ("call_outcome_unknown", 0),
         ("instance_not_found", 1),
         ("message_undeliverable", 0),
+        ("usage_past_deadline", 0),
         ("window_failed", 0),
     ]
     .into_iter()

@@ -909,3 +909,79 @@ async fn retention_keeps_the_stored_rows_flat_once_the_horizon_is_reached() {
     assert_eq!(st, 200, "a repeat of a kept record: {v}");
     w.shutdown().await;
 }
+
+/// Late usage: a record for an hour already pushed, reported before the marketplace's deadline for that hour (the end
+/// of the next), is billed in the next window (journaled); one reported after the deadline is not billed, and needs
+/// a person (`usage_past_deadline`). Nothing is billed twice.
+#[actix_rt::test]
+async fn late_usage_is_billed_in_the_next_window_or_flagged_past_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(dir.path()).await;
+    let owner = w.user("lena").await;
+    let pairs = many_bound(&w, &owner, 1).await;
+    let (s, org) = pairs[0].clone();
+    let h0 = hour_floor(marketflow::clock::Clock::now(&w.clock)) + TimeDelta::hours(1);
+    let hour = |n: i64| h0 + TimeDelta::hours(n);
+    let report = |id: &'static str, from: i64| {
+        let (w, org) = (&w, org.clone());
+        async move {
+            let (st, v) = w.usage(id, &org, "c1", "performance", 1.0, hour(from), hour(from + 1)).await;
+            assert_eq!(st, 201, "{v}");
+        }
+    };
+    let window = |m: &Value, start: chrono::DateTime<chrono::Utc>| {
+        m["data"]["windows"].as_array().unwrap().iter().find(|x| x["start"] == json!(start)).cloned().unwrap()
+    };
+    w.clock.set(hour(0) + TimeDelta::minutes(6));
+    all_settled(&w, &pairs).await;
+
+    // Hour 0 on time: 1250 units.
+    w.clock.set(hour(1));
+    report("h0", 0).await;
+    w.clock.set(hour(1) + TimeDelta::minutes(6));
+    let m = w.metering_settled(&s).await;
+    assert_eq!(window(&m, hour(0))["units"], 1250, "{m}");
+
+    // More of hour 0, reported at 1:20 (its deadline is 2:00): billed with hour 1.
+    w.clock.set(hour(1) + TimeDelta::minutes(20));
+    report("h0-late", 0).await;
+    w.clock.set(hour(2));
+    report("h1", 1).await;
+    w.clock.set(hour(2) + TimeDelta::minutes(6));
+    let m = w.metering_settled(&s).await;
+    let h1 = window(&m, hour(1));
+    assert_eq!((h1["units"].as_u64(), h1["late_records"].as_u64()), (Some(2500), Some(1)), "{m}");
+    assert_eq!(window(&m, hour(0))["units"], 1250, "hour 0 keeps what it pushed: {m}");
+    let (_, j) =
+        w.api(Method::GET, &format!("/api/v1/ops/entities/metering/{s}/journal?limit=1000"), Some(OP), None).await;
+    assert!(j.to_string().contains("late usage: record h0-late"), "{j}");
+
+    // Still more of hour 0, reported at 2:10: past its deadline. Not billed; a person is told.
+    w.clock.set(hour(2) + TimeDelta::minutes(10));
+    report("h0-too-late", 0).await;
+    w.clock.set(hour(3));
+    report("h2", 2).await;
+    w.clock.set(hour(3) + TimeDelta::minutes(6));
+    let m = w.metering_settled(&s).await;
+    assert_eq!(window(&m, hour(2))["units"], 1250, "{m}");
+    let a = attention(&w, "usage_past_deadline").await;
+    let items = a["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{a}");
+    assert_eq!((items[0]["id"].as_str(), items[0]["subject"].as_str()), (Some(s.as_str()), Some("h0-too-late")));
+    assert!(items[0]["next_step"].as_str().unwrap().contains("about 1250 units"), "{a}");
+
+    // The marketplace got each hour once: 1250, 2500, 1250.
+    let got = w.sim(Method::GET, "/sim/metering", None).await;
+    let mut by_hour: Vec<(i64, u64)> = got["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["instance_id"] == s.as_str())
+        .map(|r| (r["start_time"].as_i64().unwrap(), units(r)))
+        .collect();
+    by_hour.sort();
+    let expected: Vec<(i64, u64)> =
+        vec![(hour(0).timestamp(), 1250), (hour(1).timestamp(), 2500), (hour(2).timestamp(), 1250)];
+    assert_eq!(by_hour, expected);
+    w.shutdown().await;
+}

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::call_errors::call_error;
 use crate::aliyun::client::MarketClient;
 use crate::domain::pricing::Catalog;
-use crate::domain::protocol::{DescribeInstance, InstanceDescribed, MeterWindow, MeteredItem, WindowMetered};
+use crate::domain::protocol::{DescribeInstance, InstanceDescribed, MeterWindow};
 use crate::engine::records::Records;
 use crate::engine::{CallError, CallHandler, Registry};
 
@@ -71,18 +71,15 @@ impl CallHandler for MarketCalls {
                     }))
                 }
                 "meter_window" => {
-                    let MeterWindow { org_id: org, start, end } = typed(request)?;
+                    let window: MeterWindow = typed(request)?;
+                    let (org, from, end) = (window.org_id.clone(), crate::app::usage::read_from(&window), window.end);
                     let records = crate::engine::offload(async move {
-                        crate::app::usage::overlapping(&records, &org, start, end).await
+                        crate::app::usage::overlapping(&records, &org, from, end).await
                     })
                     .await
                     .map_err(|e| CallError::retryable(e.to_string()))?
                     .map_err(CallError::retryable)?;
-                    let items = crate::app::usage::window_numerators(&catalog, &records, start, end)
-                        .into_iter()
-                        .map(|((key, assit), n)| MeteredItem { key, assit, numerator: n.to_string(), nanos: true })
-                        .collect();
-                    answer(serde_json::to_value(WindowMetered { start, end, items, records: records.len() as u64 }))
+                    answer(serde_json::to_value(crate::app::usage::meter(&catalog, &records, &window)))
                 }
                 "push_metering_data" => pusher.send(None, request, std::time::Duration::from_secs(20)).await,
                 other => Err(CallError::permanent(format!("no such call `{other}`"))),

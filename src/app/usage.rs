@@ -8,6 +8,7 @@ use super::{AppError, Kind};
 use crate::domain::ids::OrgId;
 use crate::domain::metering::{self, Metering};
 use crate::domain::pricing::{numerator, Catalog, MilliCu};
+use crate::domain::protocol::{LateRecord, MeterWindow, MeteredItem, WindowMetered};
 use crate::engine::records::{Records, TimedTable, Writes};
 use crate::engine::{Engine, EntityKey};
 
@@ -168,6 +169,57 @@ pub fn window_numerators(
     out
 }
 
+/// A window metered: the records received by its cut, each counted for its overlap with the window; and the records
+/// received since the previous window's cut, counted for their overlap with the earlier windows too (late usage):
+/// billed here for the windows whose deadline had not passed when they arrived, reported as past the deadline for
+/// the others. Every record is counted for each window exactly once: by the window itself if it came by that
+/// window's cut, or else by the first window whose cut it came by.
+pub fn meter(catalog: &Catalog, records: &[UsageRecord], w: &MeterWindow) -> WindowMetered {
+    let by_cut: Vec<&UsageRecord> = records.iter().filter(|r| w.cut.is_none_or(|c| r.received_at <= c)).collect();
+    let own: Vec<UsageRecord> =
+        by_cut.iter().filter(|r| r.end > w.start && r.start < w.end).map(|r| (*r).clone()).collect();
+    let mut totals = window_numerators(catalog, &own, w.start, w.end);
+    let mut late = Vec::new();
+    if let Some(since) = w.since {
+        for r in by_cut.iter().filter(|r| r.received_at > since && r.start < w.start) {
+            let (mut billed, mut past) = (Default::default(), Default::default());
+            for e in &w.earlier {
+                let part = window_numerators(catalog, std::slice::from_ref(*r), e.start, e.end);
+                let into: &mut std::collections::BTreeMap<(String, String), u128> =
+                    if r.received_at <= e.deadline { &mut billed } else { &mut past };
+                for (k, n) in part.into_iter().filter(|(_, n)| *n > 0) {
+                    *into.entry(k).or_insert(0) += n;
+                }
+            }
+            for (k, n) in &billed {
+                *totals.entry(k.clone()).or_insert(0) += n;
+            }
+            if billed.is_empty() && past.is_empty() {
+                continue;
+            }
+            late.push(LateRecord {
+                record_id: r.record_id.clone(),
+                received_at: r.received_at,
+                billed: items(billed),
+                past_deadline: items(past),
+            });
+        }
+    }
+    WindowMetered { start: w.start, end: w.end, items: items(totals), records: own.len() as u64, late }
+}
+
+fn items(numerators: std::collections::BTreeMap<(String, String), u128>) -> Vec<MeteredItem> {
+    numerators
+        .into_iter()
+        .map(|((key, assit), n)| MeteredItem { key, assit, numerator: n.to_string(), nanos: true })
+        .collect()
+}
+
+/// Where a metering call reads records from: the window, and the earlier windows a late record may belong to.
+pub fn read_from(w: &MeterWindow) -> DateTime<Utc> {
+    w.earlier.iter().map(|e| e.start).min().unwrap_or(w.start).min(w.start)
+}
+
 /// A usage record as a service reports it, before it is checked.
 pub struct Report {
     pub record_id: String,
@@ -318,5 +370,79 @@ impl super::App {
             totals,
             unbilled: Unbilled { records: unbilled_records, units: unbilled_units, yuan: yuan(unbilled_units) },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::protocol::EarlierWindow;
+    use chrono::TimeZone;
+
+    fn t(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, h, m, 0).unwrap()
+    }
+
+    fn record(id: &str, start: DateTime<Utc>, end: DateTime<Utc>, received: DateTime<Utc>) -> UsageRecord {
+        UsageRecord {
+            record_id: id.into(),
+            org_id: OrgId::parse("org_0123456789abcdef0123456789abcdef").unwrap(),
+            resource_id: "c1".into(),
+            cu_type: "performance".into(),
+            milli_cu: MilliCu(1000),
+            start,
+            end,
+            received_at: received,
+        }
+    }
+
+    fn units(items: &[MeteredItem]) -> u128 {
+        items.iter().map(|i| i.numerator.parse::<u128>().unwrap()).sum::<u128>() / crate::domain::pricing::DENOMINATOR
+    }
+
+    /// Windows of 10:00 and 11:00; the 10:00 one was cut at 11:04, the 11:00 one is cut at 12:04.
+    fn eleven() -> MeterWindow {
+        MeterWindow {
+            org_id: OrgId::parse("org_0123456789abcdef0123456789abcdef").unwrap(),
+            start: t(11, 0),
+            end: t(12, 0),
+            cut: Some(t(12, 4)),
+            since: Some(t(11, 4)),
+            earlier: vec![EarlierWindow { start: t(10, 0), end: t(11, 0), deadline: t(12, 0) }],
+        }
+    }
+
+    #[test]
+    fn each_record_is_counted_once_by_the_first_window_it_came_by() {
+        let c = Catalog::builtin().unwrap();
+        let records = vec![
+            // Came in time for 10:00: counted there, only its own hour here.
+            record("on-time", t(10, 30), t(11, 30), t(11, 31)),
+            // 10:00's hour, after 10:00 was cut, before its deadline: billed here, late.
+            record("late", t(10, 0), t(11, 0), t(11, 40)),
+            // 10:00's hour after its deadline (12:00): not billed, reported.
+            record("too-late", t(10, 0), t(11, 0), t(12, 2)),
+            // After this window's cut: the next window's.
+            record("next", t(11, 0), t(12, 0), t(12, 5)),
+        ];
+        let m = meter(&c, &records, &eleven());
+        // on-time: 30 min here (its 10:00 half was the earlier window's: received 11:31 is after 11:04, so late too).
+        // late: 1 h billed here. too-late: nothing billed.
+        assert_eq!(units(&m.items), 625 + 625 + 1250, "{m:?}");
+        assert_eq!(m.records, 1, "one record overlaps 11:00 itself");
+        let late: Vec<(&str, u128, u128)> =
+            m.late.iter().map(|l| (l.record_id.as_str(), units(&l.billed), units(&l.past_deadline))).collect();
+        assert_eq!(late, [("on-time", 625, 0), ("late", 1250, 0), ("too-late", 0, 1250)]);
+    }
+
+    #[test]
+    fn a_record_received_by_the_earlier_cut_is_not_late_and_a_window_of_an_earlier_build_counts_every_record() {
+        let c = Catalog::builtin().unwrap();
+        let records = vec![record("r", t(10, 30), t(11, 30), t(11, 2))];
+        let m = meter(&c, &records, &eleven());
+        assert_eq!((units(&m.items), m.late.len()), (625, 0), "{m:?}");
+        let old = MeterWindow { cut: None, since: None, earlier: vec![], ..eleven() };
+        let records = vec![record("r", t(11, 0), t(12, 0), t(13, 0))];
+        assert_eq!(units(&meter(&c, &records, &old).items), 1250);
     }
 }

@@ -10,7 +10,9 @@ use super::ids::OrgId;
 use super::pricing::{settle, DENOMINATOR, SECONDS_SCALE};
 pub use super::protocol::MeteringEvent;
 pub use super::protocol::MeteringState as State;
-use super::protocol::{MeterWindow, MeteredItem, MeteringPushed, PushMetering, PushedItem, WindowMetered};
+use super::protocol::{
+    EarlierWindow, MeterWindow, MeteredItem, MeteringPushed, PushMetering, PushedItem, WindowMetered,
+};
 use crate::engine::definition::Catalog;
 use crate::engine::{AttentionCause, Concern, Cx, Reject, Signal, Workflow};
 
@@ -21,6 +23,12 @@ pub const KIND: &str = super::protocol::METERING;
 pub const MIN_WINDOW: TimeDelta = TimeDelta::minutes(5);
 /// Windows kept in the record (older ones only in the journal and the totals).
 const MAX_WINDOWS: usize = 72;
+/// A window's records are those received up to this long before it closed: a record received by then has been
+/// stored when the window is metered (a store takes milliseconds; the usage API's requests time out far sooner).
+const CUT_MARGIN: TimeDelta = TimeDelta::minutes(1);
+/// How far back a late record is looked for: a record covers at most a day, and the marketplace takes a window
+/// only until the end of the next hour.
+const LATE_LOOKBACK: TimeDelta = TimeDelta::hours(26);
 
 /// One metering item's units in a window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +94,13 @@ pub struct Window {
     /// reach it, not an operator's cancel, not a push that came too late).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refused: bool,
+    /// Records that came after earlier windows were metered, billed in this one for their part in those.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub late_records: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Totals over every window.
@@ -128,6 +143,23 @@ pub struct Metering {
     pub windows: Vec<Window>,
     #[serde(default)]
     pub totals: Totals,
+    /// The cut of the last window closed (see [`MeterWindow::cut`]); `None` before the first, or in data of a
+    /// build before late usage (whose first window then bills no late records).
+    #[serde(default)]
+    pub last_cut: Option<DateTime<Utc>>,
+    /// Late records the marketplace could no longer bill (the last [`MAX_WINDOWS`]): a person decides.
+    #[serde(default)]
+    pub past_deadline: Vec<PastDeadline>,
+}
+
+/// Usage that came after its window's deadline: not billed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PastDeadline {
+    pub record_id: String,
+    pub received_at: DateTime<Utc>,
+    /// Whole units it would have billed (the fraction shown as a remainder over the catalog's denominator is
+    /// left out: this is for a person, not for the bill).
+    pub units: u64,
 }
 
 /// Runs `workflows/metering.toml`.
@@ -143,6 +175,8 @@ fn window_index(d: &Metering, start: DateTime<Utc>) -> Option<usize> {
 
 /// A window the marketplace will not bill: refused on its merits, or lost past its deadline.
 pub const WINDOW_FAILED: &str = "window_failed";
+/// Usage reported after the marketplace's deadline for its hours.
+pub const USAGE_PAST_DEADLINE: &str = "usage_past_deadline";
 
 impl Workflow for MeteringWorkflow {
     type Data = Metering;
@@ -167,15 +201,33 @@ impl Workflow for MeteringWorkflow {
                     ),
                 }
             })
+            .chain(data.past_deadline.iter().map(|p| Concern {
+                cause: USAGE_PAST_DEADLINE,
+                subject: p.record_id.clone(),
+                next_step: format!(
+                    "usage record {} came at {} for hours whose marketplace deadline had passed (about {} units): \
+                     not billed; ask the reporting service why, bill it another way or write it off, then dismiss",
+                    p.record_id,
+                    p.received_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    p.units
+                ),
+            }))
             .collect()
     }
 
     fn causes(&self) -> Vec<AttentionCause> {
-        vec![AttentionCause {
-            name: WINDOW_FAILED,
-            covers: "a usage window the marketplace will not bill: refused on its merits, or past its deadline",
-            next_step: "read the window's error; bill its units another way or write them off, then dismiss it",
-        }]
+        vec![
+            AttentionCause {
+                name: WINDOW_FAILED,
+                covers: "a usage window the marketplace will not bill: refused on its merits, or past its deadline",
+                next_step: "read the window's error; bill its units another way or write them off, then dismiss it",
+            },
+            AttentionCause {
+                name: USAGE_PAST_DEADLINE,
+                covers: "a usage record reported after the marketplace's deadline for the hours it covers",
+                next_step: "ask why the service reported it late; bill it another way or write it off, then dismiss",
+            },
+        ]
     }
 
     fn kind(&self) -> &'static str {
@@ -268,10 +320,43 @@ impl Workflow for MeteringWorkflow {
                 let (items, total) = cx.data.settle(metered.items)?;
                 let records = metered.records;
                 let instance = cx.key.id.clone();
+                let mut late_billed = 0;
+                for late in &metered.late {
+                    let units = |items: &[MeteredItem]| {
+                        let n: u128 = items.iter().filter_map(|i| i.numerator.parse::<u128>().ok()).sum();
+                        (n / DENOMINATOR).min(u64::MAX as u128) as u64
+                    };
+                    if !late.billed.is_empty() {
+                        late_billed += 1;
+                        cx.note(format!(
+                            "late usage: record {} (received {}) billed in this window for its part in earlier \
+                             windows (about {} units)",
+                            late.record_id,
+                            late.received_at,
+                            units(&late.billed)
+                        ));
+                    }
+                    if !late.past_deadline.is_empty() {
+                        let units = units(&late.past_deadline);
+                        cx.note(format!(
+                            "late usage: record {} (received {}) came after the marketplace's deadline for part of \
+                             it (about {units} units): not billed, flagged",
+                            late.record_id, late.received_at
+                        ));
+                        cx.data.past_deadline.push(PastDeadline {
+                            record_id: late.record_id.clone(),
+                            received_at: late.received_at,
+                            units,
+                        });
+                    }
+                }
+                let extra = cx.data.past_deadline.len().saturating_sub(MAX_WINDOWS);
+                cx.data.past_deadline.drain(..extra);
                 let w = &mut cx.data.windows[i];
                 w.items = items.clone();
                 w.units = total;
                 w.records = records;
+                w.late_records = late_billed;
                 if total == 0 {
                     w.status = "empty".into();
                     let (s, e) = (w.start, w.end);
@@ -414,12 +499,25 @@ fn push_window(cx: &mut Cx<'_, Metering>, org: &OrgId, start: DateTime<Utc>, end
         pushed_at: None,
         records: 0,
         refused: false,
+        late_records: 0,
     });
     if too_short {
         cx.note(format!("window {start} – {end} is 5 minutes or less: the marketplace cannot take it"));
         return;
     }
-    if let Err(e) = cx.request("meter_window", &MeterWindow { org_id: org.clone(), start, end }) {
+    // A minute before now (the store has every record received by then), but never before the window's end.
+    let cut = (cx.now - CUT_MARGIN).max(end);
+    let since = cx.data.last_cut;
+    let earlier = cx
+        .data
+        .windows
+        .iter()
+        .filter(|w| w.start < start && w.end > start - LATE_LOOKBACK)
+        .map(|w| EarlierWindow { start: w.start, end: w.end, deadline: w.deadline })
+        .collect();
+    cx.data.last_cut = Some(since.map_or(cut, |s| s.max(cut)));
+    let request = MeterWindow { org_id: org.clone(), start, end, cut: Some(cut), since, earlier };
+    if let Err(e) = cx.request("meter_window", &request) {
         cx.note(format!("window {start} – {end} could not be metered: {}", e.message));
     }
 }

@@ -256,6 +256,41 @@ pub struct MeterWindow {
     pub org_id: OrgId,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
+    /// Records count for this window only if received by then: a minute before the window closed, so that every
+    /// record received by then has been stored when the call reads. Absent in requests of earlier builds (every
+    /// record counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<DateTime<Utc>>,
+    /// The cut of the window closed before this one: a record received after it and before this cut was missed
+    /// by the earlier windows it overlaps, and is billed here if their deadline had not passed when it arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// The earlier windows a late record may belong to (the last day's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EarlierWindow>,
+}
+
+/// A window closed before the one metered, as a late record is checked against it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlierWindow {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// The marketplace takes usage of this window until then.
+    pub deadline: DateTime<Utc>,
+}
+
+/// A record received after the earlier windows it overlaps were metered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateRecord {
+    pub record_id: String,
+    pub received_at: DateTime<Utc>,
+    /// Its part in earlier windows whose deadline had not passed when it arrived: billed in this window (and
+    /// counted in its items).
+    #[serde(default)]
+    pub billed: Vec<MeteredItem>,
+    /// Its part in earlier windows whose deadline had passed: the marketplace cannot bill it any more.
+    #[serde(default)]
+    pub past_deadline: Vec<MeteredItem>,
 }
 
 /// One metering item's exact units in a window, as a fraction over the catalog's denominator.
@@ -281,6 +316,9 @@ pub struct WindowMetered {
     /// Usage records that overlapped the window.
     #[serde(default)]
     pub records: u64,
+    /// Records that came after earlier windows were metered (their parts are in `items` when billed here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub late: Vec<LateRecord>,
 }
 
 /// One item of a push.
