@@ -220,6 +220,10 @@ pub struct Config {
     /// How long journals, usage records and the audit trail are kept (`MARKETFLOW_RETENTION_RECORDS`, service
     /// time): billing records.
     pub retention_records: Duration,
+    /// Where alert events go as JSON (`MARKETFLOW_ALERT_WEBHOOK`); a secret, since the URL may carry a token.
+    pub alert_webhook: Option<Secret>,
+    /// How often the alert webhook's watcher looks (real time; tests shorten it).
+    pub alert_interval: Duration,
     /// Test-only: commits are not fenced (`MARKETFLOW_UNSAFE_NO_FENCING`), to show that fencing is what keeps
     /// journals whole when a paused node wakes up. Never set it in production.
     pub unsafe_no_fencing: bool,
@@ -267,6 +271,8 @@ impl Default for Config {
             push_linger: Duration::from_secs(2),
             retention_idempotency: Duration::from_secs(30 * 86_400),
             retention_records: Duration::from_secs(400 * 86_400),
+            alert_webhook: None,
+            alert_interval: Duration::from_secs(30),
             unsafe_no_fencing: false,
         }
     }
@@ -415,6 +421,9 @@ pub struct ServeArgs {
     /// How often every live subscription is checked with DescribeInstance (service time, e.g. 1h).
     #[arg(long, env = "MARKETFLOW_RECONCILE_INTERVAL")]
     pub reconcile_interval: Option<String>,
+    /// Where alert events go (JSON POSTs, retried): `https://hooks.example.com/...`.
+    #[arg(long, env = "MARKETFLOW_ALERT_WEBHOOK", hide_env_values = true)]
+    pub alert_webhook: Option<Secret>,
     /// How long the outcome of an input is kept to answer its repetition (service time, e.g. 30d).
     #[arg(long, env = "MARKETFLOW_RETENTION_IDEMPOTENCY")]
     pub retention_idempotency: Option<String>,
@@ -485,6 +494,7 @@ impl Config {
         }
         c.service_token = secret(&args.service_token).or(c.service_token);
         c.smtp_url = secret(&args.smtp_url).or(c.smtp_url);
+        c.alert_webhook = secret(&args.alert_webhook).or(c.alert_webhook);
         if let Some(v) = &args.mail_from {
             c.mail_from = v.clone();
         }
@@ -724,6 +734,17 @@ impl Config {
                 name: "MARKETFLOW_NODE_ID",
                 message: format!("must be 1 to {OPERATOR_NAME_MAX} of A-Z a-z 0-9 . _ -"),
             });
+        }
+        if let Some(url) = &self.alert_webhook {
+            let ok = reqwest::Url::parse(url.expose())
+                .ok()
+                .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(Error::Invalid {
+                    name: "MARKETFLOW_ALERT_WEBHOOK",
+                    message: "must be an http:// or https:// URL".into(),
+                });
+            }
         }
         // An hour at least: the marketplace retries a notice for hours, and a journal younger than the windows it
         // bills would lose their story.

@@ -242,6 +242,9 @@ impl Application {
         };
         let retained = crate::engine::retention::start(&engine, retention, config.sweep_interval);
         let app = crate::app::App { engine: engine.clone(), accounts, catalog };
+        if let Some(url) = config.alert_webhook.clone() {
+            crate::app::alerts::start(app.clone(), url, config.node_id.clone(), config.alert_interval);
+        }
         actix_rt::spawn(crate::app::notices::run_notice_poller(
             app.clone(),
             market_client(&config)?,

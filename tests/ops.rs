@@ -339,3 +339,80 @@ async fn a_named_token_is_its_owner_whatever_x_operator_says() {
     assert_eq!(s, 401);
     w.shutdown().await;
 }
+
+/// Where the alert webhook test's receiver listens (a `World` tweak is a plain function: it reads it from here).
+static HOOK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The alert webhook: holding every push is sent as a firing `MarketflowPushesHeld` (retried after the receiver's
+/// first answer, a 500), releasing them as its resolution.
+#[actix_rt::test]
+async fn the_alert_webhook_sends_a_condition_when_it_starts_and_when_it_ends_and_retries() {
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = got.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let sink = sink.clone();
+        actix_web::App::new().route(
+            "/hook",
+            actix_web::web::post().to(move |body: actix_web::web::Json<Value>| {
+                let sink = sink.clone();
+                async move {
+                    let mut g = sink.lock().unwrap();
+                    g.push(body.into_inner());
+                    // The first delivery fails: the watcher must try again.
+                    if g.len() == 1 {
+                        actix_web::HttpResponse::InternalServerError().finish()
+                    } else {
+                        actix_web::HttpResponse::NoContent().finish()
+                    }
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    HOOK.set(format!("http://127.0.0.1:{port}/hook")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::with_config(dir.path(), |c| {
+        c.alert_webhook = Some(marketflow::config::Secret::new(HOOK.get().unwrap().clone()));
+        c.alert_interval = Duration::from_millis(50);
+    })
+    .await;
+    let wait_for = |n: usize| {
+        let got = got.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let all = got.lock().unwrap().clone();
+                if all.len() >= n {
+                    return all;
+                }
+                assert!(Instant::now() < deadline, "the receiver got {all:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let (st, v) = w.api(Method::POST, "/api/v1/ops/pushes/hold", Some(OP), Some(json!({"reason": "incident 7"}))).await;
+    assert_eq!(st, 200, "{v}");
+    let all = wait_for(2).await;
+    assert_eq!(all[0], all[1], "the same message again after the 500");
+    let firing = &all[1]["alerts"][0];
+    assert_eq!((firing["status"].as_str(), firing["alert"].as_str()), (Some("firing"), Some("MarketflowPushesHeld")));
+    assert!(firing["summary"].as_str().unwrap().contains("incident 7"), "{firing}");
+    assert_eq!(firing["runbook_url"], "docs/runbook.md#marketflowpushesheld");
+    let (st, v) = w.api(Method::POST, "/api/v1/ops/pushes/release", Some(OP), Some(json!({"reason": "over"}))).await;
+    assert_eq!(st, 200, "{v}");
+    let all = wait_for(3).await;
+    let resolved = &all[2]["alerts"][0];
+    assert_eq!(
+        (resolved["status"].as_str(), resolved["key"].as_str()),
+        (Some("resolved"), Some("MarketflowPushesHeld"))
+    );
+    w.shutdown().await;
+    handle.stop(true).await;
+}

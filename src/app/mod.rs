@@ -7,6 +7,7 @@
 //! engine's typed record tables (`crate::engine::records`).
 
 pub mod accounts;
+pub mod alerts;
 pub mod attention;
 pub mod call_errors;
 pub mod calls;
