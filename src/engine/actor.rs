@@ -233,7 +233,21 @@ impl EntityActor {
                 self.engine.inner.store.prefetch(*table, key);
             }
         }
-        Box::pin(async move { committer.commit(batch).await }.into_actor(self).map(move |res, act, _ctx| match res {
+        // The engine's own work waits for a permit before it queues at the committer while clients are active; a
+        // client's input does not.
+        let client = msg.0.cause.is_client();
+        if client {
+            self.engine.client_arrived();
+        }
+        let engine = self.engine.clone();
+        let commit = async move {
+            let _permit = match client {
+                false => engine.yield_to_clients(&engine.inner.background).await,
+                true => None,
+            };
+            committer.commit(batch).await
+        };
+        Box::pin(commit.into_actor(self).map(move |res, act, _ctx| match res {
             Ok(()) => {
                 act.record = step.record;
                 act.last_active = Instant::now();

@@ -20,6 +20,15 @@ struct ClockAnchor {
 
 const CLOCK_ANCHOR: &[u8] = b"clock/anchor";
 
+/// The anchor of a store filled before the service opens it (a benchmark's loader): service time was `service`
+/// at wall-clock time `real`, going on at `scale`. The service continues from it as from any anchor.
+pub fn preset(real: DateTime<Utc>, service: DateTime<Utc>, scale: f64) -> Batch {
+    let mut b = Batch::new();
+    let anchor = ClockAnchor { real, service, scale };
+    b.put(Table::Meta, CLOCK_ANCHOR.to_vec(), serde_json::to_vec(&anchor).unwrap_or_default());
+    b
+}
+
 /// The service clock: scaled time continues from the anchor stored with the data, so it never runs backwards
 /// across restarts and the downtime passes at the scale that was in force.
 ///

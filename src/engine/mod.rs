@@ -167,6 +167,15 @@ pub struct EngineConfig {
     pub arbiters: usize,
     /// Timers fired per scan of the timers table.
     pub timer_batch: usize,
+    /// Commits of the engine's own work (timers, call results and attempts, messages between entities) waiting
+    /// for the committer at once. The committer serves its queue in order; a burst of thousands of timers queued
+    /// there would make every client's commit wait behind all of them. Bounded, the burst goes as fast (the
+    /// committer is its limit either way) while a client's commit joins the next group.
+    pub background_commits: usize,
+    /// Units of the engine's own work under way at once: timers firing, external calls other than batched pushes,
+    /// messages being delivered. Each runs an entity's step on an actor thread; thousands queued there (every
+    /// window of an hour due at once) would make a client's input wait behind them all.
+    pub background_work: usize,
     pub commit: CommitConfig,
     /// `None`: this node is alone on its store and holds every shard. `Some(lease)`: it shares a database with
     /// other nodes and holds the shards its lease loop takes (`crate::cluster`), each for this long at a time.
@@ -184,6 +193,8 @@ impl Default for EngineConfig {
             idle_timeout: Duration::from_secs(30),
             arbiters: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             timer_batch: 4_096,
+            background_commits: 128,
+            background_work: 128,
             commit: CommitConfig::default(),
             cluster_lease: None,
             counter_writer: String::new(),
@@ -245,6 +256,14 @@ pub(crate) struct Inner {
     pub config: EngineConfig,
     /// Permits for client inputs in flight (bounded queues, not unbounded memory).
     pub inflight: Arc<Semaphore>,
+    /// Permits for the engine's own commits queued at the committer ([`EngineConfig::background_commits`]).
+    pub background: Arc<Semaphore>,
+    /// Permits for the engine's own work under way ([`EngineConfig::background_work`]).
+    pub work: Arc<Semaphore>,
+    /// When a client's input last arrived (milliseconds since `epoch`): the bounds on the engine's own work apply
+    /// only while clients are there to wait behind it, so a backlog with nobody waiting goes at full speed.
+    pub last_client_ms: AtomicU64,
+    pub epoch: std::time::Instant,
     /// Wakes the timer loop when a sooner timer is set or the clock jumps.
     pub timer_wake: Arc<Notify>,
     pub stopping: AtomicBool,
@@ -326,6 +345,10 @@ impl Engine {
                 registry,
                 directory: actor::Directory::new(config.arbiters),
                 inflight: Arc::new(Semaphore::new(config.max_inflight)),
+                background: Arc::new(Semaphore::new(config.background_commits.max(1))),
+                work: Arc::new(Semaphore::new(config.background_work.max(1))),
+                last_client_ms: AtomicU64::new(0),
+                epoch: std::time::Instant::now(),
                 config,
                 timer_wake,
                 stopping: AtomicBool::new(false),
@@ -371,6 +394,23 @@ impl Engine {
 
     pub fn stats(&self) -> &EngineStats {
         &self.inner.stats
+    }
+
+    /// A client's input arrived: the engine's own work yields to clients for a while ([`Engine::yield_to_clients`]).
+    pub(crate) fn client_arrived(&self) {
+        let ms = self.inner.epoch.elapsed().as_millis() as u64 + 1;
+        self.inner.last_client_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A permit of `permits` while clients have been active in the last two seconds (`None` otherwise: nobody waits
+    /// behind the engine's own work, which then goes at full speed).
+    pub(crate) async fn yield_to_clients(&self, permits: &Arc<Semaphore>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let last = self.inner.last_client_ms.load(Ordering::Relaxed);
+        let now = self.inner.epoch.elapsed().as_millis() as u64;
+        if last == 0 || now.saturating_sub(last) > 2_000 {
+            return None;
+        }
+        permits.clone().acquire_owned().await.ok()
     }
 
     /// Whether shutdown has begun.
@@ -434,6 +474,10 @@ impl Engine {
     }
 
     async fn send_with(&self, key: EntityKey, input: Input, audit: Option<audit::Audit>) -> Result<Outcome, Error> {
+        if input.cause.is_client() {
+            // Before it queues anywhere: the engine's own work starts yielding at once.
+            self.client_arrived();
+        }
         let permit = self.inner.inflight.clone().try_acquire_owned().map_err(|_| {
             self.inner.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             Error::Overloaded

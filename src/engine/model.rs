@@ -129,6 +129,14 @@ pub enum Cause {
     System { detail: String },
 }
 
+impl Cause {
+    /// A client waits for this input (an API call, the marketplace's SPI, an operator), as opposed to the engine's
+    /// own work (timers, call results, messages between entities, the service itself).
+    pub fn is_client(&self) -> bool {
+        matches!(self, Cause::Api { .. } | Cause::Spi { .. } | Cause::Operator { .. })
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

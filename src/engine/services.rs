@@ -136,6 +136,8 @@ impl Engine {
             .ownership
             .fence(shard)
             .ok_or_else(|| Error::NotOwner(format!("shard {shard} of {entity} is not held by this node")))?;
+        // The engine's own work: queued at the committer within the background permits while clients are active.
+        let _permit = self.yield_to_clients(&self.inner.background).await;
         self.inner.committer.commit(b).await.map_err(Error::from)
     }
 
@@ -267,6 +269,7 @@ impl Engine {
     /// Delivers one message until its receiver has it; `false` when it cannot be delivered (stopping, or a
     /// permanent error that operators must look at).
     async fn deliver_message(&self, row: OutboxRow) -> bool {
+        let _work = self.yield_to_clients(&self.inner.work).await;
         let mut wait = Duration::from_millis(20);
         loop {
             let input = Input {
@@ -350,6 +353,13 @@ impl Engine {
             }
         };
         lock(&inner.services.calls_waiting).remove(&row.id);
+        // A call the handler did not hold back is the engine's own work, bounded always (each call's result is a
+        // commit: unbounded, a burst of calls would fill the committer's queue); a batched push is not (its batch
+        // waits for every seat, and batching bounds it already).
+        let _work = match ticket {
+            None => inner.work.clone().acquire_owned().await.ok(),
+            Some(_) => None,
+        };
         // A node whose leases may be running out (cut off from the database) starts nothing the outside world
         // sees: the node taking its shards over must never be calling at the same time. It waits for a renewal;
         // a shard it loses meanwhile is the new owner's to resume.
@@ -573,6 +583,7 @@ impl Engine {
 
     async fn fire(&self, key: Vec<u8>, row: TimerRow) {
         let inner = &self.inner;
+        let _work = self.yield_to_clients(&inner.work).await;
         let now = inner.clock.now();
         let late = (now - row.due).num_milliseconds().max(0) as u64;
         let result = match &row.target {

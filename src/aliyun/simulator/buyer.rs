@@ -318,6 +318,13 @@ async fn metering(shared: web::Data<Shared>, req: HttpRequest) -> Result<HttpRes
         }
     }
     let duplicates = records.iter().filter(|r| r.duplicate).count();
+    if query.iter().any(|(k, v)| k == "summary" && v == "true") {
+        // Counts only: what a watcher polls while 100,000 windows arrive, without their records.
+        let calls: std::collections::BTreeSet<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+        let summary =
+            json!({ "records": records.len(), "calls": calls.len(), "totals": totals, "duplicates": duplicates });
+        return Ok(HttpResponse::Ok().json(summary));
+    }
     Ok(HttpResponse::Ok().json(json!({ "records": records, "totals": totals, "duplicates": duplicates })))
 }
 
