@@ -97,8 +97,8 @@ fn seed(dir: &Path, n: usize, hour: DateTime<Utc>, offset: TimeDelta) {
                 received_at: hour + TimeDelta::hours(1),
             })
             .collect();
-        let batch = marketflow::app::usage::load_batch(&records).expect("usage writes");
-        store.apply(&[batch]).expect("usage stored");
+        let writes = marketflow::app::usage::load_writes(&records).expect("usage writes");
+        store.apply(&[writes.into_batch()]).expect("usage stored");
     }
     store.close().expect("the store closes");
 }

@@ -125,12 +125,12 @@ pub async fn store(engine: &Engine, r: &UsageRecord) -> Result<Stored, StoreErro
 
 /// The writes that store these records with their id lookups, for a loader that fills a store before the service
 /// opens it (the hourly-burst benchmark): what [`store`] commits for each, without its checks.
-pub fn load_batch(records: &[UsageRecord]) -> Result<crate::store::Batch, String> {
+pub fn load_writes(records: &[UsageRecord]) -> Result<Writes, String> {
     let mut w = Writes::new();
     for r in records {
         USAGE.put(&mut w, r.org_id.as_str(), r.start, &r.record_id, r).map_err(|e| e.to_string())?;
     }
-    Ok(w.into_batch())
+    Ok(w)
 }
 
 fn same(a: &UsageRecord, b: &UsageRecord) -> bool {

@@ -363,7 +363,9 @@ impl Writes {
         self.batch.is_empty()
     }
 
-    pub(crate) fn into_batch(self) -> Batch {
+    /// The store's batch of these writes: for the engine's commits, and for a loader that fills a store before
+    /// any engine opens it (the benches).
+    pub fn into_batch(self) -> Batch {
         self.batch
     }
 }
